@@ -1,0 +1,49 @@
+"""Test sessions: one virtualenv per backend (MXNet needs numpy<1.24, TensorFlow and JAX need numpy>=1.26).
+
+    nox                      # the default run: core, every backend, parity, lint (what .ci/run runs)
+    nox -s core              # framework-free tests, no deep-learning framework installed
+    nox -s "tests(torch)"    # the contract suite and the native-module tests on one backend
+    nox -s parity            # cross-framework parity, across processes and virtualenvs
+    nox -s bench             # benchmarks against hand-written native code (not in the default run)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["core", "tests", "parity", "lint"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+
+ROOT = Path(__file__).parent
+BACKENDS = ["torch", "tensorflow", "jax", "mxnet"]
+TEST_DEPS = ["pytest>=8", "hypothesis>=6.100", "pyyaml>=6", "tomli-w>=1.0"]
+ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow", "PYTHONHASHSEED": "0",
+       "HYPOTHESIS_PROFILE": os.environ.get("HYPOTHESIS_PROFILE", "ci")}
+
+
+def install(session: nox.Session, *requirements: str) -> None:
+    args = []
+    for req in requirements:
+        args += ["-r", req] if req.endswith(".txt") else [req]
+    # the package itself without deps: its only dependency, numpy, is pinned by the backend file
+    session.install(*args, *TEST_DEPS)
+    session.install("--no-deps", ".")
+
+
+@nox.session
+def core(session: nox.Session) -> None:
+    """The framework-free core: spec, rules, report, reference forward, CLI, fuzzing."""
+    install(session, "numpy>=1.26")
+    session.run("python", "-m", "pytest", "--backend", "numpy", *session.posargs, env=ENV)
+
+
+@nox.session
+@nox.parametrize("backend", BACKENDS, ids=BACKENDS)
+def tests(session: nox.Session, backend: str) -> None:
+    """The contract suite and the hand-built native comparisons on one framework, in its own virtualenv."""
+    install(session, f"backends/{backend}.txt")
+    session.run("python", "-m", "pytest", "--backend", backend, *session.posargs, env=ENV)

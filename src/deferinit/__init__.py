@@ -1,0 +1,54 @@
+"""deferinit: one model spec with no input dims, compiled by PyTorch, TensorFlow (Keras 3), JAX (Flax) and
+MXNet (Gluon), every parameter shape inferred by each framework's own deferred initialization and reported
+in one common format.
+
+Importing deferinit imports no deep-learning framework: a backend's framework is imported only when that
+backend is compiled for (``deferinit.compile(spec, "torch")``). NumPy is the only runtime dependency.
+"""
+
+from __future__ import annotations
+
+from .errors import (BackendError, BackendUnavailableError, DeferInitError, DTypeError, NotInitializedError,
+                     ResourceError, ShapeMismatchError, SpecError, UnknownBackendError, UnsupportedLayerError,
+                     WeightsError)
+from .layers import (GELU, Activation, AvgPool2D, BatchNorm, Conv1D, Conv2D, Dense, Dropout, Embedding, Flatten,
+                     GlobalAvgPool2D, Identity, LayerNorm, MaxPool2D, ReLU, Sigmoid, Softmax, Tanh)
+from .registry import available_backends, backends, compile
+from .report import LayerInfo, ParamInfo, ShapeReport
+from .serialize import load_spec, save_spec
+from .shapes import infer_shapes
+from .spec import Concat, Layer, LazyModel, Residual, Sequential
+
+# NumPy (about 90 ms to import) is needed only once data or weights are involved: these names load on first use.
+_LAZY = {"init": ("deferinit.init", None), "CompiledModel": ("deferinit.adapters.base", "CompiledModel"),
+         "ShapeDtype": ("deferinit.adapters.base", "ShapeDtype"),
+         "save_weights": ("deferinit.weights", "save_weights"), "load_weights": ("deferinit.weights", "load_weights")}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        module_name, attr = _LAZY[name]
+        module = importlib.import_module(module_name)
+        value = module if attr is None else getattr(module, attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'deferinit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LazyModel", "Layer", "Sequential", "Residual", "Concat",
+    "Dense", "Conv1D", "Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "BatchNorm", "LayerNorm", "Dropout",
+    "Flatten", "Identity", "Activation", "ReLU", "Sigmoid", "Tanh", "GELU", "Softmax", "Embedding",
+    "infer_shapes", "compile", "backends", "available_backends", "CompiledModel", "ShapeDtype",
+    "ShapeReport", "ParamInfo", "LayerInfo", "load_spec", "save_spec", "save_weights", "load_weights", "init",
+    "DeferInitError", "SpecError", "ShapeMismatchError", "DTypeError", "BackendUnavailableError",
+    "UnknownBackendError", "NotInitializedError", "UnsupportedLayerError", "WeightsError", "BackendError",
+    "ResourceError", "__version__",
+]

@@ -1,0 +1,1 @@
+"""Per-framework adapters. Each module imports its framework; none is imported by ``import deferinit``."""

@@ -1,0 +1,405 @@
+"""The one contract every backend implements, and the glue they share.
+
+A backend subclasses :class:`CompiledModel` and fills in a handful of hooks (build the native lazy model,
+run its deferred initialization, forward, read and write weights in canonical layout). Everything a user
+can get wrong is checked here, once, with the reference rules, *before* any framework code runs, so every
+backend raises the same :class:`~deferinit.errors.DeferInitError` for the same mistake:
+
+* ``apply_init`` validates the dummy input with :func:`~deferinit.shapes.infer`, builds a NEW native model,
+  lets the framework infer its shapes, checks them against the rules and only then swaps the new model in.
+  A failure therefore leaves the compiled model exactly as it was.
+* ``__call__`` checks each new (shape, dtype) once against the initialized parameter shapes, then caches
+  the answer: steady-state calls cost a dict lookup on top of the native forward.
+* ``load_weights`` checks every name, shape, dtype and value before touching the native model.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any, Generic, Mapping, TypeVar
+
+import numpy as np
+
+from .. import init as init_mod
+from ..errors import (BackendError, DeferInitError, DTypeError, NotInitializedError, ResourceError,
+                      ShapeMismatchError, WeightsError, fmt_shape)
+from ..report import ParamInfo, ShapeReport
+from ..shapes import Inference, Node, infer, normalize_shape, plan
+from ..spec import LazyModel
+
+__all__ = ["CompiledModel", "NativeParam", "ShapeDtype", "available_memory"]
+
+N = TypeVar("N")
+
+
+@dataclass(frozen=True)
+class ShapeDtype:
+    """An input described by shape and dtype only (like ``jax.ShapeDtypeStruct``): ``apply_init`` accepts it in
+    place of data, so no input needs to be allocated for abstract initialization."""
+
+    shape: tuple
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class NativeParam:
+    """What a backend's own deferred initialization found for one canonical parameter."""
+
+    native_name: str
+    native_shape: tuple[int, ...]
+    shape: tuple[int, ...]  # the native shape translated to the canonical layout
+    source: str = "native"  # "reference" where the framework has no deferred form and the rules gave the dim
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to allocate now (Linux ``MemAvailable``), or None when unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+class CompiledModel(Generic[N]):
+    """A spec compiled for one backend. Create with :func:`deferinit.compile`."""
+
+    backend: str = "?"
+    #: how big a framework tensor may be before the memory check refuses it (fraction of available memory)
+    memory_fraction: float = 0.8
+
+    def __init__(self, spec: LazyModel) -> None:
+        if not isinstance(spec, LazyModel):
+            from ..errors import SpecError
+
+            raise SpecError(f"compile: expected a deferinit.LazyModel, received {type(spec).__name__}")
+        self.spec = spec
+        self.root: Node = plan(spec)
+        self._native: N | None = None
+        self._report: ShapeReport | None = None
+        self._inference: Inference | None = None
+        self._fixed: dict[str, tuple] = {}
+        self._checked: dict[tuple, tuple] = {}
+        self._abstract = False
+        self._lock = threading.RLock()
+
+    # ================================================================== hooks a backend implements
+    def _new_native(self) -> N:
+        """Build a fresh native model (its parameters still deferred) from ``self.root``."""
+        raise NotImplementedError
+
+    def _native_init(self, native: N, x: Any, inference: Inference, init: Any, key: Any,
+                     abstract: bool) -> dict[str, NativeParam]:
+        """Run the framework's own deferred initialization on ``native`` with input ``x`` (a native tensor, or
+        a :class:`ShapeDtype` when abstract), applying the framework's own ``init`` if one is given (else its
+        default), and return what it found per canonical name. When ``abstract``, allocate no parameters."""
+        raise NotImplementedError
+
+    def _to_native(self, x: Any) -> Any:
+        """An input (numpy array or the framework's tensor) as the framework's tensor."""
+        raise NotImplementedError
+
+    def _forward(self, x: Any, training: bool) -> Any:
+        raise NotImplementedError
+
+    def _get_weights(self) -> dict[str, np.ndarray]:
+        """Every canonical parameter as a float32 numpy array in canonical layout."""
+        raise NotImplementedError
+
+    def _set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
+        """Write checked canonical float32 weights (every name present) into the native model."""
+        raise NotImplementedError
+
+    def _shape_dtype(self, x: Any) -> tuple[tuple, Any]:
+        """Shape and dtype of an input without copying it (framework tensors override as needed)."""
+        return tuple(x.shape), np.dtype(getattr(x.dtype, "as_numpy_dtype", x.dtype))
+
+    # ================================================================== public API
+    @property
+    def native(self) -> N:
+        """The framework's own model object."""
+        if self._native is None:
+            self._native = self._new_native()
+        return self._native
+
+    @property
+    def initialized(self) -> bool:
+        return self._report is not None
+
+    @property
+    def report(self) -> ShapeReport:
+        if self._report is None:
+            raise NotInitializedError(f"{self._who()}: no shapes yet; call apply_init(dummy_input) first "
+                                      f"(or load_weights(weights, input_shape=...))")
+        return self._report
+
+    def apply_init(self, dummy_input: Any, init: Any = None, key: Any = None, *, abstract: bool = False) -> ShapeReport:
+        """Let the framework infer every parameter shape from ``dummy_input`` and initialize the parameters.
+
+        ``init``: None (the framework's default), a portable name (``"xavier_uniform"``...) or a
+        :mod:`deferinit.init` object (bit-identical on every backend for the same ``key``), or the framework's
+        own initializer. ``key``: an int seed, or the framework's native key. ``abstract=True`` infers the
+        shapes without allocating any parameter memory.
+        """
+        with self._lock:
+            x, shape, dtype = self._input(dummy_input, allow_abstract=True)
+            inference = infer(self.spec, shape, dtype=dtype, backend=self.backend, root=self.root)
+            portable = init_mod.get(init)
+            seed = self._int_key(key) if portable is not None else key
+            if not abstract:
+                self._check_memory(inference)
+                if isinstance(x, ShapeDtype):
+                    x = self._to_native(np.zeros(tuple(1 if d is None else d for d in shape), dtype=np.dtype(dtype)))
+            native = self._new_native()
+            found = self._guard("apply_init", lambda: self._native_init(
+                native, x, inference, None if portable is not None else init, key, abstract))
+            report = self._make_report(inference, found)
+            old = self._state()
+            self._restore((native, report, inference, {n: p.shape for n, p in report.params.items()}, {}, abstract))
+            if portable is not None and not abstract:
+                try:
+                    self._guard("apply_init", lambda: self._set_weights(
+                        init_mod.generate(inference.params, portable, seed)))
+                except BaseException:
+                    self._restore(old)
+                    raise
+            return report
+
+    def materialize(self, init: Any = None, key: Any = None) -> ShapeReport:
+        """Allocate and initialize the parameters of an abstractly initialized model (shapes stay those found)."""
+        report = self.report
+        if not self._abstract:
+            return report
+        dummy = ShapeDtype(tuple(1 if d is None else d for d in report.input_shape), report.input_dtype)
+        return self.apply_init(dummy, init=init, key=key)
+
+    def __call__(self, x: Any, training: bool = False) -> Any:
+        """The forward pass (inference mode unless ``training=True``); returns the framework's tensor type."""
+        if self._report is None:
+            raise NotInitializedError(f"{self._who()}: the model has no parameters yet; call apply_init first")
+        if self._abstract:
+            raise NotInitializedError(f"{self._who()}: the model was initialized abstractly (shapes only); "
+                                      f"call materialize() or apply_init without abstract=True first")
+        xn = x if self._is_native(x) else self._to_native_checked(np.asarray(x))
+        sig = self._signature(xn)
+        if sig not in self._checked:
+            self._check_call(xn)
+        return self._guard("forward", lambda: self._forward(xn, training))
+
+    def to_numpy(self, y: Any) -> np.ndarray:
+        """A backend tensor (as ``__call__`` returns) as a numpy array."""
+        return np.asarray(y)
+
+    def export_weights(self) -> dict[str, np.ndarray]:
+        """Every parameter in canonical names and layouts, as float32 numpy arrays (copies)."""
+        self.report  # raises NotInitializedError
+        if self._abstract:
+            raise NotInitializedError(f"{self._who()}: abstractly initialized models hold no values; materialize first")
+        return {name: np.array(arr, dtype=np.float32, copy=True) for name, arr in self._get_weights().items()}
+
+    def load_weights(self, weights: Mapping[str, Any], *, input_shape: Any = None) -> ShapeReport:
+        """Load canonical weights. All names, shapes, dtypes and values are checked first; on any error
+        nothing changes. An uninitialized model is initialized from ``input_shape`` (or, for models whose
+        input dims the first layer fixes, from the weights themselves) first."""
+        with self._lock:
+            if isinstance(weights, (str, os.PathLike)):
+                from ..weights import load_weights as read
+
+                weights = read(weights)
+            if self._report is None or self._abstract:
+                shape = input_shape if input_shape is not None else self._input_shape_from(weights)
+                dtype = self._default_dtype()
+                if isinstance(shape, ShapeDtype):
+                    shape, dtype = shape.shape, shape.dtype
+                expected = infer(self.spec, shape, dtype=dtype, backend=self.backend, root=self.root).params
+                clean = self._check_weights(weights, {n: p.shape for n, p in expected.items()})
+                before = self._state()
+                self.apply_init(ShapeDtype(tuple(1 if d is None else d for d in normalize_shape(shape)), dtype),
+                                init="zeros", key=0)
+                try:
+                    self._guard("load_weights", lambda: self._set_weights(clean))
+                except BaseException:
+                    self._restore(before)
+                    raise
+                return self.report
+            clean = self._check_weights(weights, self._fixed)
+            self._guard("load_weights", lambda: self._set_weights(clean))
+            return self.report
+
+    def intermediates(self, x: Any) -> dict[str, np.ndarray]:
+        """Output of every layer position (inference mode), keyed by path, as numpy arrays in the spec's
+        data format. Backends that can observe their layers implement ``_intermediates``."""
+        self(x)  # validates the input with the same errors as a call
+        hook = getattr(self, "_intermediates", None)
+        if hook is None:
+            raise NotImplementedError(f"{self._who()}: intermediate outputs are not available on this backend")
+        xn = x if self._is_native(x) else self._to_native_checked(np.asarray(x))
+        return self._guard("intermediates", lambda: hook(xn))
+
+    # ================================================================== shared glue
+    def _state(self) -> tuple:
+        return (self._native, self._report, self._inference, self._fixed, self._checked, self._abstract)
+
+    def _restore(self, state: tuple) -> None:
+        (self._native, self._report, self._inference, self._fixed, self._checked, self._abstract) = state
+
+    def _who(self) -> str:
+        return f"{self.backend} model{' ' + repr(self.spec.name) if self.spec.name else ''}"
+
+    def _is_native(self, x: Any) -> bool:
+        return False
+
+    def _signature(self, x: Any) -> tuple:
+        return (tuple(x.shape), str(x.dtype))
+
+    def _input(self, x: Any, allow_abstract: bool) -> tuple[Any, tuple, Any]:
+        if isinstance(x, tuple) and x and all(hasattr(e, "shape") for e in x):
+            if len(x) != 1:
+                raise ShapeMismatchError(f"the model input expected one array (this spec has one input), "
+                                         f"received a tuple of {len(x)}")
+            x = x[0]
+        if isinstance(x, ShapeDtype):
+            if not allow_abstract:
+                raise ShapeMismatchError("the model input expected data, received a ShapeDtype")
+            return x, normalize_shape(x.shape), np.dtype(x.dtype)
+        if not self._is_native(x):
+            if isinstance(x, np.ndarray) or np.isscalar(x) or isinstance(x, (list, tuple)):
+                arr = np.asarray(x)
+                if arr.dtype == object:
+                    raise DTypeError(f"the model input expected a numeric array, received {type(x).__name__} of objects")
+            else:
+                raise DTypeError(f"the model input expected a numpy array or a {self.backend} tensor, "
+                                 f"received {type(x).__name__}")
+            shape, dtype = arr.shape, arr.dtype
+            return self._to_native_checked(arr), normalize_shape(shape), dtype
+        shape, dtype = self._shape_dtype(x)
+        return x, normalize_shape(shape), dtype
+
+    def _to_native_checked(self, arr: np.ndarray) -> Any:
+        from ..shapes import input_kind
+
+        input_kind(arr.dtype)
+        if arr.dtype.kind == "f" and arr.dtype != np.float32:
+            arr = arr.astype(np.float32)
+        return self._to_native(arr)
+
+    def _check_call(self, x: Any) -> None:
+        shape, dtype = self._shape_dtype(x)
+        shape = normalize_shape(shape)
+        inference = infer(self.spec, shape, dtype=dtype, backend=self.backend, root=self.root, fixed=self._fixed)
+        if len(self._checked) > 256:  # many distinct shapes (e.g. sequence lengths): keep the cache bounded
+            self._checked.clear()
+        self._checked[self._signature(x)] = inference.report.output_shape
+
+    @staticmethod
+    def _int_key(key: Any) -> int:
+        if key is None:
+            return 0
+        if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+            return int(key)
+        raise DTypeError(f"key: a portable initializer needs an int seed, received {type(key).__name__}")
+
+    def _check_memory(self, inference: Inference) -> None:
+        need = 4 * sum(int(np.prod(p.shape)) for p in inference.params.values())
+        have = available_memory()
+        if have is not None and need > self.memory_fraction * have:
+            raise ResourceError(f"{self._who()}: the parameters need {need / 2**30:.1f} GiB but only "
+                                f"{have / 2**30:.1f} GiB of memory is available; nothing was allocated. Use "
+                                f"apply_init(..., abstract=True) or deferinit.infer_shapes for shapes alone")
+
+    def _guard(self, what: str, fn: Any) -> Any:
+        try:
+            return fn()
+        except DeferInitError:
+            raise
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as exc:  # a framework error that the rules did not foresee: say where, keep the cause
+            raise BackendError(f"{self._who()}: {what} failed in the framework after deferinit's checks passed "
+                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                               f"please report this with the spec") from exc
+
+    def _make_report(self, inference: Inference, found: Mapping[str, NativeParam]) -> ShapeReport:
+        ref = inference.report
+        missing = [n for n in ref.params if n not in found]
+        extra = [n for n in found if n not in ref.params]
+        if missing or extra:
+            raise BackendError(f"{self._who()}: the framework's parameters do not match the spec's: missing "
+                               f"{missing or 'none'}, unexpected {extra or 'none'}")
+        params = {}
+        for name, info in ref.params.items():
+            got = found[name]
+            if tuple(got.shape) != info.shape:
+                raise BackendError(f"{self._who()}: the framework inferred {fmt_shape(got.shape)} for parameter "
+                                   f"'{name}' (native '{got.native_name}' {fmt_shape(got.native_shape)}) where the "
+                                   f"reference rules give {fmt_shape(info.shape)}")
+            params[name] = ParamInfo(shape=tuple(got.shape), dtype=info.dtype, trainable=info.trainable,
+                                     native_name=got.native_name, native_shape=tuple(got.native_shape),
+                                     source=got.source)
+        return ShapeReport(backend=self.backend, input_shape=ref.input_shape, output_shape=ref.output_shape,
+                           params=params, layers=ref.layers, input_dtype=ref.input_dtype, data_format=ref.data_format)
+
+    def _check_weights(self, weights: Any, expected: Mapping[str, tuple]) -> dict[str, np.ndarray]:
+        if not isinstance(weights, Mapping):
+            raise WeightsError(f"{self._who()}: load_weights expected a mapping of canonical names to arrays, "
+                               f"received {type(weights).__name__}")
+        missing = [n for n in expected if n not in weights]
+        extra = [n for n in weights if n not in expected]
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append("missing " + ", ".join(f"'{n}' {fmt_shape(expected[n])}" for n in missing))
+            if extra:
+                parts.append("unexpected " + ", ".join(f"'{n}'" for n in extra))
+            raise WeightsError(f"{self._who()}: load_weights expected exactly the spec's parameters, received "
+                               f"{'; '.join(parts)}; nothing was changed")
+        clean = {}
+        for name, want in expected.items():
+            value = weights[name]
+            arr = np.asarray(value) if not hasattr(value, "numpy") else np.asarray(value.numpy())
+            if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
+                raise DTypeError(f"{self._who()}: parameter '{name}' expected real numbers, received dtype "
+                                 f"{arr.dtype.name}; nothing was changed")
+            if tuple(arr.shape) != tuple(want):
+                raise ShapeMismatchError(f"{self._who()}: parameter '{name}' expected shape {fmt_shape(want)}, "
+                                         f"received {fmt_shape(arr.shape)}; nothing was changed")
+            arr = arr.astype(np.float32)
+            if not np.isfinite(arr).all():
+                raise WeightsError(f"{self._who()}: parameter '{name}' expected finite values, received "
+                                   f"{int((~np.isfinite(arr)).sum())} NaN/inf value(s); nothing was changed")
+            clean[name] = arr
+        return clean
+
+    def _default_dtype(self) -> str:
+        """int64 when the first layer takes indices (an Embedding), else float32."""
+        first = next(self.root.leaves(), None)
+        return "int64" if first is not None and getattr(first.layer, "accepts", "") == "int" else "float32"
+
+    def _input_shape_from(self, weights: Any) -> tuple:
+        """Input shape of an uninitialized model from the first parameterized layer's weight, when that alone
+        fixes every parameter (a stack of Dense layers, say)."""
+        from ..layers import BatchNorm, Conv1D, Conv2D, Dense, LayerNorm
+
+        first = next((n for n in self.root.leaves() if isinstance(n.layer, (Dense, Conv1D, Conv2D, BatchNorm,
+                                                                            LayerNorm))), None)
+        w = weights.get(first.param_name("weight")) if first is not None and isinstance(weights, Mapping) else None
+        if first is None or w is None or len(np.shape(w)) < 1 or not self.root.children or \
+                first is not next(self.root.leaves()):
+            raise NotInitializedError(f"{self._who()}: cannot tell the input shape from the weights alone; "
+                                      f"pass load_weights(weights, input_shape=...)")
+        layer, shape = first.layer, np.shape(w)
+        if isinstance(layer, Dense):
+            guess: tuple = (1, shape[1])
+        elif isinstance(layer, (BatchNorm, LayerNorm)):
+            guess = (1, shape[0])
+        else:
+            raise NotInitializedError(f"{self._who()}: a convolutional model's spatial input size is not in its "
+                                      f"weights; pass load_weights(weights, input_shape=(N, C, H, W))")
+        return guess

@@ -1,0 +1,201 @@
+"""The framework-free reference backend: the oracle every framework adapter is checked against.
+
+Shapes come straight from the reference rules (``source="reference"``); the forward pass runs each layer
+with the NumPy kernels of :mod:`deferinit.ops` in float32. It needs nothing but NumPy.
+
+The ``native`` object is a :class:`NumpyNet`: the plan plus a dict of canonical weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from .. import ops
+from ..errors import SpecError
+from ..init import Uniform, get as get_init
+from ..layers import (GELU, Activation, AvgPool2D, BatchNorm, Conv1D, Conv2D, Dense, Dropout, Embedding, Flatten,
+                      GlobalAvgPool2D, Identity, LayerNorm, MaxPool2D, ReLU, Sigmoid, Softmax, Tanh)
+from ..shapes import Inference, Node
+from ..spec import Concat, Residual, Sequential
+from .base import CompiledModel, NativeParam
+
+__all__ = ["NumpyModel", "NumpyNet"]
+
+
+class NumpyNet:
+    """Canonical weights plus the plan; callable like a model."""
+
+    def __init__(self, root: Node, data_format: str) -> None:
+        self.root, self.data_format = root, data_format
+        self.params: dict[str, np.ndarray] = {}
+        self.rng = np.random.default_rng(0)
+
+    def __call__(self, x: np.ndarray, training: bool = False,
+                 record: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        return _run(self, self.root, x, training, record)
+
+
+def _to_cf(net: NumpyNet, x: np.ndarray) -> np.ndarray:
+    return x if net.data_format == "channels_first" or x.ndim <= 2 else np.moveaxis(x, -1, 1)
+
+
+def _from_cf(net: NumpyNet, x: np.ndarray) -> np.ndarray:
+    return x if net.data_format == "channels_first" or x.ndim <= 2 else np.moveaxis(x, 1, -1)
+
+
+def _channel_axis(net: NumpyNet, rank: int) -> int:
+    return 1 if net.data_format == "channels_first" or rank == 2 else rank - 1
+
+
+def _dense(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
+    layer: Dense = node.layer  # type: ignore[assignment]
+    y = np.matmul(x, net.params[node.param_name("weight")].T)
+    if layer.use_bias:
+        y = y + net.params[node.param_name("bias")]
+    return ops.activation(layer.activation, y)
+
+
+def _conv(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
+    layer = node.layer
+    xc = _to_cf(net, x)
+    bias = net.params[node.param_name("bias")] if layer.use_bias else None
+    y = ops.conv(xc, net.params[node.param_name("weight")], bias, layer.stride, layer.pads(xc.shape[2:]),
+                 layer.dilation, layer.groups)
+    return ops.activation(layer.activation, _from_cf(net, y))
+
+
+def _pool(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
+    layer = node.layer
+    kind = "max" if isinstance(layer, MaxPool2D) else "avg"
+    return _from_cf(net, ops.pool(_to_cf(net, x), kind, layer.pool_size, layer.strides, layer.padding))
+
+
+def _gap(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
+    return _to_cf(net, x).mean(axis=(2, 3), dtype=np.float32)
+
+
+def _batch_norm(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
+    layer: BatchNorm = node.layer  # type: ignore[assignment]
+    p = {k: net.params[node.param_name(k)] for k in ("weight", "bias", "running_mean", "running_var")}
+    y, mean, var = ops.batch_norm(x, _channel_axis(net, x.ndim), p["weight"], p["bias"], p["running_mean"],
+                                  p["running_var"], layer.eps, training, layer.momentum)
+    if training:
+        net.params[node.param_name("running_mean")] = mean  # type: ignore[assignment]
+        net.params[node.param_name("running_var")] = var  # type: ignore[assignment]
+    return y
+
+
+def _layer_norm(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
+    return ops.layer_norm(x, net.params[node.param_name("weight")], net.params[node.param_name("bias")],
+                          node.layer.eps)
+
+
+def _dropout(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
+    rate = node.layer.rate
+    if not training or rate == 0:
+        return x
+    keep = net.rng.random(x.shape) >= rate
+    return (x * keep / np.float32(1 - rate)).astype(x.dtype)
+
+
+def _flatten(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
+    return x.reshape(x.shape[0], -1)
+
+
+def _activation(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
+    return ops.activation(node.layer.activation, x)
+
+
+def _embedding(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
+    return net.params[node.param_name("weight")][x]
+
+
+LEAVES: dict[type, Callable[[NumpyNet, Node, np.ndarray, bool], np.ndarray]] = {
+    Dense: _dense, Conv1D: _conv, Conv2D: _conv, MaxPool2D: _pool, AvgPool2D: _pool, GlobalAvgPool2D: _gap,
+    BatchNorm: _batch_norm, LayerNorm: _layer_norm, Dropout: _dropout, Flatten: _flatten,
+    Identity: lambda net, node, x, training: x, Activation: _activation, ReLU: _activation,
+    Sigmoid: _activation, Tanh: _activation, GELU: _activation, Softmax: _activation, Embedding: _embedding,
+}
+
+
+def _run(net: NumpyNet, node: Node, x: np.ndarray, training: bool, record: dict | None) -> np.ndarray:
+    target = node.tied_to or node
+    layer = target.layer
+    inner = record if node.tied_to is None else None
+    if isinstance(layer, Sequential):
+        y = x
+        for child in target.children:
+            y = _run(net, child, y, training, inner)
+    elif isinstance(layer, Residual):
+        y = _run(net, target.children[0], x, training, inner)
+        short = _run(net, target.children[1], x, training, inner) if len(target.children) > 1 else x
+        y = ops.activation(layer.activation, (y + short).astype(np.float32))
+    elif isinstance(layer, Concat):
+        outs = [_run(net, child, x, training, inner) for child in target.children]
+        y = np.concatenate(outs, axis=_channel_axis(net, outs[0].ndim))
+    else:
+        fn = LEAVES.get(type(layer))
+        if fn is None:
+            from ..errors import UnsupportedLayerError
+
+            raise UnsupportedLayerError(f"layer '{node.path}' ({type(layer).__name__}) has no reference forward")
+        y = fn(net, target, x, training)
+    if record is not None and node.path:
+        record[node.path] = y
+    return y
+
+
+class NumpyModel(CompiledModel[NumpyNet]):
+    """The reference backend. ``init=None`` draws weights uniformly in ``±1/sqrt(fan_in)`` (PyTorch's default
+    bound) with biases at zero; a callable ``init(name, shape) -> array`` is its "own" initializer."""
+
+    backend = "numpy"
+
+    def _new_native(self) -> NumpyNet:
+        return NumpyNet(self.root, self.spec.data_format)
+
+    def _native_init(self, native: NumpyNet, x: Any, inference: Inference, init: Any, key: Any,
+                     abstract: bool) -> dict[str, NativeParam]:
+        found = {name: NativeParam(name, p.shape, p.shape, "reference") for name, p in inference.params.items()}
+        if abstract:
+            return found
+        if init is None:
+            from .. import init as init_mod
+
+            seed = 0 if key is None else self._int_key(key)
+            native.params = init_mod.generate(inference.params, _DefaultInit(), seed)
+        elif callable(init) and get_init(init) is None:
+            native.params = {name: np.asarray(init(name, p.shape), dtype=np.float32)
+                             for name, p in inference.params.items()}
+        else:
+            raise SpecError(f"init: the numpy backend expected a portable initializer or a callable "
+                            f"init(name, shape), received {init!r}")
+        return found
+
+    def _to_native(self, x: Any) -> np.ndarray:
+        arr = np.asarray(x)
+        return arr.astype(np.float32) if arr.dtype.kind == "f" and arr.dtype != np.float32 else arr
+
+    def _is_native(self, x: Any) -> bool:
+        return False
+
+    def _forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        return self.native(x, training)
+
+    def _intermediates(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        record: dict[str, np.ndarray] = {}
+        self.native(x, False, record)
+        return record
+
+    def _get_weights(self) -> dict[str, np.ndarray]:
+        return dict(self.native.params)
+
+    def _set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
+        self.native.params = {name: np.array(weights[name], dtype=np.float32) for name in self.report.params}
+
+
+class _DefaultInit(Uniform):
+    def sample(self, shape, fan_in, fan_out, rng):  # type: ignore[no-untyped-def]
+        return (2.0 * rng.random(shape) - 1.0) / np.sqrt(fan_in)

@@ -1,0 +1,153 @@
+"""Portable initializers: the same weights, bit for bit, on every backend.
+
+Values are drawn in NumPy, in the canonical layout, from a generator seeded by ``(key, crc32(name))`` for
+each canonical parameter name, so they do not depend on the backend, on the order in which a framework
+creates its variables, or on which other parameters exist. Adapters then load them into the native
+model. Only weights with role ``kernel`` or ``embedding`` are drawn; biases and shifts start at zero,
+norm scales at one, running means at zero and running variances at one.
+
+Fans follow PyTorch's convention: for a weight ``(out, in, *kernel)``, ``fan_in = in * prod(kernel)`` and
+``fan_out = out * prod(kernel)``; an embedding ``(num, dim)`` has ``fan_in = num``, ``fan_out = dim``.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from .errors import SpecError
+
+__all__ = ["Initializer", "Zeros", "Ones", "Constant", "Normal", "Uniform", "XavierUniform", "XavierNormal",
+           "KaimingUniform", "KaimingNormal", "get", "fans", "generate", "NAMES"]
+
+
+def fans(shape: tuple[int, ...], role: str = "kernel") -> tuple[int, int]:
+    if role == "embedding":
+        return shape[0], shape[1]
+    if len(shape) < 2:
+        return shape[0], shape[0]
+    receptive = math.prod(shape[2:])
+    return shape[1] * receptive, shape[0] * receptive
+
+
+class Initializer:
+    """Base: ``sample(shape, fan_in, fan_out, rng) -> float64 array``."""
+
+    def sample(self, shape: tuple[int, ...], fan_in: int, fan_out: int, rng: np.random.Generator) -> np.ndarray:
+        raise NotImplementedError
+
+    def __call__(self, shape: tuple[int, ...], *, key: int = 0, name: str = "", role: str = "kernel") -> np.ndarray:
+        fan_in, fan_out = fans(tuple(shape), role)
+        return self.sample(tuple(shape), fan_in, fan_out, _rng(key, name)).astype(np.float32)
+
+
+def _rng(key: int, name: str) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(key) & 0xFFFFFFFF, zlib.crc32(name.encode())])))
+
+
+@dataclass(frozen=True)
+class Constant(Initializer):
+    value: float = 0.0
+
+    def sample(self, shape, fan_in, fan_out, rng):  # type: ignore[no-untyped-def]
+        return np.full(shape, self.value, dtype=np.float64)
+
+
+class Zeros(Constant):
+    def __init__(self) -> None:
+        super().__init__(0.0)
+
+
+class Ones(Constant):
+    def __init__(self) -> None:
+        super().__init__(1.0)
+
+
+@dataclass(frozen=True)
+class Normal(Initializer):
+    std: float = 0.01
+    mean: float = 0.0
+
+    def sample(self, shape, fan_in, fan_out, rng):  # type: ignore[no-untyped-def]
+        return self.mean + self.std * rng.standard_normal(shape)
+
+
+@dataclass(frozen=True)
+class Uniform(Initializer):
+    scale: float = 0.07
+
+    def sample(self, shape, fan_in, fan_out, rng):  # type: ignore[no-untyped-def]
+        return (2.0 * rng.random(shape) - 1.0) * self.scale
+
+
+@dataclass(frozen=True)
+class XavierUniform(Initializer):
+    gain: float = 1.0
+
+    def sample(self, shape, fan_in, fan_out, rng):  # type: ignore[no-untyped-def]
+        bound = self.gain * math.sqrt(6.0 / (fan_in + fan_out))
+        return (2.0 * rng.random(shape) - 1.0) * bound
+
+
+@dataclass(frozen=True)
+class XavierNormal(Initializer):
+    gain: float = 1.0
+
+    def sample(self, shape, fan_in, fan_out, rng):  # type: ignore[no-untyped-def]
+        return self.gain * math.sqrt(2.0 / (fan_in + fan_out)) * rng.standard_normal(shape)
+
+
+@dataclass(frozen=True)
+class KaimingUniform(Initializer):
+    """He uniform for ReLU (gain sqrt(2)), fan-in mode."""
+
+    gain: float = math.sqrt(2.0)
+
+    def sample(self, shape, fan_in, fan_out, rng):  # type: ignore[no-untyped-def]
+        bound = self.gain * math.sqrt(3.0 / fan_in)
+        return (2.0 * rng.random(shape) - 1.0) * bound
+
+
+@dataclass(frozen=True)
+class KaimingNormal(Initializer):
+    gain: float = math.sqrt(2.0)
+
+    def sample(self, shape, fan_in, fan_out, rng):  # type: ignore[no-untyped-def]
+        return self.gain / math.sqrt(fan_in) * rng.standard_normal(shape)
+
+
+NAMES: dict[str, Initializer] = {
+    "zeros": Zeros(), "ones": Ones(), "normal": Normal(0.01), "xavier_uniform": XavierUniform(),
+    "xavier_normal": XavierNormal(), "kaiming_uniform": KaimingUniform(), "kaiming_normal": KaimingNormal(),
+}
+
+
+def get(init: Any) -> Initializer | None:
+    """A portable initializer from a name or object; ``None`` for anything else (a framework's own)."""
+    if isinstance(init, Initializer):
+        return init
+    if isinstance(init, str):
+        found = NAMES.get(init.lower())
+        if found is None:
+            raise SpecError(f"init: expected one of {', '.join(map(repr, NAMES))}, an object from deferinit.init "
+                            f"or a framework's own initializer, received {init!r}")
+        return found
+    return None
+
+
+_FIXED = {"bias": 0.0, "shift": 0.0, "scale": 1.0, "mean": 0.0, "var": 1.0}
+
+
+def generate(params: Mapping[str, Any], init: Initializer, key: int) -> dict[str, np.ndarray]:
+    """Canonical float32 weights for ``params`` (canonical name -> :class:`~deferinit.layers.ParamSpec`)."""
+    out = {}
+    for name, p in params.items():
+        if p.role in _FIXED:
+            out[name] = np.full(p.shape, _FIXED[p.role], dtype=np.float32)
+        else:
+            out[name] = init(p.shape, key=key, name=name, role=p.role)
+    return out

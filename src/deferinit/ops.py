@@ -1,0 +1,119 @@
+"""NumPy kernels of the reference forward pass (float32 in, float32 out; channels-first layouts).
+
+Written for clarity and exactness rather than speed: they are the oracle the frameworks are compared with.
+Accumulation happens in float32 through BLAS (``matmul``), as the frameworks do on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+__all__ = ["conv", "pool", "activation", "batch_norm", "layer_norm", "softmax", "gelu"]
+
+_erf = np.frompyfunc(math.erf, 1, 1)
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    """Exact GELU, ``x * Phi(x)`` with the C library's erf (numpy has none)."""
+    x64 = x.astype(np.float64)
+    return (0.5 * x64 * (1.0 + _erf(x64 / math.sqrt(2.0)).astype(np.float64))).astype(x.dtype)
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    z = x - x.max(axis=axis, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def activation(name: str | None, x: np.ndarray) -> np.ndarray:
+    if name is None:
+        return x
+    if name == "relu":
+        return np.maximum(x, np.float32(0))
+    if name == "sigmoid":
+        return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(x.dtype)
+    if name == "tanh":
+        return np.tanh(x)
+    if name == "gelu":
+        return gelu(x)
+    if name == "softmax":
+        return softmax(x, -1)
+    if name == "silu":
+        return (x.astype(np.float64) / (1.0 + np.exp(-x.astype(np.float64)))).astype(x.dtype)
+    raise ValueError(name)  # pragma: no cover - names are validated by the spec
+
+
+def _windows(x: np.ndarray, kernel: tuple, stride: tuple, dilation: tuple) -> np.ndarray:
+    """(N, C, *out, *kernel) view of every window of a padded channels-first input."""
+    n = len(kernel)
+    eff = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))
+    win = sliding_window_view(x, eff, axis=tuple(range(2, 2 + n)))
+    index = (slice(None), slice(None)) + tuple(slice(None, None, s) for s in stride) \
+        + tuple(slice(None, None, d) for d in dilation)
+    return win[index]
+
+
+def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: tuple, pads: tuple, dilation: tuple,
+         groups: int) -> np.ndarray:
+    """N-d convolution (cross-correlation) of channels-first ``x`` with OI* weight ``w``."""
+    n = x.ndim - 2
+    x = np.pad(x, [(0, 0), (0, 0)] + [tuple(p) for p in pads])
+    kernel = w.shape[2:]
+    win = _windows(x, kernel, stride, dilation)
+    batch, channels = x.shape[:2]
+    out_sp = win.shape[2:2 + n]
+    cg, fo = channels // groups, w.shape[0]
+    fg = fo // groups
+    k = math.prod(kernel)
+    # (N, G, Cg, *out, *k) -> (N, G, out, Cg*k)
+    win = win.reshape((batch, groups, cg) + out_sp + kernel)
+    perm = (0, 1) + tuple(range(3, 3 + n)) + (2,) + tuple(range(3 + n, 3 + 2 * n))
+    cols = np.ascontiguousarray(win.transpose(perm)).reshape(batch, groups, math.prod(out_sp), cg * k)
+    wg = w.reshape(groups, fg, cg * k).transpose(0, 2, 1)  # (G, Cg*k, Fg)
+    out = np.matmul(cols, wg[None])  # (N, G, out, Fg)
+    out = out.transpose(0, 1, 3, 2).reshape((batch, fo) + out_sp)
+    if b is not None:
+        out = out + b.reshape((1, fo) + (1,) * n)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def pool(x: np.ndarray, kind: str, size: tuple, stride: tuple, padding: tuple) -> np.ndarray:
+    """2-D max or average pooling of channels-first ``x``; average counts padded zeros (count_include_pad)."""
+    fill = -np.inf if kind == "max" else 0.0
+    x = np.pad(x, [(0, 0), (0, 0)] + [(p, p) for p in padding], constant_values=fill)
+    win = _windows(x, size, stride, (1,) * len(size))
+    axes = tuple(range(-len(size), 0))
+    if kind == "max":
+        return np.ascontiguousarray(win.max(axis=axes))
+    return np.ascontiguousarray(win.mean(axis=axes, dtype=np.float32))
+
+
+def batch_norm(x: np.ndarray, axis: int, weight: np.ndarray, bias: np.ndarray, mean: np.ndarray, var: np.ndarray,
+               eps: float, training: bool, momentum: float) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Returns the output and, in training, the updated running mean and variance (PyTorch's rule:
+    ``new = (1 - momentum) * old + momentum * batch``, the variance unbiased)."""
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    if training:
+        axes = tuple(a for a in range(x.ndim) if a != axis)
+        count = x.size // x.shape[axis]
+        bmean = x.mean(axis=axes, dtype=np.float64)
+        bvar = x.var(axis=axes, dtype=np.float64)
+        y = (x - bmean.reshape(shape)) / np.sqrt(bvar.reshape(shape) + eps)
+        unbiased = bvar * count / max(count - 1, 1)
+        new_mean = ((1 - momentum) * mean + momentum * bmean).astype(np.float32)
+        new_var = ((1 - momentum) * var + momentum * unbiased).astype(np.float32)
+    else:
+        y = (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + np.float32(eps))
+        new_mean = new_var = None
+    y = y * weight.reshape(shape) + bias.reshape(shape)
+    return y.astype(np.float32), new_mean, new_var
+
+
+def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
+    mean = x.mean(axis=-1, keepdims=True, dtype=np.float64)
+    var = x.var(axis=-1, keepdims=True, dtype=np.float64)
+    return (((x - mean) / np.sqrt(var + eps)) * weight + bias).astype(np.float32)

@@ -1,0 +1,108 @@
+"""Backend name -> ``"module:attr"`` of its compiled-model class. Nothing is imported until asked.
+
+Built-in backends come first, then any registered by other packages through the ``deferinit.backends``
+entry-point group (value ``"package.module:ModelClass"``, a :class:`~deferinit.adapters.base.CompiledModel`
+subclass). Whether a backend is installed is found with ``importlib.util.find_spec``, which locates a
+package without importing it, so listing backends never pays a framework's import cost.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import Any
+
+from .errors import BackendUnavailableError, UnknownBackendError
+
+__all__ = ["backends", "available_backends", "resolve", "load_backend", "compile", "BUILTINS", "ALIASES"]
+
+#: name -> (class path, packages that must be importable, pip extra)
+BUILTINS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "numpy": ("deferinit.adapters.numpy:NumpyModel", ("numpy",), ""),
+    "torch": ("deferinit.adapters.torch:TorchModel", ("torch",), "torch"),
+    "tensorflow": ("deferinit.adapters.tensorflow:KerasModel", ("tensorflow", "keras"), "tensorflow"),
+    "jax": ("deferinit.adapters.jax:FlaxModel", ("jax", "flax"), "jax"),
+    "mxnet": ("deferinit.adapters.mxnet:GluonModel", ("mxnet",), "mxnet"),
+}
+ALIASES = {"pytorch": "torch", "tf": "tensorflow", "keras": "tensorflow", "flax": "jax", "gluon": "mxnet",
+           "reference": "numpy", "np": "numpy"}
+GROUP = "deferinit.backends"
+
+
+def _entry_points() -> dict[str, str]:
+    from importlib import metadata  # 20 ms to import: only when plugins are looked for
+
+    try:
+        eps = metadata.entry_points(group=GROUP)
+    except Exception:  # a broken distribution's metadata must not break listing the built-ins
+        return {}
+    return {ep.name: ep.value for ep in eps if ep.name not in BUILTINS}
+
+
+def backends() -> list[str]:
+    """Every registered backend name: the built-ins (numpy, torch, tensorflow, jax, mxnet), then plugins."""
+    return list(BUILTINS) + sorted(_entry_points())
+
+
+def _installed(packages: tuple[str, ...]) -> bool:
+    try:
+        return all(importlib.util.find_spec(p) is not None for p in packages)
+    except (ImportError, ValueError):
+        return False
+
+
+def available_backends() -> list[str]:
+    """The registered backends whose frameworks are installed (found without importing them)."""
+    names = [name for name, (_, pkgs, _) in BUILTINS.items() if _installed(pkgs)]
+    for name, value in sorted(_entry_points().items()):
+        if _installed((value.split(":")[0].split(".")[0],)):
+            names.append(name)
+    return names
+
+
+def resolve(name: Any) -> str:
+    """The canonical backend name for ``name`` (aliases included), or UnknownBackendError."""
+    if not isinstance(name, str):
+        raise UnknownBackendError(f"backend: expected a name such as 'torch', received {type(name).__name__} {name!r}")
+    key = ALIASES.get(name.lower(), name.lower())
+    if key in BUILTINS or key in _entry_points():
+        return key
+    raise UnknownBackendError(f"backend: expected one of {', '.join(backends())} (or an alias: "
+                              f"{', '.join(ALIASES)}), received {name!r}")
+
+
+def load_backend(name: Any) -> type:
+    """The compiled-model class of a backend, importing its framework now."""
+    key = resolve(name)
+    if key in BUILTINS:
+        target, packages, extra = BUILTINS[key]
+    else:
+        target, packages, extra = _entry_points()[key], (), ""
+    hint = f"pip install 'deferinit[{extra}]' (or: pip install -r backends/{key}.txt)" if extra else ""
+    missing = [p for p in packages if not _installed((p,))]
+    if missing:
+        raise BackendUnavailableError(f"backend {key}: expected {', '.join(missing)} to be installed, received "
+                                      f"ImportError (not found); install it with {hint}")
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        return getattr(module, attr)
+    except BackendUnavailableError:
+        raise
+    except (ImportError, AttributeError, OSError, RuntimeError) as exc:  # installed but broken (e.g. numpy too new)
+        raise BackendUnavailableError(f"backend {key}: installed but cannot be imported "
+                                      f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                                      f"reinstall with {hint or 'its package'}") from exc
+
+
+def compile(spec: Any, backend: str = "numpy") -> Any:
+    """Compile ``spec`` for ``backend``; returns a compiled model with ``apply_init``, ``__call__`` and
+    ``native``. Compilation builds the framework's lazy modules; no parameter has a shape until apply_init."""
+    from .spec import LazyModel
+
+    if not isinstance(spec, LazyModel):
+        from .errors import SpecError
+
+        raise SpecError(f"compile: expected a deferinit.LazyModel, received {type(spec).__name__}")
+    cls = load_backend(backend)
+    return cls(spec)

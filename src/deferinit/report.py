@@ -1,0 +1,221 @@
+"""ShapeReport: the one format every backend answers in.
+
+A report holds canonical content (input/output shapes, per-layer output shapes, and each parameter's
+canonical name, shape, dtype and trainability) and backend-specific annotations (the backend's name, each
+parameter's native name and native shape, and whether a dim came from the framework's own inference or
+had to be taken from the reference rules). ``diff`` compares only the canonical content, so the same spec
+gives an empty diff across all backends. Reports serialize to JSON and back exactly, which is how reports
+made in different virtualenvs (MXNet cannot share one with TensorFlow or JAX) are compared.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .errors import SpecError, fmt_shape
+
+__all__ = ["ParamInfo", "LayerInfo", "ShapeReport"]
+
+FORMAT = "deferinit.report"
+VERSION = 1
+
+Shape = tuple  # tuple[int | None, ...]
+
+
+def _shape(value: Any) -> tuple:
+    return tuple(None if d is None else int(d) for d in value)
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """One parameter: canonical ``shape``; ``native_name``/``native_shape`` as the framework holds it.
+
+    ``source`` is ``"native"`` when the framework's own deferred initialization found the shape, and
+    ``"reference"`` where the framework has no deferred form of that layer and the adapter took the dim
+    from the reference rules (the numpy backend is itself the reference).
+    """
+
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    trainable: bool = True
+    native_name: str = ""
+    native_shape: tuple[int, ...] = ()
+    source: str = "native"
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"shape": list(self.shape), "dtype": self.dtype, "trainable": self.trainable,
+                "native_name": self.native_name, "native_shape": list(self.native_shape), "source": self.source}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ParamInfo":
+        return cls(shape=_shape(d["shape"]), dtype=str(d.get("dtype", "float32")),
+                   trainable=bool(d.get("trainable", True)), native_name=str(d.get("native_name", "")),
+                   native_shape=_shape(d.get("native_shape", d["shape"])), source=str(d.get("source", "native")))
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One layer position: its type, output shape, parameters, and the position it is tied to if any."""
+
+    path: str
+    type: str
+    output_shape: tuple
+    params: tuple[str, ...] = ()
+    tied_to: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"type": self.type, "output_shape": list(self.output_shape), "params": list(self.params)}
+        if self.tied_to is not None:
+            d["tied_to"] = self.tied_to
+        return d
+
+    @classmethod
+    def from_dict(cls, path: str, d: Mapping[str, Any]) -> "LayerInfo":
+        return cls(path=path, type=str(d["type"]), output_shape=_shape(d["output_shape"]),
+                   params=tuple(d.get("params", ())), tied_to=d.get("tied_to"))
+
+
+@dataclass(frozen=True)
+class ShapeReport:
+    """Inferred shapes of one spec on one input, in canonical names and layouts."""
+
+    backend: str
+    input_shape: tuple
+    output_shape: tuple
+    params: Mapping[str, ParamInfo]
+    layers: Mapping[str, LayerInfo] = field(default_factory=dict)
+    input_dtype: str = "float32"
+    data_format: str = "channels_first"
+
+    # ------------------------------------------------------------------ counts
+    @property
+    def total_params(self) -> int:
+        """Every entry, trainable or not (as Keras counts; BatchNorm statistics included)."""
+        return sum(p.size for p in self.params.values())
+
+    @property
+    def trainable_params(self) -> int:
+        return sum(p.size for p in self.params.values() if p.trainable)
+
+    @property
+    def non_trainable_params(self) -> int:
+        return self.total_params - self.trainable_params
+
+    @property
+    def layer_output_shapes(self) -> dict[str, tuple]:
+        return {path: info.output_shape for path, info in self.layers.items()}
+
+    # ------------------------------------------------------------------ serialization
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT, "version": VERSION, "backend": self.backend,
+            "input_shape": list(self.input_shape), "input_dtype": self.input_dtype,
+            "data_format": self.data_format, "output_shape": list(self.output_shape),
+            "total_params": self.total_params, "trainable_params": self.trainable_params,
+            "params": {name: p.to_dict() for name, p in self.params.items()},
+            "layers": {path: info.to_dict() for path, info in self.layers.items()},
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ShapeReport":
+        if not isinstance(d, Mapping) or d.get("format") != FORMAT:
+            raise SpecError(f"not a deferinit shape report: expected a mapping with format={FORMAT!r}, "
+                            f"received {type(d).__name__}"
+                            + (f" with format={d.get('format')!r}" if isinstance(d, Mapping) else ""))
+        if d.get("version") != VERSION:
+            raise SpecError(f"shape report: expected version {VERSION}, received version {d.get('version')!r}")
+        try:
+            return cls(backend=str(d["backend"]), input_shape=_shape(d["input_shape"]),
+                       output_shape=_shape(d["output_shape"]),
+                       params={str(k): ParamInfo.from_dict(v) for k, v in d["params"].items()},
+                       layers={str(k): LayerInfo.from_dict(str(k), v) for k, v in d.get("layers", {}).items()},
+                       input_dtype=str(d.get("input_dtype", "float32")),
+                       data_format=str(d.get("data_format", "channels_first")))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise SpecError(f"shape report: malformed content ({type(exc).__name__}: {exc})") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> "ShapeReport":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SpecError(f"shape report: expected JSON, received text that fails at line {exc.lineno} "
+                            f"column {exc.colno}: {exc.msg}") from None
+        return cls.from_dict(data)
+
+    # ------------------------------------------------------------------ comparison
+    def diff(self, other: "ShapeReport") -> list[str]:
+        """Readable lines where the canonical content differs; empty when equal.
+
+        Backend names, native names, native shapes and sources are ignored: they are expected to differ.
+        """
+        lines: list[str] = []
+        for attr in ("input_shape", "output_shape", "input_dtype", "data_format"):
+            a, b = getattr(self, attr), getattr(other, attr)
+            if a != b:
+                lines.append(f"{attr}: {_show(a)} != {_show(b)}")
+        lines += _diff_maps("param", self.params, other.params,
+                            lambda p: (p.shape, p.dtype, p.trainable),
+                            lambda p: f"shape {fmt_shape(p.shape)} {p.dtype}{'' if p.trainable else ' non-trainable'}")
+        lines += _diff_maps("layer", self.layers, other.layers,
+                            lambda info: (info.type, info.output_shape, info.params, info.tied_to),
+                            lambda info: f"{info.type} -> {fmt_shape(info.output_shape)}"
+                                         + (f" tied to {info.tied_to}" if info.tied_to else ""))
+        if not lines and list(self.params) != list(other.params):
+            lines.append("param order differs: " + ", ".join(self.params) + " != " + ", ".join(other.params))
+        return lines
+
+    # ------------------------------------------------------------------ display
+    def __str__(self) -> str:
+        head = (f"ShapeReport(backend={self.backend}, input={fmt_shape(self.input_shape)} {self.input_dtype}, "
+                f"output={fmt_shape(self.output_shape)}, {self.data_format})")
+        rows = [("layer", "type", "output shape", "param", "shape", "count", "native")]
+        for path, info in self.layers.items():
+            names = info.params or ("",)
+            for i, pname in enumerate(names):
+                p = self.params.get(pname)
+                native = ""
+                if p is not None and p.native_name:
+                    native = p.native_name + ("" if p.native_shape == p.shape else " " + fmt_shape(p.native_shape))
+                    native += " [reference]" if p.source == "reference" else ""
+                rows.append((path if i == 0 else "", info.type if i == 0 else "",
+                             (fmt_shape(info.output_shape) if i == 0 else "")
+                             + (f" = {info.tied_to}" if info.tied_to and i == 0 else ""),
+                             pname.rsplit(".", 1)[-1] if p else "", fmt_shape(p.shape) if p else "",
+                             f"{p.size:,}" if p else "", native))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = [head] + ["  ".join(c.rjust(w) if j == 5 else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths))).rstrip()
+                          for r in rows]
+        lines.insert(2, "-" * min(sum(widths) + 2 * len(widths), 120))
+        lines.append(f"Total params: {self.total_params:,} (trainable {self.trainable_params:,}, "
+                     f"non-trainable {self.non_trainable_params:,})")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (f"ShapeReport(backend={self.backend!r}, input_shape={self.input_shape}, "
+                f"output_shape={self.output_shape}, params={len(self.params)}, total_params={self.total_params})")
+
+
+def _show(value: Any) -> str:
+    return fmt_shape(value) if isinstance(value, tuple) else repr(value)
+
+
+def _diff_maps(kind: str, a: Mapping, b: Mapping, key: Any, show: Any) -> list[str]:
+    lines = []
+    for name in a:
+        if name not in b:
+            lines.append(f"{kind} '{name}': {show(a[name])} only in the first report")
+        elif key(a[name]) != key(b[name]):
+            lines.append(f"{kind} '{name}': {show(a[name])} != {show(b[name])}")
+    lines += [f"{kind} '{name}': {show(b[name])} only in the second report" for name in b if name not in a]
+    return lines

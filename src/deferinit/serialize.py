@@ -1,0 +1,206 @@
+"""Specs as data: ``to_dict`` / ``from_dict`` and spec files (``.json``, ``.toml``, ``.yaml``).
+
+Spec files are data only: they are parsed with ``json``, ``tomllib`` and ``yaml.safe_load``, never
+executed, and every key is checked (an unknown key is a :class:`SpecError` naming its position).
+Only fields that differ from their defaults are written, so files stay short. A layer object used twice
+is written once and referred to afterwards as ``{"ref": "<path of its first use>"}``, so ties survive a
+round trip.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import BackendUnavailableError, SpecError
+from .layers import (GELU, Activation, AvgPool2D, BatchNorm, Conv1D, Conv2D, Dense, Dropout, Embedding, Flatten,
+                     GlobalAvgPool2D, Identity, LayerNorm, MaxPool2D, ReLU, Sigmoid, Softmax, Tanh)
+from .spec import Concat, Container, LazyModel, Layer, Residual, Sequential
+
+__all__ = ["layer_to_dict", "model_from_dict", "load_spec", "save_spec", "LAYER_TYPES", "register_layer"]
+
+FORMAT = "deferinit.spec"
+VERSION = 1
+
+#: every layer type a spec file may name; an explicit table (no subclass walking)
+LAYER_TYPES: dict[str, type[Layer]] = {cls.__name__: cls for cls in (
+    Dense, Conv1D, Conv2D, MaxPool2D, AvgPool2D, GlobalAvgPool2D, BatchNorm, LayerNorm, Dropout, Flatten, Identity,
+    Activation, ReLU, Sigmoid, Tanh, GELU, Softmax, Embedding, Sequential, Residual, Concat, LazyModel)}
+
+
+def register_layer(cls: type[Layer]) -> type[Layer]:
+    """Make a layer type known to spec files (for layers added by later modules or by users)."""
+    LAYER_TYPES[cls.__name__] = cls
+    return cls
+
+
+def _plain(value: Any, seen: dict[int, str], path: str) -> Any:
+    if isinstance(value, Layer):
+        return _to_dict(value, seen, path)
+    if isinstance(value, (tuple, list)):
+        return [_plain(v, seen, f"{path}.{i}") for i, v in enumerate(value)]
+    return value
+
+
+def _to_dict(layer: Layer, seen: dict[int, str], path: str) -> dict[str, Any]:
+    if id(layer) in seen:
+        return {"ref": seen[id(layer)]}
+    seen[id(layer)] = path
+    out: dict[str, Any] = {"type": type(layer).__name__}
+    children = dict(layer.children) if isinstance(layer, Container) else {}
+    for f in dataclasses.fields(layer):
+        value = getattr(layer, f.name)
+        if f.kw_only and f.default is not dataclasses.MISSING and value == f.default:
+            continue
+        if f.name in ("layers", "branches"):
+            segs = list(children)
+            out[f.name] = [_plain(v, seen, f"{path}.{segs[i]}" if path else segs[i]) for i, v in enumerate(value)]
+        elif isinstance(value, Layer):
+            out[f.name] = _plain(value, seen, f"{path}.{f.name}" if path else f.name)
+        else:
+            out[f.name] = _plain(value, seen, path)
+    return out
+
+
+def layer_to_dict(layer: Layer) -> dict[str, Any]:
+    """Plain data (lists, strings, numbers) describing ``layer``; a LazyModel gets a format header."""
+    body = _to_dict(layer, {}, "")
+    if isinstance(layer, LazyModel):
+        return {"format": FORMAT, "version": VERSION, **body}
+    return body
+
+
+def _from(data: Any, path: str, refs: dict[str, Layer], where: str) -> Layer:
+    here = f"{where} at '{path or '<root>'}'"
+    if not isinstance(data, Mapping):
+        raise SpecError(f"{here}: expected a layer mapping with a 'type' key, received {type(data).__name__} {data!r}")
+    if set(data) == {"ref"}:
+        target = refs.get(str(data["ref"]))
+        if target is None:
+            raise SpecError(f"{here}: expected 'ref' to name an earlier layer path, received ref={data['ref']!r}")
+        return target
+    kind = data.get("type")
+    cls = LAYER_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise SpecError(f"{here}: expected 'type' to be one of {', '.join(sorted(LAYER_TYPES))}, received {kind!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    allowed = set(fields) | {"type"} | ({"format", "version"} if cls is LazyModel else set())
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise SpecError(f"{here}: unknown key(s) {', '.join(map(repr, unknown))} for {kind}; expected some of "
+                        f"{', '.join(sorted(set(fields) - {'_'}))}")
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in ("type", "format", "version"):
+            continue
+        if key in ("layers", "branches"):
+            if not isinstance(value, list):
+                raise SpecError(f"{here}: expected '{key}' to be a list of layers, received {type(value).__name__}")
+            items = []
+            for i, item in enumerate(value):
+                seg = item.get("name") if isinstance(item, Mapping) and isinstance(item.get("name"), str) else str(i)
+                items.append(_from(item, f"{path}.{seg}" if path else seg, refs, where))
+            kwargs[key] = items
+        elif key in ("body", "shortcut") and value is not None:
+            kwargs[key] = _from(value, f"{path}.{key}" if path else key, refs, where)
+        else:
+            kwargs[key] = tuple(value) if isinstance(value, list) else value
+    positional = [f.name for f in fields.values() if not f.kw_only]
+    missing = [p for p in positional if p not in kwargs]
+    if missing:
+        raise SpecError(f"{here}: {kind} needs {', '.join(map(repr, missing))}, received keys "
+                        f"{', '.join(map(repr, sorted(data)))}")
+    try:
+        layer = cls(**kwargs)
+    except SpecError as exc:
+        raise SpecError(f"{here}: {exc}") from None
+    except TypeError as exc:
+        raise SpecError(f"{here}: {kind} cannot be built from these keys ({exc})") from None
+    refs[path] = layer
+    return layer
+
+
+def model_from_dict(data: Any, *, where: str = "spec") -> LazyModel:
+    """Rebuild a :class:`LazyModel` from :func:`layer_to_dict` output (or a parsed spec file)."""
+    if not isinstance(data, Mapping):
+        raise SpecError(f"{where}: expected a mapping with 'layers', received {type(data).__name__}")
+    if data.get("format", FORMAT) != FORMAT:
+        raise SpecError(f"{where}: expected format {FORMAT!r}, received format {data.get('format')!r}")
+    if data.get("version", VERSION) != VERSION:
+        raise SpecError(f"{where}: expected version {VERSION}, received version {data.get('version')!r}")
+    if "layers" not in data:
+        raise SpecError(f"{where}: expected a 'layers' list, received keys {', '.join(map(repr, sorted(data)))}")
+    model = _from({"type": "LazyModel", **data}, "", {}, where)
+    assert isinstance(model, LazyModel)
+    return model
+
+
+def _parse(path: Path, text: str) -> Any:
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SpecError(f"{path}:{exc.lineno}:{exc.colno}: expected valid JSON, received an error: {exc.msg}") from None
+    if suffix == ".toml":
+        import tomllib
+
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise SpecError(f"{path}: expected valid TOML, received an error: {exc}") from None
+    if suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise BackendUnavailableError(f"{path}: reading YAML spec files needs PyYAML; install it with "
+                                          f"pip install 'deferinit[yaml]'") from None
+        try:
+            return yaml.safe_load(text)  # safe: builds plain data, never objects or code
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            pos = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+            raise SpecError(f"{path}{pos}: expected valid YAML, received an error: "
+                            f"{getattr(exc, 'problem', None) or exc}") from None
+    raise SpecError(f"{path}: expected a .json, .toml or .yaml spec file, received suffix {suffix or '(none)'!r}")
+
+
+def load_spec(path: str | Path) -> LazyModel:
+    """Read a spec file (``.json``, ``.toml``, ``.yaml``/``.yml``). Files are data: nothing is executed."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SpecError(f"{path}: expected a readable spec file, received an error: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: expected UTF-8 text, received undecodable bytes at position {exc.start}") from None
+    return model_from_dict(_parse(path, text), where=str(path))
+
+
+def save_spec(spec: LazyModel, path: str | Path) -> Path:
+    """Write ``spec`` as ``.json``, ``.toml`` (needs ``tomli-w``) or ``.yaml`` (needs PyYAML)."""
+    path = Path(path)
+    data = spec.to_dict()
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        text = json.dumps(data, indent=2) + "\n"
+    elif suffix == ".toml":
+        try:
+            import tomli_w
+        except ImportError:
+            raise BackendUnavailableError("writing TOML spec files needs tomli-w: pip install tomli-w") from None
+        text = tomli_w.dumps(data)
+    elif suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise BackendUnavailableError("writing YAML spec files needs PyYAML: pip install pyyaml") from None
+        text = yaml.safe_dump(data, sort_keys=False)
+    else:
+        raise SpecError(f"{path}: expected a .json, .toml or .yaml suffix, received {suffix or '(none)'!r}")
+    path.write_text(text, encoding="utf-8")
+    return path

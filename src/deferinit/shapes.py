@@ -1,0 +1,214 @@
+"""Framework-free shape inference: walks a spec with the reference rules and builds a ShapeReport.
+
+The walk is shared by every backend: :func:`plan` resolves paths and ties once (adapters build their
+native modules from it), :func:`infer` runs the rules. No parameter memory is allocated: inference costs
+memory proportional to the number of layers, so a 1.7e11-parameter spec is reported in milliseconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Sequence
+
+from .errors import DTypeError, ShapeMismatchError, fmt_shape, where
+from .layers import Leaf, ParamSpec, RuleContext, check_kind
+from .report import LayerInfo, ParamInfo, ShapeReport
+from .spec import Concat, Container, LazyModel, Layer, Residual, Sequential
+
+__all__ = ["Node", "plan", "infer", "infer_shapes", "Inference", "input_kind", "normalize_shape"]
+
+
+@dataclass(eq=False)
+class Node:
+    """A layer at one position. A tied position (the same layer object seen before) points at the first."""
+
+    path: str
+    layer: Layer
+    children: list["Node"] = field(default_factory=list)
+    tied_to: "Node | None" = None
+
+    def param_name(self, pname: str) -> str:
+        owner = self.tied_to or self
+        return f"{owner.path}.{pname}" if owner.path else pname
+
+    def walk(self) -> Iterator["Node"]:
+        """Every node below (not this one), depth first; tied positions appear, their subtrees do not."""
+        for child in self.children:
+            yield child
+            yield from child.walk()
+
+    def leaves(self) -> Iterator["Node"]:
+        """First occurrences of leaf layers, in order."""
+        return (n for n in self.walk() if n.tied_to is None and isinstance(n.layer, Leaf))
+
+
+def plan(spec: Layer) -> Node:
+    """Resolve dotted paths (position, or ``name=``) and ties for a spec."""
+    first: dict[int, Node] = {}
+
+    def build(layer: Layer, path: str) -> Node:
+        seen = first.get(id(layer))
+        if seen is not None:
+            return Node(path, layer, [], tied_to=seen)
+        node = Node(path, layer)
+        first[id(layer)] = node
+        node.children = [build(child, f"{path}.{seg}" if path else seg) for seg, child in layer.children]
+        return node
+
+    return build(spec, "")
+
+
+def _is_int(d: Any) -> bool:
+    return isinstance(d, int) or (type(d).__module__ == "numpy" and hasattr(d, "__index__"))
+
+
+def normalize_shape(shape: Any) -> tuple:
+    """An input shape as a tuple of positive ints or ``None``; anything else is a ShapeMismatchError."""
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise ShapeMismatchError(f"the model input expected a shape (a tuple of sizes), received {shape!r}") from None
+    for d in dims:
+        ok = d is None or (_is_int(d) and not isinstance(d, bool) and type(d).__name__ != "bool_" and d >= 1)
+        if not ok:
+            raise ShapeMismatchError(f"the model input expected every dim to be a positive integer or None, "
+                                     f"received shape {fmt_shape(dims)}"
+                                     + ("; an empty batch or axis cannot be initialized or run" if d == 0 else ""))
+    if not dims:
+        raise ShapeMismatchError("the model input expected at least a batch axis, received shape ()")
+    return tuple(None if d is None else int(d) for d in dims)
+
+
+def input_kind(dtype: Any) -> str:
+    """``float`` or ``int`` for a dtype layers can take; DTypeError for bool, complex and the rest."""
+    import numpy as np
+
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise DTypeError(f"the model input expected a numeric dtype, received {dtype!r}") from None
+    if dt.kind == "f":
+        return "float"
+    if dt.kind in "iu":
+        return "int"
+    raise DTypeError(f"the model input expected floating-point data (or integer indices for an Embedding), "
+                     f"received dtype {dt.name}")
+
+
+@dataclass
+class Inference:
+    """What a walk found: the report plus what adapters and initializers need beside it."""
+
+    report: ShapeReport
+    params: dict[str, ParamSpec]      # canonical name -> rule's view (with init role)
+    root: Node
+    inputs: dict[str, tuple] = field(default_factory=dict)  # path -> input shape of each position
+
+
+class _Walk:
+    def __init__(self, data_format: str, backend: str, fixed: Mapping[str, tuple] | None) -> None:
+        self.data_format, self.backend, self.fixed = data_format, backend, fixed
+        self.params: dict[str, ParamSpec] = {}
+        self.layers: dict[str, LayerInfo] = {}
+        self.inputs: dict[str, tuple] = {}
+
+    def run(self, node: Node, shape: tuple, kind: str, record: bool = True) -> tuple[tuple, str]:
+        if node.tied_to is not None:
+            out, kind = self.run(node.tied_to, shape, kind, record=False)
+            if record:
+                self.inputs[node.path] = shape
+                self.layers[node.path] = LayerInfo(node.path, type(node.layer).__name__, out, (), node.tied_to.path)
+            return out, kind
+        layer = node.layer
+        if record:
+            self.inputs[node.path] = shape
+            self.layers[node.path] = LayerInfo(node.path, type(layer).__name__, ())  # keeps pre-order
+        if isinstance(layer, Leaf):
+            out, kind, names = self.leaf(node, shape, kind)
+        else:
+            out, kind = self.container(node, shape, kind, record)
+            names = ()
+        if record:
+            self.layers[node.path] = LayerInfo(node.path, type(layer).__name__, out, names)
+        return out, kind
+
+    def leaf(self, node: Node, shape: tuple, kind: str) -> tuple[tuple, str, tuple[str, ...]]:
+        ctx = RuleContext(node.path, node.layer, self.data_format, None)
+        check_kind(ctx, node.layer, kind)  # type: ignore[arg-type]
+        out, params = node.layer.infer(shape, ctx)  # type: ignore[attr-defined]
+        names = []
+        for pname, pspec in params.items():
+            full = node.param_name(pname)
+            names.append(full)
+            want = self.fixed.get(full) if self.fixed is not None else self.params.get(full, pspec).shape
+            if want is not None and tuple(want) != pspec.shape:
+                tied = self.fixed is None
+                raise ShapeMismatchError(
+                    f"{where(node.path, node.layer)} expected an input that fits parameter '{full}' of shape "
+                    f"{fmt_shape(want)}" + (" (shared with an earlier use of the same layer)" if tied
+                                             else " (fixed when the model was initialized)")
+                    + f", received input shape {fmt_shape(shape)}, which would need {fmt_shape(pspec.shape)}")
+            self.params.setdefault(full, pspec)
+        out_kind = "float" if node.layer.accepts == "int" else kind  # type: ignore[attr-defined]
+        return out, out_kind, tuple(names)
+
+    def container(self, node: Node, shape: tuple, kind: str, record: bool) -> tuple[tuple, str]:
+        layer = node.layer
+        if isinstance(layer, Sequential):
+            for child in node.children:
+                shape, kind = self.run(child, shape, kind, record)
+            return shape, kind
+        if isinstance(layer, Residual):
+            body, rest = node.children[0], node.children[1:]
+            out, out_kind = self.run(body, shape, kind, record)
+            short, _ = self.run(rest[0], shape, kind, record) if rest else (shape, kind)
+            if out != short:
+                ctx = RuleContext(node.path, layer, self.data_format)
+                raise ctx.mismatch(f"body and shortcut outputs of the same shape (to add them); the shortcut gives "
+                                   f"{fmt_shape(short)}", f"body output {fmt_shape(out)}",
+                                   "add a shortcut (e.g. a 1x1 Conv2D) that matches the body")
+            return out, "float"
+        if isinstance(layer, Concat):
+            outs = [self.run(child, shape, kind, record) for child in node.children]
+            ctx = RuleContext(node.path, layer, self.data_format)
+            first = outs[0][0]
+            axis = ctx.channel_axis(len(first))
+            for i, (out, _) in enumerate(outs[1:], 1):
+                same = len(out) == len(first) and all(a == b for j, (a, b) in enumerate(zip(out, first)) if j != axis)
+                if not same:
+                    raise ctx.mismatch(f"branch outputs that differ only on the channel axis {axis}; branch 0 gives "
+                                       f"{fmt_shape(first)}", f"branch {i} output {fmt_shape(out)}")
+            channels = [o[axis] for o, _ in outs]
+            total = None if any(c is None for c in channels) else sum(channels)
+            return first[:axis] + (total,) + first[axis + 1:], "float"
+        raise TypeError(f"unknown container {type(layer).__name__}")  # pragma: no cover - spec.py is closed
+
+
+def infer(spec: LazyModel, input_shape: Sequence[int | None], *, dtype: Any = "float32", backend: str = "numpy",
+          fixed: Mapping[str, tuple] | None = None, root: Node | None = None) -> Inference:
+    """Run the reference rules. ``fixed`` maps canonical parameter names to shapes that the input must fit
+    (those of an initialized model), so a later call with a wrong feature dim names the layer."""
+    if not isinstance(spec, LazyModel):
+        from .errors import SpecError
+
+        raise SpecError(f"expected a deferinit.LazyModel, received {type(spec).__name__}")
+    shape = normalize_shape(input_shape)
+    kind = input_kind(dtype)
+    root = root or plan(spec)
+    walk = _Walk(spec.data_format, backend, fixed)
+    out, _ = walk.run(root, shape, kind, record=True)
+    walk.layers.pop("", None)
+    params = {name: ParamInfo(shape=p.shape, trainable=p.trainable, native_name=name, native_shape=p.shape,
+                              source="reference") for name, p in walk.params.items()}
+    import numpy as np
+
+    report = ShapeReport(backend=backend, input_shape=shape, output_shape=out, params=params, layers=walk.layers,
+                         input_dtype=np.dtype(dtype).name, data_format=spec.data_format)
+    return Inference(report, walk.params, root, walk.inputs)
+
+
+def infer_shapes(spec: LazyModel, input_shape: Sequence[int | None], *, dtype: Any = "float32") -> ShapeReport:
+    """Parameter and output shapes of ``spec`` for an input of ``input_shape``, with no framework and no
+    parameter memory. Dims may be ``None`` where they vary (batch, spatial, sequence); a parameter that would
+    depend on one raises :class:`ShapeMismatchError` naming the layer and the dim."""
+    return infer(spec, input_shape, dtype=dtype).report

@@ -1,0 +1,245 @@
+"""The spec: immutable, backend-neutral layer descriptions with no input dims.
+
+Layers are frozen dataclasses whose first field is the output size and whose other fields are keyword-only.
+They validate their own fields at construction (a :class:`SpecError` saying ``Received: units=-3``) and
+carry their shape rule beside their fields (see ``layers.py``). What inference finds goes into a
+:class:`~deferinit.report.ShapeReport`, never back into the spec.
+
+Identity matters: one layer object used twice in a spec is ONE layer with tied parameters, so layers are
+compared by value (``to_dict``) but the walker tells ties apart by ``id``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import KW_ONLY, dataclass
+from typing import Any, ClassVar, Iterator, Sequence as Seq
+
+from .errors import SpecError
+
+__all__ = ["Layer", "Container", "Sequential", "LazyModel", "Residual", "Concat", "ACTIVATIONS", "DATA_FORMATS"]
+
+ACTIVATIONS = ("relu", "sigmoid", "tanh", "gelu", "softmax", "silu")
+DATA_FORMATS = ("channels_first", "channels_last")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+
+Shape = tuple  # tuple[int | None, ...]
+
+
+# --------------------------------------------------------------------------------------------- validators
+def _bad(layer: str, field: str, value: Any, need: str) -> SpecError:
+    return SpecError(f"{layer}: {field} must be {need}. Received: {field}={value!r}")
+
+
+def check_int(layer: str, field: str, value: Any, *, minimum: int = 1, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        need = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise _bad(layer, field, value, need + (" or None" if optional else ""))
+
+
+def check_tuple(layer: str, field: str, value: Any, n: int, *, minimum: int = 1, optional: bool = False) -> tuple:
+    """Normalize ``int | tuple`` to an ``n``-tuple of ints >= minimum."""
+    if value is None and optional:
+        return None  # type: ignore[return-value]
+    items = (value,) * n if isinstance(value, int) and not isinstance(value, bool) else value
+    if isinstance(items, list):
+        items = tuple(items)
+    ok = isinstance(items, tuple) and len(items) == n and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in items)
+    if not ok:
+        need = f"an integer >= {minimum} or a tuple of {n} such integers"
+        raise _bad(layer, field, value, need)
+    return items
+
+
+def check_activation(layer: str, value: Any, field: str = "activation", optional: bool = True) -> None:
+    if value is None and optional:
+        return
+    if value not in ACTIVATIONS:
+        raise _bad(layer, field, value, "one of " + ", ".join(repr(a) for a in ACTIVATIONS) + (" or None" if optional else ""))
+
+
+def check_float(layer: str, field: str, value: Any, lo: float, hi: float, *, lo_open: bool, hi_open: bool) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+    if not ok:
+        interval = ("(" if lo_open else "[") + f"{lo}, {hi}" + (")" if hi_open else "]")
+        raise _bad(layer, field, value, f"a number in {interval}")
+
+
+# --------------------------------------------------------------------------------------------- base class
+@dataclass(frozen=True, eq=False, repr=False)
+class Layer:
+    """Base of every spec node. Subclasses are frozen dataclasses; ``name`` is keyword-only on all."""
+
+    _: KW_ONLY
+    name: str | None = None
+
+    #: names of the parameters the layer owns, in report order (leaf layers set this)
+    param_names: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        if self.name is not None and (not isinstance(self.name, str) or not _NAME.match(self.name)):
+            raise _bad(type(self).__name__, "name", self.name,
+                       "None or a string of letters, digits, '_' and '-' that does not start with a digit")
+        self.validate()
+
+    def validate(self) -> None:
+        """Check the fields; raise :class:`SpecError`. Subclasses extend this."""
+
+    @property
+    def children(self) -> tuple[tuple[str, "Layer"], ...]:
+        """``(segment, child)`` pairs for containers; empty for leaf layers."""
+        return ()
+
+    # -- value semantics (identity is used for ties; see the module docstring)
+    def to_dict(self) -> dict[str, Any]:
+        from .serialize import layer_to_dict
+
+        return layer_to_dict(self)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self.to_dict() == other.to_dict()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self.to_dict(), sort_keys=True))
+
+    def __repr__(self) -> str:
+        parts = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.kw_only:
+                if f.default is not dataclasses.MISSING and value == f.default:
+                    continue
+                parts.append(f"{f.name}={value!r}")
+            else:
+                parts.append(repr(value))
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+
+def _as_layers(owner: str, field: str, items: Any) -> tuple[Layer, ...]:
+    if isinstance(items, Layer) or isinstance(items, (str, bytes)) or not isinstance(items, (list, tuple)):
+        raise _bad(owner, field, items, "a list of layers")
+    for i, item in enumerate(items):
+        if not isinstance(item, Layer):
+            raise SpecError(f"{owner}: {field}[{i}] must be a deferinit layer. Received: {item!r} "
+                            f"({type(item).__name__})")
+    return tuple(items)
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Container(Layer):
+    """A layer made of other layers; its shape rule is structural (see ``shapes.py``)."""
+
+    def iter_layers(self) -> Iterator[Layer]:
+        """Every layer below this one, depth first, ties included once per position."""
+        for _, child in self.children:
+            yield child
+            if isinstance(child, Container):
+                yield from child.iter_layers()
+
+
+def _check_unique_names(owner: str, layers: Seq[Layer]) -> None:
+    seen: dict[str, int] = {}
+    for i, layer in enumerate(layers):
+        seg = layer.name if layer.name is not None else str(i)
+        if seg in seen and layers[seen[seg]] is not layer:
+            raise SpecError(f"{owner}: two layers would both be named '{seg}' (positions {seen[seg]} and {i}); "
+                            f"give them different name= values")
+        seen[seg] = i
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Sequential(Container):
+    """Layers applied one after the other. Children are named by position, or by their ``name=``."""
+
+    layers: Seq[Layer]
+
+    def validate(self) -> None:
+        object.__setattr__(self, "layers", _as_layers(type(self).__name__, "layers", self.layers))
+        _check_unique_names(type(self).__name__, self.layers)
+
+    @property
+    def children(self) -> tuple[tuple[str, Layer], ...]:
+        return tuple((layer.name if layer.name is not None else str(i), layer) for i, layer in enumerate(self.layers))
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, i: int) -> Layer:
+        return self.layers[i]
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class LazyModel(Sequential):
+    """A whole model: a :class:`Sequential` with a data format. Usable as a block inside another spec.
+
+    ``data_format`` says how the data is laid out (``channels_first``: ``(N, C, *spatial)``, as in PyTorch
+    and MXNet; ``channels_last``: ``(N, *spatial, C)``, as in Keras and Flax). Every backend accepts and
+    returns data in this layout; parameters always use the canonical layouts.
+    """
+
+    _: KW_ONLY
+    data_format: str = "channels_first"
+
+    def validate(self) -> None:
+        super().validate()
+        if self.data_format not in DATA_FORMATS:
+            raise _bad("LazyModel", "data_format", self.data_format, "'channels_first' or 'channels_last'")
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "LazyModel":
+        from .serialize import model_from_dict
+
+        return model_from_dict(data)
+
+    def summary(self, input_shape: Seq[int | None]) -> str:
+        from .shapes import infer_shapes
+
+        return str(infer_shapes(self, input_shape))
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Residual(Container):
+    """``activation(body(x) + shortcut(x))``; the shortcut is the identity when ``None``."""
+
+    body: Layer
+    _: KW_ONLY
+    shortcut: Layer | None = None
+    activation: str | None = None
+
+    def validate(self) -> None:
+        if not isinstance(self.body, Layer):
+            raise _bad("Residual", "body", self.body, "a deferinit layer")
+        if self.shortcut is not None and not isinstance(self.shortcut, Layer):
+            raise _bad("Residual", "shortcut", self.shortcut, "a deferinit layer or None")
+        check_activation("Residual", self.activation)
+
+    @property
+    def children(self) -> tuple[tuple[str, Layer], ...]:
+        kids: tuple[tuple[str, Layer], ...] = (("body", self.body),)
+        if self.shortcut is not None:
+            kids += (("shortcut", self.shortcut),)
+        return kids
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Concat(Container):
+    """Applies each branch to the same input and concatenates the results along the channel axis."""
+
+    branches: Seq[Layer]
+
+    def validate(self) -> None:
+        object.__setattr__(self, "branches", _as_layers("Concat", "branches", self.branches))
+        if not self.branches:
+            raise _bad("Concat", "branches", [], "a non-empty list of layers")
+        _check_unique_names("Concat", self.branches)
+
+    @property
+    def children(self) -> tuple[tuple[str, Layer], ...]:
+        return tuple((b.name if b.name is not None else str(i), b) for i, b in enumerate(self.branches))

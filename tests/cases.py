@@ -1,0 +1,87 @@
+"""Specs that together use every layer, option and combinator of the core, with small inputs.
+
+Shared by the contract suite (every backend) and the parity checks. Each case is (id, spec factory, input
+shape, dtype).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+import deferinit as di
+
+
+class Case(NamedTuple):
+    id: str
+    make: Callable[[], di.LazyModel]
+    shape: tuple
+    dtype: str = "float32"
+
+    def data(self, seed: int = 0, batch: int | None = None) -> np.ndarray:
+        shape = self.shape if batch is None else (batch,) + tuple(self.shape[1:])
+        rng = np.random.default_rng(seed)
+        if self.dtype.startswith("int"):
+            return rng.integers(0, 50, size=shape).astype(self.dtype)
+        return rng.standard_normal(shape).astype(self.dtype)
+
+
+def _tied() -> di.LazyModel:
+    shared = di.Dense(8, activation="tanh")
+    return di.LazyModel([di.Dense(8), shared, shared, di.Dense(3)])
+
+
+CASES = [
+    Case("mlp", lambda: di.LazyModel([di.Dense(16, activation="relu"), di.Dense(4)]), (2, 20)),
+    Case("dense_options", lambda: di.LazyModel([
+        di.Dense(7, use_bias=False, activation="sigmoid"), di.Dense(5, activation="tanh", in_features=7),
+        di.Dense(6, activation="gelu"), di.Dense(3, activation="softmax")]), (3, 9)),
+    Case("dense_rank3", lambda: di.LazyModel([di.Dense(6, activation="relu"), di.LayerNorm(), di.Dense(2)]), (2, 5, 4)),
+    Case("activations", lambda: di.LazyModel([
+        di.Dense(6), di.ReLU(), di.Dense(6), di.Sigmoid(), di.Dense(6), di.Tanh(), di.Dense(6), di.GELU(),
+        di.Activation("silu"), di.Dropout(0.5), di.Identity(), di.Dense(4), di.Softmax()]), (2, 5)),
+    Case("lenet", lambda: di.LazyModel([
+        di.Conv2D(6, 5, padding=2, activation="sigmoid"), di.AvgPool2D(2, stride=2),
+        di.Conv2D(16, 5, activation="sigmoid"), di.AvgPool2D(2, stride=2), di.Flatten(),
+        di.Dense(120, activation="sigmoid"), di.Dense(84, activation="sigmoid"), di.Dense(10)]), (2, 1, 28, 28)),
+    Case("conv_options", lambda: di.LazyModel([
+        di.Conv2D(8, (3, 5), stride=(2, 1), padding=(1, 2), dilation=(1, 2), activation="relu"),
+        di.Conv2D(8, 3, groups=4, padding="same", use_bias=False), di.Conv2D(6, 3, stride=2, padding="same"),
+        di.Conv2D(4, 1, padding="valid", in_channels=6), di.MaxPool2D(3, stride=2, padding=1),
+        di.AvgPool2D(2, stride=1, padding=1), di.GlobalAvgPool2D(), di.Dense(3)]), (2, 3, 17, 15)),
+    Case("conv1d", lambda: di.LazyModel([
+        di.Conv1D(8, 3, padding=1, activation="relu"), di.Conv1D(8, 3, stride=2, groups=2, dilation=2),
+        di.BatchNorm(), di.Flatten(), di.Dense(4)]), (2, 4, 16)),
+    Case("batchnorm", lambda: di.LazyModel([
+        di.Conv2D(6, 3), di.BatchNorm(eps=1e-3, momentum=0.2), di.ReLU(), di.Flatten(), di.Dense(5),
+        di.BatchNorm(), di.Dense(2)]), (4, 3, 8, 8)),
+    Case("residual", lambda: di.LazyModel([
+        di.Conv2D(8, 3, padding=1), di.BatchNorm(), di.ReLU(),
+        di.Residual(di.Sequential([di.Conv2D(8, 3, padding=1), di.BatchNorm(), di.ReLU(),
+                                   di.Conv2D(8, 3, padding=1), di.BatchNorm()]), activation="relu"),
+        di.Residual(di.Sequential([di.Conv2D(16, 3, stride=2, padding=1), di.BatchNorm()]),
+                    shortcut=di.Conv2D(16, 1, stride=2), activation="relu"),
+        di.GlobalAvgPool2D(), di.Dense(3)]), (2, 3, 12, 12)),
+    Case("concat", lambda: di.LazyModel([
+        di.Conv2D(4, 3, padding=1, activation="relu"),
+        di.Concat([di.Conv2D(3, 1, activation="relu"),
+                   di.Sequential([di.Conv2D(2, 1, activation="relu"), di.Conv2D(5, 3, padding=1, activation="relu")]),
+                   di.Sequential([di.MaxPool2D(3, stride=1, padding=1), di.Conv2D(2, 1)])]),
+        di.GlobalAvgPool2D(), di.Dense(3)]), (2, 3, 10, 10)),
+    Case("tied", _tied, (2, 6)),
+    Case("named", lambda: di.LazyModel([
+        di.Dense(8, name="hidden", activation="relu"),
+        di.Sequential([di.Dense(8, name="inner"), di.ReLU()], name="block"), di.Dense(2, name="head")]), (2, 5)),
+    Case("nested_model", lambda: di.LazyModel([
+        di.LazyModel([di.Dense(6, activation="relu"), di.Dense(6)]), di.Residual(di.Dense(6)), di.Dense(2)]), (2, 4)),
+    Case("embedding", lambda: di.LazyModel([di.Embedding(50, 8), di.LayerNorm(), di.Flatten(), di.Dense(3)]),
+         (2, 5), "int64"),
+    Case("channels_last", lambda: di.LazyModel([
+        di.Conv2D(6, 3, padding=1, activation="relu"), di.BatchNorm(), di.MaxPool2D(2),
+        di.Concat([di.Conv2D(3, 1), di.Conv2D(2, 3, padding=1)]),
+        di.Residual(di.Conv2D(5, 3, padding="same")), di.AvgPool2D(2), di.Flatten(), di.Dense(4)],
+        data_format="channels_last"), (2, 12, 10, 3)),
+]
+
+BY_ID = {c.id: c for c in CASES}

@@ -1,0 +1,69 @@
+"""Backend selection for the test suite.
+
+``pytest --backend torch`` (what ``nox -s "tests(torch)"`` runs) selects backends explicitly: a selected
+backend whose framework cannot be imported FAILS the run at start-up, it is never skipped. A plain local
+``pytest`` with no ``--backend`` runs the contract suite on the backends installed here.
+Backend-specific files (``test_native_<backend>.py``) are collected only when their backend is selected.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+_NATIVE = re.compile(r"test_(?:native|zoo)_(\w+?)\.py$")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--backend", action="append", default=[],
+                     help="backend to test (repeatable); a selected backend that cannot be imported fails the run")
+
+
+def _selected(config: pytest.Config) -> list[str]:
+    cached = getattr(config, "_deferinit_backends", None)
+    if cached is not None:
+        return cached
+    import deferinit as di
+    from deferinit.registry import resolve
+
+    chosen = [resolve(b) for opt in config.getoption("--backend") for b in opt.split(",") if b]
+    env = [resolve(b) for b in os.environ.get("DEFERINIT_BACKENDS", "").split(",") if b]
+    chosen = chosen or env
+    if not chosen:
+        chosen = [b for b in di.available_backends() if b in ("numpy", "torch", "tensorflow", "jax", "mxnet")]
+    config._deferinit_backends = list(dict.fromkeys(chosen))  # type: ignore[attr-defined]
+    return config._deferinit_backends  # type: ignore[attr-defined]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    explicit = config.getoption("--backend") or os.environ.get("DEFERINIT_BACKENDS")
+    if not explicit:
+        return
+    from deferinit.registry import load_backend
+
+    for name in _selected(config):
+        try:
+            load_backend(name)
+        except Exception as exc:  # selected but broken: the run fails here, loudly
+            raise pytest.UsageError(f"backend {name!r} was selected but cannot be used: {exc}") from exc
+
+
+def pytest_ignore_collect(collection_path, config: pytest.Config) -> bool | None:  # type: ignore[no-untyped-def]
+    m = _NATIVE.search(str(collection_path.name))
+    if m and m.group(1) not in _selected(config):
+        return True
+    return None
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", _selected(metafunc.config))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return "deferinit backends under test: " + ", ".join(_selected(config))
