@@ -177,6 +177,17 @@ class CompiledModel(Generic[N]):
         report = self.report
         if not self._abstract:
             return report
+        hook = getattr(self, "_materialize", None)
+        if hook is not None:  # the backend allocates the abstract model's own parameters in place
+            with self._lock:
+                portable = init_mod.get(init)
+                self._check_memory(self._inference)  # type: ignore[arg-type]
+                self._guard("materialize", lambda: hook(None if portable is not None else init, key))
+                self._abstract = False
+                if portable is not None:
+                    self._guard("materialize", lambda: self._set_weights(
+                        init_mod.generate(self._inference.params, portable, self._int_key(key))))  # type: ignore[union-attr]
+            return report
         dummy = ShapeDtype(tuple(1 if d is None else d for d in report.input_shape), report.input_dtype)
         return self.apply_init(dummy, init=init, key=key)
 
@@ -232,6 +243,16 @@ class CompiledModel(Generic[N]):
             clean = self._check_weights(weights, self._fixed)
             self._guard("load_weights", lambda: self._set_weights(clean))
             return self.report
+
+    def gradients(self, x: Any, training: bool = False) -> dict[str, np.ndarray]:
+        """The gradient of ``sum(output)`` with respect to every trainable canonical parameter, in canonical
+        layout (float32 numpy arrays). In training mode BatchNorm uses (and updates) batch statistics."""
+        self(x)  # validates the input with the same errors as a call
+        xn = x if self._is_native(x) else self._to_native_checked(np.asarray(x))
+        return self._guard("gradients", lambda: self._gradients(xn, training))
+
+    def _gradients(self, x: Any, training: bool) -> dict[str, np.ndarray]:
+        raise NotImplementedError(f"{self._who()}: gradients are not available on this backend")
 
     def intermediates(self, x: Any) -> dict[str, np.ndarray]:
         """Output of every layer position (inference mode), keyed by path, as numpy arrays in the spec's
