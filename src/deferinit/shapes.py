@@ -114,7 +114,11 @@ class _Walk:
 
     def run(self, node: Node, shape: tuple, kind: str, record: bool = True) -> tuple[tuple, str]:
         if node.tied_to is not None:
-            out, kind = self.run(node.tied_to, shape, kind, record=False)
+            try:
+                out, kind = self.run(node.tied_to, shape, kind, record=False)
+            except ShapeMismatchError as exc:
+                raise ShapeMismatchError(f"{where(node.path, node.layer)}, the same layer object as "
+                                         f"'{node.tied_to.path}' used again: {exc}") from None
             if record:
                 self.inputs[node.path] = shape
                 self.layers[node.path] = LayerInfo(node.path, type(node.layer).__name__, out, (), node.tied_to.path)
