@@ -3,7 +3,9 @@
 ``pytest --backend torch`` (what ``nox -s "tests(torch)"`` runs) selects backends explicitly: a selected
 backend whose framework cannot be imported FAILS the run at start-up, it is never skipped. A plain local
 ``pytest`` with no ``--backend`` runs the contract suite on the backends installed here.
-Backend-specific files (``test_native_<backend>.py``) are collected only when their backend is selected.
+Backend-specific files (``test_native_<backend>.py``) are collected only when their backend is selected, and
+``*_frameworks.py`` files (a framework against the reference) only when some framework is selected.
+Hypothesis runs with a bounded, derandomized profile (``HYPOTHESIS_PROFILE=ci`` in nox).
 """
 
 from __future__ import annotations
@@ -12,11 +14,20 @@ import os
 import re
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 _NATIVE = re.compile(r"test_(?:native|zoo)_(\w+?)\.py$")
+_FRAMEWORKS_ONLY = re.compile(r"_frameworks\.py$")
+
+settings.register_profile("ci", max_examples=20, deadline=None, derandomize=True, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
+                                                 HealthCheck.data_too_large])
+settings.register_profile("dev", max_examples=10, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -57,12 +68,20 @@ def pytest_ignore_collect(collection_path, config: pytest.Config) -> bool | None
     m = _NATIVE.search(str(collection_path.name))
     if m and m.group(1) not in _selected(config):
         return True
+    if _FRAMEWORKS_ONLY.search(str(collection_path.name)) and not _frameworks(config):
+        return True
     return None
+
+
+def _frameworks(config: pytest.Config) -> list[str]:
+    return [b for b in _selected(config) if b != "numpy"]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend" in metafunc.fixturenames:
         metafunc.parametrize("backend", _selected(metafunc.config))
+    if "framework" in metafunc.fixturenames:
+        metafunc.parametrize("framework", _frameworks(metafunc.config))
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -52,6 +52,8 @@ def _to_dict(layer: Layer, seen: dict[int, str], path: str) -> dict[str, Any]:
     children = dict(layer.children) if isinstance(layer, Container) else {}
     for f in dataclasses.fields(layer):
         value = getattr(layer, f.name)
+        if isinstance(value, tuple) and value and all(type(v) is int and v == value[0] for v in value):
+            value = value[0]  # (3, 3) was given as 3 or is equivalent to it: write the short form
         if f.kw_only and f.default is not dataclasses.MISSING and value == f.default:
             continue
         if f.name in ("layers", "branches"):
