@@ -31,7 +31,7 @@ def install(session: nox.Session, *requirements: str) -> None:
         args += ["-r", req] if req.endswith(".txt") else [req]
     # the package itself without deps: its only dependency, numpy, is pinned by the backend file
     session.install(*args, *TEST_DEPS)
-    session.install("--no-deps", ".")
+    session.install("--no-deps", "--force-reinstall", ".")
 
 
 @nox.session
@@ -47,3 +47,39 @@ def tests(session: nox.Session, backend: str) -> None:
     """The contract suite and the hand-built native comparisons on one framework, in its own virtualenv."""
     install(session, f"backends/{backend}.txt")
     session.run("python", "-m", "pytest", "--backend", backend, *session.posargs, env=ENV)
+
+
+@nox.session
+def parity(session: nox.Session) -> None:
+    """Cross-framework parity across processes: torch, tensorflow and jax share one numpy-2 virtualenv; MXNet
+    (numpy<1.24) gets its own. Every environment runs the same specs, inputs and weights; artifacts are
+    compared with the reference and with each other. Fails if any pair disagrees."""
+    install(session, "backends/torch.txt", "backends/tensorflow.txt", "backends/jax.txt")
+    out = ROOT / "artifacts" / "parity"
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    matrix = str(ROOT / "tests" / "parity_matrix.py")
+    session.run("python", matrix, "produce", "--backends", "numpy,torch,tensorflow,jax", "--out", str(out), env=ENV)
+    mxnet_python = _side_env(session, "parity-mxnet", "backends/mxnet.txt")
+    session.run(mxnet_python, matrix, "produce", "--backends", "mxnet", "--out", str(out), env=ENV, external=True)
+    session.run("python", matrix, "compare", str(out), env=ENV)
+
+
+def _side_env(session: nox.Session, name: str, requirements: str) -> str:
+    """A second virtualenv owned by a session (nox gives each session one): returns its python."""
+    venv = ROOT / ".nox" / name
+    python = venv / "bin" / "python"
+    if not python.exists():
+        session.run("python", "-m", "venv", str(venv))
+    session.run(str(python), "-m", "pip", "install", "-q", "-r", requirements, *TEST_DEPS, external=True)
+    session.run(str(python), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", ".", external=True)
+    return str(python)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff over the package, the tests and this file."""
+    session.install("ruff>=0.5")
+    session.run("ruff", "check", "src", "tests", "noxfile.py")

@@ -8,11 +8,39 @@ backend is compiled for (``deferinit.compile(spec, "torch")``). NumPy is the onl
 
 from __future__ import annotations
 
-from .errors import (BackendError, BackendUnavailableError, DeferInitError, DTypeError, NotInitializedError,
-                     ResourceError, ShapeMismatchError, SpecError, UnknownBackendError, UnsupportedLayerError,
-                     WeightsError)
-from .layers import (GELU, Activation, AvgPool2D, BatchNorm, Conv1D, Conv2D, Dense, Dropout, Embedding, Flatten,
-                     GlobalAvgPool2D, Identity, LayerNorm, MaxPool2D, ReLU, Sigmoid, Softmax, Tanh)
+from .errors import (
+    BackendError,
+    BackendUnavailableError,
+    DeferInitError,
+    DTypeError,
+    NotInitializedError,
+    ResourceError,
+    ShapeMismatchError,
+    SpecError,
+    UnknownBackendError,
+    UnsupportedLayerError,
+    WeightsError,
+)
+from .layers import (
+    GELU,
+    Activation,
+    AvgPool2D,
+    BatchNorm,
+    Conv1D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Embedding,
+    Flatten,
+    GlobalAvgPool2D,
+    Identity,
+    LayerNorm,
+    MaxPool2D,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Tanh,
+)
 from .registry import available_backends, backends, compile
 from .report import LayerInfo, ParamInfo, ShapeReport
 from .serialize import load_spec, save_spec

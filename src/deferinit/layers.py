@@ -14,7 +14,7 @@ from dataclasses import KW_ONLY, dataclass
 from typing import Any, ClassVar, NamedTuple
 
 from .errors import DTypeError, ShapeMismatchError, SpecError, fmt_shape, where
-from .spec import (ACTIVATIONS, Layer, check_activation, check_float, check_int, check_tuple)
+from .spec import ACTIVATIONS, Layer, check_activation, check_float, check_int, check_tuple
 
 __all__ = [
     "ParamSpec", "RuleContext", "Dense", "Conv1D", "Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D",

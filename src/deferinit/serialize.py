@@ -15,9 +15,27 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import BackendUnavailableError, SpecError
-from .layers import (GELU, Activation, AvgPool2D, BatchNorm, Conv1D, Conv2D, Dense, Dropout, Embedding, Flatten,
-                     GlobalAvgPool2D, Identity, LayerNorm, MaxPool2D, ReLU, Sigmoid, Softmax, Tanh)
-from .spec import Concat, Container, LazyModel, Layer, Residual, Sequential
+from .layers import (
+    GELU,
+    Activation,
+    AvgPool2D,
+    BatchNorm,
+    Conv1D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Embedding,
+    Flatten,
+    GlobalAvgPool2D,
+    Identity,
+    LayerNorm,
+    MaxPool2D,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Tanh,
+)
+from .spec import Concat, Container, Layer, LazyModel, Residual, Sequential
 
 __all__ = ["layer_to_dict", "model_from_dict", "load_spec", "save_spec", "LAYER_TYPES", "register_layer"]
 

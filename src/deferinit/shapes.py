@@ -13,7 +13,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from .errors import DTypeError, ShapeMismatchError, fmt_shape, where
 from .layers import Leaf, ParamSpec, RuleContext, check_kind
 from .report import LayerInfo, ParamInfo, ShapeReport
-from .spec import Concat, Container, LazyModel, Layer, Residual, Sequential
+from .spec import Concat, Layer, LazyModel, Residual, Sequential
 
 __all__ = ["Node", "plan", "infer", "infer_shapes", "Inference", "input_kind", "normalize_shape"]
 

@@ -15,7 +15,8 @@ import dataclasses
 import json
 import re
 from dataclasses import KW_ONLY, dataclass
-from typing import Any, ClassVar, Iterator, Sequence as Seq
+from typing import Any, ClassVar, Iterator
+from typing import Sequence as Seq
 
 from .errors import SpecError
 

@@ -23,8 +23,16 @@ from typing import Any, Generic, Mapping, TypeVar
 import numpy as np
 
 from .. import init as init_mod
-from ..errors import (BackendError, DeferInitError, DTypeError, NotInitializedError, ResourceError,
-                      ShapeMismatchError, WeightsError, fmt_shape)
+from ..errors import (
+    BackendError,
+    DeferInitError,
+    DTypeError,
+    NotInitializedError,
+    ResourceError,
+    ShapeMismatchError,
+    WeightsError,
+    fmt_shape,
+)
 from ..report import ParamInfo, ShapeReport
 from ..shapes import Inference, Node, infer, normalize_shape, plan
 from ..spec import LazyModel
@@ -210,7 +218,7 @@ class CompiledModel(Generic[N]):
 
     def export_weights(self) -> dict[str, np.ndarray]:
         """Every parameter in canonical names and layouts, as float32 numpy arrays (copies)."""
-        self.report  # raises NotInitializedError
+        _ = self.report  # raises NotInitializedError
         if self._abstract:
             raise NotInitializedError(f"{self._who()}: abstractly initialized models hold no values; materialize first")
         return {name: np.array(arr, dtype=np.float32, copy=True) for name, arr in self._get_weights().items()}

@@ -14,9 +14,28 @@ import numpy as np
 
 from .. import ops
 from ..errors import SpecError
-from ..init import Uniform, get as get_init
-from ..layers import (GELU, Activation, AvgPool2D, BatchNorm, Conv1D, Conv2D, Dense, Dropout, Embedding, Flatten,
-                      GlobalAvgPool2D, Identity, LayerNorm, MaxPool2D, ReLU, Sigmoid, Softmax, Tanh)
+from ..init import Uniform
+from ..init import get as get_init
+from ..layers import (
+    GELU,
+    Activation,
+    AvgPool2D,
+    BatchNorm,
+    Conv1D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Embedding,
+    Flatten,
+    GlobalAvgPool2D,
+    Identity,
+    LayerNorm,
+    MaxPool2D,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Tanh,
+)
 from ..shapes import Inference, Node
 from ..spec import Concat, Residual, Sequential
 from .base import CompiledModel, NativeParam

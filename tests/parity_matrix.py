@@ -1,0 +1,131 @@
+"""Cross-process parity matrix, run by ``nox -s parity`` (not a pytest file).
+
+    python tests/parity_matrix.py produce --backends numpy,torch,tensorflow,jax --out artifacts/parity
+    python tests/parity_matrix.py produce --backends mxnet --out artifacts/parity      # in MXNet's venv
+    python tests/parity_matrix.py compare artifacts/parity                              # exit 1 on any failure
+
+``produce`` with ``numpy`` writes every spec as JSON plus the reference artifact (input and weights); other
+backends load those files, so every virtualenv runs the very same spec, input and weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import deferinit as di  # noqa: E402
+from deferinit.parity import compare_artifacts, load_artifact, make_artifact, save_artifact  # noqa: E402
+
+NAMED = ["mlp", "lenet", "residual", "concat", "batchnorm", "channels_last", "tied", "conv_options", "conv1d",
+         "embedding", "dense_options", "named", "nested_model"]
+RANDOM = 12
+DEEP_TOLERANCE = {}  # spec name -> (atol, rtol) for deep nets; see the README
+
+
+def matrix_specs() -> dict[str, tuple[di.LazyModel, tuple, str]]:
+    from cases import BY_ID
+
+    specs = {name: (BY_ID[name].make(), BY_ID[name].shape, BY_ID[name].dtype) for name in NAMED}
+    specs["example_lenet"] = (di.load_spec(HERE.parent / "examples" / "lenet.toml"), (2, 1, 28, 28), "float32")
+    specs["example_mlp"] = (di.load_spec(HERE.parent / "examples" / "mlp.json"), (2, 20), "float32")
+    try:
+        from deferinit import zoo
+    except ImportError:
+        zoo = None
+    if zoo is not None and hasattr(zoo, "parity_specs"):
+        specs.update(zoo.parity_specs())
+    specs.update(random_specs(RANDOM))
+    return specs
+
+
+def random_specs(n: int) -> dict[str, tuple[di.LazyModel, tuple, str]]:
+    """n random valid specs, the same on every run (derandomized hypothesis)."""
+    from hypothesis import Phase, given, settings
+
+    from strategies import valid_specs
+
+    found: list = []
+
+    @settings(max_examples=n * 3, derandomize=True, database=None, phases=[Phase.generate], deadline=None)
+    @given(valid_specs())
+    def collect(spec_and_shape):  # type: ignore[no-untyped-def]
+        if len(found) < n:
+            found.append(spec_and_shape)
+
+    collect()
+    return {f"random_{i:02d}": (spec, shape, "float32") for i, (spec, shape) in enumerate(found)}
+
+
+def produce(backends: list[str], out: Path) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    for backend in backends:
+        t0 = time.perf_counter()
+        if backend == "numpy":
+            for name, (spec, shape, dtype) in matrix_specs().items():
+                (out / name).mkdir(exist_ok=True)
+                (out / name / "spec.json").write_text(json.dumps(spec.to_dict(), indent=1))
+                art = make_artifact(spec, "numpy", input_shape=shape, dtype=dtype, seed=0)
+                save_artifact(art, out / name / "numpy.npz")
+        else:
+            for spec_dir in sorted(p for p in out.iterdir() if (p / "spec.json").is_file()):
+                spec = di.load_spec(spec_dir / "spec.json")
+                ref = load_artifact(spec_dir / "numpy.npz")
+                try:
+                    art = make_artifact(spec, backend, source=ref)
+                except di.DeferInitError as exc:
+                    print(f"FAIL {spec_dir.name} on {backend}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                    failures += 1
+                    continue
+                save_artifact(art, spec_dir / f"{backend}.npz")
+        print(f"{backend}: artifacts written in {time.perf_counter() - t0:.1f} s")
+    return 1 if failures else 0
+
+
+def compare(out: Path, expect: list[str]) -> int:
+    lines, failed = ["| spec | backend | max abs err | max rel err | first divergent layer | init bits | train step | grad err |",
+                     "|---|---|---|---|---|---|---|---|"], []
+    for spec_dir in sorted(p for p in out.iterdir() if (p / "numpy.npz").is_file()):
+        arts = [spec_dir / "numpy.npz"] + [spec_dir / f"{b}.npz" for b in expect if (spec_dir / f"{b}.npz").is_file()]
+        missing = [b for b in expect if not (spec_dir / f"{b}.npz").is_file()]
+        if missing:
+            failed.append(f"{spec_dir.name}: no artifact from {', '.join(missing)}")
+        atol, rtol = DEEP_TOLERANCE.get(spec_dir.name, (1e-5, 1e-4))
+        result = compare_artifacts(arts, atol=atol, rtol=rtol)
+        failed += [f"{spec_dir.name}: {line}" for line in result.failures()]
+        for name, r in result.results.items():
+            lines.append(f"| {spec_dir.name} | {name} | {r.max_abs:.1e} | {r.max_rel:.1e} | {r.first_divergence or '-'} | "
+                         f"{'identical' if r.init_identical else 'DIFFER' if r.init_identical is False else '-'} | "
+                         f"{'-' if r.train_max_abs is None else f'{r.train_max_abs:.1e}'} | "
+                         f"{'-' if r.grad_max_abs is None else f'{r.grad_max_abs:.1e}'} |")
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    for line in failed:
+        print("FAIL " + line, file=sys.stderr)
+    print(f"parity: {len(lines) - 2} comparisons, {len(failed)} failures")
+    return 1 if failed else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("produce")
+    p.add_argument("--backends", required=True)
+    p.add_argument("--out", type=Path, required=True)
+    c = sub.add_parser("compare")
+    c.add_argument("out", type=Path)
+    c.add_argument("--expect", default="torch,tensorflow,jax,mxnet")
+    args = parser.parse_args()
+    if args.cmd == "produce":
+        return produce([b for b in args.backends.split(",") if b], args.out)
+    return compare(args.out, [b for b in args.expect.split(",") if b])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
