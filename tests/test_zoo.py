@@ -59,15 +59,24 @@ def test_resnext_block_groups() -> None:
 def test_varying_input_sizes(name: str) -> None:
     spec = zoo.MODELS[name]()
     shape = zoo.BOOK_INPUTS[name]
-    fixed = di.infer_shapes(spec, shape)
-    if name in ("resnet18", "densenet", "googlenet", "nin", "regnetx32"):  # global pooling before the head
+    dtype = "int64" if name in zoo.INT_INPUTS else "float32"
+    fixed = di.infer_shapes(spec, shape, dtype=dtype)
+    fixed_params = {n: p.shape for n, p in fixed.params.items()}
+    if name in zoo.INT_INPUTS:  # token models: any batch and any sequence length
+        varying = di.infer_shapes(spec, (None, None), dtype=dtype)
+        assert varying.output_shape[:2] == (None, None)
+        assert {n: p.shape for n, p in varying.params.items()} == fixed_params
+    elif name in ("resnet18", "densenet", "googlenet", "nin", "regnetx32"):  # global pooling before the head
         varying = di.infer_shapes(spec, (None, shape[1], None, None))
         assert varying.output_shape == (None, 10)
-        assert {n: p.shape for n, p in varying.params.items()} == {n: p.shape for n, p in fixed.params.items()}
+        assert {n: p.shape for n, p in varying.params.items()} == fixed_params
         for size in ((128, 160) if name == "nin" else (64, 128)):  # NiN's pools need more than 64 pixels
             other = di.infer_shapes(spec, (1, 1, size, size))
             assert other.output_shape == (1, 10)
-            assert {n: p.shape for n, p in other.params.items()} == {n: p.shape for n, p in fixed.params.items()}
+            assert {n: p.shape for n, p in other.params.items()} == fixed_params
+    elif name == "vit":  # the learned position embedding depends on the number of patches
+        with pytest.raises(di.ShapeMismatchError, match=r"\(PositionEmbedding\).*known size for the number of steps"):
+            di.infer_shapes(spec, (None, 3, None, None))
     elif len(shape) == 4:  # a Dense after Flatten depends on the spatial size
         with pytest.raises(di.ShapeMismatchError, match="known size"):
             di.infer_shapes(spec, (None, shape[1], None, None))

@@ -41,6 +41,20 @@ from .layers import (
     Softmax,
     Tanh,
 )
+from .layers_seq import (
+    GRU,
+    LSTM,
+    RNN,
+    ClassToken,
+    MultiHeadAttention,
+    OneHot,
+    Permute,
+    PositionalEncoding,
+    PositionEmbedding,
+    Reshape,
+    Scale,
+    Take,
+)
 from .registry import available_backends, backends, compile
 from .report import LayerInfo, ParamInfo, ShapeReport
 from .serialize import load_spec, save_spec
@@ -74,6 +88,8 @@ __all__ = [
     "LazyModel", "Layer", "Sequential", "Residual", "Concat",
     "Dense", "Conv1D", "Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "BatchNorm", "LayerNorm", "Dropout",
     "Flatten", "Identity", "Activation", "ReLU", "Sigmoid", "Tanh", "GELU", "Softmax", "Embedding",
+    "RNN", "GRU", "LSTM", "MultiHeadAttention", "PositionalEncoding", "ClassToken", "PositionEmbedding", "Reshape",
+    "Permute", "Scale", "Take", "OneHot",
     "infer_shapes", "compile", "backends", "available_backends", "CompiledModel", "ShapeDtype",
     "ShapeReport", "ParamInfo", "LayerInfo", "load_spec", "save_spec", "save_weights", "load_weights", "init",
     "DeferInitError", "SpecError", "ShapeMismatchError", "DTypeError", "BackendUnavailableError",

@@ -27,7 +27,7 @@ __all__ = ["Initializer", "Zeros", "Ones", "Constant", "Normal", "Uniform", "Xav
 
 def fans(shape: tuple[int, ...], role: str = "kernel") -> tuple[int, int]:
     if role == "embedding":
-        return shape[0], shape[1]
+        return shape[-2], shape[-1]
     if len(shape) < 2:
         return shape[0], shape[0]
     receptive = math.prod(shape[2:])

@@ -117,3 +117,81 @@ def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) 
     mean = x.mean(axis=-1, keepdims=True, dtype=np.float64)
     var = x.var(axis=-1, keepdims=True, dtype=np.float64)
     return (((x - mean) / np.sqrt(var + eps)) * weight + bias).astype(np.float32)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
+
+
+def recurrent(kind: str, x: np.ndarray, params: dict, hidden: int, num_layers: int, bidirectional: bool,
+              use_bias: bool, activation: str = "tanh") -> np.ndarray:
+    """PyTorch's RNN/GRU/LSTM on batch-first ``x`` (N, T, F) with zero initial state; returns (N, T, H*dirs).
+
+    ``params`` maps ``weight_ih_l0`` etc. (no layer path) to canonical arrays."""
+    n, t = x.shape[:2]
+    dirs = ("", "_reverse") if bidirectional else ("",)
+    seq = x.astype(np.float32)
+    for layer in range(num_layers):
+        outs = []
+        for sfx in dirs:
+            w_ih, w_hh = params[f"weight_ih_l{layer}{sfx}"], params[f"weight_hh_l{layer}{sfx}"]
+            zero = np.zeros(w_ih.shape[0], np.float32)
+            b_ih = params.get(f"bias_ih_l{layer}{sfx}", zero) if use_bias else zero
+            b_hh = params.get(f"bias_hh_l{layer}{sfx}", zero) if use_bias else zero
+            xs = np.matmul(seq, w_ih.T) + b_ih  # (N, T, G*H): the input part of every step at once
+            h = np.zeros((n, hidden), np.float32)
+            c = np.zeros((n, hidden), np.float32)
+            steps = range(t - 1, -1, -1) if sfx else range(t)
+            out = np.zeros((n, t, hidden), np.float32)
+            for s in steps:
+                gh = np.matmul(h, w_hh.T) + b_hh
+                gx = xs[:, s]
+                if kind == "rnn":
+                    h = np.tanh(gx + gh) if activation == "tanh" else np.maximum(gx + gh, np.float32(0))
+                elif kind == "gru":
+                    r = _sigmoid(gx[:, :hidden] + gh[:, :hidden])
+                    z = _sigmoid(gx[:, hidden:2 * hidden] + gh[:, hidden:2 * hidden])
+                    cand = np.tanh(gx[:, 2 * hidden:] + r * gh[:, 2 * hidden:])
+                    h = ((1 - z) * cand + z * h).astype(np.float32)
+                else:
+                    g = gx + gh
+                    i, f = _sigmoid(g[:, :hidden]), _sigmoid(g[:, hidden:2 * hidden])
+                    cell, o = np.tanh(g[:, 2 * hidden:3 * hidden]), _sigmoid(g[:, 3 * hidden:])
+                    c = (f * c + i * cell).astype(np.float32)
+                    h = (o * np.tanh(c)).astype(np.float32)
+                out[:, s] = h
+            outs.append(out)
+        seq = np.concatenate(outs, axis=-1)
+    return seq
+
+
+def attention(x: np.ndarray, params: dict, num_heads: int, use_bias: bool) -> np.ndarray:
+    """d2l's multi-head self-attention on (N, T, D), no mask."""
+    n, t, _ = x.shape
+
+    def proj(name: str, v: np.ndarray) -> np.ndarray:
+        y = np.matmul(v, params[f"{name}_weight"].T)
+        return y + params[f"{name}_bias"] if use_bias else y
+
+    q, k, v = proj("q", x), proj("k", x), proj("v", x)
+    h = q.shape[-1]
+    d = h // num_heads
+
+    def split(m: np.ndarray) -> np.ndarray:  # (N, T, H) -> (N, heads, T, d)
+        return m.reshape(n, t, num_heads, d).transpose(0, 2, 1, 3)
+
+    scores = np.matmul(split(q), split(k).transpose(0, 1, 3, 2)) / np.float32(math.sqrt(d))
+    weights = softmax(scores, -1)
+    heads = np.matmul(weights, split(v)).transpose(0, 2, 1, 3).reshape(n, t, h)
+    return proj("out", heads).astype(np.float32)
+
+
+def sinusoidal(steps: int, dim: int) -> np.ndarray:
+    """d2l's positional encoding table (steps, dim), computed as the book does, in float32."""
+    pos = np.arange(steps, dtype=np.float32).reshape(-1, 1)
+    div = np.power(np.float32(10000), np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim))
+    angles = pos / div
+    table = np.zeros((steps, dim), np.float32)
+    table[:, 0::2] = np.sin(angles)
+    table[:, 1::2] = np.cos(angles)
+    return table

@@ -35,6 +35,7 @@ from .layers import (
     Softmax,
     Tanh,
 )
+from .layers_seq import SEQUENCE_LAYERS
 from .spec import Concat, Container, Layer, LazyModel, Residual, Sequential
 
 __all__ = ["layer_to_dict", "model_from_dict", "load_spec", "save_spec", "LAYER_TYPES", "register_layer"]
@@ -45,7 +46,8 @@ VERSION = 1
 #: every layer type a spec file may name; an explicit table (no subclass walking)
 LAYER_TYPES: dict[str, type[Layer]] = {cls.__name__: cls for cls in (
     Dense, Conv1D, Conv2D, MaxPool2D, AvgPool2D, GlobalAvgPool2D, BatchNorm, LayerNorm, Dropout, Flatten, Identity,
-    Activation, ReLU, Sigmoid, Tanh, GELU, Softmax, Embedding, Sequential, Residual, Concat, LazyModel)}
+    Activation, ReLU, Sigmoid, Tanh, GELU, Softmax, Embedding, *SEQUENCE_LAYERS, Sequential, Residual, Concat,
+    LazyModel)}
 
 
 def register_layer(cls: type[Layer]) -> type[Layer]:

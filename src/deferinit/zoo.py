@@ -8,13 +8,41 @@ these specs give the PyTorch counts everywhere. ``BOOK_INPUTS`` holds the input 
 
 from __future__ import annotations
 
-from .layers import (AvgPool2D, BatchNorm, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, Identity, MaxPool2D,
-                     ReLU, Sigmoid)
-from .spec import Concat, LazyModel, Layer, Residual, Sequential
+from .layers import (
+    GELU,
+    AvgPool2D,
+    BatchNorm,
+    Conv2D,
+    Dense,
+    Dropout,
+    Embedding,
+    Flatten,
+    GlobalAvgPool2D,
+    Identity,
+    LayerNorm,
+    MaxPool2D,
+    ReLU,
+    Sigmoid,
+)
+from .layers_seq import (
+    GRU,
+    LSTM,
+    RNN,
+    ClassToken,
+    MultiHeadAttention,
+    OneHot,
+    Permute,
+    PositionalEncoding,
+    PositionEmbedding,
+    Reshape,
+    Scale,
+    Take,
+)
+from .spec import Concat, Layer, LazyModel, Residual, Sequential
 
 __all__ = ["mlp", "lenet", "bn_lenet", "alexnet", "vgg", "vgg11", "nin", "googlenet", "inception", "resnet18",
            "residual_block", "resnext_block", "densenet", "dense_block", "transition_block", "regnetx32", "anynet",
-           "BOOK_INPUTS", "MODELS"]
+           "rnn_lm", "transformer_encoder", "vit", "BOOK_INPUTS", "INT_INPUTS", "MODELS", "parity_specs"]
 
 
 def mlp(num_hiddens: int = 256, num_outputs: int = 10) -> LazyModel:
@@ -169,12 +197,70 @@ def regnetx32(num_classes: int = 10) -> LazyModel:
                   stem_channels, num_classes)
 
 
+def rnn_lm(kind: str = "gru", vocab_size: int = 28, num_hiddens: int = 32, num_layers: int = 1,
+           bidirectional: bool = False) -> LazyModel:
+    """d2l's RNN language model: one-hot tokens, a recurrent layer (``rnn``, ``gru`` or ``lstm``; deep with
+    ``num_layers``, bidirectional with ``bidirectional``) and a Dense output over the vocabulary."""
+    cls = {"rnn": RNN, "gru": GRU, "lstm": LSTM}[kind]
+    return LazyModel([OneHot(vocab_size), cls(num_hiddens, num_layers=num_layers, bidirectional=bidirectional),
+                      Dense(vocab_size)], name=f"{kind}_lm")
+
+
+def transformer_encoder(vocab_size: int = 200, num_hiddens: int = 24, ffn_num_hiddens: int = 48, num_heads: int = 8,
+                        num_blks: int = 2, dropout: float = 0.5, use_bias: bool = False) -> LazyModel:
+    """d2l's Transformer encoder: scaled embedding plus sinusoidal positions, then blocks of
+    add-and-norm around multi-head self-attention and a position-wise FFN."""
+    blocks: list[Layer] = []
+    for _ in range(num_blks):
+        blocks.append(Sequential([
+            Residual(Sequential([MultiHeadAttention(num_hiddens, num_heads, use_bias=use_bias, dropout=dropout),
+                                 Dropout(dropout)])), LayerNorm(),
+            Residual(Sequential([Dense(ffn_num_hiddens, activation="relu"), Dense(num_hiddens), Dropout(dropout)])),
+            LayerNorm()]))
+    return LazyModel([Embedding(vocab_size, num_hiddens), Scale(float(num_hiddens) ** 0.5), PositionalEncoding(),
+                      Dropout(dropout), *blocks], name="transformer_encoder")
+
+
+def vit(patch_size: int = 16, num_hiddens: int = 512, mlp_num_hiddens: int = 2048, num_heads: int = 8,
+        num_blks: int = 2, emb_dropout: float = 0.1, blk_dropout: float = 0.1, use_bias: bool = False,
+        num_classes: int = 10) -> LazyModel:
+    """d2l's Vision Transformer: conv patch embedding, class token, learned position embedding, pre-norm
+    blocks, and a head on the class token. The number of patches is deferred, like every other dim."""
+    patches = Sequential([Conv2D(num_hiddens, patch_size, stride=patch_size), Reshape((num_hiddens, -1)),
+                          Permute((2, 1))])
+    blocks = [Sequential([
+        Residual(Sequential([LayerNorm(), MultiHeadAttention(num_hiddens, num_heads, use_bias=use_bias,
+                                                             dropout=blk_dropout)])),
+        Residual(Sequential([LayerNorm(), Dense(mlp_num_hiddens), GELU(), Dropout(blk_dropout), Dense(num_hiddens),
+                             Dropout(blk_dropout)]))]) for _ in range(num_blks)]
+    return LazyModel([patches, ClassToken(), PositionEmbedding(), Dropout(emb_dropout), *blocks, Take(0),
+                      LayerNorm(), Dense(num_classes)], name="vit")
+
+
 #: the input each chapter feeds its model (batch 1, one grey channel)
 BOOK_INPUTS = {
     "mlp": (2, 20), "lenet": (1, 1, 28, 28), "bn_lenet": (1, 1, 28, 28), "alexnet": (1, 1, 224, 224),
     "vgg11": (1, 1, 224, 224), "nin": (1, 1, 96, 96), "googlenet": (1, 1, 96, 96), "resnet18": (1, 1, 96, 96),
-    "densenet": (1, 1, 96, 96), "regnetx32": (1, 1, 96, 96),
+    "densenet": (1, 1, 96, 96), "regnetx32": (1, 1, 96, 96), "rnn_lm": (2, 35), "gru_lm": (2, 35),
+    "lstm_lm": (2, 35), "deep_gru_lm": (2, 35), "bi_lstm_lm": (2, 35), "transformer_encoder": (2, 100),
+    "vit": (1, 3, 96, 96),
 }
+#: inputs that are token ids rather than floats
+INT_INPUTS = {"rnn_lm", "gru_lm", "lstm_lm", "deep_gru_lm", "bi_lstm_lm", "transformer_encoder"}
 
 MODELS = {"mlp": mlp, "lenet": lenet, "bn_lenet": bn_lenet, "alexnet": alexnet, "vgg11": vgg11, "nin": nin,
-          "googlenet": googlenet, "resnet18": resnet18, "densenet": densenet, "regnetx32": regnetx32}
+          "googlenet": googlenet, "resnet18": resnet18, "densenet": densenet, "regnetx32": regnetx32,
+          "rnn_lm": lambda: rnn_lm("rnn"), "gru_lm": lambda: rnn_lm("gru"), "lstm_lm": lambda: rnn_lm("lstm"),
+          "deep_gru_lm": lambda: rnn_lm("gru", num_layers=2), "bi_lstm_lm": lambda: rnn_lm("lstm", bidirectional=True),
+          "transformer_encoder": transformer_encoder, "vit": vit}
+
+
+def parity_specs() -> dict:
+    """Zoo models at inputs small enough for the cross-framework parity session (name -> spec, shape, dtype).
+    The deep CNNs run at their book input with batch 1; AlexNet and VGG at the smallest input their
+    Flatten-Dense head accepts is still 224x224, so they are checked at batch 1 too."""
+    out = {}
+    for name, make in MODELS.items():
+        shape = BOOK_INPUTS[name]
+        out[f"zoo_{name}"] = (make(), shape, "int64" if name in INT_INPUTS else "float32")
+    return out

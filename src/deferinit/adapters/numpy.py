@@ -36,6 +36,20 @@ from ..layers import (
     Softmax,
     Tanh,
 )
+from ..layers_seq import (
+    GRU,
+    LSTM,
+    RNN,
+    ClassToken,
+    MultiHeadAttention,
+    OneHot,
+    Permute,
+    PositionalEncoding,
+    PositionEmbedding,
+    Reshape,
+    Scale,
+    Take,
+)
 from ..shapes import Inference, Node
 from ..spec import Concat, Residual, Sequential
 from .base import CompiledModel, NativeParam
@@ -131,11 +145,58 @@ def _embedding(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.n
     return net.params[node.param_name("weight")][x]
 
 
+def _own(net: NumpyNet, node: Node) -> dict[str, np.ndarray]:
+    """The node's parameters keyed by their short names (``weight_ih_l0``, ``q_weight``...)."""
+    prefix = node.param_name("")
+    return {name[len(prefix):]: value for name, value in net.params.items() if name.startswith(prefix)
+            and "." not in name[len(prefix):]}
+
+
+def _recurrent(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
+    layer = node.layer
+    kind = {RNN: "rnn", GRU: "gru", LSTM: "lstm"}[type(layer)]
+    if training and layer.dropout and layer.num_layers > 1:
+        from ..errors import UnsupportedLayerError
+
+        raise UnsupportedLayerError(f"layer '{node.path}' ({type(layer).__name__}) on backend numpy: dropout between "
+                                    f"recurrent layers in training mode has no reference")
+    return ops.recurrent(kind, x, _own(net, node), layer.hidden_size, layer.num_layers, layer.bidirectional,
+                         layer.use_bias, getattr(layer, "activation", "tanh"))
+
+
+def _attention(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
+    layer = node.layer
+    if training and layer.dropout:
+        from ..errors import UnsupportedLayerError
+
+        raise UnsupportedLayerError(f"layer '{node.path}' (MultiHeadAttention) on backend numpy: attention dropout "
+                                    f"in training mode has no reference")
+    return ops.attention(x, _own(net, node), layer.num_heads, layer.use_bias)
+
+
+def _class_token(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
+    token = np.broadcast_to(net.params[node.param_name("weight")], (x.shape[0], 1, x.shape[2]))
+    return np.concatenate([token, x], axis=1)
+
+
+def _one_hot(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
+    return np.eye(node.layer.num_classes, dtype=np.float32)[x]
+
+
 LEAVES: dict[type, Callable[[NumpyNet, Node, np.ndarray, bool], np.ndarray]] = {
     Dense: _dense, Conv1D: _conv, Conv2D: _conv, MaxPool2D: _pool, AvgPool2D: _pool, GlobalAvgPool2D: _gap,
     BatchNorm: _batch_norm, LayerNorm: _layer_norm, Dropout: _dropout, Flatten: _flatten,
     Identity: lambda net, node, x, training: x, Activation: _activation, ReLU: _activation,
     Sigmoid: _activation, Tanh: _activation, GELU: _activation, Softmax: _activation, Embedding: _embedding,
+    RNN: _recurrent, GRU: _recurrent, LSTM: _recurrent, MultiHeadAttention: _attention,
+    PositionalEncoding: lambda net, node, x, training: (x + ops.sinusoidal(x.shape[1], x.shape[2])).astype(np.float32),
+    ClassToken: _class_token,
+    PositionEmbedding: lambda net, node, x, training: x + net.params[node.param_name("weight")],
+    Reshape: lambda net, node, x, training: x.reshape((x.shape[0],) + node.layer.shape),
+    Permute: lambda net, node, x, training: x.transpose((0,) + node.layer.dims),
+    Scale: lambda net, node, x, training: (x * np.float32(node.layer.factor)).astype(np.float32),
+    Take: lambda net, node, x, training: np.take(x, node.layer.index, axis=node.layer.axis),
+    OneHot: _one_hot,
 }
 
 

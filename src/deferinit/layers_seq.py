@@ -1,0 +1,278 @@
+"""Sequence and token layers (the d2l sequence chapters, the Transformer and the Vision Transformer).
+
+Sequences are batch-first, ``(N, T, features)``, on every backend and in either data format.
+
+Recurrent layers use PyTorch's (and ONNX's) canonical parameters, per layer ``l`` and direction (suffix
+``""`` or ``"_reverse"``): ``weight_ih_l{l}`` ``(G*H, in)``, ``weight_hh_l{l}`` ``(G*H, H)``, ``bias_ih_l{l}``
+and ``bias_hh_l{l}`` ``(G*H,)``, with the gates stacked in PyTorch's order: RNN ``G=1``; GRU ``G=3`` as
+``(r, z, n)`` with the reset gate applied to ``W_hn h + b_hn``; LSTM ``G=4`` as ``(i, f, g, o)``.
+Frameworks that keep one bias per gate (Keras LSTM, Flax) hold the sum of the two; they export it as
+``bias_ih`` with ``bias_hh`` zero, which computes the same function and has the same gradients.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import KW_ONLY, dataclass
+from typing import Any, ClassVar
+
+from .errors import SpecError, fmt_shape
+from .layers import Leaf, ParamSpec, RuleContext
+from .spec import check_float, check_int
+
+__all__ = ["RNN", "GRU", "LSTM", "MultiHeadAttention", "PositionalEncoding", "ClassToken", "PositionEmbedding",
+           "Reshape", "Permute", "Scale", "Take", "OneHot", "SEQUENCE_LAYERS"]
+
+
+def _need_sequence(ctx: RuleContext, shape: tuple, what: str = "(batch, steps, features)") -> None:
+    if len(shape) != 3:
+        raise ctx.mismatch(f"a rank-3 input {what}", f"shape {fmt_shape(shape)} (rank {len(shape)})")
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class _Recurrent(Leaf):
+    hidden_size: int
+    _: KW_ONLY
+    num_layers: int = 1
+    bidirectional: bool = False
+    use_bias: bool = True
+    dropout: float = 0.0
+
+    gates: ClassVar[int] = 1
+
+    def validate(self) -> None:
+        name = type(self).__name__
+        check_int(name, "hidden_size", self.hidden_size)
+        check_int(name, "num_layers", self.num_layers)
+        check_float(name, "dropout", self.dropout, 0.0, 1.0, lo_open=False, hi_open=True)
+        for field in ("bidirectional", "use_bias"):
+            if not isinstance(getattr(self, field), bool):
+                raise SpecError(f"{name}: {field} must be True or False. Received: {field}={getattr(self, field)!r}")
+
+    @property
+    def directions(self) -> tuple[str, ...]:
+        return ("", "_reverse") if self.bidirectional else ("",)
+
+    def infer(self, shape: tuple, ctx: RuleContext) -> tuple[tuple, dict[str, ParamSpec]]:
+        _need_sequence(ctx, shape)
+        features = ctx.known(shape, 2, "the input features")
+        g, h = self.gates * self.hidden_size, self.hidden_size
+        params: dict[str, ParamSpec] = {}
+        for layer in range(self.num_layers):
+            fan_in = features if layer == 0 else h * len(self.directions)
+            for sfx in self.directions:
+                params[f"weight_ih_l{layer}{sfx}"] = ParamSpec((g, fan_in))
+                params[f"weight_hh_l{layer}{sfx}"] = ParamSpec((g, h))
+                if self.use_bias:
+                    params[f"bias_ih_l{layer}{sfx}"] = ParamSpec((g,), role="bias")
+                    params[f"bias_hh_l{layer}{sfx}"] = ParamSpec((g,), role="bias")
+        return (shape[0], shape[1], h * len(self.directions)), params
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class RNN(_Recurrent):
+    """Elman RNN: ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``; ``activation`` is ``tanh`` or ``relu``."""
+
+    _: KW_ONLY
+    activation: str = "tanh"
+
+    def validate(self) -> None:
+        super().validate()
+        if self.activation not in ("tanh", "relu"):
+            raise SpecError(f"RNN: activation must be 'tanh' or 'relu'. Received: activation={self.activation!r}")
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class GRU(_Recurrent):
+    """Gated recurrent unit, gates ``(r, z, n)``: ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``,
+    ``h' = (1 - z) * n + z * h``."""
+
+    gates: ClassVar[int] = 3
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class LSTM(_Recurrent):
+    """Long short-term memory, gates ``(i, f, g, o)``; returns the hidden states of the last layer."""
+
+    gates: ClassVar[int] = 4
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class MultiHeadAttention(Leaf):
+    """Multi-head self-attention as in d2l: queries, keys and values are the input; ``q``, ``k``, ``v`` and
+    ``out`` projections of ``num_hiddens`` units, scaled dot-product attention per head."""
+
+    num_hiddens: int
+    num_heads: int
+    _: KW_ONLY
+    use_bias: bool = False
+    dropout: float = 0.0
+
+    def validate(self) -> None:
+        check_int("MultiHeadAttention", "num_hiddens", self.num_hiddens)
+        check_int("MultiHeadAttention", "num_heads", self.num_heads)
+        check_float("MultiHeadAttention", "dropout", self.dropout, 0.0, 1.0, lo_open=False, hi_open=True)
+        if not isinstance(self.use_bias, bool):
+            raise SpecError(f"MultiHeadAttention: use_bias must be True or False. Received: use_bias={self.use_bias!r}")
+        if self.num_hiddens % self.num_heads:
+            raise SpecError(f"MultiHeadAttention: num_heads must divide num_hiddens. Received: "
+                            f"num_hiddens={self.num_hiddens}, num_heads={self.num_heads}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.num_hiddens // self.num_heads
+
+    def infer(self, shape: tuple, ctx: RuleContext) -> tuple[tuple, dict[str, ParamSpec]]:
+        _need_sequence(ctx, shape)
+        d = ctx.known(shape, 2, "the input features")
+        h = self.num_hiddens
+        params = {}
+        for proj, fan_in in (("q", d), ("k", d), ("v", d), ("out", h)):
+            params[f"{proj}_weight"] = ParamSpec((h, fan_in))
+            if self.use_bias:
+                params[f"{proj}_bias"] = ParamSpec((h,), role="bias")
+        return (shape[0], shape[1], h), params
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class PositionalEncoding(Leaf):
+    """Adds d2l's sinusoidal encoding: ``P[t, 2i] = sin(t / 10000^(2i/d))``, ``P[t, 2i+1] = cos(...)``."""
+
+    _: KW_ONLY
+    max_len: int = 1000
+
+    def validate(self) -> None:
+        check_int("PositionalEncoding", "max_len", self.max_len)
+
+    def infer(self, shape: tuple, ctx: RuleContext) -> tuple[tuple, dict[str, ParamSpec]]:
+        _need_sequence(ctx, shape)
+        d = ctx.known(shape, 2, "the features")
+        if d % 2:
+            raise ctx.mismatch("an even number of features (sin and cos pairs)", f"{d} features")
+        if shape[1] is not None and shape[1] > self.max_len:
+            raise ctx.mismatch(f"at most max_len={self.max_len} steps", f"{shape[1]} steps")
+        return shape, {}
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class ClassToken(Leaf):
+    """Prepends a learned token: ``(N, T, D) -> (N, T + 1, D)``; weight ``(1, 1, D)``, zeros at first."""
+
+    def infer(self, shape: tuple, ctx: RuleContext) -> tuple[tuple, dict[str, ParamSpec]]:
+        _need_sequence(ctx, shape)
+        d = ctx.known(shape, 2, "the features")
+        steps = None if shape[1] is None else shape[1] + 1
+        return (shape[0], steps, d), {"weight": ParamSpec((1, 1, d), role="shift")}
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class PositionEmbedding(Leaf):
+    """Adds a learned position embedding of shape ``(1, T, D)``; both T and D are deferred."""
+
+    def infer(self, shape: tuple, ctx: RuleContext) -> tuple[tuple, dict[str, ParamSpec]]:
+        _need_sequence(ctx, shape)
+        t = ctx.known(shape, 1, "the number of steps")
+        d = ctx.known(shape, 2, "the features")
+        return shape, {"weight": ParamSpec((1, t, d), role="embedding")}
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Reshape(Leaf):
+    """Reshapes every axis but the batch to ``shape`` (one entry may be -1)."""
+
+    shape: Any
+    accepts: ClassVar[str] = "any"
+
+    def validate(self) -> None:
+        target = tuple(self.shape) if isinstance(self.shape, (list, tuple)) else None
+        ok = target is not None and len(target) >= 1 and all(
+            isinstance(d, int) and not isinstance(d, bool) and (d >= 1 or d == -1) for d in target) \
+            and sum(d == -1 for d in target) <= 1
+        if not ok:
+            raise SpecError(f"Reshape: shape must be a tuple of positive sizes with at most one -1. "
+                            f"Received: shape={self.shape!r}")
+        object.__setattr__(self, "shape", target)
+
+    def infer(self, shape: tuple, ctx: RuleContext) -> tuple[tuple, dict[str, ParamSpec]]:
+        rest = shape[1:]
+        known = math.prod(d for d in self.shape if d != -1)
+        if any(d is None for d in rest):
+            if -1 not in self.shape:
+                raise ctx.mismatch(f"known sizes to reshape to {fmt_shape(self.shape)}", f"shape {fmt_shape(shape)}")
+            return (shape[0],) + tuple(None if d == -1 else d for d in self.shape), {}
+        size = math.prod(rest)
+        if (-1 in self.shape and size % known) or (-1 not in self.shape and size != known):
+            raise ctx.mismatch(f"{'a multiple of ' if -1 in self.shape else ''}{known} elements per example to reshape "
+                               f"to {fmt_shape(self.shape)}", f"shape {fmt_shape(shape)} ({size} elements)")
+        return (shape[0],) + tuple(size // known if d == -1 else d for d in self.shape), {}
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Permute(Leaf):
+    """Permutes the non-batch axes, numbered from 1 as in Keras: ``Permute((2, 1))`` swaps the last two."""
+
+    dims: Any
+    accepts: ClassVar[str] = "any"
+
+    def validate(self) -> None:
+        dims = tuple(self.dims) if isinstance(self.dims, (list, tuple)) else None
+        if dims is None or sorted(dims) != list(range(1, len(dims) + 1)) or not dims:
+            raise SpecError(f"Permute: dims must be a permutation of 1..n. Received: dims={self.dims!r}")
+        object.__setattr__(self, "dims", dims)
+
+    def infer(self, shape: tuple, ctx: RuleContext) -> tuple[tuple, dict[str, ParamSpec]]:
+        if len(shape) != len(self.dims) + 1:
+            raise ctx.mismatch(f"a rank-{len(self.dims) + 1} input", f"shape {fmt_shape(shape)}")
+        return (shape[0],) + tuple(shape[d] for d in self.dims), {}
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Scale(Leaf):
+    """Multiplies by a constant (d2l scales embeddings by ``sqrt(num_hiddens)``)."""
+
+    factor: float
+
+    def validate(self) -> None:
+        check_float("Scale", "factor", self.factor, -math.inf, math.inf, lo_open=True, hi_open=True)
+
+    def infer(self, shape: tuple, ctx: RuleContext) -> tuple[tuple, dict[str, ParamSpec]]:
+        return shape, {}
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Take(Leaf):
+    """Selects one index along an axis (``X[:, 0]`` for a class token): the axis disappears."""
+
+    index: int
+    _: KW_ONLY
+    axis: int = 1
+    accepts: ClassVar[str] = "any"
+
+    def validate(self) -> None:
+        check_int("Take", "index", self.index, minimum=0)
+        check_int("Take", "axis", self.axis)
+
+    def infer(self, shape: tuple, ctx: RuleContext) -> tuple[tuple, dict[str, ParamSpec]]:
+        if len(shape) <= self.axis:
+            raise ctx.mismatch(f"an input with axis {self.axis}", f"shape {fmt_shape(shape)}")
+        if shape[self.axis] is not None and self.index >= shape[self.axis]:
+            raise ctx.mismatch(f"more than {self.index} entries on axis {self.axis}", f"shape {fmt_shape(shape)}")
+        return shape[:self.axis] + shape[self.axis + 1:], {}
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class OneHot(Leaf):
+    """Integer indices -> one-hot float vectors of ``num_classes`` (d2l's RNN language models)."""
+
+    num_classes: int
+    accepts: ClassVar[str] = "int"
+
+    def validate(self) -> None:
+        check_int("OneHot", "num_classes", self.num_classes)
+
+    def infer(self, shape: tuple, ctx: RuleContext) -> tuple[tuple, dict[str, ParamSpec]]:
+        return shape + (self.num_classes,), {}
+
+
+SEQUENCE_LAYERS = (RNN, GRU, LSTM, MultiHeadAttention, PositionalEncoding, ClassToken, PositionEmbedding, Reshape,
+                   Permute, Scale, Take, OneHot)
