@@ -206,7 +206,7 @@ class CompiledModel(Generic[N]):
         if self._abstract:
             raise NotInitializedError(f"{self._who()}: the model was initialized abstractly (shapes only); "
                                       f"call materialize() or apply_init without abstract=True first")
-        xn = x if self._is_native(x) else self._to_native_checked(np.asarray(x))
+        xn = x if self._is_native(x) else self._input(x, allow_abstract=False)[0]
         sig = self._signature(xn)
         if sig not in self._checked:
             self._check_call(xn)
@@ -256,7 +256,7 @@ class CompiledModel(Generic[N]):
         """The gradient of ``sum(output)`` with respect to every trainable canonical parameter, in canonical
         layout (float32 numpy arrays). In training mode BatchNorm uses (and updates) batch statistics."""
         self(x)  # validates the input with the same errors as a call
-        xn = x if self._is_native(x) else self._to_native_checked(np.asarray(x))
+        xn = x if self._is_native(x) else self._input(x, allow_abstract=False)[0]
         return self._guard("gradients", lambda: self._gradients(xn, training))
 
     def _gradients(self, x: Any, training: bool) -> dict[str, np.ndarray]:
@@ -269,7 +269,7 @@ class CompiledModel(Generic[N]):
         hook = getattr(self, "_intermediates", None)
         if hook is None:
             raise NotImplementedError(f"{self._who()}: intermediate outputs are not available on this backend")
-        xn = x if self._is_native(x) else self._to_native_checked(np.asarray(x))
+        xn = x if self._is_native(x) else self._input(x, allow_abstract=False)[0]
         return self._guard("intermediates", lambda: hook(xn))
 
     # ================================================================== shared glue
@@ -299,7 +299,7 @@ class CompiledModel(Generic[N]):
                 raise ShapeMismatchError("the model input expected data, received a ShapeDtype")
             return x, normalize_shape(x.shape), np.dtype(x.dtype)
         if not self._is_native(x):
-            if isinstance(x, np.ndarray) or np.isscalar(x) or isinstance(x, (list, tuple)):
+            if isinstance(x, np.ndarray) or isinstance(x, (list, tuple, int, float, np.number)):
                 arr = np.asarray(x)
                 if arr.dtype == object:
                     raise DTypeError(f"the model input expected a numeric array, received {type(x).__name__} of objects")
