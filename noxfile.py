@@ -83,3 +83,14 @@ def lint(session: nox.Session) -> None:
     """ruff over the package, the tests and this file."""
     session.install("ruff>=0.5")
     session.run("ruff", "check", "src", "tests", "noxfile.py")
+
+
+@nox.session
+@nox.parametrize("backend", ["numpy", *BACKENDS], ids=["numpy", *BACKENDS])
+def bench(session: nox.Session, backend: str) -> None:
+    """Benchmarks against hand-written native code, one process per backend; not in the default run.
+    Each run writes bench/results/<backend>.json and refreshes results.md and ratios.png."""
+    install(session, f"backends/{backend}.txt" if backend != "numpy" else "numpy>=1.26", "matplotlib>=3.7")
+    session.run("python", "bench/run.py", "--backend", backend, "--out", f"bench/results/{backend}.json",
+                *session.posargs, env=ENV)
+    session.run("python", "bench/report.py", env=ENV)

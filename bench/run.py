@@ -1,0 +1,196 @@
+"""Benchmarks of deferinit against hand-written native code, one process per backend (``nox -s bench``).
+
+    python bench/run.py --backend torch --out bench/results/torch.json
+    python bench/run.py --backend numpy --out bench/results/numpy.json    # reference inference only
+
+Every number that is compared is a ratio measured side by side in this one process (deferinit / native),
+with medians over many repetitions: timings on shared machines are noisy, absolute values are not targets.
+The hand-written native models live in ``bench/native_<backend>.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any, Callable
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+BIG_MLP_LAYERS, BIG_MLP_WIDTH = 24, 8192
+SHAPES = {"mlp": (1, 20), "lenet": (1, 1, 28, 28), "resnet18": (1, 1, 96, 96)}
+BATCHES = {"mlp": (1, 256), "lenet": (1, 256), "resnet18": (1, 16)}
+
+
+def median_time(fn: Callable[[], Any], repeat: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def interleaved(a: Callable[[], Any], b: Callable[[], Any], repeat: int, warmup: int = 5) -> tuple[float, float]:
+    """Medians of a and b timed alternately, so drifts in machine load hit both alike."""
+    for _ in range(warmup):
+        a()
+        b()
+    ta, tb = [], []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        a()
+        t1 = time.perf_counter()
+        b()
+        t2 = time.perf_counter()
+        ta.append(t1 - t0)
+        tb.append(t2 - t1)
+    return statistics.median(ta), statistics.median(tb)
+
+
+def peak_rss_growth(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """Peak resident memory growth in MB while fn runs (Linux: reset the high-water mark first)."""
+    def hwm() -> int:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def rss() -> int:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+    before = rss()
+    out = fn()
+    return (hwm() - before) / 2**20, out
+
+
+def import_cost() -> dict[str, Any]:
+    code = ("import sys, time; t = time.perf_counter(); import deferinit; dt = time.perf_counter() - t; "
+            "print(dt, ','.join(m for m in ('torch', 'tensorflow', 'keras', 'jax', 'flax', 'mxnet', 'numpy') "
+            "if m in sys.modules))")
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+            for _ in range(7)]
+    return {"import_ms": statistics.median(float(r[0]) for r in runs) * 1e3,
+            "frameworks_imported": runs[0][1] if len(runs[0]) > 1 else ""}
+
+
+def big_specs() -> dict[str, Any]:
+    import deferinit as di
+
+    mlp = di.LazyModel([di.Dense(BIG_MLP_WIDTH, activation="relu") for _ in range(BIG_MLP_LAYERS)])
+    d, ffn = 12288, 4 * 12288
+    block = lambda: di.Sequential([  # noqa: E731
+        di.Residual(di.MultiHeadAttention(d, 96, use_bias=True)), di.LayerNorm(),
+        di.Residual(di.Sequential([di.Dense(ffn, activation="gelu"), di.Dense(d)])), di.LayerNorm()])
+    transformer = di.LazyModel([block() for _ in range(96)])
+    return {"mlp_1.6e9": (mlp, (1, BIG_MLP_WIDTH)), "transformer_1.7e11": (transformer, (1, 2048, d))}
+
+
+def reference_inference() -> dict[str, Any]:
+    import deferinit as di
+
+    out = {}
+    for name, (spec, shape) in big_specs().items():
+        di.infer_shapes(spec, shape)  # warm
+        t = median_time(lambda: di.infer_shapes(spec, shape), repeat=15, warmup=2)  # noqa: B023
+        tracemalloc.start()
+        report = di.infer_shapes(spec, shape)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        out[name] = {"params": report.total_params, "infer_ms": t * 1e3, "peak_mb": peak / 2**20}
+    return out
+
+
+def backend_bench(backend: str, quick: bool) -> dict[str, Any]:
+    import numpy as np
+
+    import deferinit as di
+    from deferinit import zoo
+
+    native = importlib.import_module(f"native_{backend}")
+    out: dict[str, Any] = {}
+    spec, shape = big_specs()["mlp_1.6e9"]
+    # the framework's own abstract path, by hand, then deferinit's abstract apply_init
+    t_native = median_time(lambda: native.abstract_mlp(BIG_MLP_LAYERS, BIG_MLP_WIDTH), repeat=3, warmup=1)
+    model = di.compile(spec, backend)
+    mem, _ = peak_rss_growth(lambda: model.apply_init(di.ShapeDtype(shape), abstract=True))
+    t_ours = median_time(lambda: di.compile(spec, backend).apply_init(di.ShapeDtype(shape), abstract=True),
+                         repeat=3, warmup=0)
+    t_ref = median_time(lambda: di.infer_shapes(spec, shape), repeat=15)
+    out["abstract_mlp_1.6e9"] = {"native_abstract_ms": t_native * 1e3, "deferinit_abstract_ms": t_ours * 1e3,
+                                 "deferinit_abstract_peak_rss_mb": mem, "reference_infer_ms": t_ref * 1e3,
+                                 "reference_speedup_vs_native_abstract": t_native / t_ref}
+    for name in ("mlp", "lenet", "resnet18"):
+        make = zoo.MODELS[name]
+        x0 = np.random.default_rng(0).standard_normal(SHAPES[name]).astype(np.float32)
+        # concrete initialization: deferinit's apply_init vs the native dry run of the hand-written model
+        reps = 3 if name == "resnet18" or quick else 7
+        t_init_native, t_init_ours = interleaved(lambda: native.MODELS[name](x0),  # noqa: B023
+                                                 lambda: di.compile(make(), backend).apply_init(x0),  # noqa: B023
+                                                 repeat=reps, warmup=1)
+        entry: dict[str, Any] = {"init_native_ms": t_init_native * 1e3, "init_deferinit_ms": t_init_ours * 1e3,
+                                 "init_ratio": t_init_ours / t_init_native}
+        for batch in BATCHES[name]:
+            x = np.random.default_rng(1).standard_normal((batch,) + SHAPES[name][1:]).astype(np.float32)
+            model = di.compile(make(), backend)
+            model.apply_init(x0, init="xavier_uniform", key=0)
+            forward = native.MODELS[name](x0)
+            native.load(forward, model)  # same weights, so both do the same arithmetic
+            xn = native.to_native(x)
+            sync = native.sync
+            repeat = 30 if quick else (100 if name != "resnet18" else 40)
+            t_nat, t_di = interleaved(lambda: sync(forward(xn)), lambda: sync(model(xn)), repeat=repeat)  # noqa: B023
+            entry[f"forward_b{batch}_native_ms"] = t_nat * 1e3
+            entry[f"forward_b{batch}_deferinit_ms"] = t_di * 1e3
+            entry[f"forward_b{batch}_ratio"] = t_di / t_nat
+        out[name] = entry
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--backend", required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke test)")
+    args = parser.parse_args()
+    result: dict[str, Any] = {"backend": args.backend, "python": platform.python_version(),
+                              "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                              "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    if args.backend == "numpy":
+        result["import"] = import_cost()
+        result["reference"] = reference_inference()
+    else:
+        result.update(backend_bench(args.backend, args.quick))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
