@@ -114,6 +114,7 @@ def _layer_name(layer: Layer) -> str:
 @dataclass(frozen=True, eq=False, repr=False)
 class Leaf(Layer):
     accepts: ClassVar[str] = "float"  # float | int | any: the input dtype kind the layer takes
+    fan_name: ClassVar[str] = "input features"  # what the input dim its parameters depend on is called
 
     def infer(self, shape: tuple, ctx: RuleContext) -> tuple[tuple, dict[str, ParamSpec]]:
         raise NotImplementedError
@@ -161,6 +162,7 @@ class _ConvND(Leaf):
     in_channels: int | None = None
 
     ndim: ClassVar[int] = 2
+    fan_name: ClassVar[str] = "input channels per group"
 
     def validate(self) -> None:
         name, n = _layer_name(self), self.ndim
@@ -279,6 +281,7 @@ class BatchNorm(Leaf):
     _: KW_ONLY
     eps: float = 1e-5
     momentum: float = 0.1
+    fan_name: ClassVar[str] = "channels"
 
     def validate(self) -> None:
         check_float("BatchNorm", "eps", self.eps, 0.0, math.inf, lo_open=True, hi_open=True)

@@ -169,6 +169,8 @@ class ClassToken(Leaf):
 class PositionEmbedding(Leaf):
     """Adds a learned position embedding of shape ``(1, T, D)``; both T and D are deferred."""
 
+    fan_names: ClassVar[dict[int, str]] = {1: "steps", 2: "features"}
+
     def infer(self, shape: tuple, ctx: RuleContext) -> tuple[tuple, dict[str, ParamSpec]]:
         _need_sequence(ctx, shape)
         t = ctx.known(shape, 1, "the number of steps")

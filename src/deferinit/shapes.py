@@ -146,15 +146,24 @@ class _Walk:
             names.append(full)
             want = self.fixed.get(full) if self.fixed is not None else self.params.get(full, pspec).shape
             if want is not None and tuple(want) != pspec.shape:
-                tied = self.fixed is None
-                raise ShapeMismatchError(
-                    f"{where(node.path, node.layer)} expected an input that fits parameter '{full}' of shape "
-                    f"{fmt_shape(want)}" + (" (shared with an earlier use of the same layer)" if tied
-                                             else " (fixed when the model was initialized)")
-                    + f", received input shape {fmt_shape(shape)}, which would need {fmt_shape(pspec.shape)}")
+                raise self.refit(node, full, tuple(want), pspec.shape, shape, tied=self.fixed is None)
             self.params.setdefault(full, pspec)
         out_kind = "float" if node.layer.accepts == "int" else kind  # type: ignore[attr-defined]
         return out, out_kind, tuple(names)
+
+    @staticmethod
+    def refit(node: Node, full: str, want: tuple, got: tuple, shape: tuple, tied: bool) -> ShapeMismatchError:
+        """The input no longer fits a parameter whose shape is fixed (initialized, or shared by a tie)."""
+        layer = node.layer
+        axis = next((i for i, (a, b) in enumerate(zip(want, got)) if a != b), 0)
+        what = getattr(layer, "fan_names", {}).get(axis) or getattr(layer, "fan_name", "input size")
+        if len(want) != len(got):
+            expected, received = f"parameter '{full}' of shape {fmt_shape(want)}", f"one of shape {fmt_shape(got)}"
+        else:
+            expected, received = f"{want[axis]} {what}", f"{got[axis]}"
+        why = "shared with an earlier use of the same layer" if tied else "as when initialized"
+        return ShapeMismatchError(f"{where(node.path, layer)} expected {expected}, {why} (parameter '{full}' is "
+                                  f"{fmt_shape(want)}), received {received} (input shape {fmt_shape(shape)})")
 
     def container(self, node: Node, shape: tuple, kind: str, record: bool) -> tuple[tuple, str]:
         layer = node.layer

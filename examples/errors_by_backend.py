@@ -1,0 +1,91 @@
+"""What each framework says for the lazy-initialization chapter's mismatched dimension, next to deferinit.
+
+    python examples/errors_by_backend.py            # every installed backend
+
+The seed MLP (Dense(256, relu), Dense(10)) is initialized on a (2, 20) batch, then called on (2, 30).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+import deferinit as di
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+GOOD, BAD = np.zeros((2, 20), np.float32), np.zeros((2, 30), np.float32)
+
+
+def native_torch() -> None:
+    import torch
+    from torch import nn
+
+    net = nn.Sequential(nn.LazyLinear(256), nn.ReLU(), nn.LazyLinear(10))
+    net(torch.from_numpy(GOOD))
+    net(torch.from_numpy(BAD))
+
+
+def native_tensorflow() -> None:
+    import keras
+
+    net = keras.Sequential([keras.layers.Dense(256, activation="relu"), keras.layers.Dense(10)])
+    net(GOOD)
+    net(BAD)
+
+
+def native_jax() -> None:
+    import jax
+    from flax import linen as nn
+
+    class MLP(nn.Module):
+        @nn.compact
+        def __call__(self, x):  # type: ignore[no-untyped-def]
+            return nn.Dense(10)(nn.relu(nn.Dense(256)(x)))
+
+    net = MLP()
+    params = net.init(jax.random.PRNGKey(0), GOOD)
+    net.apply(params, BAD)
+
+
+def native_mxnet() -> None:
+    import mxnet as mx
+    from mxnet.gluon import nn
+
+    net = nn.Sequential()
+    net.add(nn.Dense(256, activation="relu"), nn.Dense(10))
+    net.initialize()
+    net(mx.nd.array(GOOD))
+    net(mx.nd.array(BAD)).wait_to_read()
+
+
+def first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:160]}{'...' if len(text) > 160 else ''}"
+
+
+def main() -> int:
+    spec = di.LazyModel([di.Dense(256, activation="relu"), di.Dense(10)])
+    backends = sys.argv[1:] or [b for b in di.available_backends() if b != "numpy"]
+    for backend in backends:
+        try:
+            globals()[f"native_{backend}"]()
+            native = "(no error)"
+        except Exception as exc:  # whatever the framework raises
+            native = first_line(exc)
+        model = di.compile(spec, backend)
+        model.apply_init(GOOD)
+        try:
+            model(BAD)
+            ours = "(no error)"
+        except di.DeferInitError as exc:
+            ours = first_line(exc)
+        print(f"{backend}\n  framework: {native}\n  deferinit: {ours}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
