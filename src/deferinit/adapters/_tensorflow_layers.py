@@ -1,0 +1,320 @@
+"""Small Keras layers the TensorFlow adapter needs where a stock Keras layer differs from the spec.
+
+Each one is a stock Keras layer (or a minimal container) with one documented difference, so the native
+model stays an ordinary ``keras.Model`` that ``summary()``, ``count_params()`` and ``save_weights`` understand
+(whole-model ``.keras`` saving would need these classes registered with Keras's serializer; they are not).
+Imported by ``deferinit.adapters.tensorflow`` before anything else touches Keras: this module is where
+Keras's backend is checked and set (see ``_claim_keras_backend``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from typing import Any
+
+from ..errors import BackendUnavailableError
+from ..layers import conv_pads
+
+
+def _claim_keras_backend() -> None:
+    """Keras 3 fixes its backend at first import: make sure it is (or will be) TensorFlow, or say how to fix it.
+    Checked before keras is imported, so a wrong KERAS_BACKEND is our clear error, not Keras's failure to load
+    another framework."""
+    fix = ("Keras 3 fixes its backend when it is first imported; set the environment variable "
+           "KERAS_BACKEND=tensorflow before anything imports keras (for example at the top of your script, or "
+           "`KERAS_BACKEND=tensorflow python ...`), in a process that needs the tensorflow backend")
+    loaded = sys.modules.get("keras")
+    if loaded is not None:
+        try:
+            active = loaded.backend.backend()
+        except Exception:  # a half-imported or unusual keras module: the check after the import decides
+            active = None
+        if active is not None and active != "tensorflow":
+            raise BackendUnavailableError(f"backend tensorflow: expected Keras to use its 'tensorflow' backend, "
+                                          f"received keras already imported with the {active!r} backend; {fix}")
+        return
+    env = os.environ.get("KERAS_BACKEND")
+    if env is not None and env != "tensorflow":
+        raise BackendUnavailableError(f"backend tensorflow: expected KERAS_BACKEND to be unset or 'tensorflow', "
+                                      f"received KERAS_BACKEND={env!r}, which would make Keras use another "
+                                      f"backend; {fix}")
+    os.environ["KERAS_BACKEND"] = "tensorflow"
+
+
+_claim_keras_backend()
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from keras import ops  # noqa: E402
+
+if keras.backend.backend() != "tensorflow":  # pragma: no cover - a keras.json or a plugin forced another one
+    raise BackendUnavailableError(f"backend tensorflow: expected Keras to use its 'tensorflow' backend, received "
+                                  f"{keras.backend.backend()!r}; set KERAS_BACKEND=tensorflow before importing keras")
+
+__all__ = ["Seq", "Residual", "Concat", "Conv1D", "Conv2D", "MaxPool2D", "AvgPool2D", "BatchNorm",
+           "spatial_axes", "call_layer"]
+
+
+#: None: ask TensorFlow once (see ``transpose_channels_first``); tests set True/False to force a path
+TRANSPOSE_CF: bool | None = None
+
+
+def transpose_channels_first() -> bool:
+    """Whether channels_first convolutions must run as channels_last between two transposes.
+
+    TensorFlow's own CPU Conv2D kernel takes only NHWC; the oneDNN kernels (on by default on x86 Linux) and
+    GPUs take NCHW too. So the answer is asked of TensorFlow once, with a 1-pixel NCHW convolution, instead
+    of assumed: where NCHW runs natively that is what a hand-written channels_first Keras model does, and
+    elsewhere (``TF_ENABLE_ONEDNN_OPTS=0``, CPUs without oneDNN) two transposes per conv keep it correct.
+    """
+    global TRANSPOSE_CF
+    if TRANSPOSE_CF is None:
+        with tf.init_scope():  # run eagerly even while a tf.function is being traced
+            try:
+                tf.nn.conv2d(tf.zeros((1, 1, 1, 1)), tf.zeros((1, 1, 1, 1)), 1, "VALID", data_format="NCHW")
+                TRANSPOSE_CF = False
+            except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
+                TRANSPOSE_CF = True
+    return TRANSPOSE_CF
+
+
+def spatial_axes(rank: int, data_format: str) -> tuple[int, ...]:
+    return tuple(range(2, rank)) if data_format == "channels_first" else tuple(range(1, rank - 1))
+
+
+def call_layer(layer: Any, x: Any, training: Any) -> Any:
+    """``layer(x)``, passing ``training`` only to layers whose ``call`` takes it (as keras.Sequential does)."""
+    if training is not None and getattr(layer, "_call_has_training_arg", False):
+        return layer(x, training=training)
+    return layer(x)
+
+
+def _pad(x: Any, pads: tuple, data_format: str, value: float = 0.0) -> Any:
+    if not any(b or a for b, a in pads):
+        return x
+    width = [[0, 0] for _ in range(len(x.shape))]
+    for axis, (before, after) in zip(spatial_axes(len(x.shape), data_format), pads):
+        width[axis] = [before, after]
+    return ops.pad(x, width, constant_values=value)
+
+
+def _padded_shape(shape: tuple, pads: tuple, data_format: str) -> tuple:
+    out = list(shape)
+    for axis, (before, after) in zip(spatial_axes(len(shape), data_format), pads):
+        out[axis] = None if out[axis] is None else out[axis] + before + after
+    return tuple(out)
+
+
+# ----------------------------------------------------------------------------------------------- containers
+class Seq(keras.Sequential):
+    """keras.Sequential whose call is the plain layer loop.
+
+    Keras builds its functional graph on the first call (the deferred initialization we want, and what
+    ``summary()`` shows), but running through that graph would cast every input to the first call's dtype
+    (integer indices for an Embedding become float32) and refuse inputs of another rank (a Dense acts on the
+    last axis of any rank). The loop is what keras.Sequential itself falls back to; under ``tf.function`` it
+    traces to the same graph, so it costs nothing in the compiled path.
+    """
+
+    def call(self, inputs: Any, training: Any = None, mask: Any = None) -> Any:
+        x = inputs
+        for layer in self.layers:
+            x = call_layer(layer, x, training)
+        return x
+
+    def compute_output_spec(self, inputs: Any, training: Any = None, mask: Any = None) -> Any:
+        x = inputs
+        for layer in self.layers:
+            x = layer.compute_output_spec(x, training=training) if getattr(layer, "_call_has_training_arg", False) \
+                else layer.compute_output_spec(x)
+        return x
+
+
+class Residual(keras.layers.Layer):
+    """``activation(body(x) + shortcut(x))``; Keras builds it (and its children) by tracing ``call``."""
+
+    def __init__(self, body: Any, shortcut: Any = None, activation: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.body = body
+        self.shortcut = shortcut
+        self.activation_name = activation
+        self.activation = keras.activations.get(activation)
+
+    def combine(self, y: Any, short: Any) -> Any:
+        return self.activation(ops.add(y, short))
+
+    def call(self, x: Any, training: Any = None) -> Any:
+        y = call_layer(self.body, x, training)
+        short = call_layer(self.shortcut, x, training) if self.shortcut is not None else x
+        return self.combine(y, short)
+
+
+class Concat(keras.layers.Layer):
+    """Applies every branch to the same input and concatenates along the channel axis."""
+
+    def __init__(self, branches: list, axis: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.branches = list(branches)
+        self.axis = axis
+
+    def combine(self, outs: list) -> Any:
+        return ops.concatenate(outs, axis=self.axis)
+
+    def call(self, x: Any, training: Any = None) -> Any:
+        return self.combine([call_layer(b, x, training) for b in self.branches])
+
+
+# ----------------------------------------------------------------------------------------------- convolution
+class _ConvMixin:
+    """A Keras conv with the spec's padding and stride/dilation semantics.
+
+    * Integer padding: zeros are padded explicitly, then the conv runs ``valid`` (Keras has only
+      ``valid``/``same``). ``same`` is Keras's own (TensorFlow's rule, which the spec uses).
+    * ``stride > 1`` together with ``dilation > 1``: Keras refuses the combination (TensorFlow has no kernel
+      for it), so the conv runs at stride 1 and every ``stride``-th output is kept. Exact, at ``prod(stride)``
+      times the arithmetic of that one layer; for ``same`` the pads of the strided conv are made explicit.
+    """
+
+    def __init__(self, *, spec_padding: Any, spec_strides: tuple, **kwargs: Any) -> None:
+        dilation = kwargs["dilation_rate"]
+        subsample = tuple(spec_strides) if max(spec_strides) > 1 and max(dilation) > 1 else None
+        keras_padding = spec_padding if spec_padding in ("same", "valid") and subsample is None else "valid"
+        super().__init__(strides=1 if subsample else spec_strides, padding=keras_padding,  # type: ignore[call-arg]
+                         **kwargs)
+        self.subsample = subsample
+        self.spec_padding = spec_padding
+
+    def _pads(self, shape: tuple) -> tuple | None:
+        """Static (before, after) pads per spatial dim, None for none, or "dynamic" when they depend on a
+        spatial size not known while tracing (``same`` with stride and dilation, under relaxed shapes)."""
+        if self.padding == "same" or self.spec_padding == "valid":  # type: ignore[attr-defined]
+            return None
+        if self.spec_padding != "same":
+            return tuple((p, p) for p in self.spec_padding)
+        sizes = [shape[a] for a in spatial_axes(len(shape), self.data_format)]  # type: ignore[attr-defined]
+        if any(s is None for s in sizes):
+            return "dynamic"  # type: ignore[return-value]
+        return tuple(conv_pads(s, k, st, d, "same") for s, k, st, d in
+                     zip(sizes, self.kernel_size, self.subsample, self.dilation_rate))  # type: ignore[attr-defined]
+
+    def _pad_dynamic(self, x: Any) -> Any:
+        # TensorFlow's "same" rule with tensors: total = max((ceil(n / s) - 1) * s + eff - n, 0), odd pixel after
+        width = [tf.zeros((2,), tf.int32) for _ in range(len(x.shape))]
+        size = tf.shape(x)
+        for i, axis in enumerate(spatial_axes(len(x.shape), self.data_format)):  # type: ignore[attr-defined]
+            n, s = size[axis], self.subsample[i]  # type: ignore[index]
+            eff = self.dilation_rate[i] * (self.kernel_size[i] - 1) + 1  # type: ignore[attr-defined]
+            total = tf.maximum(((n + s - 1) // s - 1) * s + eff - n, 0)
+            width[axis] = tf.stack([total // 2, total - total // 2])
+        return tf.pad(x, tf.stack(width))
+
+    def convolution_op(self, inputs: Any, kernel: Any) -> Any:
+        if self.data_format != "channels_first" or not transpose_channels_first():  # type: ignore[attr-defined]
+            return super().convolution_op(inputs, kernel)  # type: ignore[misc]
+        rank = len(inputs.shape)
+        x = ops.transpose(inputs, (0,) + tuple(range(2, rank)) + (1,))
+        y = ops.conv(x, kernel, strides=list(self.strides), padding=self.padding,  # type: ignore[attr-defined]
+                     dilation_rate=self.dilation_rate, data_format="channels_last")  # type: ignore[attr-defined]
+        return ops.transpose(y, (0, rank - 1) + tuple(range(1, rank - 1)))
+
+    def call(self, inputs: Any) -> Any:
+        # BaseConv.call, written out because keras.layers.Conv1D.call skips convolution_op
+        pads = self._pads(tuple(inputs.shape))
+        if pads == "dynamic":
+            inputs = self._pad_dynamic(inputs)
+        elif pads is not None:
+            inputs = _pad(inputs, pads, self.data_format)  # type: ignore[attr-defined]
+        y = self.convolution_op(inputs, self.kernel)  # type: ignore[attr-defined]
+        if self.subsample:
+            index = [slice(None)] * len(y.shape)
+            for axis, s in zip(spatial_axes(len(y.shape), self.data_format), self.subsample):  # type: ignore[attr-defined]
+                index[axis] = slice(None, None, s)
+            y = y[tuple(index)]
+        if self.use_bias:  # type: ignore[attr-defined]
+            shape = [1] * len(y.shape)
+            shape[1 if self.data_format == "channels_first" else -1] = self.filters  # type: ignore[attr-defined]
+            y = ops.add(y, ops.reshape(self.bias, shape))  # type: ignore[attr-defined]
+        return self.activation(y) if self.activation is not None else y  # type: ignore[attr-defined]
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        shape = tuple(input_shape)
+        pads = self._pads(shape)
+        if pads is not None and pads != "dynamic":
+            shape = _padded_shape(shape, pads, self.data_format)  # type: ignore[attr-defined]
+        out = list(super().compute_output_shape(shape))  # type: ignore[misc]
+        if self.subsample:
+            for axis, s in zip(spatial_axes(len(out), self.data_format), self.subsample):  # type: ignore[attr-defined]
+                out[axis] = None if out[axis] is None else -(-out[axis] // s)
+        return tuple(out)
+
+
+class Conv1D(_ConvMixin, keras.layers.Conv1D):
+    pass
+
+
+class Conv2D(_ConvMixin, keras.layers.Conv2D):
+    pass
+
+
+# ----------------------------------------------------------------------------------------------- pooling
+class _PadPoolMixin:
+    """Explicit symmetric padding before a ``valid`` pool: -inf for max pooling (padding never wins), zeros for
+    average pooling (counted in the average: PyTorch's ``count_include_pad=True``). Keras's ``same`` pooling
+    excludes padding from averages, so it is not used."""
+
+    fill: float = 0.0
+
+    def __init__(self, *, pads: tuple, **kwargs: Any) -> None:
+        super().__init__(padding="valid", **kwargs)  # type: ignore[call-arg]
+        self.pads = tuple((p, p) for p in pads)
+
+    def call(self, inputs: Any) -> Any:
+        return super().call(_pad(inputs, self.pads, self.data_format, self.fill))  # type: ignore[misc,attr-defined]
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return super().compute_output_shape(_padded_shape(tuple(input_shape), self.pads, self.data_format))  # type: ignore[misc,attr-defined]
+
+
+class MaxPool2D(_PadPoolMixin, keras.layers.MaxPooling2D):
+    fill = -math.inf
+
+
+class AvgPool2D(_PadPoolMixin, keras.layers.AveragePooling2D):
+    fill = 0.0
+
+
+# ----------------------------------------------------------------------------------------------- batch norm
+class BatchNorm(keras.layers.BatchNormalization):
+    """BatchNormalization whose running variance follows PyTorch's rule.
+
+    Keras normalizes with the biased batch variance (as PyTorch does) but also moves ``moving_variance``
+    toward that biased value; the spec (PyTorch) moves it toward the UNBIASED one, ``var * n / (n - 1)``
+    with ``n`` the number of values per channel. Only the training-mode update differs, so only that branch
+    is rewritten; inference is Keras's own. Keras's ``momentum`` is the weight of the old value
+    (``1 - spec momentum``), set by the adapter.
+    """
+
+    def call(self, inputs: Any, training: Any = None, mask: Any = None) -> Any:
+        if not (training and self.trainable) or mask is not None or self.renorm:
+            return super().call(inputs, training=training, mask=mask)
+        x = ops.cast(inputs, backend_float(inputs))
+        mean, variance = self._moments(x, None)  # biased, centred (tf.nn.moments)
+        count = ops.cast(tf.size(x) // tf.shape(x)[self.axis], variance.dtype)
+        unbiased = variance * count / ops.maximum(count - 1.0, 1.0)
+        self.moving_mean.assign(ops.cast(self.moving_mean, mean.dtype) * self.momentum
+                                + mean * (1.0 - self.momentum))
+        self.moving_variance.assign(ops.cast(self.moving_variance, variance.dtype) * self.momentum
+                                    + unbiased * (1.0 - self.momentum))
+        gamma = ops.cast(self.gamma, x.dtype) if self.scale else None
+        beta = ops.cast(self.beta, x.dtype) if self.center else None
+        y = ops.batch_normalization(x, mean, variance, axis=self.axis, offset=beta, scale=gamma,
+                                    epsilon=self.epsilon)
+        return ops.cast(y, self.compute_dtype)
+
+
+def backend_float(x: Any) -> str:
+    """float32 for float16/bfloat16/float32 data (statistics overflow in half precision), else the dtype."""
+    name = keras.backend.standardize_dtype(x.dtype)
+    return "float64" if name == "float64" else "float32"
