@@ -184,3 +184,13 @@ def test_deterministic_across_processes(backend: str) -> None:
     digests = {subprocess.run([sys.executable, "-c", code, backend], capture_output=True, text=True,
                               check=True).stdout.split()[-1] for _ in range(2)}
     assert len(digests) == 1  # the framework's own default init, seeded by key, is reproducible
+
+
+def test_token_ids_out_of_range(backend: str) -> None:
+    case = BY_ID["embedding"]
+    model = di.compile(case.make(), backend)
+    model.apply_init(case.data())
+    for bad in (np.full((2, 5), 50, np.int64), np.full((2, 5), -1, np.int64)):
+        with pytest.raises(di.ShapeMismatchError, match=r"layer '0' \(Embedding\) expected indices in \[0, 50\)"):
+            model(bad)
+    assert model.to_numpy(model(np.full((2, 5), 49, np.int64))).shape == (2, 3)

@@ -210,6 +210,8 @@ class CompiledModel(Generic[N]):
         sig = self._signature(xn)
         if sig not in self._checked:
             self._check_call(xn)
+        if self._index_limit is not None:
+            self._check_indices(xn)
         return self._guard("forward", lambda: self._forward(xn, training))
 
     def to_numpy(self, y: Any) -> np.ndarray:
@@ -318,6 +320,27 @@ class CompiledModel(Generic[N]):
         if arr.dtype.kind == "f" and arr.dtype != np.float32:
             arr = arr.astype(np.float32)
         return self._to_native(arr)
+
+    @property
+    def _index_limit(self) -> tuple[str, str, int] | None:
+        """(path, type, size) of the layer that takes the model's integer input (Embedding, OneHot), if any."""
+        cached = self.__dict__.get("_index_limit_cache", False)
+        if cached is False:
+            first = next(self.root.leaves(), None)
+            size = getattr(first.layer, "num_embeddings", getattr(first.layer, "num_classes", None)) if first else None
+            cached = (first.path, type(first.layer).__name__, size) if size is not None else None
+            self.__dict__["_index_limit_cache"] = cached
+        return cached
+
+    def _check_indices(self, x: Any) -> None:
+        """Token ids out of range: numpy and torch raise, JAX would silently read garbage, so check here."""
+        arr = np.asarray(self.to_numpy(x))
+        if arr.size and arr.dtype.kind in "iu":
+            lo, hi = int(arr.min()), int(arr.max())
+            path, kind, size = self._index_limit  # type: ignore[misc]
+            if lo < 0 or hi >= size:
+                raise ShapeMismatchError(f"layer '{path}' ({kind}) expected indices in [0, {size}), received values "
+                                         f"from {lo} to {hi}")
 
     def _check_call(self, x: Any) -> None:
         shape, dtype = self._shape_dtype(x)
