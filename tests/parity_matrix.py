@@ -62,19 +62,23 @@ def random_specs(n: int) -> dict[str, tuple[di.LazyModel, tuple, str]]:
     return {f"random_{i:02d}": (spec, shape, "float32") for i, (spec, shape) in enumerate(found)}
 
 
-def produce(backends: list[str], out: Path) -> int:
+def produce(backends: list[str], out: Path, only: str = "") -> int:
     out.mkdir(parents=True, exist_ok=True)
     failures = 0
     for backend in backends:
         t0 = time.perf_counter()
         if backend == "numpy":
             for name, (spec, shape, dtype) in matrix_specs().items():
+                if only and not any(name.startswith(p) for p in only.split(",")):
+                    continue
+                print(f"numpy: {name}", flush=True)
                 (out / name).mkdir(exist_ok=True)
                 (out / name / "spec.json").write_text(json.dumps(spec.to_dict(), indent=1))
                 art = make_artifact(spec, "numpy", input_shape=shape, dtype=dtype, seed=0)
                 save_artifact(art, out / name / "numpy.npz")
         else:
             for spec_dir in sorted(p for p in out.iterdir() if (p / "spec.json").is_file()):
+                print(f"{backend}: {spec_dir.name}", flush=True)
                 spec = di.load_spec(spec_dir / "spec.json")
                 ref = load_artifact(spec_dir / "numpy.npz")
                 try:
@@ -118,12 +122,13 @@ def main() -> int:
     p = sub.add_parser("produce")
     p.add_argument("--backends", required=True)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--only", default="", help="comma-separated name prefixes (default: every spec)")
     c = sub.add_parser("compare")
     c.add_argument("out", type=Path)
     c.add_argument("--expect", default="torch,tensorflow,jax,mxnet")
     args = parser.parse_args()
     if args.cmd == "produce":
-        return produce([b for b in args.backends.split(",") if b], args.out)
+        return produce([b for b in args.backends.split(",") if b], args.out, args.only)
     return compare(args.out, [b for b in args.expect.split(",") if b])
 
 

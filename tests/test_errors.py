@@ -194,3 +194,12 @@ def test_token_ids_out_of_range(backend: str) -> None:
         with pytest.raises(di.ShapeMismatchError, match=r"layer '0' \(Embedding\) expected indices in \[0, 50\)"):
             model(bad)
     assert model.to_numpy(model(np.full((2, 5), 49, np.int64))).shape == (2, 3)
+
+
+def test_batch_norm_training_needs_more_than_one_value(backend: str) -> None:
+    model = di.compile(di.LazyModel([di.Dense(4), di.BatchNorm(), di.Dense(2)]), backend)
+    model.apply_init(np.zeros((3, 5), np.float32))
+    model(np.zeros((1, 5), np.float32))  # inference with running statistics is fine at batch 1
+    with pytest.raises(di.ShapeMismatchError, match=r"layer '1' \(BatchNorm\) expected more than 1 value per channel"):
+        model(np.zeros((1, 5), np.float32), training=True)
+    assert model.to_numpy(model(np.ones((2, 5), np.float32), training=True)).shape == (2, 2)

@@ -76,6 +76,24 @@ def available_memory() -> int | None:
         return None
 
 
+def _single_value_batch_norm(inference: Inference, data_format: str) -> tuple[str, int] | None:
+    """The first BatchNorm whose batch statistics would come from a single value per channel, if any: every
+    framework refuses (or divides by zero in) training mode there, so the call is refused up front."""
+    from ..layers import BatchNorm
+
+    for node in inference.root.walk():
+        if node.tied_to is None and isinstance(node.layer, BatchNorm) and node.path in inference.inputs:
+            shape = inference.inputs[node.path]
+            axis = 1 if data_format == "channels_first" or len(shape) == 2 else len(shape) - 1
+            count = 1
+            for i, d in enumerate(shape):
+                if i != axis:
+                    count *= d if d is not None else 2
+            if count <= 1:
+                return node.path, count
+    return None
+
+
 class CompiledModel(Generic[N]):
     """A spec compiled for one backend. Create with :func:`deferinit.compile`."""
 
@@ -212,6 +230,10 @@ class CompiledModel(Generic[N]):
             self._check_call(xn)
         if self._index_limit is not None:
             self._check_indices(xn)
+        if training and self._checked[sig] is not None:
+            path, count = self._checked[sig]
+            raise ShapeMismatchError(f"layer '{path}' (BatchNorm) expected more than 1 value per channel in training "
+                                     f"mode (batch statistics), received {count}; use a larger batch or training=False")
         return self._guard("forward", lambda: self._forward(xn, training))
 
     def to_numpy(self, y: Any) -> np.ndarray:
@@ -348,7 +370,7 @@ class CompiledModel(Generic[N]):
         inference = infer(self.spec, shape, dtype=dtype, backend=self.backend, root=self.root, fixed=self._fixed)
         if len(self._checked) > 256:  # many distinct shapes (e.g. sequence lengths): keep the cache bounded
             self._checked.clear()
-        self._checked[self._signature(x)] = inference.report.output_shape
+        self._checked[self._signature(x)] = _single_value_batch_norm(inference, self.spec.data_format)
 
     @staticmethod
     def _int_key(key: Any) -> int:
