@@ -95,7 +95,8 @@ def test_load_weights_round_trip_and_forward(backend: str, case_id: str) -> None
 def test_wrong_feature_dim_names_the_layer(backend: str) -> None:
     model = di.compile(BY_ID["mlp"].make(), backend)
     model.apply_init(np.zeros((2, 20), np.float32))
-    with pytest.raises(di.ShapeMismatchError, match=r"layer '0' \(Dense\) expected 20 input features.*'0.weight' is \(16, 20\).*received 30"):
+    match = r"layer '0' \(Dense\) expected 20 input features.*'0.weight' is \(16, 20\).*received 30"
+    with pytest.raises(di.ShapeMismatchError, match=match):
         model(np.zeros((2, 30), np.float32))
     assert to_numpy(model, model(np.zeros((5, 20), np.float32))).shape == (5, 4)
 
