@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import io
+import re
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -21,8 +22,18 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedBuffer, UninitializedParameter, is_lazy
 
 import deferinit as di
-from cases import BY_ID, CASES
-from deferinit import ops
+import test_zoo_torch as book  # the d2l book's PyTorch building blocks (RNNLM, MultiHeadAttention, ViT...)
+from cases import BY_ID, CASES, Case
+from deferinit import ops, zoo
+from deferinit.adapters._torch_seq import (
+    ClassTokenModule,
+    LazyClassToken,
+    LazyGRU,
+    LazyPositionEmbedding,
+    LazySinusoidalEncoding,
+    PositionEmbeddingModule,
+    SinusoidalEncoding,
+)
 
 TIGHT = {"rtol": 1e-6, "atol": 1e-6}  # same torch kernels on both sides
 
@@ -129,6 +140,36 @@ def _tied_hand() -> nn.Module:
     return nn.Sequential(nn.LazyLinear(8), nn.ReLU(), shared, nn.ReLU(), shared, nn.ReLU(), nn.LazyLinear(1))
 
 
+def _by_order(spec: Callable[[], di.LazyModel], hand: Callable[[], nn.Module], shape: tuple,
+              dtype: str = "float32") -> Callable[[str], str]:
+    """Canonical name -> hand-built name, for book code that registers its parameters in the spec's order
+    (checked: the shapes must line up one by one)."""
+    table: dict[str, str] = {}
+
+    def to_hand(name: str) -> str:
+        if not table:
+            params = di.infer_shapes(spec(), shape, dtype=dtype).params
+            x = torch.zeros(shape, dtype=torch.int64 if dtype.startswith("int") else torch.float32)
+            net = hand()
+            with torch.no_grad():
+                net.eval()(x)
+            state = {n: t for n, t in net.state_dict().items() if not n.endswith("num_batches_tracked")}
+            assert [p.shape for p in params.values()] == [tuple(t.shape) for t in state.values()]
+            table.update(zip(params, state))
+        return table[name]
+    return to_hand
+
+
+def _lm_spec(kind: str, **kw) -> Callable[[], di.LazyModel]:  # type: ignore[no-untyped-def]
+    cls = {"rnn": di.RNN, "gru": di.GRU, "lstm": di.LSTM}[kind]
+    return lambda: di.LazyModel([di.OneHot(12), cls(8, **kw), di.Dense(12)])
+
+
+_TINY_VIT = {"patch_size": 4, "num_hiddens": 16, "mlp_num_hiddens": 32, "num_heads": 2, "num_blks": 1}
+_TINY_TRANSFORMER = {"vocab_size": 50, "num_hiddens": 16, "ffn_num_hiddens": 32, "num_heads": 4, "num_blks": 1,
+                     "dropout": 0.0, "use_bias": True}
+
+
 class Hand(NamedTuple):
     id: str
     spec: Callable[[], di.LazyModel]
@@ -137,11 +178,13 @@ class Hand(NamedTuple):
     dtype: str = "float32"
     to_hand: Callable[[str], str] = lambda n: n
     channels_last: bool = False
+    high: int = 50           # token ids are drawn below this
+    same_draws: bool = True  # the hand-built model draws its default init in the dry run's order
 
     def data(self, seed: int = 0) -> np.ndarray:
         rng = np.random.default_rng(seed)
         if self.dtype.startswith("int"):
-            return rng.integers(0, 50, size=self.shape).astype(self.dtype)
+            return rng.integers(0, self.high, size=self.shape).astype(self.dtype)
         return rng.standard_normal(self.shape).astype(self.dtype)
 
     def hand_input(self, x: np.ndarray) -> torch.Tensor:
@@ -162,8 +205,24 @@ HANDS = [
          # torch has no lazy LayerNorm: a hand-written model states its size, 8
          lambda: nn.Sequential(nn.Embedding(50, 8), nn.LayerNorm(8), nn.Flatten(), nn.LazyLinear(3)), (2, 5), "int64"),
     Hand("tied", _tied_spec, _tied_hand, (2, 6)),
+    # the sequence chapters, as the book writes them: time-major recurrent layers behind F.one_hot(X.T)
+    Hand("gru_lm", _lm_spec("gru"), lambda: book.lm("gru", 12, 8), (2, 9), "int64", book._lm_name, high=12),
+    Hand("lstm_deep_bi_no_bias", _lm_spec("lstm", num_layers=2, bidirectional=True, use_bias=False),
+         lambda: book.lm("lstm", 12, 8, num_layers=2, bidirectional=True, bias=False), (3, 5), "int64", book._lm_name,
+         high=12),
+    Hand("rnn_relu_deep", _lm_spec("rnn", activation="relu", num_layers=2),
+         lambda: book.lm("rnn", 12, 8, num_layers=2, nonlinearity="relu"), (2, 6), "int64", book._lm_name, high=12),
+    Hand("transformer", lambda: zoo.transformer_encoder(**_TINY_TRANSFORMER),
+         lambda: book.TransformerEncoder(**_TINY_TRANSFORMER),
+         (2, 7), "int64", _by_order(lambda: zoo.transformer_encoder(**_TINY_TRANSFORMER),
+                                    lambda: book.TransformerEncoder(**_TINY_TRANSFORMER), (2, 7), "int64")),
+    # the book draws pos_embedding and the head's nn.Linear in its constructor, before the lazy layers
+    Hand("vit", lambda: zoo.vit(**_TINY_VIT, emb_dropout=0.0, blk_dropout=0.0, num_classes=3),
+         lambda: book.ViT(16, **_TINY_VIT, emb_dropout=0.0, blk_dropout=0.0, num_classes=3), (2, 3, 16, 16),
+         to_hand=lambda n: book._vit_name(n, num_blks=1), same_draws=False),
 ]
 HAND_IDS = [h.id for h in HANDS]
+SAME_DRAWS = [h.id for h in HANDS if h.same_draws]
 BY_HAND = {h.id: h for h in HANDS}
 
 
@@ -213,8 +272,12 @@ def test_native_names_and_shapes_equal_the_hand_built_dry_run(hid: str) -> None:
     got = {h.to_hand(n): p.native_shape for n, p in report.params.items()}
     assert got == hand
     assert report.diff(di.infer_shapes(h.spec(), h.shape, dtype=h.dtype)) == []
-    if h.to_hand("0.weight") == "0.weight":  # a mirrored tree: torch's own names are the canonical ones
-        assert all(p.native_name == n for n, p in report.params.items())
+    # a mirrored tree: torch's own names are the canonical ones, but for d2l's W_q... inside attention
+    assert all(p.native_name == _native_name(n) for n, p in report.params.items())
+
+
+def _native_name(name: str) -> str:
+    return re.sub(r"\b(q|k|v|out)_(weight|bias)$", lambda m: f"W_{m[1][0]}.{m[2]}", name)
 
 
 def test_bn_lenet_counts_as_in_d2l() -> None:
@@ -222,7 +285,7 @@ def test_bn_lenet_counts_as_in_d2l() -> None:
     assert report.trainable_params == 44_878 == sum(p.numel() for p in _dry_run(BY_HAND["bn_lenet"]).parameters())
 
 
-@pytest.mark.parametrize("hid", HAND_IDS)
+@pytest.mark.parametrize("hid", SAME_DRAWS)
 def test_default_init_with_a_key_is_torch_default_under_that_seed(hid: str) -> None:
     h = BY_HAND[hid]
     got = _compiled(h, key=7).export_weights()
@@ -651,3 +714,211 @@ def test_forward_is_the_native_module_and_nothing_more() -> None:
     assert calls == ["", "0", "1", "2"]
     calls.clear()
     assert torch.equal(net(x), y) and calls == ["", "0", "1", "2"]
+
+
+# ------------------------------------------------------------------------------------------ sequence layers
+SEQ_CASES = [
+    Case("rnn_tanh_bi", lambda: di.LazyModel([di.RNN(6, bidirectional=True), di.Dense(3)]), (2, 5, 4)),
+    Case("rnn_relu_deep_no_bias", lambda: di.LazyModel([di.RNN(6, activation="relu", num_layers=2, use_bias=False)]),
+         (2, 5, 4)),
+    Case("gru_deep_bi_dropout", lambda: di.LazyModel([di.GRU(5, num_layers=2, bidirectional=True, dropout=0.3)]),
+         (3, 6, 4)),
+    Case("lstm_one_hot", lambda: di.LazyModel([di.OneHot(50), di.LSTM(6, num_layers=2), di.Dense(5)]), (2, 6),
+         "int64"),
+    Case("attention", lambda: di.LazyModel([di.Dense(8), di.MultiHeadAttention(8, 2, use_bias=True),
+                                            di.MultiHeadAttention(8, 1), di.LayerNorm()]), (2, 5, 3)),
+    Case("tokens", lambda: di.LazyModel([di.Embedding(50, 8), di.Scale(2.0), di.PositionalEncoding(max_len=10),
+                                         di.ClassToken(), di.PositionEmbedding(), di.Take(0), di.Dense(2)]),
+         (2, 6), "int64"),
+    Case("patches", lambda: di.LazyModel([di.Conv2D(4, 2, stride=2), di.Reshape((4, -1)), di.Permute((2, 1)),
+                                          di.Reshape((-1,)), di.Dense(3)]), (2, 3, 6, 6)),
+    # channels_last: permutes around the channels-first torch modules, none around the sequence layers
+    Case("sequence_channels_last", lambda: di.LazyModel([
+        di.Conv1D(4, 3, padding=1), di.GRU(5), di.BatchNorm(), di.Permute((2, 1)), di.Take(1, axis=2), di.Dense(2)],
+        data_format="channels_last"), (2, 7, 3)),
+    Case("patches_channels_last", lambda: di.LazyModel([
+        di.Conv2D(4, 2, stride=2), di.Reshape((-1, 4)), di.ClassToken(), di.MultiHeadAttention(4, 2), di.Take(0),
+        di.Dense(2)], data_format="channels_last"), (2, 6, 6, 3)),
+]
+SEQ = {c.id: c for c in SEQ_CASES}
+_STOCHASTIC_OR_BN = {"gru_deep_bi_dropout", "sequence_channels_last"}
+
+
+@pytest.mark.parametrize("case_id", list(SEQ))
+def test_sequence_layers_equal_the_reference(case_id: str) -> None:
+    case = SEQ[case_id]
+    model = di.compile(case.make(), "torch")
+    report = model.apply_init(case.data(), init="xavier_uniform", key=3)
+    assert report.diff(di.infer_shapes(case.make(), case.shape, dtype=case.dtype)) == []
+    # torch deferred every dim itself: only LayerNorm (no lazy form in torch) took its size from the rules
+    assert all(p.source == ("reference" if report.layers[n.rpartition(".")[0]].type == "LayerNorm" else "native")
+               for n, p in report.params.items())
+    ref = di.compile(case.make(), "numpy")
+    ref.load_weights(model.export_weights(), input_shape=di.ShapeDtype(case.shape, case.dtype))
+    x = case.data(seed=7, batch=3)
+    np.testing.assert_allclose(model.to_numpy(model(x)), ref(x), rtol=2e-4, atol=2e-5)
+    got, want = model.intermediates(x), ref.intermediates(x)
+    assert list(got) == list(want)
+    for path in want:
+        np.testing.assert_allclose(got[path], want[path], rtol=2e-4, atol=2e-5, err_msg=path)
+    if case_id not in _STOCHASTIC_OR_BN:  # no dropout, no batch statistics: training mode computes the same
+        np.testing.assert_allclose(model.to_numpy(model(x, training=True)), ref(x), rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("case_id", [c for c in SEQ if c not in _STOCHASTIC_OR_BN])
+def test_sequence_gradients_agree_with_the_reference_by_finite_differences(case_id: str) -> None:
+    # the directional derivative of sum(reference(x)) along a random direction v, by central differences
+    # (float64 sums of the float32 reference), against sum(gradient * v) from torch's autograd
+    case = SEQ[case_id]
+    model = di.compile(case.make(), "torch")
+    model.apply_init(case.data(), init="xavier_uniform", key=5)
+    x = case.data(seed=2)
+    grads = model.gradients(x)
+    w = model.export_weights()
+    rng = np.random.default_rng(0)
+    v = {n: rng.standard_normal(g.shape) for n, g in grads.items()}
+    norm = np.sqrt(sum(float((d ** 2).sum()) for d in v.values()))
+    v = {n: (d / norm).astype(np.float32) for n, d in v.items()}  # a unit direction: small steps, few ReLU kinks
+    ref = di.compile(case.make(), "numpy")
+
+    def f(eps: float) -> float:
+        ref.load_weights({n: a + np.float32(eps) * v[n] if n in v else a for n, a in w.items()},
+                         input_shape=di.ShapeDtype(case.shape, case.dtype))
+        return float(ref(x).astype(np.float64).sum())
+
+    eps = 1e-3
+    numeric = (f(eps) - f(-eps)) / (2 * eps)
+    analytic = sum(float((grads[n].astype(np.float64) * v[n]).sum()) for n in grads)
+    assert abs(numeric - analytic) <= 1e-2 * max(1.0, abs(analytic)), (numeric, analytic)
+
+
+@pytest.mark.parametrize("kind,cls", [("RNN", nn.RNN), ("GRU", nn.GRU), ("LSTM", nn.LSTM)])
+def test_recurrent_layers_are_deferred_by_torch_and_become_its_own_modules(kind: str, cls: type) -> None:
+    spec = lambda: di.LazyModel([getattr(di, kind)(5, num_layers=2, bidirectional=True)])  # noqa: E731
+    before = torch.get_rng_state()
+    model = di.compile(spec(), "torch")
+    lazy = model.native[0]
+    assert torch.equal(before, torch.get_rng_state())  # built on meta: nothing drawn, nothing allocated
+    assert isinstance(lazy, LazyModuleMixin) and lazy.input_size == 0 and lazy.batch_first
+    assert all(isinstance(p, UninitializedParameter) for p in lazy.parameters())
+    x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
+    model.apply_init(x, key=11)
+    net = model.native[0]
+    assert type(net) is cls and net.input_size == 4 and net.batch_first and net.bidirectional
+    assert all(a is getattr(net, n) for a, n in zip(net._flat_weights, net._flat_weights_names))
+    torch.manual_seed(11)  # torch's default init of the same module, under the same seed
+    hand = cls(4, 5, 2, batch_first=True, bidirectional=True)
+    assert [(n, tuple(p.shape)) for n, p in hand.named_parameters()] == \
+        [(n, p.native_shape) for n, p in ((n.partition(".")[2], p) for n, p in model.report.params.items())]
+    for name, w in model.export_weights().items():
+        np.testing.assert_array_equal(w, getattr(hand, name.partition(".")[2]).detach().numpy(), err_msg=name)
+    with torch.no_grad():
+        np.testing.assert_array_equal(model.to_numpy(model(x)), hand(torch.from_numpy(x))[0].numpy())
+    # abstract, then materialized in place: torch's RNNBase refreshes its flat weight list on to_empty
+    abstract = di.compile(spec(), "torch")
+    abstract.apply_init(di.ShapeDtype((2, 3, 4)), abstract=True)
+    assert type(abstract.native[0]) is cls and all(p.is_meta for p in abstract.native.parameters())
+    abstract.materialize(key=11)
+    net = abstract.native[0]
+    assert all(a is getattr(net, n) and not a.is_meta for a, n in zip(net._flat_weights, net._flat_weights_names))
+    np.testing.assert_array_equal(abstract.to_numpy(abstract(x)), model.to_numpy(model(x)))
+
+
+def test_attention_and_token_layers_are_deferred_by_torch() -> None:
+    spec = lambda: di.LazyModel([di.Dense(6), di.PositionalEncoding(max_len=8), di.ClassToken(),  # noqa: E731
+                                 di.PositionEmbedding(), di.MultiHeadAttention(6, 3, use_bias=True)])
+    model = di.compile(spec(), "torch")
+    net = model.native
+    assert [type(m) for m in net][1:4] == [LazySinusoidalEncoding, LazyClassToken, LazyPositionEmbedding]
+    assert type(net[4].W_q) is nn.LazyLinear and isinstance(net[3].weight, UninitializedParameter)
+    report = model.apply_init(np.zeros((2, 5, 3), np.float32), key=4)
+    net = model.native  # apply_init builds a fresh native model and runs its dry run
+    assert [type(m) for m in net][1:4] == [SinusoidalEncoding, ClassTokenModule, PositionEmbeddingModule]
+    assert type(net[4].W_q) is nn.Linear and net[4].W_q.in_features == 6
+    assert report.params["3.weight"].native_shape == (1, 6, 6)  # T = 5 steps + the class token
+    assert report.params["4.out_bias"].native_name == "4.W_o.bias"
+    assert set(net.state_dict()) == {_native_name(n) for n in report.params}  # the sine table is not saved
+    np.testing.assert_allclose(net[1].P[0, :8].numpy(), ops.sinusoidal(8, 6), rtol=1e-6, atol=1e-7)
+    w = model.export_weights()
+    assert not w["2.weight"].any()  # d2l's cls_token: zeros
+    torch.manual_seed(4)  # d2l's pos_embedding: torch.randn, drawn after the first Dense's weight and bias
+    nn.LazyLinear(6)(torch.zeros(1, 3))
+    np.testing.assert_array_equal(w["3.weight"], torch.randn(1, 6, 6).numpy())
+    # the attention's state_dict is d2l's MultiHeadAttention's
+    d2l_mha = book.MultiHeadAttention(6, 3, 0.0, bias=True)
+    x = torch.randn(2, 6, 6)
+    d2l_mha(x, x, x)
+    d2l_mha.load_state_dict({k.partition(".")[2]: t for k, t in net.state_dict().items() if k.startswith("4.")})
+    with torch.no_grad():
+        np.testing.assert_allclose(net[4](x).numpy(), d2l_mha(x, x, x).numpy(), **TIGHT)
+
+
+def test_init_functions_reach_recurrent_and_attention_weights() -> None:
+    def init_seq2seq(module: nn.Module) -> None:  # d2l's, for its encoder-decoder models
+        if type(module) is nn.Linear:
+            nn.init.xavier_uniform_(module.weight)
+        if type(module) is nn.GRU:
+            for param in module._flat_weights_names:
+                if "weight" in param:
+                    nn.init.xavier_uniform_(module._parameters[param])
+
+    h = BY_HAND["gru_lm"]
+    got = _compiled(h, init=init_seq2seq, key=2).export_weights()
+    hand = _dry_run(h, seed=2)
+    with torch.no_grad():
+        hand.apply(init_seq2seq)
+    hand_state = _state(hand)
+    for name, w in got.items():
+        np.testing.assert_array_equal(w, hand_state[h.to_hand(name)].detach().numpy(), err_msg=name)
+    model = di.compile(di.LazyModel([di.GRU(4, bidirectional=True), di.MultiHeadAttention(8, 2, use_bias=True)]),
+                       "torch")
+    model.apply_init(np.ones((2, 3, 5), np.float32), init=nn.init.zeros_, key=0)
+    w = model.export_weights()
+    assert all(not w[n].any() for n in w if "weight" in n)  # every weight matrix, recurrent and attention
+    assert all(w[n].any() for n in w if "bias" in n)  # the biases keep torch's default init
+
+
+def test_varying_dims_get_the_smallest_stand_in_the_rules_accept() -> None:
+    # a recurrent layer's meta dry run costs per step, and PositionalEncoding refuses more than max_len steps:
+    # a (None, None) token input is dry-run with the smallest power of two that the rules accept
+    seen: list[tuple] = []
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(
+        lambda m, args: seen.append(tuple(args[0].shape)) if isinstance(m, (LazyGRU, nn.GRU)) else None)
+    try:
+        model = di.compile(zoo.rnn_lm("gru"), "torch")
+        model.apply_init(di.ShapeDtype((None, None), "int64"), key=0)
+    finally:
+        hook.remove()
+    assert seen == [(1, 1, 28)]
+    enc = di.compile(zoo.transformer_encoder(num_blks=1), "torch")
+    enc.apply_init(di.ShapeDtype((None, None), "int64"), key=0)
+    assert enc.to_numpy(enc(np.zeros((3, 1000), np.int64))).shape == (3, 1000, 24)  # max_len steps
+    with pytest.raises(di.ShapeMismatchError, match=r"\(PositionalEncoding\).*at most max_len=1000 steps"):
+        enc(np.zeros((1, 1001), np.int64))
+
+
+@pytest.mark.parametrize("hid", ["gru_lm", "transformer", "vit"])
+def test_sequence_models_trace_with_torch_fx_and_pickle(hid: str) -> None:
+    h = BY_HAND[hid]
+    model = _compiled(h, key=0)
+    traced = torch.fx.symbolic_trace(model.native)
+    x = torch.from_numpy(h.data(seed=1))
+    with torch.no_grad():
+        assert torch.equal(traced(x), model(x))
+    buf = io.BytesIO()
+    torch.save(model.native, buf)
+    buf.seek(0)
+    with torch.no_grad():
+        assert torch.equal(torch.load(buf, weights_only=False)(x), model(x))
+
+
+def test_dropout_inside_recurrent_and_attention_layers_is_torchs_in_training_mode() -> None:
+    # no reference exists for it (the parity tests compare inference only); torch's own dropout acts
+    model = di.compile(di.LazyModel([di.GRU(16, num_layers=2, dropout=0.5), di.MultiHeadAttention(16, 2, dropout=0.5)]),
+                       "torch")
+    x = np.random.default_rng(0).standard_normal((4, 6, 3)).astype(np.float32)
+    model.apply_init(x, key=0)
+    assert model.native[0].dropout == 0.5 and model.native[2].dropout.p == 0.5  # [1] is "0:output"
+    a, b = model.to_numpy(model(x, training=True)), model.to_numpy(model(x, training=True))
+    assert not np.allclose(a, b)
+    np.testing.assert_array_equal(model.to_numpy(model(x)), model.to_numpy(model(x)))

@@ -15,6 +15,10 @@ Every canonical layout is torch's own layout, so no weight is transposed.
   ``reset_parameters`` in the dry run's order, so it gives the concrete init's weights bit for bit.
 * Forward: the native module called directly (autograd on, as a hand-written torch model); ``.train()`` /
   ``.eval()`` only when the mode changes.
+* Sequence layers (``_torch_seq.py``): recurrent layers, attention, class token and position embedding are
+  deferred by torch's own ``LazyModuleMixin`` and become plain ``nn.GRU``/``nn.Linear``/... modules, so only
+  LayerNorm is ``source="reference"``. Varying (None) dims are dry-run on meta with the smallest stand-in
+  size the rules accept (``_stand_in``).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
-from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
+from torch.nn.parameter import is_lazy
 
 from ..errors import BackendError, ShapeMismatchError, SpecError, UnsupportedLayerError, fmt_shape, where
 from ..layers import (
@@ -53,6 +57,7 @@ from ..layers import (
 from ..shapes import Inference, Node, infer, normalize_shape
 from ..spec import Concat, Residual, Sequential
 from . import _torch_modules as tm
+from . import _torch_seq as ts
 from ._torch_modules import ANY, CF, SPEC, Step
 from .base import CompiledModel, NativeParam
 
@@ -137,6 +142,7 @@ LEAVES: dict[type, Callable[[Any, int | None], list[Step]]] = {
     Identity: lambda layer, rank: [Step("", nn.Identity(), ANY)],
     Activation: _activation, ReLU: _activation, Sigmoid: _activation, Tanh: _activation, GELU: _activation,
     Softmax: _activation,
+    **ts.SEQ_LEAVES,
 }
 
 
@@ -150,7 +156,7 @@ def _rank_after(layer: Leaf, rank: int | None) -> int | None:
         return 2
     if isinstance(layer, Embedding):
         return None if rank is None else rank + 1
-    return rank
+    return ts.rank_after(layer, rank)
 
 
 def _segment(node: Node) -> str:
@@ -229,7 +235,8 @@ class TorchModel(CompiledModel[nn.Module]):
 
     def _init_fn(self, init: Any) -> Callable[[nn.Module], Any] | None:
         """torch's own initializers: a function of a module applied like d2l's ``net.apply(init_fn)``, or a
-        ``torch.nn.init`` function of a tensor applied to every Dense/Conv kernel and Embedding table."""
+        ``torch.nn.init`` function of a tensor applied to every weight matrix: Dense/Conv kernels, Embedding
+        tables, attention projections and recurrent ``weight_ih``/``weight_hh``."""
         if init is None:
             return None
         if not callable(init):
@@ -237,8 +244,10 @@ class TorchModel(CompiledModel[nn.Module]):
                             f"deferinit.init object), a function of a module (applied as net.apply(fn)) or a "
                             f"torch.nn.init function, received {init!r}")
         if getattr(getattr(init, "func", init), "__module__", "") == "torch.nn.init":
-            kernels = [n.path for n in self.root.leaves() if isinstance(n.layer, (Dense, Conv1D, Conv2D, Embedding))]
-            return lambda net: [init(self._module(net, p).weight) for p in kernels]
+            kernels = [(n.path, "weight") for n in self.root.leaves()
+                       if isinstance(n.layer, (Dense, Conv1D, Conv2D, Embedding))]
+            kernels += [(n.path, a) for n in self.root.leaves() for a in ts.kernel_attrs(n.layer)]
+            return lambda net: [init(self._module(net, p).get_parameter(a)) for p, a in kernels]
         return lambda net: net.apply(init)
 
     def _reset(self, net: nn.Module) -> None:
@@ -257,6 +266,7 @@ class TorchModel(CompiledModel[nn.Module]):
         on_meta = abstract or None in inference.report.input_shape
         device = torch.device("meta" if on_meta else "cpu")
         leaves = {n.path: n for n in self.root.leaves()}
+        modules = {path: self._module(net, path) for path in leaves}
         with tm.seeded(key):
             if on_meta:
                 tm.rehome(net, "meta")
@@ -265,7 +275,7 @@ class TorchModel(CompiledModel[nn.Module]):
                 if isinstance(target.layer, BatchNorm):
                     self._fix_batch_norm(net, node, target, inference)
             for path, node in leaves.items():  # in plan order: the draws of a hand-written model's constructors
-                module, layer = self._module(net, path), node.layer
+                module, layer = modules[path], node.layer
                 if isinstance(layer, LayerNorm):
                     # torch has no lazy LayerNorm: its dim comes from the reference rules (source="reference")
                     module.normalized_shape = (inference.inputs[path][-1],)
@@ -282,18 +292,26 @@ class TorchModel(CompiledModel[nn.Module]):
                 if init_fn is not None:
                     with torch.no_grad():
                         init_fn(net)
-        left = [n for n, m in net.named_modules() if isinstance(m, LazyModuleMixin)]
-        left += [n for n, t in list(net.named_parameters()) + list(net.named_buffers())
-                 if isinstance(t, (UninitializedParameter, UninitializedBuffer))]
+        left = []
+        for prefix, m in net.named_modules():
+            if isinstance(m, LazyModuleMixin):
+                left.append(prefix)
+            left += [f"{prefix}.{k}" for k, t in (*m._parameters.items(), *m._buffers.items()) if is_lazy(t)]
         if left:
             raise BackendError(f"{self._who()}: the dry run left uninitialized modules or tensors: {left}")
-        found = {}
+        found, native_paths = {}, {}
         for name in inference.params:
             owner, _, pname = name.rpartition(".")
-            t = getattr(self._module(net, owner), pname)
-            native_name = ".".join(tm.child_name(s) for s in owner.split(".")) + "." + pname
-            source = "reference" if isinstance(leaves[owner].layer, LayerNorm) else "native"
-            found[name] = NativeParam(native_name, tuple(t.shape), tuple(t.shape), source)
+            layer = leaves[owner].layer
+            attr = ts.native_attr(layer, pname)  # the canonical name, but for attention's d2l W_q.weight...
+            t: Any = modules[owner]
+            for part in attr.split("."):
+                t = getattr(t, part)
+            if owner not in native_paths:
+                native_paths[owner] = ".".join(tm.child_name(s) for s in owner.split("."))
+            # torch has no lazy LayerNorm: its dim came from the reference rules
+            source = "reference" if isinstance(layer, LayerNorm) else "native"
+            found[name] = NativeParam(f"{native_paths[owner]}.{attr}", tuple(t.shape), tuple(t.shape), source)
         return found
 
     def _fix_batch_norm(self, net: nn.Module, node: Node, target: Node, inference: Inference) -> None:
@@ -308,13 +326,27 @@ class TorchModel(CompiledModel[nn.Module]):
                 f"{len(inference.inputs[target.path])} (at '{target.path}') and rank {rank} cannot be one torch "
                 f"module (BatchNorm1d/2d/3d each accept fixed ranks); use two BatchNorm layers")
 
-    @staticmethod
-    def _dry_input(x: Any, inference: Inference, on_meta: bool) -> torch.Tensor:
-        if on_meta:  # shapes only; a varying (None) dim gets a size that every window fits, at no cost on meta
-            shape = tuple(4096 if d is None else d for d in inference.report.input_shape)
+    def _dry_input(self, x: Any, inference: Inference, on_meta: bool) -> torch.Tensor:
+        if on_meta:
             dtype = F32 if np.dtype(inference.report.input_dtype).kind == "f" else torch.int64
-            return torch.empty(shape, dtype=dtype, device="meta")
+            return torch.empty(self._stand_in(inference), dtype=dtype, device="meta")
         return tm.coerce(x).cpu() if x.dtype not in tm.READY else x.cpu()
+
+    def _stand_in(self, inference: Inference) -> tuple[int, ...]:
+        """A concrete size for the varying (None) dims: the smallest power of two that the rules accept
+        everywhere (every window fits, no more steps than a PositionalEncoding's max_len). Small matters:
+        a recurrent layer's meta dry run costs ~5 ms per time step, so T=4096 would take tens of seconds."""
+        shape = inference.report.input_shape
+        if None not in shape:
+            return shape
+        for size in (2 ** i for i in range(13)):
+            trial = tuple(size if d is None else d for d in shape)
+            try:
+                infer(self.spec, trial, dtype=inference.report.input_dtype, root=self.root)
+                return trial
+            except ShapeMismatchError:
+                continue
+        return tuple(4096 if d is None else d for d in shape)
 
     def _materialize(self, init: Any, key: Any) -> None:
         net = self._native
@@ -330,6 +362,11 @@ class TorchModel(CompiledModel[nn.Module]):
     # ---------------------------------------------------------------- data
     def _is_native(self, x: Any) -> bool:
         return isinstance(x, torch.Tensor)
+
+    def _signature(self, x: torch.Tensor) -> tuple:
+        # the per-call cache key: torch.Size is a tuple and torch.dtype hashes, so nothing is converted
+        # (the base class's tuple(shape), str(dtype) cost ~0.5 us of a 20 us MLP forward)
+        return (x.shape, x.dtype)
 
     def _shape_dtype(self, x: Any) -> tuple[tuple, Any]:
         if isinstance(x, torch.Tensor):
