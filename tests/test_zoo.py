@@ -80,3 +80,11 @@ def test_varying_input_sizes(name: str) -> None:
     elif len(shape) == 4:  # a Dense after Flatten depends on the spatial size
         with pytest.raises(di.ShapeMismatchError, match="known size"):
             di.infer_shapes(spec, (None, shape[1], None, None))
+
+
+@pytest.mark.parametrize("name", sorted(zoo.MODELS))
+def test_example_spec_files_match_the_zoo(name: str) -> None:
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "zoo" / f"{name}.json"
+    assert di.load_spec(path) == zoo.MODELS[name](), f"regenerate {path} with di.save_spec"
