@@ -63,3 +63,16 @@ def test_backends_listing(capsys) -> None:  # type: ignore[no-untyped-def]
     assert main(["backends"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].split() == ["numpy", "installed"]
+
+
+def test_backend_option_on_every_backend(backend: str, capsys) -> None:  # type: ignore[no-untyped-def]
+    import deferinit as di
+
+    assert main(["shapes", str(ROOT / "examples" / "lenet.toml"), "--input", "1,1,28,28", "--backend", backend,
+                 "--json"]) == 0
+    report = di.ShapeReport.from_json(capsys.readouterr().out)
+    assert report.backend == backend
+    assert report.diff(di.infer_shapes(di.load_spec(ROOT / "examples" / "lenet.toml"), (1, 1, 28, 28))) == []
+    assert main(["shapes", str(ROOT / "examples" / "zoo" / "gru_lm.json"), "--input", "2,7", "--dtype", "int64",
+                 "--backend", backend]) == 0
+    assert "(2, 7, 28)" in capsys.readouterr().out
