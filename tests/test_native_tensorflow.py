@@ -561,3 +561,237 @@ def test_keras_already_imported_with_another_backend_is_a_clear_error() -> None:
     assert out.returncode == 0, out.stderr
     assert "keras already imported with the 'jax' backend" in out.stdout
     assert "KERAS_BACKEND=tensorflow before anything imports keras" in out.stdout
+
+
+# ------------------------------------------------------------------------------------- sequence layers
+SEQ = {
+    "rnn_tanh_deep_bi": (lambda: di.LazyModel([di.RNN(5, num_layers=2, bidirectional=True), di.Dense(3)]), (2, 6, 4)),
+    "rnn_relu": (lambda: di.LazyModel([di.RNN(5, activation="relu")]), (2, 6, 4)),
+    "gru_deep": (lambda: di.LazyModel([di.GRU(5, num_layers=2)]), (2, 6, 4)),
+    "gru_bi_nobias": (lambda: di.LazyModel([di.GRU(5, bidirectional=True, use_bias=False)]), (2, 6, 4)),
+    "lstm_deep_bi": (lambda: di.LazyModel([di.LSTM(5, num_layers=2, bidirectional=True, dropout=0.3)]), (2, 6, 4)),
+    "lm": (lambda: di.LazyModel([di.OneHot(7), di.LSTM(6), di.Dense(7)]), (2, 5)),
+    "attention": (lambda: di.LazyModel([di.MultiHeadAttention(8, 2, use_bias=True)]), (2, 5, 6)),
+    "encoder": (lambda: di.LazyModel([
+        di.Embedding(30, 8), di.Scale(8 ** 0.5), di.PositionalEncoding(), di.Dropout(0.2),
+        di.Residual(di.MultiHeadAttention(8, 4, dropout=0.1)), di.LayerNorm(),
+        di.Residual(di.Sequential([di.Dense(16, activation="relu"), di.Dense(8)])), di.LayerNorm()]), (2, 7)),
+    "vit": (lambda: di.LazyModel([
+        di.Conv2D(8, 4, stride=4), di.Reshape((8, -1)), di.Permute((2, 1)), di.ClassToken(), di.PositionEmbedding(),
+        di.Residual(di.Sequential([di.LayerNorm(), di.MultiHeadAttention(8, 2)])), di.Take(0), di.LayerNorm(),
+        di.Dense(3)]), (2, 3, 8, 12)),
+    "gru_channels_last": (lambda: di.LazyModel([di.GRU(4), di.Dense(2)], data_format="channels_last"), (3, 5, 2)),
+}
+
+
+def seq_data(case_id: str, seed: int = 0, batch: int | None = None) -> np.ndarray:
+    shape = SEQ[case_id][1] if batch is None else (batch,) + SEQ[case_id][1][1:]
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 7, shape).astype(np.int64) if len(shape) == 2 else rng.standard_normal(shape).astype(np.float32)
+
+
+def random_weights(report: di.ShapeReport, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)  # every bias nonzero: b_hh must reach the output too
+    return {n: (rng.standard_normal(p.shape) * 0.5).astype(np.float32) for n, p in report.params.items()}
+
+
+@pytest.mark.parametrize("case_id", list(SEQ))
+def test_sequence_layers_equal_the_reference(case_id: str) -> None:
+    make, shape = SEQ[case_id]
+    x0 = seq_data(case_id)
+    model = di.compile(make(), "tensorflow")
+    report = model.apply_init(x0)
+    assert report.diff(di.infer_shapes(make(), shape, dtype=x0.dtype.name)) == []
+    assert all(p.source == "native" for p in report.params.values())  # Keras defers every dim itself
+    weights = random_weights(report, 1)
+    model.load_weights(weights)
+    ref = di.compile(make(), "numpy")
+    ref.load_weights(weights, input_shape=di.ShapeDtype(shape, x0.dtype.name))
+    x = seq_data(case_id, seed=2, batch=3)
+    np.testing.assert_allclose(model.to_numpy(model(x)), ref(x), atol=2e-5, rtol=2e-4)
+    # exported weights compute the same function (a Keras single bias comes back as b_ih + b_hh, b_hh zero)
+    again = di.compile(make(), "numpy")
+    again.load_weights(model.export_weights(), input_shape=di.ShapeDtype(shape, x0.dtype.name))
+    np.testing.assert_allclose(again(x), ref(x), atol=2e-5, rtol=2e-4)
+    inter = model.intermediates(x)
+    assert sorted(inter) == sorted(ref.intermediates(x))
+    for path, value in ref.intermediates(x).items():
+        np.testing.assert_allclose(inter[path], value, atol=2e-5, rtol=2e-4, err_msg=path)
+
+
+def test_keras_recurrent_formulas_are_pytorchs() -> None:
+    """What makes Keras's layers PyTorch's function: sigmoid gates (not hard_sigmoid), GRU reset_after with two
+    bias rows in (z, r, h) order, LSTM gates (i, f, c, o); attention scaled by 1/sqrt(head_dim)."""
+    model = di.compile(di.LazyModel([di.GRU(4), di.LSTM(3), di.MultiHeadAttention(6, 3)]), "tensorflow")
+    report = model.apply_init(np.zeros((1, 2, 5), np.float32))
+    gru, lstm, mha = (model.native.layers[i] for i in range(3))
+    assert isinstance(gru, L.GRU) and gru.cell.reset_after and gru.cell.recurrent_activation is keras.activations.sigmoid
+    assert isinstance(lstm, L.LSTM) and lstm.cell.recurrent_activation is keras.activations.sigmoid
+    assert gru.cell.activation is keras.activations.tanh and lstm.cell.activation is keras.activations.tanh
+    assert isinstance(mha, L.MultiHeadAttention) and mha._inverse_sqrt_key_dim == pytest.approx(1 / np.sqrt(2))
+    assert report.params["0.bias_ih_l0"].native_name == report.params["0.bias_hh_l0"].native_name \
+        == "lazy_model/0/gru_cell/bias"
+    assert report.params["0.bias_hh_l0"].native_shape == (2, 12) and report.params["0.weight_ih_l0"].native_shape == (5, 12)
+    assert report.params["1.bias_hh_l0"].native_shape == (12,)  # one Keras bias holds b_ih + b_hh
+    assert report.params["2.q_weight"].native_shape == (3, 3, 2) and report.params["2.q_weight"].shape == (6, 3)
+    assert report.params["2.out_weight"].native_shape == (3, 2, 6) and report.params["2.out_weight"].shape == (6, 6)
+    # canonical (r, z, n) rows land in Keras's (z, r, h) columns, input bias in row 0, recurrent bias in row 1
+    w = model.export_weights()
+    w["0.weight_ih_l0"] = np.repeat(np.array([1.0, 2.0, 3.0], np.float32), 4)[:, None] * np.ones((12, 5), np.float32)
+    w["0.bias_ih_l0"] = np.repeat(np.array([1.0, 2.0, 3.0], np.float32), 4)
+    w["0.bias_hh_l0"] = -w["0.bias_ih_l0"]
+    w["1.bias_ih_l0"], w["1.bias_hh_l0"] = np.full(12, 0.25, np.float32), np.full(12, 0.5, np.float32)
+    model.load_weights(w)
+    np.testing.assert_array_equal(gru.cell.kernel.numpy()[0], np.repeat([2.0, 1.0, 3.0], 4))
+    np.testing.assert_array_equal(gru.cell.bias.numpy(), [np.repeat([2.0, 1.0, 3.0], 4), np.repeat([-2.0, -1.0, -3.0], 4)])
+    np.testing.assert_array_equal(lstm.cell.bias.numpy(), np.full(12, 0.75))
+    out = model.export_weights()
+    np.testing.assert_array_equal(out["1.bias_ih_l0"], np.full(12, 0.75))
+    assert not out["1.bias_hh_l0"].any()
+
+
+def hand_recurrent() -> tuple:
+    """A Keras user's stack for GRU(5, num_layers=2) -> Bidirectional LSTM(3) -> attention -> Dense."""
+    gru = keras.Sequential([L.GRU(5, return_sequences=True), L.GRU(5, return_sequences=True)])
+    bi = L.Bidirectional(L.LSTM(3, return_sequences=True))
+    mha = L.MultiHeadAttention(2, key_dim=3, output_shape=6)
+
+    class Net(keras.Model):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gru, self.bi, self.mha, self.head = gru, bi, mha, L.Dense(2)
+
+        def call(self, x, training=None):  # type: ignore[no-untyped-def]
+            y = self.bi(self.gru(x))
+            return self.head(self.mha(y, y, training=training))
+
+    spec = di.LazyModel([di.GRU(5, num_layers=2), di.LSTM(3, bidirectional=True),
+                         di.MultiHeadAttention(6, 2, use_bias=True), di.Dense(2)])
+    return spec, Net()
+
+
+def _gru_gates(w: np.ndarray) -> np.ndarray:  # canonical (r, z, n) on axis 0 -> Keras's (z, r, h)
+    r, z, n = np.split(w, 3, axis=0)
+    return np.concatenate([z, r, n], axis=0)
+
+
+def hand_recurrent_slots(net) -> list:  # type: ignore[no-untyped-def]
+    """(canonical names, Keras variable, canonical -> native, native gradient -> canonical gradients)."""
+    out = []
+    cells = [("0", "l0", net.gru.layers[0].cell), ("0", "l1", net.gru.layers[1].cell),
+             ("1", "l0", net.bi.forward_layer.cell), ("1", "l0_reverse", net.bi.backward_layer.cell)]
+    for owner, sfx, cell in cells:
+        g = _gru_gates if isinstance(cell, L.GRUCell) else (lambda w: w)
+        out.append(([f"{owner}.weight_ih_{sfx}"], cell.kernel, lambda w, g=g: g(w).T, lambda d, g=g: [g(d.T)]))
+        out.append(([f"{owner}.weight_hh_{sfx}"], cell.recurrent_kernel, lambda w, g=g: g(w).T, lambda d, g=g: [g(d.T)]))
+        names = [f"{owner}.bias_ih_{sfx}", f"{owner}.bias_hh_{sfx}"]
+        if isinstance(cell, L.GRUCell):
+            out.append((names, cell.bias, lambda a, b: np.stack([_gru_gates(a), _gru_gates(b)]),
+                        lambda d: [_gru_gates(d[0]), _gru_gates(d[1])]))
+        else:  # the sum: each of b_ih and b_hh gets the whole gradient
+            out.append((names, cell.bias, lambda a, b: a + b, lambda d: [d, d]))
+    for proj, dense in (("q", net.mha.query_dense), ("k", net.mha.key_dense), ("v", net.mha.value_dense)):
+        out.append(([f"2.{proj}_weight"], dense.kernel, lambda w: w.T.reshape(-1, 2, 3),
+                    lambda d: [d.reshape(d.shape[0], -1).T]))
+        out.append(([f"2.{proj}_bias"], dense.bias, lambda w: w.reshape(2, 3), lambda d: [d.reshape(-1)]))
+    out.append((["2.out_weight"], net.mha.output_dense.kernel, lambda w: w.T.reshape(2, 3, 6),
+                lambda d: [d.reshape(6, 6).T]))
+    out.append((["2.out_bias"], net.mha.output_dense.bias, lambda w: w, lambda d: [d]))
+    out.append((["3.weight"], net.head.kernel, lambda w: w.T, lambda d: [d.T]))
+    out.append((["3.bias"], net.head.bias, lambda w: w, lambda d: [d]))
+    return out
+
+
+def test_recurrent_and_attention_equal_a_hand_built_keras_model_with_gradients() -> None:
+    spec, hand = hand_recurrent()
+    x = np.random.default_rng(3).standard_normal((2, 6, 4)).astype(np.float32)
+    model = di.compile(spec, "tensorflow")
+    report = model.apply_init(x, init="xavier_uniform", key=2)
+    hand(x)  # Keras builds the hand-written model on its first call
+    slots = hand_recurrent_slots(hand)
+    assert sorted(n for names, *_ in slots for n in names) == sorted(report.params)
+    assert len(slots) == len(hand.weights)
+    for names, var, _, _ in slots:  # the adapter's Keras variables have the hand-built ones' shapes
+        assert all(report.params[n].native_shape == tuple(var.shape) for n in names), names
+    # names follow structure: a stack is a Sequential of l0, l1...; Bidirectional's directions are Keras's own
+    assert report.params["0.weight_hh_l1"].native_name == "lazy_model/0/l1/gru_cell/recurrent_kernel"
+    assert report.params["1.weight_ih_l0_reverse"].native_name == "lazy_model/1/backward_lstm/lstm_cell/kernel"
+    # folded biases: the report counts b_ih and b_hh (PyTorch's count), Keras one bias per LSTM cell
+    assert report.total_params == hand.count_params() + 2 * 12 == model.native.count_params() + 2 * 12
+    weights = random_weights(report, 4)
+    model.load_weights(weights)
+    for names, var, to_native, _ in slots:
+        var.assign(to_native(*[weights[n] for n in names]))
+    np.testing.assert_allclose(model.to_numpy(model(x)), np.asarray(hand(x)), **TIGHT)
+    got = model.gradients(x)
+    variables = [var for _, var, _, _ in slots]
+    with tf.GradientTape() as tape:
+        total = tf.reduce_sum(hand(x))
+    grads = tape.gradient(total, variables)
+    for (names, _, _, back_fn), g in zip(slots, grads):
+        for name, want in zip(names, back_fn(tf.convert_to_tensor(g).numpy())):
+            np.testing.assert_allclose(got[name], want, atol=1e-4, rtol=1e-4, err_msg=name)
+
+
+def test_token_layers_are_keras_layers_built_on_first_call() -> None:
+    make, shape = SEQ["vit"]
+    model = di.compile(make(), "tensorflow")
+    unbuilt = model.native
+    assert not any(layer.built for layer in unbuilt.layers if layer.weights or hasattr(layer, "token"))
+    report = model.apply_init(seq_data("vit"))
+    token, pos = model.native.layers[3], model.native.layers[4]
+    assert report.params["3.weight"].native_name == "lazy_model/3/cls_token" and not token.token.numpy().any()
+    assert report.params["4.weight"].native_shape == (1, 7, 8)  # 6 patches and the class token: T from the input
+    assert 0.5 < np.std(pos.embeddings.numpy()) < 2.0  # d2l's torch.randn, not Keras's stddev 0.05
+    np.testing.assert_array_equal(model.to_numpy(model(seq_data("vit", batch=1))).shape, (1, 3))
+    # sum over N of Dense(token + pos[0]): both get N * column sums of the Dense weight, other rows nothing
+    head = di.compile(di.LazyModel([di.ClassToken(), di.PositionEmbedding(), di.Take(0), di.Dense(3)]), "tensorflow")
+    head.apply_init(np.zeros((2, 4, 5), np.float32), key=1)
+    g = head.gradients(np.random.default_rng(0).standard_normal((2, 4, 5)).astype(np.float32))
+    want = 2 * head.export_weights()["3.weight"].sum(axis=0)
+    np.testing.assert_allclose(g["0.weight"][0, 0], want, rtol=1e-5)
+    np.testing.assert_allclose(g["1.weight"][0, 0], want, rtol=1e-5)
+    assert not g["1.weight"][:, 1:].any()
+
+
+@pytest.mark.parametrize("case_id", ["lstm_deep_bi", "encoder", "vit"])
+def test_sequence_abstract_init_then_materialize(case_id: str) -> None:
+    make, shape = SEQ[case_id]
+    x = seq_data(case_id)
+    concrete = di.compile(make(), "tensorflow")
+    want = concrete.apply_init(x, key=6)
+    model = di.compile(make(), "tensorflow")
+    report = model.apply_init(di.ShapeDtype(shape, x.dtype.name), abstract=True)
+    assert report.diff(want) == []
+    assert [p.native_shape for p in report.params.values()] == [p.native_shape for p in want.params.values()]
+    params = {id(v) for v in model.native.weights}
+    assert all(v._value is None for v in model.native.variables if id(v) in params)
+    model.materialize(key=6)  # Keras's defaults seeded per name: the same values as the concrete init
+    got, ref_w = model.export_weights(), concrete.export_weights()
+    for name in ref_w:
+        np.testing.assert_array_equal(got[name], ref_w[name], err_msg=name)
+    np.testing.assert_allclose(model.to_numpy(model(x)), concrete.to_numpy(concrete(x)), **TIGHT)
+
+
+def test_keras_initializer_and_key_reach_recurrent_and_attention_kernels() -> None:
+    spec = lambda: di.LazyModel([di.GRU(4), di.MultiHeadAttention(6, 2, use_bias=True)])  # noqa: E731
+    x = np.zeros((1, 3, 6), np.float32)
+    const = di.compile(spec(), "tensorflow")
+    const.apply_init(x, init=keras.initializers.Constant(0.5))
+    w = const.export_weights()
+    for name in ("0.weight_ih_l0", "0.weight_hh_l0", "1.q_weight", "1.k_weight", "1.v_weight", "1.out_weight"):
+        assert (w[name] == 0.5).all(), name
+    assert not w["1.q_bias"].any() and not w["0.bias_ih_l0"].any()
+    a, b = di.compile(spec(), "tensorflow"), di.compile(spec(), "tensorflow")
+    a.apply_init(x, key=3)
+    b.apply_init(x, key=3)
+    wa, wb = a.export_weights(), b.export_weights()
+    for name in wa:
+        np.testing.assert_array_equal(wa[name], wb[name], err_msg=name)
+    assert not np.array_equal(wa["1.q_weight"], wa["1.k_weight"])  # one Keras initializer, seeded per name
+    # Glorot over (D, heads, head_dim) kernels takes fans D = 4 and H = 6, as Keras's EinsumDense makes it
+    # (bound sqrt(6 / 10), std 0.45); fans from the 3-d shape alone would give std 0.32
+    glorot = di.compile(spec(), "tensorflow")
+    glorot.apply_init(x, init=keras.initializers.GlorotUniform(), key=0)
+    kernels = np.concatenate([glorot.export_weights()[f"1.{p}_weight"].ravel() for p in ("q", "k", "v")])
+    assert 0.4 < kernels.std() < 0.5 and np.abs(kernels).max() <= np.sqrt(6 / 10)

@@ -91,6 +91,18 @@ def call_layer(layer: Any, x: Any, training: Any) -> Any:
     return layer(x)
 
 
+def build_child(layer: Any, shape: tuple) -> tuple:
+    """Build ``layer`` for inputs of ``shape`` (unless built: a tied layer) and return its output shape.
+
+    Keras's own advice for a container layer: a ``build(input_shape)`` that builds its children, each from the
+    shape the previous one gives (Keras's per-layer ``compute_output_shape``). Without it, Keras builds a
+    container by tracing its ``call`` in a scratch graph, once per level of nesting (about 1.5x the time of
+    the whole dry run for ResNet-18)."""
+    if not layer.built:
+        layer.build(shape)
+    return tuple(layer.compute_output_shape(shape))
+
+
 def _pad(x: Any, pads: tuple, data_format: str, value: float = 0.0) -> Any:
     if not any(b or a for b, a in pads):
         return x
@@ -124,6 +136,12 @@ class Seq(keras.Sequential):
             x = call_layer(layer, x, training)
         return x
 
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        shape = tuple(input_shape)
+        for layer in self.layers:
+            shape = tuple(layer.compute_output_shape(shape))
+        return shape
+
     def compute_output_spec(self, inputs: Any, training: Any = None, mask: Any = None) -> Any:
         x = inputs
         for layer in self.layers:
@@ -142,6 +160,14 @@ class Residual(keras.layers.Layer):
         self.activation_name = activation
         self.activation = keras.activations.get(activation)
 
+    def build(self, input_shape: Any) -> None:
+        build_child(self.body, tuple(input_shape))
+        if self.shortcut is not None:
+            build_child(self.shortcut, tuple(input_shape))
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return self.body.compute_output_shape(tuple(input_shape))
+
     def combine(self, y: Any, short: Any) -> Any:
         return self.activation(ops.add(y, short))
 
@@ -158,6 +184,17 @@ class Concat(keras.layers.Layer):
         super().__init__(**kwargs)
         self.branches = list(branches)
         self.axis = axis
+
+    def build(self, input_shape: Any) -> None:
+        for branch in self.branches:
+            build_child(branch, tuple(input_shape))
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        shapes = [tuple(b.compute_output_shape(tuple(input_shape))) for b in self.branches]
+        out = list(shapes[0])
+        sizes = [s[self.axis] for s in shapes]
+        out[self.axis] = None if None in sizes else sum(sizes)
+        return tuple(out)
 
     def combine(self, outs: list) -> Any:
         return ops.concatenate(outs, axis=self.axis)
