@@ -169,3 +169,4 @@ def test_native_object_is_exposed(backend: str) -> None:
     model = di.compile(BY_ID["mlp"].make(), backend)
     model.apply_init(np.zeros((2, 20), np.float32))
     assert model.native is not None
+

@@ -54,3 +54,20 @@ def test_random_specs_agree_with_reference(framework: str, spec_and_shape) -> No
     note("replay: di.LazyModel.from_dict(json.loads(" + repr(replay(spec)) + "))")
     result = parity(spec, data(shape), backends=[framework], atol=3e-5, rtol=3e-4)
     assert result.passed, "\n".join(result.failures())
+
+
+@pytest.mark.parametrize("data_format", ["channels_first", "channels_last"])
+def test_bias_gradient_counts_active_units(framework: str, data_format: str) -> None:
+    """d sum(relu(conv(x) + b)) / d b[c] is the number of positive outputs in channel c, read off the
+    reference's own output. The width equals the channels (6), which once fooled Keras's bias-add into
+    reducing over the wrong axis."""
+    spec = di.LazyModel([di.Conv2D(6, 3), di.ReLU()], data_format=data_format)
+    x = np.random.default_rng(0).standard_normal((4, 3, 8, 8) if data_format == "channels_first" else (4, 8, 8, 3))
+    x = x.astype(np.float32)
+    model = di.compile(spec, framework)
+    model.apply_init(x, init="xavier_uniform", key=0)
+    ref = di.compile(spec, "numpy")
+    ref.load_weights(model.export_weights(), input_shape=x.shape)
+    y = ref(x)
+    axes = (0, 2, 3) if data_format == "channels_first" else (0, 1, 2)
+    np.testing.assert_array_equal(model.gradients(x)["0.bias"], (y > 0).sum(axis=axes).astype(np.float32))

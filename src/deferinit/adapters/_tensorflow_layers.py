@@ -272,7 +272,10 @@ class _ConvMixin:
         if self.use_bias:  # type: ignore[attr-defined]
             shape = [1] * len(y.shape)
             shape[1 if self.data_format == "channels_first" else -1] = self.filters  # type: ignore[attr-defined]
-            y = ops.add(y, ops.reshape(self.bias, shape))  # type: ignore[attr-defined]
+            # tf.add, not keras.ops.add: Keras turns an add of a bias-shaped tensor into tf.nn.bias_add and picks
+            # NHWC whenever the last dim equals the channels, so an NCHW output with W == C got its bias gradient
+            # summed over the wrong axes (found by the parity session's gradient comparison)
+            y = tf.add(y, tf.reshape(self.bias, shape))  # type: ignore[attr-defined]
         return self.activation(y) if self.activation is not None else y  # type: ignore[attr-defined]
 
     def compute_output_shape(self, input_shape: Any) -> Any:
