@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, note, settings
 
+import deferinit as di
 from cases import BY_ID
 from deferinit.parity import compare_artifacts, make_artifact, parity
 from strategies import data, replay, valid_specs
