@@ -74,7 +74,9 @@ def valid_specs(draw, allow_conv: bool = True):  # type: ignore[no-untyped-def]
         shape = (2, c, h, w) if fmt == "channels_first" else (2, h, w, c)
     else:
         layers = draw(st.lists(dense_block(), min_size=1, max_size=5)) + [di.Dense(draw(st.integers(1, 5)))]
-        shape = (draw(st.integers(2, 3)), draw(st.integers(1, 9)))
+        # batch >= 4: after a BatchNorm over a batch of 2 every feature is +-1, and a LayerNorm over two such
+        # features can see zero variance and amplify rounding noise by 1/sqrt(eps): ill-conditioned, not a bug
+        shape = (draw(st.integers(4, 6)), draw(st.integers(1, 9)))
     return di.LazyModel(layers, data_format=fmt), shape
 
 

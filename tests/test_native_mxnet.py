@@ -669,3 +669,61 @@ def test_a_layer_without_a_builder_is_unsupported() -> None:
     model = di.compile(di.LazyModel([di.Dense(3), Weird()]), "mxnet")
     with pytest.raises(di.UnsupportedLayerError, match=r"layer '1' \(Weird\) on backend mxnet"):
         model.apply_init(np.zeros((2, 4), np.float32))
+
+
+# ------------------------------------------------------------------------------------------ the direct inference call
+def test_inference_calls_the_cached_graph_directly_and_sees_every_weight_change() -> None:
+    """An inference ``__call__`` runs Gluon's cached ``CachedOp`` itself (without Gluon's per-call Python glue):
+    the same numbers as the hybridized block, and any way of changing the weights natively is seen."""
+    case = BY_ID["residual"]
+    model = compiled("residual")
+    net = model.native
+    x = case.data(seed=4)
+
+    def native_out() -> np.ndarray:
+        return net(as_nd(x)).asnumpy()  # Gluon's own hybridized call
+
+    np.testing.assert_array_equal(model.to_numpy(model(x)), native_out())
+    assert net._di_fast is not None  # the direct call is in place after the first inference call
+    calls = []
+    net._di_fast.op = (lambda op: lambda *a: calls.append(1) or op(*a))(net._di_fast.op)
+    np.testing.assert_array_equal(model.to_numpy(model(x)), native_out())
+    assert calls == [1]  # the direct call ran (Gluon's call above used its own CachedOp)
+    # in place: an optimizer step (Trainer writes into the same arrays)
+    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.5})
+    with autograd.record():
+        loss = net(as_nd(x)).sum()
+    loss.backward()
+    trainer.step(1)
+    np.testing.assert_array_equal(model.to_numpy(model(x)), native_out())
+    # new arrays: a native re-initialization, and deferinit's own load_weights
+    net.collect_params().initialize(mx.init.Normal(0.5), force_reinit=True)
+    y = model.to_numpy(model(x))
+    np.testing.assert_array_equal(y, native_out())
+    weights = {n: w * 2 for n, w in model.export_weights().items()}
+    model.load_weights(weights)
+    np.testing.assert_array_equal(model.to_numpy(model(x)), native_out())
+    assert not np.allclose(model.to_numpy(model(x)), y)
+    # hooks on the native model run (Gluon's path), and a re-hybridized model rebuilds its graph
+    seen = []
+    handle = net.register_forward_hook(lambda block, inputs, out: seen.append(out.shape))
+    model(x)
+    assert seen == [(case.shape[0], 3)]
+    handle.detach()
+    net.hybridize(static_alloc=True)
+    np.testing.assert_array_equal(model.to_numpy(model(x)), native_out())
+    net.hybridize(False)
+    np.testing.assert_array_equal(model.to_numpy(model(x)), native_out())
+
+
+def test_training_mode_and_float64_around_the_direct_inference_call() -> None:
+    model = compiled("batchnorm")
+    x = BY_ID["batchnorm"].data(seed=5)
+    ref = di.compile(BY_ID["batchnorm"].make(), "numpy")
+    ref.load_weights(model.export_weights(), input_shape=x.shape)
+    for _ in range(2):  # training, then inference (direct), then training again: each mode its own graph
+        np.testing.assert_allclose(model.to_numpy(model(x, training=True)), ref(x, training=True), rtol=2e-4, atol=2e-5)
+        np.testing.assert_allclose(model.to_numpy(model(x)), ref(x), rtol=2e-4, atol=2e-5)
+        np.testing.assert_allclose(model.to_numpy(model(as_nd(x.astype(np.float64)))), ref(x), rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(model.export_weights()["1.running_mean"], ref.export_weights()["1.running_mean"],
+                               rtol=1e-5, atol=1e-6)

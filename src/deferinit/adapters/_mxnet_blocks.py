@@ -15,7 +15,8 @@ operator for the normalization itself) and only replaces the averaging:
 
 Gluon traces a hybridized block once and reuses that graph whatever the mode, so :class:`_Graph` keeps one cached
 graph per mode (training adds the statistics outputs) and, where TensorFlow-style ``"same"`` padding with a stride
-depends on the input size, per input shape. It touches Gluon 1.9's private cache attributes; MXNet 1.9.1 is the
+depends on the input size, per input shape. Once Gluon has built the inference graph, :func:`call_inference` calls
+its ``CachedOp`` directly (see :class:`_Direct`). It touches Gluon 1.9's private cache attributes; MXNet 1.9.1 is the
 last 1.x release, so they will not move.
 
 Two more MXNet 1.9.1 (oneDNN, CPU) faults are worked around here, each measured against finite differences or a
@@ -26,6 +27,7 @@ float64 PyTorch gradient: a BatchNorm on 3-D data breaks the backward of a Conv1
 
 from __future__ import annotations
 
+import operator
 import threading
 import warnings
 from collections import OrderedDict
@@ -36,7 +38,7 @@ from mxnet import autograd, gluon, symbol
 from mxnet.gluon import nn
 
 __all__ = ["BatchNorm", "Dropout", "Sequential", "Residual", "Concat", "Pad", "ChannelsFirst", "activate",
-           "activation_block", "identity", "tracing", "inference_layers", "infer_parameter_shapes"]
+           "activation_block", "identity", "tracing", "inference_layers", "infer_parameter_shapes", "call_inference"]
 
 # ------------------------------------------------------------------------------------------ tracing context
 _LOCAL = threading.local()
@@ -277,12 +279,67 @@ class _Graph:
                 for i, (mean, var) in enumerate(stats):
                     new[2 * i].copyto(mean.data())
                     new[2 * i + 1].copyto(var.data())
+        elif key == _INFERENCE and d.get("_di_fast") is None:
+            d["_di_fast"] = _Direct.of(self)
         return out
 
     def _clear_cached_op(self) -> None:
         super()._clear_cached_op()  # type: ignore[misc]
-        for name in ("_di_store", "_di_key", "_di_stats", "_di_shaped"):
+        for name in ("_di_store", "_di_key", "_di_stats", "_di_shaped", "_di_fast"):
             self.__dict__.pop(name, None)
+
+
+# ------------------------------------------------------------------------------------------ direct inference call
+_INFERENCE = (False, False)  # the graph key of inference mode (not training, layers not frozen), shape-independent
+_DATA = operator.attrgetter("_data")
+
+
+class _Direct:
+    """The inference graph's ``CachedOp`` called directly, without Gluon's per-call Python glue.
+
+    Gluon's hybridized ``__call__`` spends about 10 to 30 us in Python on every call (hooks, context checks and
+    ``with ctx``, flattening the arguments, one ``Parameter.data()`` per parameter, regrouping the outputs) before
+    and after the C++ ``CachedOp`` it calls: as much as the whole forward of a small MLP. Once Gluon has built the
+    inference graph, this calls the same ``CachedOp`` with the same arguments itself. It stays valid while every
+    Parameter holds the same list of arrays (any re-initialization, ``cast`` or ``reset_ctx`` makes a new list;
+    ``set_data`` and optimizers write in place), and it is dropped with Gluon's cache (``hybridize``, ``cast``).
+    Only for one input, one output and one context, with no hooks on the block: anything else takes Gluon's path.
+    """
+
+    __slots__ = ("op", "position", "params", "datas", "arrays")
+
+    @classmethod
+    def of(cls, block: gluon.HybridBlock) -> "_Direct | None":
+        args = block._cached_op_args
+        inputs = [i for i, (is_arg, _) in enumerate(args) if is_arg]
+        params = [p for is_arg, p in args if not is_arg]
+        if (block._in_format != [0] or block._out_format != 0 or len(inputs) != 1 or block._callback
+                or any(p._data is None or len(p._data) != 1 for p in params)):
+            return None
+        direct = cls()
+        direct.op, direct.position, direct.params = block._cached_op, inputs[0], params
+        direct.datas = [p._data for p in params]
+        direct.arrays = [data[0] for data in direct.datas]
+        return direct
+
+    def __call__(self, x: Any) -> Any:
+        args = self.arrays.copy()
+        args.insert(self.position, x)
+        return self.op(*args)
+
+    def valid(self) -> bool:
+        return all(map(operator.is_, map(_DATA, self.params), self.datas))
+
+
+def call_inference(block: gluon.HybridBlock, x: Any) -> Any:
+    """``block(x)`` in inference mode through :class:`_Direct` where it applies; None where Gluon must do it."""
+    direct = block.__dict__.get("_di_fast")
+    if direct is None or block._forward_pre_hooks or block._forward_hooks or not block._active:
+        return None
+    if not direct.valid():
+        block.__dict__["_di_fast"] = None  # made again after Gluon's next inference call
+        return None
+    return direct(x)
 
 
 # ------------------------------------------------------------------------------------------ containers
