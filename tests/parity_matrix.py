@@ -84,12 +84,15 @@ def produce(backends: list[str], out: Path, only: str = "") -> int:
                 try:
                     art = make_artifact(spec, backend, source=ref)
                 except di.DeferInitError as exc:
-                    print(f"FAIL {spec_dir.name} on {backend}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                    # recorded, not fatal: the other environments still run, and `compare` fails on it
+                    message = f"{type(exc).__name__}: {exc}"
+                    print(f"FAIL {spec_dir.name} on {backend}: {message}", file=sys.stderr)
+                    (spec_dir / f"{backend}.failed").write_text(message + "\n")
                     failures += 1
                     continue
                 save_artifact(art, spec_dir / f"{backend}.npz")
-        print(f"{backend}: artifacts written in {time.perf_counter() - t0:.1f} s")
-    return 1 if failures else 0
+        print(f"{backend}: artifacts written in {time.perf_counter() - t0:.1f} s ({failures} failures)")
+    return 0
 
 
 def compare(out: Path, expect: list[str]) -> int:
@@ -97,9 +100,12 @@ def compare(out: Path, expect: list[str]) -> int:
                      "|---|---|---|---|---|---|---|---|"], []
     for spec_dir in sorted(p for p in out.iterdir() if (p / "numpy.npz").is_file()):
         arts = [spec_dir / "numpy.npz"] + [spec_dir / f"{b}.npz" for b in expect if (spec_dir / f"{b}.npz").is_file()]
-        missing = [b for b in expect if not (spec_dir / f"{b}.npz").is_file()]
-        if missing:
-            failed.append(f"{spec_dir.name}: no artifact from {', '.join(missing)}")
+        for b in expect:
+            marker = spec_dir / f"{b}.failed"
+            if marker.is_file():
+                failed.append(f"{spec_dir.name}: {b} failed: {marker.read_text().strip()}")
+            elif not (spec_dir / f"{b}.npz").is_file():
+                failed.append(f"{spec_dir.name}: no artifact from {b}")
         atol, rtol = DEEP_TOLERANCE.get(spec_dir.name, (1e-5, 1e-4))
         result = compare_artifacts(arts, atol=atol, rtol=rtol)
         failed += [f"{spec_dir.name}: {line}" for line in result.failures()]
