@@ -28,7 +28,7 @@ def _run(args: argparse.Namespace) -> int:
                         seed=args.seed, dtype=args.dtype, init=args.init, key=args.key, source=source,
                         training=not args.no_training)
     save_artifact(art, args.out)
-    print(f"{art.backend}: wrote {args.out} (output {tuple(art.output.shape)}, {len(art.weights)} parameters)")
+    print(f"{art.backend}: wrote {args.out} (output {tuple(art.output.shape)}, {len(art.init)} parameters)")
     return 0
 
 
