@@ -10,6 +10,7 @@ or Flax is broken.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from typing import Any, Callable, NamedTuple
@@ -22,7 +23,7 @@ import numpy as np
 import pytest
 
 import deferinit as di
-from cases import BY_ID
+from cases import BY_ID, Case
 from deferinit import ops
 
 TIGHT = {"rtol": 1e-5, "atol": 1e-6}  # the same XLA kernels on both sides, maybe fused differently
@@ -121,6 +122,43 @@ def _tied_hand(train: bool) -> nn.Module:
     return nn.Sequential([nn.Dense(8), nn.relu, shared, nn.relu, shared, nn.relu, nn.Dense(1)])
 
 
+# the sequence chapters, as a Flax user writes them: nn.RNN over Flax's own cells, nn.Bidirectional, stacked
+def _one_hot(n: int) -> Callable:
+    return lambda x: jax.nn.one_hot(x, n)
+
+
+def _bi_lstm() -> nn.Module:
+    return nn.Bidirectional(nn.RNN(nn.OptimizedLSTMCell(6)), nn.RNN(nn.OptimizedLSTMCell(6)))
+
+
+class HandClassToken(nn.Module):
+    """d2l's JAX ``cls_token`` (zeros), as a layer."""
+
+    @nn.compact
+    def __call__(self, x: Any) -> Any:
+        token = self.param("cls_token", nn.initializers.zeros, (1, 1, x.shape[-1]))
+        return jnp.concatenate([jnp.tile(token, (x.shape[0], 1, 1)), x], axis=1)
+
+
+class HandPositionEmbedding(nn.Module):
+    """d2l's JAX ``pos_embed`` (``nn.initializers.normal()``), as a layer."""
+
+    @nn.compact
+    def __call__(self, x: Any) -> Any:
+        return x + self.param("pos_embed", nn.initializers.normal(), (1, x.shape[1], x.shape[2]))
+
+
+def _tokens_spec() -> di.LazyModel:  # the ViT's stem and head
+    return di.LazyModel([di.Conv2D(4, 2, stride=2), di.Reshape((4, -1)), di.Permute((2, 1)), di.ClassToken(),
+                         di.PositionEmbedding(), di.Take(0), di.Dense(2)])
+
+
+def _tokens_hand(train: bool) -> nn.Module:
+    # NHWC: the patches are (N, H*W, C) by a reshape alone; the spec's channels-first Reshape + Permute give the same
+    return nn.Sequential([nn.Conv(4, (2, 2), strides=2, padding="VALID"), lambda x: x.reshape(x.shape[0], -1, 4),
+                          lambda x: x, HandClassToken(), HandPositionEmbedding(), lambda x: x[:, 0], nn.Dense(2)])
+
+
 class Hand(NamedTuple):
     id: str
     spec: Callable[[], di.LazyModel]
@@ -128,12 +166,13 @@ class Hand(NamedTuple):
     shape: tuple
     layers: dict[str, tuple[str, str]]  # canonical layer path -> (the hand model's module path, kind)
     dtype: str = "float32"
-    channels_first: bool = True
+    channels_first: bool = True         # images: the hand model takes NHWC (sequences are batch-first everywhere)
+    high: int = 50                      # token ids are drawn below this
 
     def data(self, seed: int = 0) -> np.ndarray:
         rng = np.random.default_rng(seed)
         if self.dtype.startswith("int"):
-            return rng.integers(0, 50, size=self.shape).astype(self.dtype)
+            return rng.integers(0, self.high, size=self.shape).astype(self.dtype)
         return rng.standard_normal(self.shape).astype(self.dtype)
 
     def hand_input(self, x: np.ndarray) -> Any:
@@ -165,6 +204,21 @@ HANDS = [
         {"0": ("layers_0", "embed"), "1": ("layers_1", "ln"), "3": ("layers_3", "dense")}, dtype="int64"),
     Hand("tied", _tied_spec, _tied_hand, (2, 6),
          {"0": ("layers_0", "dense"), "2": ("layers_2", "dense"), "6": ("layers_6", "dense")}),
+    Hand("gru_lm", lambda: di.LazyModel([di.OneHot(12), di.GRU(8), di.Dense(12)]),
+         lambda train: nn.Sequential([_one_hot(12), nn.RNN(nn.GRUCell(8)), nn.Dense(12)]), (2, 9),
+         {"1": ("layers_1", "gru"), "2": ("layers_2", "dense")}, dtype="int64", channels_first=False, high=12),
+    Hand("lstm_deep_bi", lambda: di.LazyModel([di.LSTM(6, num_layers=2, bidirectional=True), di.Dense(3)]),
+         lambda train: nn.Sequential([nn.Sequential([_bi_lstm(), _bi_lstm()]), nn.Dense(3)]), (2, 5, 4),
+         {"0": ("layers_0", "lstm"), "1": ("layers_1", "dense")}, channels_first=False),
+    Hand("rnn_relu", lambda: di.LazyModel([di.RNN(6, activation="relu"), di.Dense(3)]),
+         lambda train: nn.Sequential([nn.RNN(nn.SimpleCell(6, activation_fn=nn.relu)), nn.Dense(3)]), (2, 5, 4),
+         {"0": ("layers_0", "rnn"), "1": ("layers_1", "dense")}, channels_first=False),
+    Hand("attention", lambda: di.LazyModel([di.Dense(8), di.MultiHeadAttention(8, 2, use_bias=True), di.LayerNorm()]),
+         lambda train: nn.Sequential([nn.Dense(8), nn.MultiHeadDotProductAttention(2, qkv_features=8, out_features=8),
+                                      nn.LayerNorm(epsilon=1e-5)]), (2, 5, 3),
+         {"0": ("layers_0", "dense"), "1": ("layers_1", "mha:2"), "2": ("layers_2", "ln")}, channels_first=False),
+    Hand("tokens", _tokens_spec, _tokens_hand, (2, 3, 6, 6),
+         {"0": ("layers_0", "conv"), "3": ("layers_3", "cls"), "4": ("layers_4", "pos"), "6": ("layers_6", "dense")}),
 ]
 HAND_IDS = [h.id for h in HANDS]
 BY_HAND = {h.id: h for h in HANDS}
@@ -181,7 +235,12 @@ _NATIVE = {  # kind -> {canonical parameter: (collection, Flax variable, (to Fla
            "running_mean": ("batch_stats", "mean", _SAME), "running_var": ("batch_stats", "var", _SAME)},
     "ln": {"weight": ("params", "scale", _SAME), "bias": ("params", "bias", _SAME)},
     "embed": {"weight": ("params", "embedding", _SAME)},
+    "cls": {"weight": ("params", "cls_token", _SAME)},
+    "pos": {"weight": ("params", "pos_embed", _SAME)},
 }
+#: Flax's cells keep one Dense per gate, input side then hidden side, in PyTorch's gate order
+_CELL_GATES = {"rnn": (("i",), ("h",)), "gru": (("ir", "iz", "in"), ("hr", "hz", "hn")),
+               "lstm": (("ii", "if", "ig", "io"), ("hi", "hf", "hg", "ho"))}
 
 
 def _where(h: Hand, name: str) -> tuple[str, tuple[str, ...], tuple[Callable, Callable]]:
@@ -191,12 +250,101 @@ def _where(h: Hand, name: str) -> tuple[str, tuple[str, ...], tuple[Callable, Ca
     return collection, (collection, *path.split("/"), leaf), layout
 
 
+def _cells(path: str, names: list[str]) -> dict[str, tuple[str, ...]]:
+    """Canonical suffix ("l0", "l1_reverse"...) -> the Flax cell's keys: nn.RNN's ``cell``, inside
+    nn.Bidirectional's ``forward_rnn``/``backward_rnn``, inside ``layers_<l>`` of an nn.Sequential when stacked."""
+    sfxs = sorted({n.split("_", 2)[2] for n in names if n.startswith("weight_ih_")})
+    deep, bi = any(s.startswith("l1") for s in sfxs), any(s.endswith("_reverse") for s in sfxs)
+    out = {}
+    for sfx in sfxs:
+        layer = sfx.split("_")[0][1:]
+        keys = ("params", *path.split("/")) + ((f"layers_{layer}",) if deep else ())
+        keys += (("backward_rnn" if sfx.endswith("_reverse") else "forward_rnn"),) if bi else ()
+        out[sfx] = keys + ("cell",)
+    return out
+
+
+def _to_flax(kind: str, path: str, own: dict[str, np.ndarray]) -> dict[tuple, np.ndarray]:
+    """One layer's canonical weights -> the hand model's variables, by the test's own layout knowledge."""
+    out: dict[tuple, np.ndarray] = {}
+    if kind in _CELL_GATES:
+        ins, hids = _CELL_GATES[kind]
+        for sfx, cell in _cells(path, list(own)).items():
+            g = len(ins)
+            for names, w in ((ins, own[f"weight_ih_{sfx}"]), (hids, own[f"weight_hh_{sfx}"])):
+                out.update({cell + (n, "kernel"): blk.T for n, blk in zip(names, np.split(w, g))})
+            if f"bias_ih_{sfx}" not in own:
+                continue
+            bi, bh = np.split(own[f"bias_ih_{sfx}"], g), np.split(own[f"bias_hh_{sfx}"], g)
+            if kind == "gru":  # one bias for r and z (input side), both of n's: b_in and b_hn (hidden side)
+                out.update({cell + ("ir", "bias"): bi[0] + bh[0], cell + ("iz", "bias"): bi[1] + bh[1],
+                            cell + ("in", "bias"): bi[2], cell + ("hn", "bias"): bh[2]})
+            else:  # SimpleCell: the input Dense's bias; LSTM: the hidden Denses' biases
+                out.update({cell + (n, "bias"): a + b for n, a, b in zip(ins if kind == "rnn" else hids, bi, bh)})
+    elif kind.startswith("mha"):  # DenseGeneral kernels (D, heads, head_dim) and (heads, head_dim, H)
+        heads, keys = int(kind.split(":")[1]), ("params", *path.split("/"))
+        for proj, sub in (("q", "query"), ("k", "key"), ("v", "value"), ("out", "out")):
+            w = own[f"{proj}_weight"]
+            out[keys + (sub, "kernel")] = w.T.reshape(heads, -1, w.shape[0]) if proj == "out" else \
+                w.T.reshape(w.shape[1], heads, -1)
+            if f"{proj}_bias" in own:
+                b = own[f"{proj}_bias"]
+                out[keys + (sub, "bias")] = b if proj == "out" else b.reshape(heads, -1)
+    else:
+        for pname, w in own.items():
+            collection, leaf, (to_flax, _) = _NATIVE[kind][pname]
+            out[(collection, *path.split("/"), leaf)] = to_flax(w)
+    return out
+
+
+def _from_flax_grads(kind: str, path: str, names: list[str], flat: dict) -> dict[str, np.ndarray]:
+    """The hand model's gradients -> one layer's canonical gradients. A canonical bias that Flax folds into
+    another (bias_hh of r and z) gets the folded variable's gradient, as it would alone."""
+    out: dict[str, np.ndarray] = {}
+    if kind in _CELL_GATES:
+        ins, hids = _CELL_GATES[kind]
+        for sfx, cell in _cells(path, names).items():
+            g = functools.partial(lambda c, n, leaf: np.asarray(flat[c + (n, leaf)]), cell)
+            out[f"weight_ih_{sfx}"] = np.concatenate([g(n, "kernel").T for n in ins])
+            out[f"weight_hh_{sfx}"] = np.concatenate([g(n, "kernel").T for n in hids])
+            if f"bias_ih_{sfx}" not in names:
+                continue
+            if kind == "gru":
+                out[f"bias_ih_{sfx}"] = np.concatenate([g("ir", "bias"), g("iz", "bias"), g("in", "bias")])
+                out[f"bias_hh_{sfx}"] = np.concatenate([g("ir", "bias"), g("iz", "bias"), g("hn", "bias")])
+            else:
+                both = np.concatenate([g(n, "bias") for n in (ins if kind == "rnn" else hids)])
+                out[f"bias_ih_{sfx}"], out[f"bias_hh_{sfx}"] = both, both
+    elif kind.startswith("mha"):
+        keys = ("params", *path.split("/"))
+        for proj, sub in (("q", "query"), ("k", "key"), ("v", "value"), ("out", "out")):
+            k = np.asarray(flat[keys + (sub, "kernel")])
+            out[f"{proj}_weight"] = k.reshape(-1, k.shape[-1]).T if proj == "out" else k.reshape(k.shape[0], -1).T
+            if f"{proj}_bias" in names:
+                out[f"{proj}_bias"] = np.asarray(flat[keys + (sub, "bias")]).reshape(-1)
+    else:
+        for pname in names:
+            collection, leaf, (_, from_flax) = _NATIVE[kind][pname]
+            if collection == "params":
+                out[pname] = from_flax(np.asarray(flat[(collection, *path.split("/"), leaf)]))
+    return out
+
+
+def _by_layer(h: Hand, names: Any) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        owner, _, pname = name.rpartition(".")
+        groups.setdefault(owner, []).append(pname)
+    return groups
+
+
 def _hand_variables(h: Hand, weights: dict[str, np.ndarray]) -> dict:
     """Canonical weights written into the hand model's own variable dict."""
     flat = {}
-    for name, w in weights.items():
-        _, keys, (to_flax, _) = _where(h, name)
-        flat[keys] = jnp.asarray(to_flax(w))
+    for owner, pnames in _by_layer(h, weights).items():
+        path, kind = h.layers[owner]
+        flat.update({k: jnp.asarray(v) for k, v in _to_flax(kind, path, {p: weights[f"{owner}.{p}"]
+                                                                           for p in pnames}).items()})
     return flax.traverse_util.unflatten_dict(flat)
 
 
@@ -204,6 +352,16 @@ def _hand_shapes(h: Hand) -> dict[str, tuple]:
     """The hand model's variables after its own dry run: Flax ``init`` traced by jax.eval_shape."""
     found = jax.eval_shape(h.hand(False).init, KEY, h.hand_input(h.data()))
     return {k: tuple(v.shape) for k, v in flax.traverse_util.flatten_dict(found, sep="/").items()}
+
+
+def _expand(native_name: str, native_shape: tuple) -> dict[str, tuple]:
+    """The adapter's name for a parameter held by one variable per gate (``.../{ir,iz,in}/kernel``, shape
+    ``(3, in, H)``) -> each variable's name and shape."""
+    if "{" not in native_name:
+        return {native_name: native_shape}
+    head, rest = native_name.split("{")
+    gates, tail = rest.split("}")
+    return {f"{head}{g}{tail}": native_shape[1:] for g in gates.split(",")}
 
 
 def _compiled(h: Hand, **kw: Any) -> di.CompiledModel:
@@ -215,10 +373,9 @@ def _compiled(h: Hand, **kw: Any) -> di.CompiledModel:
 def _canonical_grads(h: Hand, grads: dict, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     flat = flax.traverse_util.flatten_dict({"params": grads})
     out = {}
-    for name in weights:
-        collection, keys, (_, from_flax) = _where(h, name)
-        if collection == "params":
-            out[name] = from_flax(np.asarray(flat[keys]))
+    for owner, pnames in _by_layer(h, weights).items():
+        path, kind = h.layers[owner]
+        out.update({f"{owner}.{p}": g for p, g in _from_flax_grads(kind, path, pnames, flat).items()})
     return out
 
 
@@ -227,7 +384,7 @@ def _canonical_grads(h: Hand, grads: dict, weights: dict[str, np.ndarray]) -> di
 def test_native_names_and_shapes_equal_the_hand_built_model(hid: str) -> None:
     h = BY_HAND[hid]
     report = di.compile(h.spec(), "jax").apply_init(h.data(), init="zeros")
-    got = {p.native_name: p.native_shape for p in report.params.values()}
+    got = {k: v for p in report.params.values() for k, v in _expand(p.native_name, p.native_shape).items()}
     assert got == _hand_shapes(h)
     assert all(p.source == "native" for p in report.params.values())  # Flax's init found every shape
     assert report.diff(di.infer_shapes(h.spec(), h.shape, dtype=h.dtype)) == []
@@ -265,7 +422,8 @@ def test_outputs_equal_the_hand_built_model_with_the_same_weights(hid: str) -> N
     model = _compiled(h, init="xavier_uniform", key=5)
     weights = model.export_weights()
     for n in weights:
-        if n.endswith(("running_mean", "running_var")):  # not the trivial 0 / 1 statistics
+        if n.endswith(("running_mean", "running_var")) or "bias" in n:  # not the trivial 0 / 1 statistics, and
+            # biases everywhere (a recurrent layer's bias_ih and bias_hh fold into one Flax bias for some gates)
             weights[n] = np.random.default_rng(3).uniform(0.5, 1.5, weights[n].shape).astype(np.float32)
     model.load_weights(weights)
     x = h.data(seed=9)
@@ -363,7 +521,9 @@ def _canonical_stats(h: Hand, variables: dict) -> dict[str, np.ndarray]:
 
 # ------------------------------------------------------------------------------------------ (d) gradients
 @pytest.mark.parametrize("hid,training", [("mlp", False), ("lenet", False), ("resnet", False), ("resnet", True),
-                                          ("conv1d", True), ("embedding", False), ("tied", False)])
+                                          ("conv1d", True), ("embedding", False), ("tied", False), ("gru_lm", False),
+                                          ("lstm_deep_bi", False), ("rnn_relu", False), ("attention", False),
+                                          ("tokens", False)])
 def test_gradients_equal_the_hand_built_models(hid: str, training: bool) -> None:
     h = BY_HAND[hid]
     model = _compiled(h, init="xavier_uniform", key=2)
@@ -395,7 +555,7 @@ def _rss() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-@pytest.mark.parametrize("hid", ["lenet", "resnet", "embedding"])
+@pytest.mark.parametrize("hid", ["lenet", "resnet", "embedding", "gru_lm", "tokens"])
 def test_abstract_init_allocates_nothing_and_materializes(hid: str) -> None:
     h = BY_HAND[hid]
     concrete = _compiled(h, init="zeros").report
@@ -404,7 +564,8 @@ def test_abstract_init_allocates_nothing_and_materializes(hid: str) -> None:
     report = model.apply_init(di.ShapeDtype(h.shape, h.dtype), abstract=True)
     assert _live_bytes() - live < 1024  # no parameter became an array (jax's own key is 8 bytes)
     assert report.diff(concrete) == []
-    assert {p.native_name: p.native_shape for p in report.params.values()} == _hand_shapes(h)
+    assert {k: v for p in report.params.values() for k, v in _expand(p.native_name, p.native_shape).items()} == \
+        _hand_shapes(h)
     leaves = jax.tree_util.tree_leaves(model.variables)
     assert leaves and all(isinstance(a, jax.ShapeDtypeStruct) for a in leaves)
     with pytest.raises(di.NotInitializedError):
@@ -568,3 +729,183 @@ def test_a_layer_without_a_flax_module_is_refused() -> None:
 
     with pytest.raises(di.UnsupportedLayerError, match=r"layer '1' \(Mystery\) on backend jax"):
         di.compile(di.LazyModel([di.Dense(2), Mystery()]), "jax").apply_init(np.zeros((1, 2), np.float32))
+
+
+# ------------------------------------------------------------------------------------------ sequence layers
+SEQ_CASES = [
+    Case("rnn_tanh_bi", lambda: di.LazyModel([di.RNN(6, bidirectional=True), di.Dense(3)]), (2, 5, 4)),
+    Case("rnn_relu_deep_no_bias", lambda: di.LazyModel([di.RNN(6, activation="relu", num_layers=2, use_bias=False)]),
+         (2, 5, 4)),
+    Case("gru_deep_bi_dropout", lambda: di.LazyModel([di.GRU(5, num_layers=2, bidirectional=True, dropout=0.3)]),
+         (3, 6, 4)),
+    Case("gru_lstm_no_bias", lambda: di.LazyModel([di.GRU(5, bidirectional=True, use_bias=False),
+                                                   di.LSTM(4, num_layers=2, use_bias=False)]), (2, 6, 3)),
+    Case("lstm_one_hot", lambda: di.LazyModel([di.OneHot(50), di.LSTM(6, num_layers=2), di.Dense(5)]), (2, 6),
+         "int64"),
+    Case("attention", lambda: di.LazyModel([di.Dense(8), di.MultiHeadAttention(8, 2, use_bias=True),
+                                            di.MultiHeadAttention(8, 1), di.LayerNorm()]), (2, 5, 3)),
+    Case("tokens", lambda: di.LazyModel([di.Embedding(50, 8), di.Scale(2.0), di.PositionalEncoding(max_len=10),
+                                         di.ClassToken(), di.PositionEmbedding(), di.Take(0), di.Dense(2)]),
+         (2, 6), "int64"),
+    Case("patches", lambda: di.LazyModel([di.Conv2D(4, 2, stride=2), di.Reshape((4, -1)), di.Permute((2, 1)),
+                                          di.Reshape((-1,)), di.Dense(3)]), (2, 3, 6, 6)),
+    # sequences are batch-first in either data format: nothing is transposed around the sequence layers
+    Case("sequence_channels_last", lambda: di.LazyModel([
+        di.Conv1D(4, 3, padding=1), di.GRU(5), di.BatchNorm(), di.Permute((2, 1)), di.Take(1, axis=2), di.Dense(2)],
+        data_format="channels_last"), (2, 7, 3)),
+    Case("patches_channels_last", lambda: di.LazyModel([
+        di.Conv2D(4, 2, stride=2), di.Reshape((-1, 4)), di.ClassToken(), di.MultiHeadAttention(4, 2), di.Take(0),
+        di.Dense(2)], data_format="channels_last"), (2, 6, 6, 3)),
+]
+SEQ = {c.id: c for c in SEQ_CASES}
+_STOCHASTIC_OR_BN = {"gru_deep_bi_dropout", "sequence_channels_last"}
+
+
+def _random_weights(report: di.ShapeReport, seed: int) -> dict[str, np.ndarray]:
+    """Every parameter random, biases too (a recurrent layer's two biases fold into one Flax bias per gate)."""
+    rng = np.random.default_rng(seed)
+    out = {n: (rng.standard_normal(p.shape) * 0.5).astype(np.float32) for n, p in report.params.items()}
+    return {n: (np.abs(w) + 0.5 if n.endswith("running_var") else w) for n, w in out.items()}
+
+
+@pytest.mark.parametrize("case_id", list(SEQ))
+def test_sequence_layers_equal_the_reference(case_id: str) -> None:
+    case = SEQ[case_id]
+    model = di.compile(case.make(), "jax")
+    report = model.apply_init(case.data(), key=3)
+    assert report.diff(di.infer_shapes(case.make(), case.shape, dtype=case.dtype)) == []
+    assert all(p.source == "native" for p in report.params.values())  # Flax's init found every dim
+    weights = _random_weights(report, 1)
+    model.load_weights(weights)
+    ref = di.compile(case.make(), "numpy")
+    ref.load_weights(weights, input_shape=di.ShapeDtype(case.shape, case.dtype))
+    x = case.data(seed=7, batch=3)
+    np.testing.assert_allclose(model.to_numpy(model(x)), ref(x), rtol=2e-4, atol=2e-5)
+    got, want = model.intermediates(x), ref.intermediates(x)
+    assert list(got) == list(want)
+    for path in want:
+        np.testing.assert_allclose(got[path], want[path], rtol=2e-4, atol=2e-5, err_msg=path)
+    if case_id not in _STOCHASTIC_OR_BN:  # no dropout, no batch statistics: training mode computes the same
+        np.testing.assert_allclose(model.to_numpy(model(x, training=True)), ref(x), rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("case_id", ["rnn_tanh_bi", "sequence_channels_last", "lstm_one_hot", "attention", "tokens"])
+def test_sequence_gradients_agree_with_the_reference_by_finite_differences(case_id: str) -> None:
+    # the directional derivative of sum(reference(x)) along a random unit direction v (every parameter, the
+    # folded recurrent biases included), by central differences, against sum(gradient * v) from jax.grad
+    case = SEQ[case_id]
+    model = di.compile(case.make(), "jax")
+    w = _random_weights(model.apply_init(case.data(), key=5), 2)
+    model.load_weights(w)
+    x = case.data(seed=2)
+    grads = model.gradients(x)
+    rng = np.random.default_rng(0)
+    v = {n: rng.standard_normal(g.shape) for n, g in grads.items()}
+    norm = np.sqrt(sum(float((d ** 2).sum()) for d in v.values()))
+    v = {n: (d / norm).astype(np.float32) for n, d in v.items()}
+    ref = di.compile(case.make(), "numpy")
+
+    def f(eps: float) -> float:
+        ref.load_weights({n: a + np.float32(eps) * v[n] if n in v else a for n, a in w.items()},
+                         input_shape=di.ShapeDtype(case.shape, case.dtype))
+        return float(ref(x).astype(np.float64).sum())
+
+    numeric = (f(1e-3) - f(-1e-3)) / 2e-3
+    analytic = sum(float((grads[n].astype(np.float64) * v[n]).sum()) for n in grads)
+    assert abs(numeric - analytic) <= 1e-2 * max(1.0, abs(analytic)), (numeric, analytic)
+
+
+def test_folded_biases_export_as_bias_ih_with_bias_hh_zero() -> None:
+    # PyTorch keeps b_ih and b_hh per gate; Flax's GRUCell one bias for r and z (and both of n's), its LSTM and
+    # SimpleCell one per gate: the sum is held, exported as bias_ih with bias_hh zero, the same function
+    spec = lambda: di.LazyModel([di.GRU(4), di.LSTM(3), di.RNN(2)])  # noqa: E731
+    model = di.compile(spec(), "jax")
+    report = model.apply_init(np.zeros((2, 5, 3), np.float32), key=0)
+    torch_like = _random_weights(report, 4)
+    model.load_weights(torch_like)
+    exported = model.export_weights()
+    for layer, own in (("0", slice(8, 12)), ("1", slice(0, 0)), ("2", slice(0, 0))):
+        ih, hh = torch_like[f"{layer}.bias_ih_l0"], torch_like[f"{layer}.bias_hh_l0"]
+        folded = np.ones(ih.shape, bool)
+        folded[own] = False  # the GRU's n gate keeps b_in and b_hn apart (r multiplies W_hn h + b_hn)
+        np.testing.assert_allclose(exported[f"{layer}.bias_ih_l0"], np.where(folded, ih + hh, ih), rtol=1e-6)
+        np.testing.assert_array_equal(exported[f"{layer}.bias_hh_l0"], np.where(folded, 0, hh))
+    x = np.random.default_rng(1).standard_normal((2, 5, 3)).astype(np.float32)
+    ref = di.compile(spec(), "numpy")
+    ref.load_weights(torch_like, input_shape=(2, 5, 3))
+    y = model.to_numpy(model(x))
+    np.testing.assert_allclose(y, ref(x), rtol=2e-4, atol=2e-5)
+    model.load_weights(exported)  # the exported form loads back to the same variables
+    np.testing.assert_array_equal(model.to_numpy(model(x)), y)
+    # Flax counts its own variables: the spec's (PyTorch's) count less the folded halves (GRU 2H, LSTM 4H, RNN H)
+    flax_count = sum(a.size for a in jax.tree_util.tree_leaves(model.params))
+    assert flax_count == report.trainable_params - (2 * 4 + 4 * 3 + 2)
+    assert set(model.params["layers_0"]["cell"]) == {"ir", "iz", "in", "hr", "hz", "hn"}
+
+
+@pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])
+def test_cells_without_bias_are_flax_cells_minus_their_biases(kind: str) -> None:
+    # independent truth: Flax's own cell with its biases at zero computes what use_bias=False means
+    layer = {"rnn": di.RNN, "gru": di.GRU, "lstm": di.LSTM}[kind]
+    cell = {"rnn": lambda: nn.SimpleCell(5), "gru": lambda: nn.GRUCell(5), "lstm": lambda: nn.LSTMCell(5)}[kind]
+    x = np.random.default_rng(0).standard_normal((2, 6, 3)).astype(np.float32)
+    model = di.compile(di.LazyModel([layer(5, use_bias=False)]), "jax")
+    model.apply_init(x, init="xavier_uniform", key=1)
+    flax_rnn = nn.RNN(cell())
+    flat = flax.traverse_util.flatten_dict(jax.eval_shape(flax_rnn.init, KEY, jnp.asarray(x))["params"], sep="/")
+    ours = flax.traverse_util.flatten_dict(model.params["layers_0"], sep="/")
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in flat.items() if not k.endswith("bias")}
+    with_zero_biases = {k: (jnp.zeros(v.shape) if k.endswith("bias") else ours[k]) for k, v in flat.items()}
+    want = flax_rnn.apply({"params": flax.traverse_util.unflatten_dict(with_zero_biases, sep="/")}, jnp.asarray(x))
+    np.testing.assert_allclose(model.to_numpy(model(x)), np.asarray(want), **TIGHT)
+
+
+def test_sequence_default_initializers_are_flax_and_d2l_jax() -> None:
+    spec = di.LazyModel([di.GRU(64, bidirectional=True), di.ClassToken(), di.PositionEmbedding(),
+                         di.MultiHeadAttention(128, 4, use_bias=True)])
+    model = di.compile(spec, "jax")
+    model.apply_init(np.zeros((2, 30, 16), np.float32), key=3)
+    w = model.export_weights()
+    for sfx in ("", "_reverse"):
+        for gate in np.split(w[f"0.weight_hh_l0{sfx}"], 3):  # nn.GRUCell: orthogonal recurrent kernels per gate
+            np.testing.assert_allclose(gate @ gate.T, np.eye(64), atol=1e-5)
+        ih = w[f"0.weight_ih_l0{sfx}"]  # lecun_normal, fan-in 16 per gate
+        assert abs(ih.std() - 0.25) < 0.03 and np.abs(ih).max() <= 2 / 0.87962566103423978 * 0.25 + 1e-6
+        assert not w[f"0.bias_ih_l0{sfx}"].any() and not w[f"0.bias_hh_l0{sfx}"].any()
+    assert not w["1.weight"].any()  # d2l's cls_token: zeros
+    assert abs(w["2.weight"].std() - 0.01) < 0.001  # d2l's JAX pos_embed: nn.initializers.normal(), std 0.01
+    for proj in ("q", "k", "v", "out"):  # DenseGeneral draws lecun_normal on the flattened (128, 128) kernel
+        assert abs(w[f"3.{proj}_weight"].std() - 128 ** -0.5) < 0.005 and not w[f"3.{proj}_bias"].any()
+    # a Flax initializer given to apply_init reaches every kernel: recurrent, attention, the position embedding
+    model.apply_init(np.zeros((2, 30, 16), np.float32), init=nn.initializers.constant(0.5))
+    w = model.export_weights()
+    assert all((w[n] == 0.5).all() for n in w if "weight_" in n or n.endswith("_weight") or n == "2.weight")
+    assert not w["1.weight"].any() and all(not w[n].any() for n in w if "bias" in n)
+
+
+def test_tied_recurrent_and_attention_layers_share_their_variables() -> None:
+    gru, mha = di.GRU(4), di.MultiHeadAttention(4, 2, use_bias=True)
+    spec = lambda: di.LazyModel([di.Dense(4), gru, mha, gru, mha, di.Dense(2)])  # noqa: E731
+    model = di.compile(spec(), "jax")
+    report = model.apply_init(np.zeros((2, 5, 3), np.float32), key=0)
+    assert set(model.params) == {"layers_0", "layers_1", "layers_2", "layers_5"}
+    weights = _random_weights(report, 6)
+    model.load_weights(weights)
+    ref = di.compile(spec(), "numpy")
+    ref.load_weights(weights, input_shape=(2, 5, 3))
+    x = np.random.default_rng(3).standard_normal((2, 5, 3)).astype(np.float32)
+    np.testing.assert_allclose(model.to_numpy(model(x)), ref(x), rtol=2e-4, atol=2e-5)
+
+
+def test_dropout_in_training_is_flax_dropout_and_inference_is_deterministic() -> None:
+    # between stacked recurrent layers (PyTorch's rule) and on the attention weights (d2l's): no reference exists
+    # for the random masks; training calls draw fresh ones, inference uses none
+    spec = di.LazyModel([di.GRU(16, num_layers=2, dropout=0.5), di.MultiHeadAttention(16, 2, dropout=0.5)])
+    model = di.compile(spec, "jax")
+    x = np.random.default_rng(0).standard_normal((4, 6, 3)).astype(np.float32)
+    report = model.apply_init(x, init="xavier_uniform", key=0)
+    a, b = model.to_numpy(model(x, training=True)), model.to_numpy(model(x, training=True))
+    assert not np.allclose(a, b)
+    ref = di.compile(di.LazyModel([di.GRU(16, num_layers=2), di.MultiHeadAttention(16, 2)]), "numpy")
+    ref.load_weights(model.export_weights(), input_shape=report.input_shape)
+    np.testing.assert_allclose(model.to_numpy(model(x)), ref(x), rtol=2e-4, atol=2e-5)

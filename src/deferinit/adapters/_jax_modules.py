@@ -198,8 +198,9 @@ class BatchNorm(nn.Module):
                 ra_var.value = self.momentum * ra_var.value + (1.0 - self.momentum) * var * (n / max(n - 1, 1))
         else:
             mean, var = ra_mean.value, ra_var.value
-        y = (x - mean.reshape(shape)) * lax.rsqrt(var.reshape(shape) + self.epsilon)
-        return y * scale.reshape(shape) + bias.reshape(shape)
+        # nn.BatchNorm's arithmetic: scale folded into the (C,) inverse deviation, one multiply of the data
+        mul = lax.rsqrt(var + self.epsilon) * scale
+        return (x - mean.reshape(shape)) * mul.reshape(shape) + bias.reshape(shape)
 
 
 class LayerNorm(nn.LayerNorm):

@@ -1,16 +1,21 @@
 """The glue under the jax adapter: the module tree built from a plan, where each canonical parameter lives in
 Flax's variable dict, layout translation, and the per-model state (variables, compiled functions).
 
-Canonical and native names are matched by structure, never by sorting strings: Flax sorts dict keys, so
-``layers_11`` comes before ``layers_3``; every lookup here walks an explicit path instead.
+A canonical parameter is held by one Flax variable (a Dense ``kernel``, transposed) or by several: Flax's
+recurrent cells keep one Dense per gate (``cell/ir/kernel``, ``cell/iz/kernel``...), which stack into
+PyTorch's ``(G*H, in)``, and hold one bias per gate where PyTorch has two (see :class:`Gates`). Each canonical
+parameter has a :class:`Layout` that names the variables it reads, translates values both ways and reads
+its gradient. Canonical and native names are matched by structure, never by sorting strings: Flax sorts
+dict keys, so ``layers_11`` comes before ``layers_3``; every lookup here walks an explicit path instead.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -22,44 +27,151 @@ from ..shapes import Node
 from ..spec import Concat, Residual, Sequential
 from . import _jax_modules as M
 
-__all__ = ["Var", "Built", "State", "build", "native_name", "get", "put", "count_leaves", "to_canonical",
-           "to_native", "canonical_shape"]
+__all__ = ["Leaf", "Layout", "One", "Gates", "Flat", "Made", "Built", "State", "build", "get", "put", "count_leaves"]
 
 
 @dataclass(frozen=True)
-class Var:
-    """Where a canonical parameter lives natively and how its layout translates."""
+class Flat:
+    """An initializer called as ``flax.linen.DenseGeneral`` calls it: on the kernel flattened to
+    ``(prod(shape[:split]), prod(shape[split:]))``, then reshaped (the fans are the projection's)."""
+
+    init: Any
+    split: int
+
+    def __call__(self, key: Any, shape: tuple, dtype: Any = jnp.float32) -> Any:
+        flat = (math.prod(shape[:self.split]), math.prod(shape[self.split:]))
+        return jnp.reshape(self.init(key, flat, dtype), shape)
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """One Flax variable below its module: ``collection``, then ``name`` (a path, e.g. ``cell/ir/kernel``)."""
 
     collection: str        # params | batch_stats
-    leaf: str              # kernel, bias, scale, mean, var, embedding
-    layout: str = "same"   # same | dense | conv
+    name: str
     init: Any = None       # the module's own initializer, called as init(key, native_shape, dtype)
     kernel: bool = False   # a user's framework initializer replaces ``init`` here
+    split: int = 0         # > 0: a DenseGeneral kernel, initialized flat (see Flat)
+
+    def keys(self, module: tuple[str, ...]) -> tuple[str, ...]:
+        return (self.collection,) + module + tuple(self.name.split("/"))
+
+    def initializer(self, init: Any) -> Any:
+        chosen = init if (init is not None and self.kernel) else self.init
+        return Flat(chosen, self.split) if self.split else chosen
 
 
-def to_canonical(layout: str, a: np.ndarray) -> np.ndarray:
-    if layout == "dense":  # (in, out) -> (out, in)
+def _transpose(kind: str, a: np.ndarray) -> np.ndarray:
+    """Native -> canonical for one variable."""
+    if kind == "dense":  # (in, out) -> (out, in)
         return a.T
-    if layout == "conv":  # (*k, in // groups, out) -> (out, in // groups, *k)
+    if kind == "conv":  # (*k, in // groups, out) -> (out, in // groups, *k)
         n = a.ndim - 2
         return a.transpose((n + 1, n) + tuple(range(n)))
+    if kind == "heads_in":  # DenseGeneral (D, heads, head_dim) -> (heads * head_dim, D): heads are blocks
+        return a.reshape(a.shape[0], -1).T
+    if kind == "heads_out":  # DenseGeneral (heads, head_dim, H) -> (H, heads * head_dim)
+        return a.reshape(-1, a.shape[-1]).T
+    if kind == "heads_bias":  # (heads, head_dim) -> (heads * head_dim,)
+        return a.reshape(-1)
     return a
 
 
-def canonical_shape(layout: str, shape: tuple[int, ...]) -> tuple[int, ...]:
-    if layout == "dense":
-        return shape[::-1]
-    if layout == "conv":
-        return (shape[-1], shape[-2]) + shape[:-2]
-    return shape
+def _untranspose(kind: str, w: np.ndarray, shape: tuple) -> np.ndarray:
+    """Canonical -> native for one variable of native ``shape``."""
+    if kind == "conv":
+        return w.transpose(tuple(range(2, w.ndim)) + (1, 0))
+    if kind in ("dense", "heads_in", "heads_out"):
+        return w.T.reshape(shape)
+    return w.reshape(shape)
 
 
-def to_native(layout: str, a: np.ndarray) -> np.ndarray:
-    if layout == "dense":
-        return a.T
-    if layout == "conv":
-        return a.transpose(tuple(range(2, a.ndim)) + (1, 0))
-    return a
+class Layout:
+    """One canonical parameter read from ``leaves`` (Flax variables below one module)."""
+
+    leaves: tuple[Leaf, ...]
+
+    def canonical(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+    def native(self, w: np.ndarray, shapes: Sequence[tuple]) -> list[np.ndarray]:
+        """Each leaf's share of the canonical value ``w``; a variable that several canonical parameters share
+        holds the sum of their shares."""
+        raise NotImplementedError
+
+    def grad(self, grads: Sequence[np.ndarray]) -> np.ndarray:
+        return self.canonical(grads)
+
+    def canonical_shape(self, shapes: Sequence[tuple]) -> tuple:
+        raise NotImplementedError
+
+    def native_shape(self, shapes: Sequence[tuple]) -> tuple:
+        return shapes[0]
+
+    def native_name(self, module: tuple[str, ...]) -> str:
+        return "/".join(self.leaves[0].keys(module))
+
+
+class One(Layout):
+    """The common case: one variable, transposed as ``kind`` says (same, dense, conv, heads_*)."""
+
+    def __init__(self, leaf: Leaf, kind: str = "same") -> None:
+        self.leaves, self.kind = (leaf,), kind
+
+    def canonical(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
+        return _transpose(self.kind, arrays[0])
+
+    def native(self, w: np.ndarray, shapes: Sequence[tuple]) -> list[np.ndarray]:
+        return [_untranspose(self.kind, w, shapes[0])]
+
+    def canonical_shape(self, shapes: Sequence[tuple]) -> tuple:
+        s = tuple(shapes[0])
+        return {"dense": lambda: s[::-1], "conv": lambda: (s[-1], s[-2]) + s[:-2],
+                "heads_in": lambda: (s[1] * s[2], s[0]), "heads_out": lambda: (s[2], s[0] * s[1]),
+                "heads_bias": lambda: (s[0] * s[1],)}.get(self.kind, lambda: s)()
+
+
+class Gates(Layout):
+    """PyTorch's gates stacked on axis 0, one Flax variable per gate: kernels ``(in, H)`` -> ``(G*H, in)``,
+    biases ``(H,)`` -> ``(G*H,)``. Where Flax keeps one bias for a gate that PyTorch gives two (``b_ih + b_hh``),
+    both canonical biases read that variable: ``held`` (``bias_ih``) reads its value, the other reads zeros,
+    and both get its gradient, as each would alone. Written back, the variable gets the sum of the two.
+    Native name: the variables in braces (``params/layers_1/cell/{ir,iz,in}/kernel``), native shape
+    ``(G, *variable shape)`` (one gate: the variable's own name and shape)."""
+
+    def __init__(self, leaves: Sequence[Leaf], kernel: bool, held: Sequence[bool] | None = None) -> None:
+        self.leaves, self.kernel = tuple(leaves), kernel
+        self.held = tuple(held) if held is not None else (True,) * len(self.leaves)
+
+    def canonical(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
+        blocks = [(a.T if self.kernel else a) if keep else np.zeros_like(a.T if self.kernel else a)
+                  for a, keep in zip(arrays, self.held)]
+        return np.concatenate(blocks, axis=0)
+
+    def grad(self, grads: Sequence[np.ndarray]) -> np.ndarray:
+        return np.concatenate([g.T if self.kernel else g for g in grads], axis=0)
+
+    def native(self, w: np.ndarray, shapes: Sequence[tuple]) -> list[np.ndarray]:
+        return [b.T if self.kernel else b for b in np.split(w, len(self.leaves), axis=0)]
+
+    def canonical_shape(self, shapes: Sequence[tuple]) -> tuple:
+        s = shapes[0]
+        return (len(shapes) * s[1], s[0]) if self.kernel else (len(shapes) * s[0],)
+
+    def native_shape(self, shapes: Sequence[tuple]) -> tuple:
+        return tuple(shapes[0]) if len(shapes) == 1 else (len(shapes),) + tuple(shapes[0])
+
+    def native_name(self, module: tuple[str, ...]) -> str:
+        paths = [leaf.name.split("/") for leaf in self.leaves]
+        if len(paths) == 1:
+            return "/".join(self.leaves[0].keys(module))
+        gate = next(i for i in range(len(paths[0])) if len({p[i] for p in paths}) > 1)
+        middle = "{" + ",".join(p[gate] for p in paths) + "}"
+        parts = paths[0][:gate] + [middle] + paths[0][gate + 1:]
+        return "/".join((self.leaves[0].collection,) + module + tuple(parts))
+
+
+Made = tuple[nn.Module, dict[str, Layout]]  # what a leaf builder returns: the module and its canonical parameters
 
 
 @dataclass
@@ -67,7 +179,8 @@ class Built:
     """What building the module tree found: the route to each position's module, and every variable."""
 
     routes: dict[str, tuple] = field(default_factory=dict)            # canonical position -> (field, index)s
-    variables: dict[str, tuple[tuple[str, ...], Var]] = field(default_factory=dict)  # canonical param -> where
+    variables: dict[str, tuple[tuple[str, ...], Layout]] = field(default_factory=dict)  # canonical param -> where
+    leaves: dict[tuple[str, ...], Leaf] = field(default_factory=dict)  # every Flax variable, by its full keys
 
 
 def child_names(node: Node) -> list[str]:
@@ -86,7 +199,8 @@ def child_names(node: Node) -> list[str]:
 
 
 def build(root: Node, data_format: str, leaves: Mapping[type, Callable]) -> tuple[nn.Module, Built]:
-    """The Flax module tree of a plan; ``leaves`` maps each leaf layer type to its builder."""
+    """The Flax module tree of a plan; ``leaves`` maps each leaf layer type to its builder, which returns the
+    module and ``{canonical parameter: Layout}``."""
     cf = data_format == "channels_first"
     built = Built()
 
@@ -110,19 +224,17 @@ def build(root: Node, data_format: str, leaves: Mapping[type, Callable]) -> tupl
         if builder is None:
             raise UnsupportedLayerError(f"{where(node.path, layer, 'jax')}: no Flax module is known for this layer "
                                         f"type; supported: {', '.join(sorted(t.__name__ for t in leaves))}")
-        module, variables = builder(node, cf, name)  # type: ignore[arg-type]
-        for pname, var in variables.items():
-            built.variables[node.param_name(pname)] = (native, var)
+        module, layouts = builder(node, cf, name)  # type: ignore[arg-type]
+        for pname, layout in layouts.items():
+            built.variables[node.param_name(pname)] = (native, layout)
+            for leaf in layout.leaves:
+                built.leaves[leaf.keys(native)] = leaf
         return module
 
     return make(root, None, (), ()), built
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def native_name(native: tuple[str, ...], var: Var) -> str:
-    return "/".join((var.collection,) + native + (var.leaf,))
-
-
 def get(tree: Mapping, keys: tuple[str, ...]) -> Any:
     for k in keys:
         tree = tree[k]
@@ -190,12 +302,15 @@ class State:
         self._variables, self.pending = None, (None, rng)
 
     def draw(self, init: Any, rng: Any) -> dict:
-        """Every variable drawn with its module's initializer (or ``init`` for kernels) in one jitted call."""
-        entries = list(self.built.variables.values())
-        plan = tuple((init if (init is not None and var.kernel) else var.init,
-                      tuple(get(self.shapes, (var.collection,) + path + (var.leaf,)).shape),
-                      zlib.crc32(native_name(path, var).encode())) for path, var in entries)
+        """Every variable drawn with its module's initializer (or ``init`` for kernels) in one jitted call, each
+        with the key ``fold_in(rng, crc32(its native name))``."""
+        entries = list(self.built.leaves.items())
+        plan = tuple((leaf.initializer(init), tuple(get(self.shapes, keys).shape), zlib.crc32("/".join(keys).encode()))
+                     for keys, leaf in entries)
         variables: dict = {}
-        for (path, var), value in zip(entries, _draw(rng, plan) if plan else []):
-            put(variables, (var.collection,) + path + (var.leaf,), value)
+        for (keys, _), value in zip(entries, _draw(rng, plan) if plan else []):
+            put(variables, keys, value)
         return variables
+
+    def shape_of(self, keys: tuple[str, ...]) -> tuple[int, ...]:
+        return tuple(int(d) for d in get(self.shapes, keys).shape)

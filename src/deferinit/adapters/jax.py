@@ -1,4 +1,5 @@
-"""The JAX backend: a spec compiled to a Flax linen module tree (the modules are in ``_jax_modules.py``).
+"""The JAX backend: a spec compiled to a Flax linen module tree (the modules are in ``_jax_modules.py``, the
+sequence layers' in ``_jax_seq.py``, the canonical <-> Flax variable layouts in ``_jax_tree.py``).
 
 Shapes come from Flax itself: ``jax.eval_shape(module.init, key, ShapeDtypeStruct)`` runs every module's own
 ``init`` symbolically (Dense finds its fan-in, Conv its input channels, ...) and allocates nothing: 60-90 ms
@@ -14,8 +15,11 @@ default draw is deferred until the values are first read (see ``_jax_tree.State`
 
 Variables live on the native module they belong to, so when the base class swaps models (or restores the
 previous one after a failed ``apply_init``) they follow. The steady-state forward is one cached
-``jax.jit`` of ``module.apply`` (ResNet-18: 18.4 ms against 18.3 ms for a hand-written ``jax.jit(apply)``);
-training mode has its own jitted step that returns the updated ``batch_stats`` and advances the dropout key.
+``jax.jit`` of ``module.apply`` plus about 1.3 us of Python (bench/native_jax.py compares it with a
+hand-written ``jax.jit(apply)``); training mode has its own jitted step that returns the updated
+``batch_stats`` and advances the dropout key. ``jax.jit`` compiles once per input shape (a language model
+meets many sequence lengths); the compiled functions are dropped when the base class drops its cache of
+checked input signatures.
 """
 
 from __future__ import annotations
@@ -51,21 +55,22 @@ from ..layers import (
 from ..shapes import Inference, Node
 from . import _jax_modules as M
 from . import _jax_tree as T
+from ._jax_seq import SEQ_LEAVES
 from .base import CompiledModel, NativeParam
 
 __all__ = ["FlaxModel"]
 
 
 # ------------------------------------------------------------------------------------------- leaf builders
-Made = tuple[nn.Module, dict[str, T.Var]]
+Made = T.Made
 
 
 def _dense(node: Node, cf: bool, name: str) -> Made:
     layer: Dense = node.layer  # type: ignore[assignment]
     m = M.Dense(layer.units, use_bias=layer.use_bias, activation=layer.activation, name=name)
-    out = {"weight": T.Var("params", "kernel", "dense", m.kernel_init, kernel=True)}
+    out: dict[str, T.Layout] = {"weight": T.One(T.Leaf("params", "kernel", m.kernel_init, kernel=True), "dense")}
     if layer.use_bias:
-        out["bias"] = T.Var("params", "bias", init=m.bias_init)
+        out["bias"] = T.One(T.Leaf("params", "bias", m.bias_init))
     return m, out
 
 
@@ -76,9 +81,9 @@ def _conv(node: Node, cf: bool, name: str) -> Made:
     m = M.Conv(layer.channels, tuple(layer.kernel_size), strides=tuple(layer.stride), padding=padding,
                kernel_dilation=tuple(layer.dilation), feature_group_count=layer.groups, use_bias=layer.use_bias,
                activation=layer.activation, channels_first=cf, name=name)
-    out = {"weight": T.Var("params", "kernel", "conv", m.kernel_init, kernel=True)}
+    out: dict[str, T.Layout] = {"weight": T.One(T.Leaf("params", "kernel", m.kernel_init, kernel=True), "conv")}
     if layer.use_bias:
-        out["bias"] = T.Var("params", "bias", init=m.bias_init)
+        out["bias"] = T.One(T.Leaf("params", "bias", m.bias_init))
     return m, out
 
 
@@ -92,20 +97,21 @@ def _batch_norm(node: Node, cf: bool, name: str) -> Made:
     layer: BatchNorm = node.layer  # type: ignore[assignment]
     ones, zeros = nn.initializers.ones, nn.initializers.zeros
     return M.BatchNorm(momentum=1.0 - layer.momentum, epsilon=layer.eps, channels_first=cf, name=name), {
-        "weight": T.Var("params", "scale", init=ones), "bias": T.Var("params", "bias", init=zeros),
-        "running_mean": T.Var("batch_stats", "mean", init=zeros), "running_var": T.Var("batch_stats", "var", init=ones)}
+        "weight": T.One(T.Leaf("params", "scale", ones)), "bias": T.One(T.Leaf("params", "bias", zeros)),
+        "running_mean": T.One(T.Leaf("batch_stats", "mean", zeros)),
+        "running_var": T.One(T.Leaf("batch_stats", "var", ones))}
 
 
 def _layer_norm(node: Node, cf: bool, name: str) -> Made:
     # use_fast_variance=False: E[x^2] - E[x]^2 loses digits the spec's reference keeps
     m = M.LayerNorm(epsilon=node.layer.eps, use_fast_variance=False, name=name)
-    return m, {"weight": T.Var("params", "scale", init=m.scale_init), "bias": T.Var("params", "bias", init=m.bias_init)}
+    return m, {"weight": T.One(T.Leaf("params", "scale", m.scale_init)), "bias": T.One(T.Leaf("params", "bias", m.bias_init))}
 
 
 def _embedding(node: Node, cf: bool, name: str) -> Made:
     layer: Embedding = node.layer  # type: ignore[assignment]
     m = M.Embed(layer.num_embeddings, layer.dim, name=name)
-    return m, {"weight": T.Var("params", "embedding", init=m.embedding_init, kernel=True)}
+    return m, {"weight": T.One(T.Leaf("params", "embedding", m.embedding_init, kernel=True))}
 
 
 def _simple(make: Callable[..., nn.Module]) -> Callable[[Node, bool, str], Made]:
@@ -122,8 +128,11 @@ LEAVES: dict[type, Callable[[Node, bool, str], Made]] = {
     Flatten: _simple(lambda node, cf, name: M.Flatten(name=name)),
     Identity: _simple(lambda node, cf, name: M.Identity(name=name)),
     Activation: _activation, ReLU: _activation, Sigmoid: _activation, Tanh: _activation, GELU: _activation,
-    Softmax: _activation, Embedding: _embedding,
+    Softmax: _activation, Embedding: _embedding, **SEQ_LEAVES,
 }
+
+
+_ARRAY_TYPES: set[type] = set()  # concrete jax.Array types seen (jaxlib's ArrayImpl)
 
 
 def _check_init(init: Any) -> None:
@@ -176,14 +185,15 @@ class FlaxModel(CompiledModel[nn.Module]):
         # Flax's own deferred init, traced symbolically: every variable's shape, no parameter memory
         found = jax.eval_shape(lambda k, a: native.init(k, a, False), rng, jax.ShapeDtypeStruct(shape, dtype))
         st = self._st(native)
-        out = {}
-        for name, (path, var) in st.built.variables.items():
-            leaf = T.get(found, (var.collection,) + path + (var.leaf,))
-            nshape = tuple(int(d) for d in leaf.shape)
-            out[name] = NativeParam(T.native_name(path, var), nshape, T.canonical_shape(var.layout, nshape))
-        if T.count_leaves(found) != len(out):
-            raise RuntimeError(f"Flax created {T.count_leaves(found)} variables where the spec has {len(out)}")
         st.shapes, st.rng = found, jax.random.fold_in(rng, 0x5EED)
+        out = {}
+        for name, (path, layout) in st.built.variables.items():
+            shapes = [st.shape_of(leaf.keys(path)) for leaf in layout.leaves]
+            out[name] = NativeParam(layout.native_name(path), layout.native_shape(shapes),
+                                    layout.canonical_shape(shapes))
+        if T.count_leaves(found) != len(st.built.leaves):
+            raise RuntimeError(f"Flax created {T.count_leaves(found)} variables where the spec's layers hold "
+                               f"{len(st.built.leaves)}")
         if not abstract:
             self._fill(st, init, rng)
         return out
@@ -203,8 +213,20 @@ class FlaxModel(CompiledModel[nn.Module]):
     def _to_native(self, x: Any) -> Any:
         return jnp.asarray(x)
 
+    # These two run on every call: a jitted MLP forward takes 13 us, so each 0.1 us counts. isinstance against
+    # the jax.Array ABC takes 0.11 us, the concrete type test 0.02; the base class's (shape, str(dtype))
+    # signature 5 us (numpy formats the dtype's name), the array's abstract value (shape, dtype, weak type;
+    # hashable) 0.05 us.
     def _is_native(self, x: Any) -> bool:
-        return isinstance(x, jax.Array)
+        if type(x) in _ARRAY_TYPES:
+            return True
+        if isinstance(x, jax.Array):
+            _ARRAY_TYPES.add(type(x))
+            return True
+        return False
+
+    def _signature(self, x: Any) -> Any:
+        return x.aval
 
     def to_numpy(self, y: Any) -> np.ndarray:
         return np.asarray(y)
@@ -240,10 +262,18 @@ class FlaxModel(CompiledModel[nn.Module]):
         st.fns[what] = fn
         return fn
 
+    def _check_call(self, x: Any) -> None:
+        # runs once per new input signature; jax.jit compiles once per signature too (a language model meets
+        # many sequence lengths): when the base class drops its 256 checked signatures, drop the compiled ones
+        if len(self._checked) > 256:
+            self._st(self.native).fns.clear()
+        super()._check_call(x)
+
     def _forward(self, x: Any, training: bool) -> Any:
-        st = self._st(self.native)
+        st = self._native._deferinit_state  # type: ignore[union-attr]  # __call__ checked there is a model
         if not training:
-            return self._fn("infer")(st.variables, x)
+            fn = st.fns.get("infer") or self._fn("infer")
+            return fn(st.variables if st.pending is not None else st._variables, x)  # no property call
         y, updates, st.rng = self._fn("train")(st.variables, x, st.rng)
         if updates:
             st.variables = {**st.variables, **updates}
@@ -257,23 +287,26 @@ class FlaxModel(CompiledModel[nn.Module]):
         out = {}
         for name, info in self.report.params.items():
             if info.trainable:
-                path, var = st.built.variables[name]
-                out[name] = np.asarray(T.to_canonical(var.layout, np.asarray(T.get(grads, path + (var.leaf,)))),
-                                       dtype=np.float32)
+                path, layout = st.built.variables[name]
+                parts = [np.asarray(T.get(grads, leaf.keys(path)[1:])) for leaf in layout.leaves]  # params only
+                out[name] = np.ascontiguousarray(layout.grad(parts), dtype=np.float32)
         return out
 
     def _intermediates(self, x: Any) -> dict[str, np.ndarray]:
-        apply = self.native.apply
+        st = self._st(self.native)
+        if "record" not in st.fns:
+            apply = self.native.apply
 
-        def run(v: Any, a: Any) -> dict:
-            record: dict = {}
-            token = M.recording(record)
-            try:
-                apply(v, a, False)
-            finally:
-                M._RECORD.reset(token)
-            return record
-        record = jax.jit(run)(self._st(self.native).variables, x)
+            def run(v: Any, a: Any) -> dict:
+                record: dict = {}
+                token = M.recording(record)
+                try:
+                    apply(v, a, False)
+                finally:
+                    M._RECORD.reset(token)
+                return record
+            st.fns["record"] = jax.jit(run)
+        record = st.fns["record"](st.variables, x)
 
         def post_order(node: Node) -> list[str]:  # each layer after its children, as the reference records
             return [p for child in node.children for p in post_order(child)] + ([node.path] if node.path else [])
@@ -282,20 +315,25 @@ class FlaxModel(CompiledModel[nn.Module]):
     # ---------------------------------------------------------------- weights
     def _get_weights(self) -> dict[str, np.ndarray]:
         st = self._st(self.native)
-        out = {}
+        variables, out = st.variables, {}
         for name in self.report.params:
-            path, var = st.built.variables[name]
-            arr = np.asarray(T.get(st.variables, (var.collection,) + path + (var.leaf,)))
-            out[name] = np.ascontiguousarray(T.to_canonical(var.layout, arr), dtype=np.float32)
+            path, layout = st.built.variables[name]
+            parts = [np.asarray(T.get(variables, leaf.keys(path))) for leaf in layout.leaves]
+            out[name] = np.ascontiguousarray(layout.canonical(parts), dtype=np.float32)
         return out
 
     def _set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
         st = self._st(self.native)
-        variables: dict = {}
+        shares: dict[tuple, np.ndarray] = {}  # a variable two canonical parameters share holds their sum
         for name in self.report.params:
-            path, var = st.built.variables[name]
-            value = jnp.asarray(np.ascontiguousarray(T.to_native(var.layout, np.asarray(weights[name], np.float32))))
-            T.put(variables, (var.collection,) + path + (var.leaf,), value)
+            path, layout = st.built.variables[name]
+            keys = [leaf.keys(path) for leaf in layout.leaves]
+            for k, part in zip(keys, layout.native(np.asarray(weights[name], np.float32),
+                                                   [st.shape_of(k) for k in keys])):
+                shares[k] = part if k not in shares else shares[k] + part
+        variables: dict = {}
+        for k, value in shares.items():
+            T.put(variables, k, jnp.asarray(np.ascontiguousarray(value, dtype=np.float32)))
         st.variables = variables
 
     # ---------------------------------------------------------------- Flax-side access
