@@ -25,7 +25,10 @@ from deferinit.parity import compare_artifacts, load_artifact, make_artifact, sa
 NAMED = ["mlp", "lenet", "residual", "concat", "batchnorm", "channels_last", "tied", "conv_options", "conv1d",
          "embedding", "dense_options", "named", "nested_model"]
 RANDOM = 12
-DEEP_TOLERANCE = {}  # spec name -> (atol, rtol) for deep nets; see the README
+# spec name -> (atol, rtol, gradient atol) for nets whose gradients sum over millions of float32 terms in
+# different orders (oneDNN, XLA, BLAS): outputs still pass the defaults; measured gradient gaps are up to
+# 1e-3 on AlexNet's first conv and VGG-11 (see the README)
+DEEP_TOLERANCE = {"zoo_alexnet": (1e-5, 1e-4, 5e-3), "zoo_vgg11": (1e-5, 1e-4, 5e-3)}
 
 
 def matrix_specs() -> dict[str, tuple[di.LazyModel, tuple, str]]:
@@ -106,8 +109,8 @@ def compare(out: Path, expect: list[str]) -> int:
                 failed.append(f"{spec_dir.name}: {b} failed: {marker.read_text().strip()}")
             elif not (spec_dir / f"{b}.npz").is_file():
                 failed.append(f"{spec_dir.name}: no artifact from {b}")
-        atol, rtol = DEEP_TOLERANCE.get(spec_dir.name, (1e-5, 1e-4))
-        result = compare_artifacts(arts, atol=atol, rtol=rtol)
+        atol, rtol, grad_atol = DEEP_TOLERANCE.get(spec_dir.name, (1e-5, 1e-4, None))
+        result = compare_artifacts(arts, atol=atol, rtol=rtol, grad_atol=grad_atol)
         failed += [f"{spec_dir.name}: {line}" for line in result.failures()]
         for name, r in result.results.items():
             lines.append(f"| {spec_dir.name} | {name} | {r.max_abs:.1e} | {r.max_rel:.1e} | {r.first_divergence or '-'} | "
