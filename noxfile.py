@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from pathlib import Path
 
 import nox
@@ -23,6 +25,34 @@ BACKENDS = ["torch", "tensorflow", "jax", "mxnet"]
 TEST_DEPS = ["pytest>=8", "hypothesis>=6.100", "pyyaml>=6", "tomli-w>=1.0"]
 ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow", "PYTHONHASHSEED": "0",
        "HYPOTHESIS_PROFILE": os.environ.get("HYPOTHESIS_PROFILE", "ci")}
+
+
+def _pythons(backend: str) -> list[str]:
+    """The Python versions a backend installs on, from a first line ``# python: 3.10 3.11`` of its requirements file
+    (none: any Python that runs nox)."""
+    for line in (ROOT / "backends" / f"{backend}.txt").read_text().splitlines():
+        if line.startswith("# python:"):
+            return line.split(":", 1)[1].split()
+    return []
+
+
+def _interpreter(backend: str) -> str | None:
+    """nox's own interpreter when it fits the backend, else the first listed ``pythonX.Y`` on PATH; None when it
+    fits or none is found (then the session refuses to run with :func:`_need_python`'s message)."""
+    versions = _pythons(backend)
+    if not versions or f"{sys.version_info.major}.{sys.version_info.minor}" in versions:
+        return None
+    return next((v for v in versions if shutil.which(f"python{v}")), None)
+
+
+def _need_python(session: nox.Session, backend: str) -> None:
+    """Refuse, saying why and what to do, when no interpreter this backend installs on was found."""
+    versions = _pythons(backend)
+    current = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if versions and current not in versions and _interpreter(backend) is None:
+        session.error(f"the {backend} backend installs only on Python {' or '.join(versions)} (see backends/{backend}.txt); "
+                      f"nox runs on {current} and no python{versions[-1]} is on PATH: install one (e.g. `pyenv install "
+                      f"{versions[-1]}`) and run nox again")
 
 
 def install(session: nox.Session, *requirements: str) -> None:
@@ -42,9 +72,12 @@ def core(session: nox.Session) -> None:
 
 
 @nox.session
-@nox.parametrize("backend", BACKENDS, ids=BACKENDS)
+@nox.parametrize(("python", "backend"), [(_interpreter(b), b) for b in BACKENDS], ids=BACKENDS)
 def tests(session: nox.Session, backend: str) -> None:
-    """The contract suite and the hand-built native comparisons on one framework, in its own virtualenv."""
+    """The contract suite and the hand-built native comparisons on one framework, in its own virtualenv.
+
+    The virtualenv uses the Python that backends/<backend>.txt names when nox's own is not one of them."""
+    _need_python(session, backend)
     install(session, f"backends/{backend}.txt")
     session.run("python", "-m", "pytest", "--backend", backend, *session.posargs, env=ENV)
 
@@ -62,17 +95,20 @@ def parity(session: nox.Session) -> None:
         shutil.rmtree(out)
     matrix = str(ROOT / "tests" / "parity_matrix.py")
     session.run("python", matrix, "produce", "--backends", "numpy,torch,tensorflow,jax", "--out", str(out), env=ENV)
-    mxnet_python = _side_env(session, "parity-mxnet", "backends/mxnet.txt")
+    _need_python(session, "mxnet")
+    mxnet_python = _side_env(session, "parity-mxnet", "backends/mxnet.txt", _interpreter("mxnet"))
     session.run(mxnet_python, matrix, "produce", "--backends", "mxnet", "--out", str(out), env=ENV, external=True)
     session.run("python", matrix, "compare", str(out), env=ENV)
 
 
-def _side_env(session: nox.Session, name: str, requirements: str) -> str:
-    """A second virtualenv owned by a session (nox gives each session one): returns its python."""
+def _side_env(session: nox.Session, name: str, requirements: str, interpreter: str | None = None) -> str:
+    """A second virtualenv owned by a session (nox gives each session one), made by ``interpreter`` (a version such
+    as "3.11"; None: the session's own python): returns its python."""
     venv = ROOT / ".nox" / name
     python = venv / "bin" / "python"
     if not python.exists():
-        session.run("python", "-m", "venv", str(venv))
+        maker = shutil.which(f"python{interpreter}") if interpreter else "python"
+        session.run(maker, "-m", "venv", str(venv), external=True)
     session.run(str(python), "-m", "pip", "install", "-q", "-r", requirements, *TEST_DEPS, external=True)
     session.run(str(python), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", ".", external=True)
     return str(python)
@@ -86,10 +122,13 @@ def lint(session: nox.Session) -> None:
 
 
 @nox.session
-@nox.parametrize("backend", ["numpy", *BACKENDS], ids=["numpy", *BACKENDS])
+@nox.parametrize(("python", "backend"), [(None, "numpy"), *((_interpreter(b), b) for b in BACKENDS)],
+                 ids=["numpy", *BACKENDS])
 def bench(session: nox.Session, backend: str) -> None:
     """Benchmarks against hand-written native code, one process per backend; not in the default run.
     Each run writes bench/results/<backend>.json and refreshes results.md and ratios.png."""
+    if backend != "numpy":
+        _need_python(session, backend)
     install(session, f"backends/{backend}.txt" if backend != "numpy" else "numpy>=1.26", "matplotlib>=3.7")
     session.run("python", "bench/run.py", "--backend", backend, "--out", f"bench/results/{backend}.json",
                 *session.posargs, env=ENV)
