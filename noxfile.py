@@ -21,19 +21,29 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
 ROOT = Path(__file__).parent
-BACKENDS = ["torch", "tensorflow", "jax", "mxnet"]
+sys.path.insert(0, str(ROOT / "src"))
+from deferinit.registry import REFERENCE, framework_backends  # noqa: E402  (the one list of backend names)
+
+BACKENDS = framework_backends()
 TEST_DEPS = ["pytest>=8", "hypothesis>=6.100", "pyyaml>=6", "tomli-w>=1.0"]
 ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow", "PYTHONHASHSEED": "0",
        "HYPOTHESIS_PROFILE": os.environ.get("HYPOTHESIS_PROFILE", "ci")}
 
 
-def _pythons(backend: str) -> list[str]:
-    """The Python versions a backend installs on, from a first line ``# python: 3.10 3.11`` of its requirements file
-    (none: any Python that runs nox)."""
+def _header(backend: str, key: str) -> list[str]:
+    """A ``# key: value ...`` line at the top of backends/<backend>.txt: ``env`` (``shared``: may share the parity
+    virtualenv with the other shared backends; ``own``: needs one of its own) and ``python`` (the versions it
+    installs on; none: any Python that runs nox)."""
     for line in (ROOT / "backends" / f"{backend}.txt").read_text().splitlines():
-        if line.startswith("# python:"):
+        if not line.startswith("#"):
+            break
+        if line.startswith(f"# {key}:"):
             return line.split(":", 1)[1].split()
     return []
+
+
+def _pythons(backend: str) -> list[str]:
+    return _header(backend, "python")
 
 
 def _interpreter(backend: str) -> str | None:
@@ -68,7 +78,7 @@ def install(session: nox.Session, *requirements: str) -> None:
 def core(session: nox.Session) -> None:
     """The framework-free core: spec, rules, report, reference forward, CLI, fuzzing."""
     install(session, "numpy>=1.26")
-    session.run("python", "-m", "pytest", "--backend", "numpy", *session.posargs, env=ENV)
+    session.run("python", "-m", "pytest", "--backend", REFERENCE, *session.posargs, env=ENV)
 
 
 @nox.session
@@ -84,21 +94,26 @@ def tests(session: nox.Session, backend: str) -> None:
 
 @nox.session
 def parity(session: nox.Session) -> None:
-    """Cross-framework parity across processes: torch, tensorflow and jax share one numpy-2 virtualenv; MXNet
-    (numpy<1.24) gets its own. Every environment runs the same specs, inputs and weights; artifacts are
-    compared with the reference and with each other. Fails if any pair disagrees."""
-    install(session, "backends/torch.txt", "backends/tensorflow.txt", "backends/jax.txt")
+    """Cross-framework parity across processes and virtualenvs; fails if any pair disagrees.
+
+    The backends whose requirements say ``# env: shared`` (numpy 2: torch, tensorflow, jax) share this session's
+    virtualenv; each ``# env: own`` backend (MXNet: numpy<1.24) gets one of its own. Every environment runs the
+    same specs, inputs and weights; the artifacts are compared with the reference and with each other."""
+    shared = [b for b in BACKENDS if _header(b, "env") != ["own"]]
+    own = [b for b in BACKENDS if b not in shared]
+    install(session, *(f"backends/{b}.txt" for b in shared))
     out = ROOT / "artifacts" / "parity"
     if out.exists():
         import shutil
 
         shutil.rmtree(out)
     matrix = str(ROOT / "tests" / "parity_matrix.py")
-    session.run("python", matrix, "produce", "--backends", "numpy,torch,tensorflow,jax", "--out", str(out), env=ENV)
-    _need_python(session, "mxnet")
-    mxnet_python = _side_env(session, "parity-mxnet", "backends/mxnet.txt", _interpreter("mxnet"))
-    session.run(mxnet_python, matrix, "produce", "--backends", "mxnet", "--out", str(out), env=ENV, external=True)
-    session.run("python", matrix, "compare", str(out), env=ENV)
+    session.run("python", matrix, "produce", "--backends", ",".join([REFERENCE, *shared]), "--out", str(out), env=ENV)
+    for backend in own:
+        _need_python(session, backend)
+        python = _side_env(session, f"parity-{backend}", f"backends/{backend}.txt", _interpreter(backend))
+        session.run(python, matrix, "produce", "--backends", backend, "--out", str(out), env=ENV, external=True)
+    session.run("python", matrix, "compare", str(out), "--expect", ",".join(BACKENDS), env=ENV)
 
 
 def _side_env(session: nox.Session, name: str, requirements: str, interpreter: str | None = None) -> str:
@@ -122,14 +137,14 @@ def lint(session: nox.Session) -> None:
 
 
 @nox.session
-@nox.parametrize(("python", "backend"), [(None, "numpy"), *((_interpreter(b), b) for b in BACKENDS)],
-                 ids=["numpy", *BACKENDS])
+@nox.parametrize(("python", "backend"), [(None, REFERENCE), *((_interpreter(b), b) for b in BACKENDS)],
+                 ids=[REFERENCE, *BACKENDS])
 def bench(session: nox.Session, backend: str) -> None:
     """Benchmarks against hand-written native code, one process per backend; not in the default run.
     Each run writes bench/results/<backend>.json and refreshes results.md and ratios.png."""
-    if backend != "numpy":
+    if backend != REFERENCE:
         _need_python(session, backend)
-    install(session, f"backends/{backend}.txt" if backend != "numpy" else "numpy>=1.26", "matplotlib>=3.7")
+    install(session, f"backends/{backend}.txt" if backend != REFERENCE else "numpy>=1.26", "matplotlib>=3.7")
     session.run("python", "bench/run.py", "--backend", backend, "--out", f"bench/results/{backend}.json",
                 *session.posargs, env=ENV)
     session.run("python", "bench/report.py", env=ENV)

@@ -7,12 +7,15 @@ import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-BACKENDS = ["torch", "tensorflow", "jax", "mxnet"]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from deferinit.registry import REFERENCE, framework_backends  # noqa: E402  (the one list of backend names)
+
+BACKENDS = framework_backends()
 
 
 def load() -> dict:
     return {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))
-            if p.stem in ["numpy", *BACKENDS]}
+            if p.stem in [REFERENCE, *BACKENDS]}
 
 
 def markdown(data: dict) -> str:

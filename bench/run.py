@@ -90,9 +90,11 @@ def peak_rss_growth(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def import_cost() -> dict[str, Any]:
+    from deferinit.registry import framework_modules
+
+    watched = (*framework_modules(), "numpy")
     code = ("import sys, time; t = time.perf_counter(); import deferinit; dt = time.perf_counter() - t; "
-            "print(dt, ','.join(m for m in ('torch', 'tensorflow', 'keras', 'jax', 'flax', 'mxnet', 'numpy') "
-            "if m in sys.modules))")
+            f"print(dt, ','.join(m for m in {watched!r} if m in sys.modules))")
     runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
             for _ in range(7)]
     return {"import_ms": statistics.median(float(r[0]) for r in runs) * 1e3,

@@ -40,13 +40,13 @@ def _selected(config: pytest.Config) -> list[str]:
     if cached is not None:
         return cached
     import deferinit as di
-    from deferinit.registry import resolve
+    from deferinit.registry import BUILTINS, resolve
 
     chosen = [resolve(b) for opt in config.getoption("--backend") for b in opt.split(",") if b]
     env = [resolve(b) for b in os.environ.get("DEFERINIT_BACKENDS", "").split(",") if b]
     chosen = chosen or env
     if not chosen:
-        chosen = [b for b in di.available_backends() if b in ("numpy", "torch", "tensorflow", "jax", "mxnet")]
+        chosen = [b for b in di.available_backends() if b in BUILTINS]
     config._deferinit_backends = list(dict.fromkeys(chosen))  # type: ignore[attr-defined]
     return config._deferinit_backends  # type: ignore[attr-defined]
 

@@ -21,6 +21,7 @@ sys.path.insert(0, str(HERE))
 
 import deferinit as di  # noqa: E402
 from deferinit.parity import compare_artifacts, load_artifact, make_artifact, save_artifact  # noqa: E402
+from deferinit.registry import framework_backends  # noqa: E402
 
 NAMED = ["mlp", "lenet", "residual", "concat", "batchnorm", "channels_last", "tied", "conv_options", "conv1d",
          "embedding", "dense_options", "named", "nested_model"]
@@ -134,7 +135,7 @@ def main() -> int:
     p.add_argument("--only", default="", help="comma-separated name prefixes (default: every spec)")
     c = sub.add_parser("compare")
     c.add_argument("out", type=Path)
-    c.add_argument("--expect", default="torch,tensorflow,jax,mxnet")
+    c.add_argument("--expect", default=",".join(framework_backends()), help="backends that must have produced artifacts")
     args = parser.parse_args()
     if args.cmd == "produce":
         return produce([b for b in args.backends.split(",") if b], args.out, args.only)

@@ -34,7 +34,7 @@ def test_broken_conversion_names_the_layer(monkeypatch) -> None:  # type: ignore
     ref = make_artifact(case.make(), "numpy", case.data())
     from deferinit import registry
 
-    monkeypatch.setitem(registry.BUILTINS, "numpy", ("test_parity:TransposingNumpy", ("numpy",), ""))
+    monkeypatch.setitem(registry.BUILTINS, "numpy", ("test_parity:TransposingNumpy", ("numpy",), "", ()))
     broken = make_artifact(case.make(), "numpy", source=ref)
     broken.backend = "broken"
     result = compare_artifacts([ref, broken])

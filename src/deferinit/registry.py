@@ -14,18 +14,24 @@ from typing import Any
 
 from .errors import BackendUnavailableError, UnknownBackendError
 
-__all__ = ["backends", "available_backends", "resolve", "load_backend", "compile", "BUILTINS", "ALIASES"]
+__all__ = ["backends", "available_backends", "framework_backends", "framework_modules", "resolve", "load_backend",
+           "compile", "BUILTINS", "ALIASES"]
 
-#: name -> (class path, packages that must be importable, pip extra)
-BUILTINS: dict[str, tuple[str, tuple[str, ...], str]] = {
-    "numpy": ("deferinit.adapters.numpy:NumpyModel", ("numpy",), ""),
-    "torch": ("deferinit.adapters.torch:TorchModel", ("torch",), "torch"),
-    "tensorflow": ("deferinit.adapters.tensorflow:KerasModel", ("tensorflow", "keras"), "tensorflow"),
-    "jax": ("deferinit.adapters.jax:FlaxModel", ("jax", "flax"), "jax"),
-    "mxnet": ("deferinit.adapters.mxnet:GluonModel", ("mxnet",), "mxnet"),
+#: THE list of built-in backends, one line each, in the order reports and tables show them: name -> (class path,
+#: packages that must be importable, pip extra, other names users type). The noxfile, the test selection, the
+#: parity matrix, the CLI and the benchmarks read it; what a backend's virtualenv needs is in the first lines of
+#: its backends/<name>.txt (``# env: shared|own``, ``# python: ...``).
+BUILTINS: dict[str, tuple[str, tuple[str, ...], str, tuple[str, ...]]] = {
+    "numpy": ("deferinit.adapters.numpy:NumpyModel", ("numpy",), "", ("reference", "np")),
+    "torch": ("deferinit.adapters.torch:TorchModel", ("torch",), "torch", ("pytorch",)),
+    "tensorflow": ("deferinit.adapters.tensorflow:KerasModel", ("tensorflow", "keras"), "tensorflow", ("tf", "keras")),
+    "jax": ("deferinit.adapters.jax:FlaxModel", ("jax", "flax"), "jax", ("flax",)),
+    "mxnet": ("deferinit.adapters.mxnet:GluonModel", ("mxnet",), "mxnet", ("gluon",)),
 }
-ALIASES = {"pytorch": "torch", "tf": "tensorflow", "keras": "tensorflow", "flax": "jax", "gluon": "mxnet",
-           "reference": "numpy", "np": "numpy"}
+#: alias -> backend name
+ALIASES = {alias: name for name, (*_, aliases) in BUILTINS.items() for alias in aliases}
+#: the framework-free reference: every other built-in compiles through a deep-learning framework
+REFERENCE = "numpy"
 GROUP = "deferinit.backends"
 
 
@@ -40,8 +46,18 @@ def _entry_points() -> dict[str, str]:
 
 
 def backends() -> list[str]:
-    """Every registered backend name: the built-ins (numpy, torch, tensorflow, jax, mxnet), then plugins."""
+    """Every registered backend name: the built-ins (in :data:`BUILTINS` order), then plugins."""
     return list(BUILTINS) + sorted(_entry_points())
+
+
+def framework_backends() -> list[str]:
+    """The built-in backends that run a deep-learning framework (all but the NumPy reference), in table order."""
+    return [name for name in BUILTINS if name != REFERENCE]
+
+
+def framework_modules() -> list[str]:
+    """Top-level modules of every built-in framework (``torch``, ``keras``...): for checks that none was imported."""
+    return [pkg for name in framework_backends() for pkg in BUILTINS[name][1]]
 
 
 def _installed(packages: tuple[str, ...]) -> bool:
@@ -53,7 +69,7 @@ def _installed(packages: tuple[str, ...]) -> bool:
 
 def available_backends() -> list[str]:
     """The registered backends whose frameworks are installed (found without importing them)."""
-    names = [name for name, (_, pkgs, _) in BUILTINS.items() if _installed(pkgs)]
+    names = [name for name, (_, pkgs, *_) in BUILTINS.items() if _installed(pkgs)]
     for name, value in sorted(_entry_points().items()):
         if _installed((value.split(":")[0].split(".")[0],)):
             names.append(name)
@@ -75,7 +91,7 @@ def load_backend(name: Any) -> type:
     """The compiled-model class of a backend, importing its framework now."""
     key = resolve(name)
     if key in BUILTINS:
-        target, packages, extra = BUILTINS[key]
+        target, packages, extra, _ = BUILTINS[key]
     else:
         target, packages, extra = _entry_points()[key], (), ""
     hint = f"pip install 'deferinit[{extra}]' (or: pip install -r backends/{key}.txt)" if extra else ""
