@@ -3,25 +3,48 @@
 The safetensors format is small enough to implement here (an 8-byte little-endian header length, a JSON
 header of ``name -> {dtype, shape, data_offsets}``, then the raw little-endian bytes), which keeps the core
 free of any dependency but NumPy; files are interchangeable with the ``safetensors`` package's.
+
+Reading trusts nothing a file declares (see :mod:`deferinit.weights_read`); writing converts and checks every
+value first and replaces the file only once it is complete.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import struct
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import IO, Any, Callable, Mapping
 
 import numpy as np
 
 from .errors import DTypeError, WeightsError
+from .weights_read import _ST_DTYPES, read_npz, read_safetensors
 
 __all__ = ["save_weights", "load_weights"]
 
-_ST_DTYPES = {"F16": "<f2", "F32": "<f4", "F64": "<f8", "I8": "i1", "I16": "<i2", "I32": "<i4", "I64": "<i8",
-              "U8": "u1", "BF16": None}
-_ST_NAMES = {np.dtype(v).str: k for k, v in _ST_DTYPES.items() if v}
+_ST_NAMES = {np.dtype(v).str: k for k, v in _ST_DTYPES.items()}
+
+
+# ------------------------------------------------------------------------------------------------ writing
+def _as_array(name: str, value: Any) -> np.ndarray:
+    try:
+        if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor, maybe requiring grad or on a GPU
+            value = value.detach().cpu()
+        elif hasattr(value, "asnumpy"):  # an MXNet NDArray (np.asarray gives an object array)
+            value = value.asnumpy()
+        arr = np.asarray(value)
+    except MemoryError:
+        raise
+    except Exception as exc:  # whatever a foreign object's __array__ raises
+        raise DTypeError(f"save_weights: parameter '{name}' expected an array of real numbers, received a "
+                         f"{type(value).__name__} that numpy cannot convert ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+    if arr.dtype.kind not in "fiu":
+        raise DTypeError(f"save_weights: parameter '{name}' expected real numbers, received dtype {arr.dtype} "
+                         f"(from a {type(value).__name__})")
+    return arr if arr.flags.c_contiguous else arr.copy(order="C")  # ascontiguousarray would make 0-d arrays 1-d
 
 
 def _arrays(weights: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -31,107 +54,92 @@ def _arrays(weights: Mapping[str, Any]) -> dict[str, np.ndarray]:
     for name, value in weights.items():
         if not isinstance(name, str) or not name:
             raise WeightsError(f"save_weights: expected non-empty string names, received {name!r}")
-        arr = np.asarray(value)
-        if arr.dtype.kind not in "fiu":
-            raise DTypeError(f"save_weights: parameter '{name}' expected real numbers, received dtype {arr.dtype.name}")
-        out[name] = np.ascontiguousarray(arr)
+        out[name] = _as_array(name, value)
     return out
+
+
+def _write_npz(fh: IO[bytes], arrays: Mapping[str, np.ndarray]) -> None:
+    # what np.savez does, without its keyword arguments: a weight named 'file' or 'allow_pickle' would collide
+    with zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, arr in arrays.items():
+            with zf.open(name + ".npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, arr, allow_pickle=False)
+
+
+def _safetensors_writer(path: Path, arrays: Mapping[str, np.ndarray]) -> Callable[[IO[bytes]], None]:
+    header: dict[str, Any] = {"__metadata__": {"format": "deferinit"}}
+    offset, blobs = 0, []
+    for name, arr in arrays.items():
+        if name == "__metadata__":
+            raise WeightsError(f"{path}: '__metadata__' is reserved in safetensors files; rename that parameter")
+        le = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+        if le.dtype.str not in _ST_NAMES:
+            raise DTypeError(f"{path}: parameter '{name}' has dtype {arr.dtype}, which safetensors cannot store; "
+                             f"cast it (float32, float64) or save as .npz")
+        header[name] = {"dtype": _ST_NAMES[le.dtype.str], "shape": list(arr.shape),
+                        "data_offsets": [offset, offset + le.nbytes]}
+        offset += le.nbytes
+        blobs.append(le)
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+
+    def write(fh: IO[bytes]) -> None:
+        fh.write(struct.pack("<Q", len(raw)))
+        fh.write(raw)
+        for blob in blobs:
+            fh.write(blob.reshape(-1).view(np.uint8).data)
+
+    return write
+
+
+def _write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write to a temporary file beside ``path`` and rename it: a failure never leaves half a weight file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise WeightsError(f"{path}: could not write the weight file ({exc.strerror or exc})") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def save_weights(path: str | Path, weights: Mapping[str, Any]) -> Path:
-    """Write canonical weights to ``.npz`` or ``.safetensors`` (chosen by suffix)."""
+    """Write canonical weights to ``.npz`` or ``.safetensors`` (chosen by suffix). Values may be numpy arrays or
+    any framework's tensors; every value is converted and checked before the file is written."""
     path = Path(path)
-    arrays = _arrays(weights)
     suffix = path.suffix.lower()
-    if suffix == ".npz":
-        with open(path, "wb") as fh:
-            np.savez(fh, **arrays)
-    elif suffix == ".safetensors":
-        header: dict[str, Any] = {"__metadata__": {"format": "deferinit"}}
-        offset, blobs = 0, []
-        for name, arr in arrays.items():
-            le = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
-            data = le.tobytes()
-            header[name] = {"dtype": _ST_NAMES[le.dtype.str], "shape": list(arr.shape),
-                            "data_offsets": [offset, offset + len(data)]}
-            offset += len(data)
-            blobs.append(data)
-        raw = json.dumps(header, separators=(",", ":")).encode()
-        raw += b" " * (-len(raw) % 8)
-        with open(path, "wb") as fh:
-            fh.write(struct.pack("<Q", len(raw)))
-            fh.write(raw)
-            for blob in blobs:
-                fh.write(blob)
-    else:
+    if suffix not in (".npz", ".safetensors"):
         raise WeightsError(f"{path}: expected a .npz or .safetensors suffix, received {suffix or '(none)'!r}")
+    arrays = _arrays(weights)
+    _write_atomic(path, (lambda fh: _write_npz(fh, arrays)) if suffix == ".npz" else _safetensors_writer(path, arrays))
     return path
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if not isinstance(data, np.lib.npyio.NpzFile):
-                raise WeightsError(f"{path}: expected an .npz archive, received a single .npy array")
-            return {name: data[name] for name in data.files}
-    except WeightsError:
-        raise
-    except (zipfile.BadZipFile, EOFError) as exc:
-        raise WeightsError(f"{path}: expected a complete .npz archive, received a damaged or truncated file "
-                           f"({exc})") from None
-    except ValueError as exc:  # pickled object arrays, bad .npy headers
-        raise WeightsError(f"{path}: expected plain numeric arrays, received content numpy refuses to read "
-                           f"without pickle ({exc})") from None
-    except OSError as exc:
-        raise WeightsError(f"{path}: expected an .npz weight file, received a file that is not one "
-                           f"({exc.strerror or exc})") from None
 
+def load_weights(path: str | Path, *, expected: Mapping[str, Any] | None = None,
+                 max_bytes: int | None = None) -> dict[str, np.ndarray]:
+    """Read canonical weights from ``.npz`` or ``.safetensors``. Never unpickles anything.
 
-def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    raw = path.read_bytes()
-    if len(raw) < 8:
-        raise WeightsError(f"{path}: expected a safetensors header length at byte 0, received {len(raw)} bytes")
-    (n,) = struct.unpack("<Q", raw[:8])
-    if n > len(raw) - 8:
-        raise WeightsError(f"{path}: expected a {n}-byte header at byte 8, received a file of {len(raw)} bytes "
-                           f"(truncated, or not a safetensors file)")
-    try:
-        header = json.loads(raw[8:8 + n])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WeightsError(f"{path}: expected a JSON header at byte 8, received bytes that are not JSON ({exc})") from None
-    if not isinstance(header, dict):
-        raise WeightsError(f"{path}: expected a JSON object header at byte 8, received {type(header).__name__}")
-    body = raw[8 + n:]
-    out = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype = _ST_DTYPES[entry["dtype"]]
-            shape = tuple(int(d) for d in entry["shape"])
-            start, end = (int(v) for v in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise WeightsError(f"{path}: tensor '{name}' expected dtype, shape and data_offsets, received "
-                               f"{entry!r} ({type(exc).__name__})") from None
-        if dtype is None:
-            raise DTypeError(f"{path}: tensor '{name}' has dtype {entry['dtype']}, which deferinit does not read")
-        size = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        if not 0 <= start <= end <= len(body) or end - start != size:
-            raise WeightsError(f"{path}: tensor '{name}' expected {size} bytes at offsets [{start}, {end}) of a "
-                               f"{len(body)}-byte data section, received a truncated or inconsistent file")
-        out[name] = np.frombuffer(body[start:end], dtype=dtype).reshape(shape).astype(np.dtype(dtype).newbyteorder("="))
-    return out
-
-
-def load_weights(path: str | Path) -> dict[str, np.ndarray]:
-    """Read canonical weights from ``.npz`` or ``.safetensors``. Never unpickles anything."""
+    ``expected`` (name -> shape): the file must hold exactly these tensors with these shapes, checked from the
+    file's headers before any tensor is read. ``max_bytes``: the most tensor data to read (default: 80% of the
+    memory available); a file declaring more is refused before anything is allocated.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: expected an existing weight file, received a path that "
-                           f"{'is a directory' if path.is_dir() else 'does not exist'}")
+    if max_bytes is not None and (not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 0):
+        raise WeightsError(f"load_weights: max_bytes expected a non-negative int, received {max_bytes!r}")
+    if expected is not None:
+        try:
+            expected = {name: tuple(int(d) for d in shape) for name, shape in expected.items()}
+        except (AttributeError, TypeError, ValueError):
+            raise WeightsError(f"load_weights: expected= expected a mapping of names to shapes, received "
+                               f"{str(expected)[:200]}") from None
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        return _read_npz(path)
+        return read_npz(path, expected, max_bytes)
     if suffix == ".safetensors":
-        return _read_safetensors(path)
+        return read_safetensors(path, expected, max_bytes)
     raise WeightsError(f"{path}: expected a .npz or .safetensors weight file, received suffix {suffix or '(none)'!r}")

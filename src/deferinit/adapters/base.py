@@ -262,7 +262,9 @@ class CompiledModel(Generic[N]):
             if isinstance(weights, (str, os.PathLike)):
                 from ..weights import load_weights as read
 
-                weights = read(weights)
+                # known shapes let the reader refuse a wrong or oversized tensor from its header, before reading it
+                known = self._report is not None and not self._abstract
+                weights = read(weights, expected=self._fixed if known else None)
             if self._report is None or self._abstract:
                 shape = input_shape if input_shape is not None else self._input_shape_from(weights)
                 dtype = self._default_dtype()
