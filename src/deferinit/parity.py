@@ -7,10 +7,12 @@ Two ways to use it:
   (BatchNorm statistics) and gradients.
 * Across processes (MXNet cannot share a virtualenv with TensorFlow or JAX): :func:`make_artifact` writes one
   ``.npz`` per backend (report, initial and loaded weights, input, outputs, intermediates, gradients,
-  training-mode statistics), and :func:`compare_artifacts` compares artifacts made anywhere. Artifacts made
-  from a reference artifact (``source=``) reuse its input and weights, so nothing depends on random streams
-  agreeing across NumPy versions; the portable initializers' own bit-identity is checked separately
-  (``init_identical``).
+  training-mode statistics; see :mod:`deferinit.parity_artifacts`), and :func:`compare_artifacts` compares
+  artifacts made anywhere. Artifacts made from a reference artifact (``source=``) reuse its input and
+  weights, so nothing depends on random streams agreeing across NumPy versions; the portable initializers'
+  own bit-identity is checked separately (``init_identical``).
+
+A comparison that compared nothing (only the reference) fails, and a column not compared shows ``-``.
 
 Errors are measured as ``max |a - b|`` and ``max |a - b| / (atol/rtol + |b|)``; a value passes when
 ``|a - b| <= atol + rtol * |b|`` (numpy's ``allclose``). Defaults (atol 1e-5, rtol 1e-4) suit float32 nets of
@@ -20,177 +22,34 @@ the README for measured values.
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .errors import ShapeMismatchError, SpecError, WeightsError
-from .report import ShapeReport
+from .errors import SpecError
+from .parity_artifacts import FORMAT, GRAD_SAMPLE, Artifact, load_artifact, make_artifact, save_artifact
 from .spec import LazyModel
 
 __all__ = ["parity", "make_artifact", "save_artifact", "load_artifact", "compare_artifacts", "ParityReport", "BackendParity",
-           "Artifact", "DEFAULT_ATOL", "DEFAULT_RTOL"]
+           "Artifact", "DEFAULT_ATOL", "DEFAULT_RTOL", "FORMAT", "GRAD_SAMPLE"]
 
 DEFAULT_ATOL = 1e-5
 DEFAULT_RTOL = 1e-4
-FORMAT = "deferinit.parity"
-
-
-# ------------------------------------------------------------------------------------------------ artifacts
-@dataclass
-class Artifact:
-    """Everything one backend produced for one spec and input."""
-
-    backend: str
-    spec: dict
-    report: ShapeReport
-    input: np.ndarray
-    init: dict[str, str]                 # sha256 of each weight after apply_init(init, key) on this backend
-    weights: dict[str, np.ndarray]       # the weights every backend ran with (stored by the reference only)
-    output: np.ndarray
-    intermediates: dict[str, np.ndarray]
-    gradients: dict[str, np.ndarray] = field(default_factory=dict)
-    train_output: np.ndarray | None = None
-    train_state: dict[str, np.ndarray] = field(default_factory=dict)  # non-trainable params after one step
-    meta: dict = field(default_factory=dict)
-
-
-def _input_for(spec: LazyModel, shape: Sequence[int], seed: int, dtype: str) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    if np.dtype(dtype).kind in "iu":
-        from .shapes import plan
-
-        first = next(plan(spec).leaves())
-        high = getattr(first.layer, "num_embeddings", 10)
-        return rng.integers(0, high, size=tuple(shape)).astype(dtype)
-    return rng.standard_normal(tuple(shape)).astype(np.float32)
-
-
-def make_artifact(spec: LazyModel, backend: str, x: Any = None, *, input_shape: Sequence[int] | None = None,
-                  seed: int = 0, dtype: str = "float32", init: Any = "xavier_uniform", key: int = 0,
-                  source: Artifact | None = None, training: bool = True, gradients: bool = True) -> Artifact:
-    """Run ``spec`` on ``backend`` and record what the parity check compares.
-
-    With ``source`` (usually the numpy reference's artifact), its input and weights are used; otherwise the
-    input is ``x`` or drawn from ``seed``, and the weights are this backend's own portable initialization.
-    """
-    from .registry import compile, resolve
-
-    backend = resolve(backend)
-    if source is not None:
-        x = source.input
-    elif x is None:
-        if input_shape is None:
-            raise SpecError("parity: expected an input array or input_shape, received neither")
-        x = _input_for(spec, input_shape, seed, dtype)
-    x = np.asarray(x)
-    if x.dtype.kind == "f":
-        x = x.astype(np.float32)
-        if not np.isfinite(x).all():
-            raise ShapeMismatchError("parity: the input expected finite values, received NaN/inf "
-                                     "(comparisons of non-finite outputs are meaningless)")
-    model = compile(spec, backend)
-    report = model.apply_init(x, init=init, key=key)
-    initial = model.export_weights()
-    digests = {name: _digest(arr) for name, arr in initial.items()}
-    weights = source.weights if source is not None else initial
-    del initial
-    model.load_weights(weights)
-    out = np.asarray(model.to_numpy(model(x)), dtype=np.float32)
-    inter = {k: np.asarray(v, dtype=np.float32) for k, v in model.intermediates(x).items()}
-    grads: dict[str, np.ndarray] = {}
-    if gradients and backend != "numpy":
-        grads = {k: _sample(k, np.asarray(v, dtype=np.float32)) for k, v in model.gradients(x).items()}
-    train_out, train_state = None, {}
-    from .layers import Dropout
-    from .shapes import plan
-
-    if any(isinstance(n.layer, Dropout) and n.layer.rate > 0 for n in plan(spec).walk()):
-        training = False  # dropout masks come from each framework's own random stream: not comparable
-    if training:
-        model.load_weights(weights)
-        train_out = np.asarray(model.to_numpy(model(x, training=True)), dtype=np.float32)
-        after = model.export_weights()
-        train_state = {n: after[n] for n, p in report.params.items() if not p.trainable}
-    return Artifact(backend, spec.to_dict(), report, x, digests, dict(weights) if source is None else {}, out, inter,
-                    grads, train_out, train_state, {"init": str(init), "key": key, "seed": seed})
-
-
-GRAD_SAMPLE = 65536
-
-
-def _digest(arr: np.ndarray) -> str:
-    import hashlib
-
-    a = np.ascontiguousarray(arr, dtype=np.float32)
-    return hashlib.sha256(a.tobytes() + str(a.shape).encode()).hexdigest()
-
-
-def _sample(name: str, grad: np.ndarray) -> np.ndarray:
-    """Gradients of big parameters are compared on a fixed sample of entries (the same on every backend),
-    so artifacts of VGG-sized models stay small."""
-    flat = grad.reshape(-1)
-    if flat.size <= GRAD_SAMPLE:
-        return grad
-    import zlib
-
-    idx = np.random.default_rng(zlib.crc32(name.encode())).choice(flat.size, GRAD_SAMPLE, replace=False)
-    return flat[np.sort(idx)]
-
-
-def save_artifact(art: Artifact, path: str | Path) -> Path:
-    path = Path(path)
-    arrays: dict[str, np.ndarray] = {"input": art.input, "output": art.output}
-    for prefix, group in (("weights", art.weights), ("inter", art.intermediates),
-                          ("grad", art.gradients), ("train_state", art.train_state)):
-        for name, arr in group.items():
-            arrays[f"{prefix}/{name}"] = np.asarray(arr)
-    if art.train_output is not None:
-        arrays["train_output"] = art.train_output
-    meta = {"format": FORMAT, "version": 1, "backend": art.backend, "spec": art.spec,
-            "report": art.report.to_dict(), "inter_order": list(art.intermediates), "meta": art.meta,
-            "init": art.init}
-    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as fh:
-        np.savez(fh, **arrays)
-    return path
-
-
-def load_artifact(path: str | Path) -> Artifact:
-    from .weights import _read_npz
-
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: expected a parity artifact (.npz), received a path that does not exist")
-    data = _read_npz(path)
-    try:
-        meta = json.loads(bytes(data.pop("__meta__")).decode())
-    except (KeyError, UnicodeDecodeError, json.JSONDecodeError):
-        raise WeightsError(f"{path}: expected a deferinit parity artifact, received an .npz without its header") from None
-    if meta.get("format") != FORMAT:
-        raise WeightsError(f"{path}: expected format {FORMAT!r}, received {meta.get('format')!r}")
-    groups: dict[str, dict[str, np.ndarray]] = {"weights": {}, "inter": {}, "grad": {}, "train_state": {}}
-    for key, arr in data.items():
-        prefix, _, name = key.partition("/")
-        if prefix in groups and name:
-            groups[prefix][name] = arr
-    inter = {k: groups["inter"][k] for k in meta["inter_order"] if k in groups["inter"]}
-    return Artifact(meta["backend"], meta["spec"], ShapeReport.from_dict(meta["report"]), data["input"],
-                    dict(meta.get("init", {})), groups["weights"], data["output"], inter, groups["grad"],
-                    data.get("train_output"), groups["train_state"], meta.get("meta", {}))
 
 
 # ------------------------------------------------------------------------------------------------ comparison
 def _errors(a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> tuple[float, float, bool]:
-    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a64.shape != b64.shape:
-        return float("inf"), float("inf"), False
-    if a64.size == 0:
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape or a.dtype.kind not in "fiu" or b.dtype.kind not in "fiu":
+        return float("inf"), float("inf"), False  # complex would be cast to its real part: equal by accident
+    if a.size == 0:
         return 0.0, 0.0, True
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    if not (np.isfinite(a64).all() and np.isfinite(b64).all()):
+        return float("nan"), float("nan"), False  # NaN == NaN is no agreement
     diff = np.abs(a64 - b64)
     rel = diff / (np.abs(b64) + atol / max(rtol, 1e-30))
     ok = bool(np.all(diff <= atol + rtol * np.abs(b64)))
@@ -229,19 +88,31 @@ class ParityReport:
     rtol: float
     results: dict[str, BackendParity]
     grad_anchor: str | None = None
+    note: str = ""  # why nothing was compared, when nothing was
 
     @property
     def passed(self) -> bool:
-        return all(r.passed for r in self.results.values())
+        """Every backend agrees with the reference, and there was at least one to compare: a comparison that
+        compared nothing proves nothing."""
+        return bool(self.results) and all(r.passed for r in self.results.values())
+
+    @property
+    def grads_compared(self) -> bool:
+        return any(r.grad_ok is not None for r in self.results.values())
 
     def failures(self) -> list[str]:
+        if not self.results:
+            return [f"nothing was compared with the {self.reference} reference: "
+                    + (self.note or "no other backend's result was given")]
         lines = []
         for name, r in self.results.items():
             if not r.shapes_equal:
                 lines.append(f"{name}: shape report differs: {'; '.join(r.shape_diff)}")
             if not r.ok:
                 where = f" first at layer '{r.first_divergence}'" if r.first_divergence else ""
-                lines.append(f"{name}: output differs from {self.reference} by {r.max_abs:.3g}{where}")
+                how = "holds NaN/inf values (this backend's or the reference's)" if math.isnan(r.max_abs) else \
+                    f"differs from {self.reference} by {r.max_abs:.3g}"
+                lines.append(f"{name}: output {how}{where}")
             if r.init_identical is False:
                 lines.append(f"{name}: portable initialization is not bit-identical to {self.reference}")
             if r.train_ok is False:
@@ -253,7 +124,8 @@ class ParityReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"reference": self.reference, "atol": self.atol, "rtol": self.rtol, "grad_anchor": self.grad_anchor,
-                "passed": self.passed, "results": {k: vars(v) | {"passed": v.passed} for k, v in self.results.items()}}
+                "passed": self.passed, "failures": self.failures(),
+                "results": {k: vars(v) | {"passed": v.passed} for k, v in self.results.items()}}
 
     def __str__(self) -> str:
         head = ["backend", "max abs err", "max rel err", "first divergent layer", "init bits", "train step",
@@ -266,9 +138,12 @@ class ParityReport:
                          "-" if r.grad_max_abs is None else f"{r.grad_max_abs:.2e}",
                          "ok" if r.passed else "FAIL"])
         widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-        lines = [f"Parity against {self.reference} (atol {self.atol:g}, rtol {self.rtol:g}"
-                 + (f"; gradients against {self.grad_anchor}" if self.grad_anchor else "") + ")"]
+        grads = "" if not self.grad_anchor else f"; gradients against {self.grad_anchor}" if self.grads_compared \
+            else f"; gradients: only {self.grad_anchor} recorded them, not compared"
+        lines = [f"Parity against {self.reference} (atol {self.atol:g}, rtol {self.rtol:g}{grads})"]
         lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+        if not self.results:
+            lines.append("(nothing compared: " + (self.note or "no other backend's result was given") + ")")
         return "\n".join(lines)
 
 
@@ -313,20 +188,21 @@ def compare_artifacts(artifacts: Iterable[Artifact | str | Path], *, atol: float
             errs = [_errors(a.train_output, ref.train_output, atol, rtol)]
             errs += [_errors(a.train_state[k], ref.train_state[k], atol, rtol) for k in ref.train_state
                      if k in a.train_state]
-            res.train_max_abs = max(e[0] for e in errs)
+            res.train_max_abs = max((e[0] for e in errs), key=lambda v: math.inf if math.isnan(v) else v)
             res.train_ok = all(e[2] for e in errs) and set(a.train_state) == set(ref.train_state)
         if anchor is not None and a.gradients and a is not anchor:
             worst, worst_err, all_ok = None, 0.0, set(a.gradients) == set(anchor.gradients)
             for k, g in anchor.gradients.items():
                 err, _, g_ok = _errors(a.gradients.get(k, np.full_like(g, np.inf)), g, gtol, rtol * 10)
                 all_ok &= g_ok
-                if err >= worst_err:
+                if err >= worst_err or math.isnan(err):
                     worst, worst_err = k, err
             res.grad_max_abs, res.grad_ok, res.grad_worst = worst_err, all_ok, worst
-        elif a is anchor:
-            res.grad_max_abs, res.grad_ok = 0.0, True
+        # the anchor's own gradients are compared with nothing here: its column stays '-', not a made-up 0
         results[a.backend] = res
-    return ParityReport("numpy", atol, rtol, results, anchor.backend if anchor else None)
+    note = "" if results else f"only the {ref.backend} reference artifact was given; add artifacts of other " \
+                              f"backends (deferinit parity run SPEC --backend NAME --from REFERENCE.npz)"
+    return ParityReport("numpy", atol, rtol, results, anchor.backend if anchor else None, note)
 
 
 def parity(spec: LazyModel, dummy_input: Any, backends: Sequence[str] | None = None, *, key: int = 0,
@@ -346,4 +222,11 @@ def parity(spec: LazyModel, dummy_input: Any, backends: Sequence[str] | None = N
         ref = make_artifact(spec, "numpy", dummy_input, init=init, key=key, training=training)
     arts = [ref] + [make_artifact(spec, n, source=ref, init=init, key=key, training=training, gradients=gradients)
                     for n in names]
-    return compare_artifacts(arts, atol=atol, rtol=rtol)
+    result = compare_artifacts(arts, atol=atol, rtol=rtol)
+    if not names:
+        from .registry import framework_backends
+
+        result.note = (f"backends={list(backends)!r} names no framework backend" if backends is not None else
+                       f"no framework backend is installed here (of {', '.join(framework_backends())}); install "
+                       f"one, e.g. pip install 'deferinit[torch]'")
+    return result

@@ -1,0 +1,205 @@
+"""Parity artifacts: everything one backend produced for one spec and input, written and read as plain ``.npz``.
+
+An artifact made from a reference artifact (``source=``) reuses its input and weights, so nothing depends on
+random streams agreeing across NumPy versions or virtualenvs. Reading one checks its header field by field:
+artifacts travel between machines and virtualenvs, so a damaged or foreign one is a :class:`WeightsError`
+naming the file and the field, never a ``KeyError`` later.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import DTypeError, ShapeMismatchError, SpecError, WeightsError
+from .report import ShapeReport
+from .spec import LazyModel
+
+__all__ = ["Artifact", "make_artifact", "save_artifact", "load_artifact", "FORMAT", "GRAD_SAMPLE"]
+
+FORMAT = "deferinit.parity"
+
+
+@dataclass
+class Artifact:
+    """Everything one backend produced for one spec and input."""
+
+    backend: str
+    spec: dict
+    report: ShapeReport
+    input: np.ndarray
+    init: dict[str, str]                 # sha256 of each weight after apply_init(init, key) on this backend
+    weights: dict[str, np.ndarray]       # the weights every backend ran with (stored by the reference only)
+    output: np.ndarray
+    intermediates: dict[str, np.ndarray]
+    gradients: dict[str, np.ndarray] = field(default_factory=dict)
+    train_output: np.ndarray | None = None
+    train_state: dict[str, np.ndarray] = field(default_factory=dict)  # non-trainable params after one step
+    meta: dict = field(default_factory=dict)
+
+
+def _input_for(spec: LazyModel, shape: Sequence[int], seed: int, dtype: str) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if np.dtype(dtype).kind in "iu":
+        from .shapes import plan
+
+        first = next(plan(spec).leaves())
+        high = getattr(first.layer, "num_embeddings", 10)
+        return rng.integers(0, high, size=tuple(shape)).astype(dtype)
+    return rng.standard_normal(tuple(shape)).astype(np.float32)
+
+
+def make_artifact(spec: LazyModel, backend: str, x: Any = None, *, input_shape: Sequence[int] | None = None,
+                  seed: int = 0, dtype: str = "float32", init: Any = "xavier_uniform", key: int = 0,
+                  source: Artifact | None = None, training: bool = True, gradients: bool = True) -> Artifact:
+    """Run ``spec`` on ``backend`` and record what the parity check compares.
+
+    With ``source`` (usually the numpy reference's artifact), its input and weights are used; otherwise the
+    input is ``x`` or drawn from ``seed``, and the weights are this backend's own portable initialization.
+    """
+    from .registry import compile, resolve
+
+    backend = resolve(backend)
+    if source is not None:
+        x = source.input
+    elif x is None:
+        if input_shape is None:
+            raise SpecError("parity: expected an input array or input_shape, received neither")
+        x = _input_for(spec, input_shape, seed, dtype)
+    x = np.asarray(x)
+    if x.dtype.kind == "f":
+        x = x.astype(np.float32)
+        if not np.isfinite(x).all():
+            raise ShapeMismatchError("parity: the input expected finite values, received NaN/inf "
+                                     "(comparisons of non-finite outputs are meaningless)")
+    model = compile(spec, backend)
+    report = model.apply_init(x, init=init, key=key)
+    initial = model.export_weights()
+    digests = {name: _digest(arr) for name, arr in initial.items()}
+    weights = source.weights if source is not None else initial
+    del initial
+    model.load_weights(weights)
+    out = np.asarray(model.to_numpy(model(x)), dtype=np.float32)
+    inter = {k: np.asarray(v, dtype=np.float32) for k, v in model.intermediates(x).items()}
+    grads: dict[str, np.ndarray] = {}
+    if gradients and backend != "numpy":
+        grads = {k: _sample(k, np.asarray(v, dtype=np.float32)) for k, v in model.gradients(x).items()}
+    train_out, train_state = None, {}
+    from .layers import Dropout
+    from .shapes import plan
+
+    if any(isinstance(n.layer, Dropout) and n.layer.rate > 0 for n in plan(spec).walk()):
+        training = False  # dropout masks come from each framework's own random stream: not comparable
+    if training:
+        model.load_weights(weights)
+        train_out = np.asarray(model.to_numpy(model(x, training=True)), dtype=np.float32)
+        after = model.export_weights()
+        train_state = {n: after[n] for n, p in report.params.items() if not p.trainable}
+    return Artifact(backend, spec.to_dict(), report, x, digests, dict(weights) if source is None else {}, out, inter,
+                    grads, train_out, train_state, {"init": str(init), "key": key, "seed": seed})
+
+
+GRAD_SAMPLE = 65536
+
+
+def _digest(arr: np.ndarray) -> str:
+    import hashlib
+
+    a = np.ascontiguousarray(arr, dtype=np.float32)
+    return hashlib.sha256(a.tobytes() + str(a.shape).encode()).hexdigest()
+
+
+def _sample(name: str, grad: np.ndarray) -> np.ndarray:
+    """Gradients of big parameters are compared on a fixed sample of entries (the same on every backend),
+    so artifacts of VGG-sized models stay small."""
+    flat = grad.reshape(-1)
+    if flat.size <= GRAD_SAMPLE:
+        return grad
+    import zlib
+
+    idx = np.random.default_rng(zlib.crc32(name.encode())).choice(flat.size, GRAD_SAMPLE, replace=False)
+    return flat[np.sort(idx)]
+
+
+def save_artifact(art: Artifact, path: str | Path) -> Path:
+    from .weights import _write_atomic, _write_npz
+
+    path = Path(path)
+    arrays: dict[str, np.ndarray] = {"input": art.input, "output": art.output}
+    for prefix, group in (("weights", art.weights), ("inter", art.intermediates),
+                          ("grad", art.gradients), ("train_state", art.train_state)):
+        for name, arr in group.items():
+            arrays[f"{prefix}/{name}"] = np.asarray(arr)
+    if art.train_output is not None:
+        arrays["train_output"] = art.train_output
+    meta = {"format": FORMAT, "version": 1, "backend": art.backend, "spec": art.spec,
+            "report": art.report.to_dict(), "inter_order": list(art.intermediates), "meta": art.meta,
+            "init": art.init}
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, lambda fh: _write_npz(fh, arrays))
+    return path
+
+
+# header field -> (type, required): what save_artifact writes
+_FIELDS = {"format": (str, True), "version": (int, True), "backend": (str, True), "spec": (dict, True),
+           "report": (dict, True), "inter_order": (list, True), "meta": (dict, False), "init": (dict, False)}
+
+
+def _header(path: Path, data: dict[str, np.ndarray]) -> dict:
+    raw = data.pop("__meta__", None)
+    meta = None
+    if raw is not None and raw.dtype == np.uint8 and raw.ndim == 1:
+        try:
+            meta = json.loads(raw.tobytes().decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            pass
+    if not isinstance(meta, dict):
+        raise WeightsError(f"{path}: expected a deferinit parity artifact, received an .npz without its JSON header "
+                           f"('__meta__')")
+    if meta.get("format") != FORMAT:
+        raise WeightsError(f"{path}: expected format {FORMAT!r}, received {meta.get('format')!r}")
+    for key, (kind, required) in _FIELDS.items():
+        if (required or key in meta) and (not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool)):
+            raise WeightsError(f"{path}: header field '{key}' expected a {kind.__name__}, received "
+                               f"{str(meta.get(key, '(nothing)'))[:100]}")
+    if meta["version"] != 1:
+        raise WeightsError(f"{path}: expected artifact version 1, received version {meta['version']}")
+    if not all(isinstance(k, str) for k in meta["inter_order"]) or \
+            not all(isinstance(v, str) for v in meta.get("init", {}).values()):
+        raise WeightsError(f"{path}: header fields 'inter_order' and 'init' expected strings, received "
+                           f"{str(meta['inter_order'])[:100]}, {str(meta.get('init'))[:100]}")
+    return meta
+
+
+def load_artifact(path: str | Path) -> Artifact:
+    """Read an artifact written by :func:`save_artifact` (anywhere): every header field and array is checked."""
+    from .weights_read import read_npz
+
+    path = Path(path)
+    data = read_npz(path)
+    meta = _header(path, data)
+    try:
+        report = ShapeReport.from_dict(meta["report"])
+    except SpecError as exc:
+        raise WeightsError(f"{path}: header field 'report': {exc}") from None
+    missing = [key for key in ("input", "output") if key not in data]
+    if missing:
+        raise WeightsError(f"{path}: expected arrays 'input' and 'output' in the artifact, received no "
+                           f"{' or '.join(repr(k) for k in missing)}")
+    for key in ("output", "train_output"):
+        if key in data and data[key].dtype.kind != "f":
+            raise DTypeError(f"{path}: array '{key}' expected floating-point values, received dtype {data[key].dtype}")
+    groups: dict[str, dict[str, np.ndarray]] = {"weights": {}, "inter": {}, "grad": {}, "train_state": {}}
+    for key, arr in data.items():
+        prefix, _, name = key.partition("/")
+        if prefix in groups and name:
+            groups[prefix][name] = arr
+    inter = {k: groups["inter"][k] for k in meta["inter_order"] if k in groups["inter"]}
+    return Artifact(meta["backend"], meta["spec"], report, data["input"], dict(meta.get("init", {})),
+                    groups["weights"], data["output"], inter, groups["grad"], data.get("train_output"),
+                    groups["train_state"], meta.get("meta", {}))
