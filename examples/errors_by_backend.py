@@ -1,6 +1,7 @@
 """What each framework says for the lazy-initialization chapter's mismatched dimension, next to deferinit.
 
-    python examples/errors_by_backend.py            # every installed backend
+    python examples/errors_by_backend.py            # the reference, then every framework (or says it is missing)
+    python examples/errors_by_backend.py torch jax  # only these
 
 The seed MLP (Dense(256, relu), Dense(10)) is initialized on a (2, 20) batch, then called on (2, 30).
 """
@@ -67,23 +68,38 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:160]}{'...' if len(text) > 160 else ''}"
 
 
+def deferinit_error(backend: str) -> str:
+    model = di.compile(di.LazyModel([di.Dense(256, activation="relu"), di.Dense(10)]), backend)
+    model.apply_init(GOOD)
+    try:
+        model(BAD)
+    except di.DeferInitError as exc:
+        return first_line(exc)
+    return "(no error)"
+
+
 def main() -> int:
-    spec = di.LazyModel([di.Dense(256, activation="relu"), di.Dense(10)])
-    backends = sys.argv[1:] or [b for b in di.available_backends() if b != "numpy"]
-    for backend in backends:
+    from deferinit.registry import framework_backends, resolve
+
+    asked = [resolve(b) for b in sys.argv[1:]]  # an unknown name is an UnknownBackendError listing the known ones
+    frameworks = [b for b in asked if b != "numpy"] if asked else framework_backends()
+    installed = set(di.available_backends())
+    print(f"numpy (the reference, no framework)\n  deferinit: {deferinit_error('numpy')}")
+    missing = []
+    for backend in frameworks:
+        if backend not in installed:
+            missing.append(backend)
+            continue
         try:
             globals()[f"native_{backend}"]()
             native = "(no error)"
         except Exception as exc:  # whatever the framework raises
             native = first_line(exc)
-        model = di.compile(spec, backend)
-        model.apply_init(GOOD)
-        try:
-            model(BAD)
-            ours = "(no error)"
-        except di.DeferInitError as exc:
-            ours = first_line(exc)
-        print(f"{backend}\n  framework: {native}\n  deferinit: {ours}")
+        print(f"{backend}\n  framework: {native}\n  deferinit: {deferinit_error(backend)}")
+    for backend in missing:
+        print(f"{backend}\n  not installed here: pip install 'deferinit[{backend}]' (or -r backends/{backend}.txt)")
+    if missing:
+        print(f"(frameworks not installed: {', '.join(missing)}; deferinit's error is the same on every backend)")
     return 0
 
 

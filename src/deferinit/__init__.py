@@ -8,6 +8,9 @@ backend is compiled for (``deferinit.compile(spec, "torch")``). NumPy is the onl
 
 from __future__ import annotations
 
+import sys
+import types
+
 from .errors import (
     BackendError,
     BackendUnavailableError,
@@ -64,7 +67,8 @@ from .spec import Concat, Layer, LazyModel, Residual, Sequential
 # NumPy (about 90 ms to import) is needed only once data or weights are involved: these names load on first use.
 _LAZY = {"init": ("deferinit.init", None), "CompiledModel": ("deferinit.adapters.base", "CompiledModel"),
          "ShapeDtype": ("deferinit.adapters.base", "ShapeDtype"),
-         "save_weights": ("deferinit.weights", "save_weights"), "load_weights": ("deferinit.weights", "load_weights")}
+         "save_weights": ("deferinit.weights", "save_weights"), "load_weights": ("deferinit.weights", "load_weights"),
+         "parity": ("deferinit.parity", "parity")}
 
 
 def __getattr__(name: str) -> object:
@@ -82,6 +86,20 @@ def __getattr__(name: str) -> object:
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
+
+class _Package(types.ModuleType):
+    """Importing the submodule ``deferinit.parity`` makes Python bind it over the function ``deferinit.parity``
+    (the import system sets the attribute on the package after loading it): keep the function. The module's
+    names stay importable as ``from deferinit.parity import make_artifact``."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "parity" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -91,7 +109,7 @@ __all__ = [
     "RNN", "GRU", "LSTM", "MultiHeadAttention", "PositionalEncoding", "ClassToken", "PositionEmbedding", "Reshape",
     "Permute", "Scale", "Take", "OneHot",
     "infer_shapes", "compile", "backends", "available_backends", "CompiledModel", "ShapeDtype",
-    "ShapeReport", "ParamInfo", "LayerInfo", "load_spec", "save_spec", "save_weights", "load_weights", "init",
+    "ShapeReport", "ParamInfo", "LayerInfo", "load_spec", "save_spec", "save_weights", "load_weights", "init", "parity",
     "DeferInitError", "SpecError", "ShapeMismatchError", "DTypeError", "BackendUnavailableError",
     "UnknownBackendError", "NotInitializedError", "UnsupportedLayerError", "WeightsError", "BackendError",
     "ResourceError", "__version__",
