@@ -109,11 +109,18 @@ def parity(session: nox.Session) -> None:
         shutil.rmtree(out)
     matrix = str(ROOT / "tests" / "parity_matrix.py")
     session.run("python", matrix, "produce", "--backends", ",".join([REFERENCE, *shared]), "--out", str(out), env=ENV)
+    pythons = {}
     for backend in own:
         _need_python(session, backend)
-        python = _side_env(session, f"parity-{backend}", f"backends/{backend}.txt", _interpreter(backend))
+        python = pythons[backend] = _side_env(session, f"parity-{backend}", f"backends/{backend}.txt",
+                                              _interpreter(backend))
         session.run(python, matrix, "produce", "--backends", backend, "--out", str(out), env=ENV, external=True)
     session.run("python", matrix, "compare", str(out), "--expect", ",".join(BACKENDS), env=ENV)
+    # README's code blocks, verbatim: the Python one uses torch and jax together (only this virtualenv has both),
+    # the parity commands every backend's interpreter; DEFERINIT_README_ALL makes a block that cannot run an error
+    session.run("python", "-m", "pytest", "--backend", ",".join([REFERENCE, *shared]), "tests/test_readme.py",
+                env={**ENV, "DEFERINIT_README_ALL": "1",
+                     **{f"DEFERINIT_PYTHON_{b.upper()}": p for b, p in pythons.items()}})
 
 
 def _side_env(session: nox.Session, name: str, requirements: str, interpreter: str | None = None) -> str:
