@@ -178,7 +178,7 @@ def test_shape_errors_name_the_layer(spec: di.LazyModel, shape: tuple, match: st
 
 def test_dtype_errors() -> None:
     with pytest.raises(di.DTypeError, match=r"layer '0' \(Embedding\) expected integer indices"):
-        di.infer_shapes(di.LazyModel([di.Embedding(5, 2)]), (2, 3))
+        di.infer_shapes(di.LazyModel([di.Embedding(5, 2)]), (2, 3), dtype="float32")  # the default is int64
     with pytest.raises(di.DTypeError, match=r"layer '0' \(Dense\) expected floating-point"):
         di.infer_shapes(di.LazyModel([di.Dense(2)]), (2, 3), dtype="int32")
     for bad in ("bool", "complex64"):

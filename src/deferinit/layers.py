@@ -14,7 +14,7 @@ from dataclasses import KW_ONLY, dataclass
 from typing import Any, ClassVar, NamedTuple
 
 from .errors import DTypeError, ShapeMismatchError, SpecError, fmt_shape, where
-from .spec import ACTIVATIONS, Layer, check_activation, check_float, check_int, check_tuple
+from .spec import ACTIVATIONS, Layer, check_activation, check_float, check_int, check_tuple, show
 
 __all__ = [
     "ParamSpec", "RuleContext", "Dense", "Conv1D", "Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D",
@@ -103,7 +103,7 @@ def _window_out(ctx: RuleContext, shape: tuple, axis: int, kernel: int, stride: 
 
 
 def _bool_error(layer: str, value: Any) -> SpecError:
-    return SpecError(f"{layer}: use_bias must be True or False. Received: use_bias={value!r}")
+    return SpecError(f"{layer}: use_bias must be True or False. Received: use_bias={show(value)}")
 
 
 def _layer_name(layer: Layer) -> str:

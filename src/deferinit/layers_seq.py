@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from .errors import SpecError, fmt_shape
 from .layers import Leaf, ParamSpec, RuleContext
-from .spec import check_float, check_int
+from .spec import MAX_INT, check_float, check_int, show
 
 __all__ = ["RNN", "GRU", "LSTM", "MultiHeadAttention", "PositionalEncoding", "ClassToken", "PositionEmbedding",
            "Reshape", "Permute", "Scale", "Take", "OneHot", "SEQUENCE_LAYERS"]
@@ -47,7 +47,7 @@ class _Recurrent(Leaf):
         check_float(name, "dropout", self.dropout, 0.0, 1.0, lo_open=False, hi_open=True)
         for field in ("bidirectional", "use_bias"):
             if not isinstance(getattr(self, field), bool):
-                raise SpecError(f"{name}: {field} must be True or False. Received: {field}={getattr(self, field)!r}")
+                raise SpecError(f"{name}: {field} must be True or False. Received: {field}={show(getattr(self, field))}")
 
     @property
     def directions(self) -> tuple[str, ...]:
@@ -79,7 +79,7 @@ class RNN(_Recurrent):
     def validate(self) -> None:
         super().validate()
         if self.activation not in ("tanh", "relu"):
-            raise SpecError(f"RNN: activation must be 'tanh' or 'relu'. Received: activation={self.activation!r}")
+            raise SpecError(f"RNN: activation must be 'tanh' or 'relu'. Received: activation={show(self.activation)}")
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -113,7 +113,7 @@ class MultiHeadAttention(Leaf):
         check_int("MultiHeadAttention", "num_heads", self.num_heads)
         check_float("MultiHeadAttention", "dropout", self.dropout, 0.0, 1.0, lo_open=False, hi_open=True)
         if not isinstance(self.use_bias, bool):
-            raise SpecError(f"MultiHeadAttention: use_bias must be True or False. Received: use_bias={self.use_bias!r}")
+            raise SpecError(f"MultiHeadAttention: use_bias must be True or False. Received: use_bias={show(self.use_bias)}")
         if self.num_hiddens % self.num_heads:
             raise SpecError(f"MultiHeadAttention: num_heads must divide num_hiddens. Received: "
                             f"num_hiddens={self.num_hiddens}, num_heads={self.num_heads}")
@@ -188,11 +188,11 @@ class Reshape(Leaf):
     def validate(self) -> None:
         target = tuple(self.shape) if isinstance(self.shape, (list, tuple)) else None
         ok = target is not None and len(target) >= 1 and all(
-            isinstance(d, int) and not isinstance(d, bool) and (d >= 1 or d == -1) for d in target) \
+            isinstance(d, int) and not isinstance(d, bool) and (1 <= d <= MAX_INT or d == -1) for d in target) \
             and sum(d == -1 for d in target) <= 1
         if not ok:
-            raise SpecError(f"Reshape: shape must be a tuple of positive sizes with at most one -1. "
-                            f"Received: shape={self.shape!r}")
+            raise SpecError(f"Reshape: shape must be a tuple of positive sizes (below 2**63) with at most one -1. "
+                            f"Received: shape={show(self.shape)}")
         object.__setattr__(self, "shape", target)
 
     def infer(self, shape: tuple, ctx: RuleContext) -> tuple[tuple, dict[str, ParamSpec]]:
@@ -218,8 +218,9 @@ class Permute(Leaf):
 
     def validate(self) -> None:
         dims = tuple(self.dims) if isinstance(self.dims, (list, tuple)) else None
-        if dims is None or sorted(dims) != list(range(1, len(dims) + 1)) or not dims:
-            raise SpecError(f"Permute: dims must be a permutation of 1..n. Received: dims={self.dims!r}")
+        ints = dims is not None and all(isinstance(d, int) and not isinstance(d, bool) for d in dims)
+        if not ints or not dims or sorted(dims) != list(range(1, len(dims) + 1)):
+            raise SpecError(f"Permute: dims must be a permutation of 1..n. Received: dims={show(self.dims)}")
         object.__setattr__(self, "dims", dims)
 
     def infer(self, shape: tuple, ctx: RuleContext) -> tuple[tuple, dict[str, ParamSpec]]:

@@ -10,6 +10,7 @@ round trip.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 from pathlib import Path
 from typing import Any, Mapping
@@ -36,12 +37,14 @@ from .layers import (
     Tanh,
 )
 from .layers_seq import SEQUENCE_LAYERS
-from .spec import Concat, Container, Layer, LazyModel, Residual, Sequential
+from .spec import MAX_DEPTH, Concat, Container, Layer, LazyModel, Residual, Sequential, show
+from .spec_files import check_expansion, read_spec_data
 
 __all__ = ["layer_to_dict", "model_from_dict", "load_spec", "save_spec", "LAYER_TYPES", "register_layer"]
 
 FORMAT = "deferinit.spec"
 VERSION = 1
+
 
 #: every layer type a spec file may name; an explicit table (no subclass walking)
 LAYER_TYPES: dict[str, type[Layer]] = {cls.__name__: cls for cls in (
@@ -64,20 +67,39 @@ def _plain(value: Any, seen: dict[int, str], path: str) -> Any:
     return value
 
 
+def _short(layer: Layer, field: str, value: Any) -> Any:
+    """``3`` for ``(3, 3)`` where the layer takes an int for the field and makes the same tuple of it (a kernel
+    size); the tuple itself elsewhere (``Reshape((4, 4))`` is not ``Reshape(4)``)."""
+    if not (isinstance(value, tuple) and value and all(type(v) is int and v == value[0] for v in value)):
+        return value
+    key = (type(layer), field, value)
+    same = _SHORT.get(key)
+    if same is None:  # asked of the layer's own validation once per type, field and value
+        try:
+            same = getattr(dataclasses.replace(layer, **{field: value[0]}), field) == value
+        except (SpecError, TypeError, ValueError):
+            same = False
+        if len(_SHORT) < 4096:
+            _SHORT[key] = same
+    return value[0] if same else value
+
+
+_SHORT: dict[tuple, bool] = {}
+
+
 def _to_dict(layer: Layer, seen: dict[int, str], path: str) -> dict[str, Any]:
     if id(layer) in seen:
         return {"ref": seen[id(layer)]}
     seen[id(layer)] = path
     out: dict[str, Any] = {"type": type(layer).__name__}
-    children = dict(layer.children) if isinstance(layer, Container) else {}
+    segs = [seg for seg, _ in layer.children] if isinstance(layer, Container) else []
     for f in dataclasses.fields(layer):
         value = getattr(layer, f.name)
-        if isinstance(value, tuple) and value and all(type(v) is int and v == value[0] for v in value):
-            value = value[0]  # (3, 3) was given as 3 or is equivalent to it: write the short form
+        if not isinstance(layer, Container):
+            value = _short(layer, f.name, value)
         if f.kw_only and f.default is not dataclasses.MISSING and value == f.default:
             continue
         if f.name in ("layers", "branches"):
-            segs = list(children)
             out[f.name] = [_plain(v, seen, f"{path}.{segs[i]}" if path else segs[i]) for i, v in enumerate(value)]
         elif isinstance(value, Layer):
             out[f.name] = _plain(value, seen, f"{path}.{f.name}" if path else f.name)
@@ -94,22 +116,35 @@ def layer_to_dict(layer: Layer) -> dict[str, Any]:
     return body
 
 
-def _from(data: Any, path: str, refs: dict[str, Layer], where: str) -> Layer:
+def _unknown_type(here: str, kind: Any) -> SpecError:
+    close = difflib.get_close_matches(kind, list(LAYER_TYPES), n=3, cutoff=0.6) if isinstance(kind, str) else []
+    if not close and isinstance(kind, str):  # 'dense', 'conv2d': a difference of case only
+        close = [t for t in LAYER_TYPES if t.lower() == kind.lower()]
+    hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+    return SpecError(f"{here}: expected 'type' to be one of {', '.join(sorted(LAYER_TYPES))}, received "
+                     f"{show(kind)}{hint}")
+
+
+def _from(data: Any, path: str, refs: dict[str, Layer], where: str, depth: int = 1) -> Layer:
     here = f"{where} at '{path or '<root>'}'"
     if not isinstance(data, Mapping):
-        raise SpecError(f"{here}: expected a layer mapping with a 'type' key, received {type(data).__name__} {data!r}")
+        raise SpecError(f"{here}: expected a layer mapping with a 'type' key, received {type(data).__name__} {show(data)}")
     if set(data) == {"ref"}:
-        target = refs.get(str(data["ref"]))
+        ref = data["ref"]
+        target = refs.get(str(ref)) if isinstance(ref, (str, int)) and not isinstance(ref, bool) else None
         if target is None:
-            raise SpecError(f"{here}: expected 'ref' to name an earlier layer path, received ref={data['ref']!r}")
+            raise SpecError(f"{here}: expected 'ref' to name an earlier layer path, received ref={show(ref)}")
         return target
     kind = data.get("type")
     cls = LAYER_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise SpecError(f"{here}: expected 'type' to be one of {', '.join(sorted(LAYER_TYPES))}, received {kind!r}")
+        raise _unknown_type(here, kind)
+    if issubclass(cls, Container) and depth > MAX_DEPTH:  # refused before recursing any deeper
+        raise SpecError(f"{here}: expected containers nested at most {MAX_DEPTH} deep (deferinit.spec.MAX_DEPTH), "
+                        f"received a {kind} at depth {depth}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     allowed = set(fields) | {"type"} | ({"format", "version"} if cls is LazyModel else set())
-    unknown = sorted(set(data) - allowed)
+    unknown = sorted(set(data) - allowed, key=str)
     if unknown:
         raise SpecError(f"{here}: unknown key(s) {', '.join(map(repr, unknown))} for {kind}; expected some of "
                         f"{', '.join(sorted(set(fields) - {'_'}))}")
@@ -120,20 +155,24 @@ def _from(data: Any, path: str, refs: dict[str, Layer], where: str) -> Layer:
         if key in ("layers", "branches"):
             if not isinstance(value, list):
                 raise SpecError(f"{here}: expected '{key}' to be a list of layers, received {type(value).__name__}")
-            items = []
-            for i, item in enumerate(value):
-                seg = item.get("name") if isinstance(item, Mapping) and isinstance(item.get("name"), str) else str(i)
-                items.append(_from(item, f"{path}.{seg}" if path else seg, refs, where))
+            items: list[Layer] = []
+            taken: set[str] = set()
+            for i, item in enumerate(value):  # the segments of spec.segments(), known before each item is built
+                name = item.get("name") if isinstance(item, Mapping) else None
+                seg = name if isinstance(name, str) and name not in taken else str(i)
+                layer = _from(item, f"{path}.{seg}" if path else seg, refs, where, depth + 1)
+                items.append(layer)
+                taken.add(layer.name if layer.name is not None and layer.name not in taken else str(i))
             kwargs[key] = items
         elif key in ("body", "shortcut") and value is not None:
-            kwargs[key] = _from(value, f"{path}.{key}" if path else key, refs, where)
+            kwargs[key] = _from(value, f"{path}.{key}" if path else key, refs, where, depth + 1)
         else:
             kwargs[key] = tuple(value) if isinstance(value, list) else value
     positional = [f.name for f in fields.values() if not f.kw_only]
     missing = [p for p in positional if p not in kwargs]
     if missing:
         raise SpecError(f"{here}: {kind} needs {', '.join(map(repr, missing))}, received keys "
-                        f"{', '.join(map(repr, sorted(data)))}")
+                        f"{', '.join(map(repr, sorted(data, key=str)))}")
     try:
         layer = cls(**kwargs)
     except SpecError as exc:
@@ -149,58 +188,22 @@ def model_from_dict(data: Any, *, where: str = "spec") -> LazyModel:
     if not isinstance(data, Mapping):
         raise SpecError(f"{where}: expected a mapping with 'layers', received {type(data).__name__}")
     if data.get("format", FORMAT) != FORMAT:
-        raise SpecError(f"{where}: expected format {FORMAT!r}, received format {data.get('format')!r}")
+        raise SpecError(f"{where}: expected format {FORMAT!r}, received format {show(data.get('format'))}")
     if data.get("version", VERSION) != VERSION:
-        raise SpecError(f"{where}: expected version {VERSION}, received version {data.get('version')!r}")
+        raise SpecError(f"{where}: expected version {VERSION}, received version {show(data.get('version'))}")
     if "layers" not in data:
-        raise SpecError(f"{where}: expected a 'layers' list, received keys {', '.join(map(repr, sorted(data)))}")
+        raise SpecError(f"{where}: expected a 'layers' list, received keys {', '.join(map(show, sorted(data, key=str)))}")
+    check_expansion(data, where)
     model = _from({"type": "LazyModel", **data}, "", {}, where)
     assert isinstance(model, LazyModel)
     return model
 
 
-def _parse(path: Path, text: str) -> Any:
-    suffix = path.suffix.lower()
-    if suffix == ".json":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SpecError(f"{path}:{exc.lineno}:{exc.colno}: expected valid JSON, received an error: {exc.msg}") from None
-    if suffix == ".toml":
-        import tomllib
-
-        try:
-            return tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise SpecError(f"{path}: expected valid TOML, received an error: {exc}") from None
-    if suffix in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError:
-            raise BackendUnavailableError(f"{path}: reading YAML spec files needs PyYAML; install it with "
-                                          f"pip install 'deferinit[yaml]'") from None
-        try:
-            return yaml.safe_load(text)  # safe: builds plain data, never objects or code
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            pos = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
-            raise SpecError(f"{path}{pos}: expected valid YAML, received an error: "
-                            f"{getattr(exc, 'problem', None) or exc}") from None
-    raise SpecError(f"{path}: expected a .json, .toml or .yaml spec file, received suffix {suffix or '(none)'!r}")
-
-
 def load_spec(path: str | Path) -> LazyModel:
-    """Read a spec file (``.json``, ``.toml``, ``.yaml``/``.yml``). Files are data: nothing is executed."""
+    """Read a spec file (``.json``, ``.toml``, ``.yaml``/``.yml``). Files are data: nothing is executed, and what
+    is read is bounded (see :mod:`deferinit.spec_files`): a SpecError names the file beyond the limits."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise SpecError(f"{path}: expected a readable spec file, received an error: {exc.strerror or exc}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SpecError(f"{path}: expected UTF-8 text, received undecodable bytes at position {exc.start}") from None
-    return model_from_dict(_parse(path, text), where=str(path))
+    return model_from_dict(read_spec_data(path), where=str(path))
 
 
 def save_spec(spec: LazyModel, path: str | Path) -> Path:

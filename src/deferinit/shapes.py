@@ -13,9 +13,9 @@ from typing import Any, Iterator, Mapping, Sequence
 from .errors import DTypeError, ShapeMismatchError, fmt_shape, where
 from .layers import Leaf, ParamSpec, RuleContext, check_kind
 from .report import LayerInfo, ParamInfo, ShapeReport
-from .spec import Concat, Layer, LazyModel, Residual, Sequential
+from .spec import Concat, Container, Layer, LazyModel, Residual, Sequential, show
 
-__all__ = ["Node", "plan", "infer", "infer_shapes", "Inference", "input_kind", "normalize_shape"]
+__all__ = ["Node", "plan", "infer", "infer_shapes", "Inference", "input_kind", "normalize_shape", "spec_dtype", "as_dtype"]
 
 
 @dataclass(eq=False)
@@ -67,7 +67,7 @@ def normalize_shape(shape: Any) -> tuple:
     try:
         dims = tuple(shape)
     except TypeError:
-        raise ShapeMismatchError(f"the model input expected a shape (a tuple of sizes), received {shape!r}") from None
+        raise ShapeMismatchError(f"the model input expected a shape (a tuple of sizes), received {show(shape)}") from None
     for d in dims:
         ok = d is None or (_is_int(d) and not isinstance(d, bool) and type(d).__name__ != "bool_" and d >= 1)
         if not ok:
@@ -79,14 +79,30 @@ def normalize_shape(shape: Any) -> tuple:
     return tuple(None if d is None else int(d) for d in dims)
 
 
-def input_kind(dtype: Any) -> str:
-    """``float`` or ``int`` for a dtype layers can take; DTypeError for bool, complex and the rest."""
+def as_dtype(dtype: Any) -> Any:
+    """A numpy dtype from a numpy one, a name, or a framework's (``torch.float32``, ``tf.int64``)."""
     import numpy as np
 
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise DTypeError(f"the model input expected a numeric dtype, received {dtype!r}") from None
+    for candidate in (dtype, getattr(dtype, "as_numpy_dtype", None), str(dtype).rsplit(".", 1)[-1]):
+        try:
+            if candidate is not None:
+                return np.dtype(candidate)
+        except (TypeError, ValueError):
+            continue
+    raise DTypeError(f"the model input expected a numeric dtype, received {show(dtype)}")
+
+
+def spec_dtype(spec: Layer) -> str:
+    """The input dtype a spec takes: int64 when the first layer that cares (not a Dropout, Flatten, Identity,
+    Reshape...) takes token ids (``Embedding``, ``OneHot``), float32 otherwise."""
+    layers = spec.iter_layers() if isinstance(spec, Container) else iter((spec,))
+    first = next((la for la in layers if isinstance(la, Leaf) and la.accepts != "any"), None)
+    return "int64" if first is not None and first.accepts == "int" else "float32"
+
+
+def input_kind(dtype: Any) -> str:
+    """``float`` or ``int`` for a dtype layers can take; DTypeError for bool, complex and the rest."""
+    dt = as_dtype(dtype)
     if dt.kind == "f":
         return "float"
     if dt.kind in "iu":
@@ -116,9 +132,9 @@ class _Walk:
         if node.tied_to is not None:
             try:
                 out, kind = self.run(node.tied_to, shape, kind, record=False)
-            except ShapeMismatchError as exc:
-                raise ShapeMismatchError(f"{where(node.path, node.layer)}, the same layer object as "
-                                         f"'{node.tied_to.path}' used again: {exc}") from None
+            except (ShapeMismatchError, DTypeError) as exc:  # the rules ran at the first use's path: name this one
+                raise type(exc)(f"{where(node.path, node.layer)}, the same layer object as "
+                                f"'{node.tied_to.path}' used again: {exc}") from None
             if record:
                 self.inputs[node.path] = shape
                 self.layers[node.path] = LayerInfo(node.path, type(node.layer).__name__, out, (), node.tied_to.path)
@@ -197,7 +213,7 @@ class _Walk:
         raise TypeError(f"unknown container {type(layer).__name__}")  # pragma: no cover - spec.py is closed
 
 
-def infer(spec: LazyModel, input_shape: Sequence[int | None], *, dtype: Any = "float32", backend: str = "numpy",
+def infer(spec: LazyModel, input_shape: Any, *, dtype: Any = None, backend: str = "numpy",
           fixed: Mapping[str, tuple] | None = None, root: Node | None = None) -> Inference:
     """Run the reference rules. ``fixed`` maps canonical parameter names to shapes that the input must fit
     (those of an initialized model), so a later call with a wrong feature dim names the layer."""
@@ -205,7 +221,12 @@ def infer(spec: LazyModel, input_shape: Sequence[int | None], *, dtype: Any = "f
         from .errors import SpecError
 
         raise SpecError(f"expected a deferinit.LazyModel, received {type(spec).__name__}")
+    if hasattr(input_shape, "shape") and hasattr(input_shape, "dtype") and not isinstance(input_shape, tuple):
+        # an array, a framework tensor or a ShapeDtype: its shape, and its dtype unless one is given
+        dtype = input_shape.dtype if dtype is None else dtype
+        input_shape = tuple(input_shape.shape)
     shape = normalize_shape(input_shape)
+    dtype = as_dtype(spec_dtype(spec) if dtype is None else dtype)
     kind = input_kind(dtype)
     root = root or plan(spec)
     walk = _Walk(spec.data_format, backend, fixed)
@@ -213,15 +234,17 @@ def infer(spec: LazyModel, input_shape: Sequence[int | None], *, dtype: Any = "f
     walk.layers.pop("", None)
     params = {name: ParamInfo(shape=p.shape, trainable=p.trainable, native_name=name, native_shape=p.shape,
                               source="reference") for name, p in walk.params.items()}
-    import numpy as np
-
     report = ShapeReport(backend=backend, input_shape=shape, output_shape=out, params=params, layers=walk.layers,
-                         input_dtype=np.dtype(dtype).name, data_format=spec.data_format)
+                         input_dtype=dtype.name, data_format=spec.data_format)
     return Inference(report, walk.params, root, walk.inputs)
 
 
-def infer_shapes(spec: LazyModel, input_shape: Sequence[int | None], *, dtype: Any = "float32") -> ShapeReport:
+def infer_shapes(spec: LazyModel, input_shape: Sequence[int | None] | Any, *, dtype: Any = None) -> ShapeReport:
     """Parameter and output shapes of ``spec`` for an input of ``input_shape``, with no framework and no
     parameter memory. Dims may be ``None`` where they vary (batch, spatial, sequence); a parameter that would
-    depend on one raises :class:`ShapeMismatchError` naming the layer and the dim."""
+    depend on one raises :class:`ShapeMismatchError` naming the layer and the dim.
+
+    ``input_shape`` may also be an array (numpy or a framework's) or a ``ShapeDtype``: its shape is used, and
+    its dtype unless ``dtype`` is given. ``dtype=None`` is otherwise the spec's own: int64 when the first
+    layer takes token ids (``Embedding``, ``OneHot``), float32 otherwise."""
     return infer(spec, input_shape, dtype=dtype).report

@@ -13,31 +13,66 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
+import reprlib
 from dataclasses import KW_ONLY, dataclass
 from typing import Any, ClassVar, Iterator
 from typing import Sequence as Seq
 
 from .errors import SpecError
 
-__all__ = ["Layer", "Container", "Sequential", "LazyModel", "Residual", "Concat", "ACTIVATIONS", "DATA_FORMATS"]
+__all__ = ["Layer", "Container", "Sequential", "LazyModel", "Residual", "Concat", "ACTIVATIONS", "DATA_FORMATS",
+           "MAX_DEPTH", "MAX_INT", "show", "segments"]
 
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "gelu", "softmax", "silu")
 DATA_FORMATS = ("channels_first", "channels_last")
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")  # matched with fullmatch: '$' would accept a trailing newline
+
+#: containers may nest this deep at most (a LazyModel counts as one). Real models nest fewer than 10 deep; every
+#: walk below (the frameworks' own module calls included) recurses once or more per level, and Keras uses about
+#: ten Python frames a level, so a few hundred levels exhaust Python's stack in some backend.
+MAX_DEPTH = 64
+#: every size, count and index in a spec is below 2**63 (an int64); larger ones overflow every framework
+MAX_INT = 2**63 - 1
 
 Shape = tuple  # tuple[int | None, ...]
 
 
 # --------------------------------------------------------------------------------------------- validators
+_SHOW = reprlib.Repr()
+_SHOW.maxstring, _SHOW.maxother, _SHOW.maxlist, _SHOW.maxtuple, _SHOW.maxdict, _SHOW.maxlevel = 60, 60, 8, 8, 6, 3
+
+
+def show(value: Any) -> str:
+    """``repr(value)`` for a message, bounded: long strings and deep or long lists are cut, and an integer too
+    long for ``str`` (Python refuses past 4300 digits) is described by its size."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**30:
+        digits = int(abs(value).bit_length() * math.log10(2)) + 1
+        return f"{'-' if value < 0 else ''}<an integer of about {digits:,} digits>"
+    try:
+        return _SHOW.repr(value)
+    except Exception:  # a user object whose __repr__ fails
+        return f"<a {type(value).__name__}>"
+
+
 def _bad(layer: str, field: str, value: Any, need: str) -> SpecError:
-    return SpecError(f"{layer}: {field} must be {need}. Received: {field}={value!r}")
+    return SpecError(f"{layer}: {field} must be {need}. Received: {field}={show(value)}")
+
+
+_TOO_BIG = "at most 2**63 - 1 (a larger size overflows the int64 sizes of every framework)"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_int(layer: str, field: str, value: Any, *, minimum: int = 1, optional: bool = False) -> None:
     if value is None and optional:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if _is_int(value) and value > MAX_INT:
+        raise _bad(layer, field, value, _TOO_BIG)
+    if not _is_int(value) or value < minimum:
         need = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         raise _bad(layer, field, value, need + (" or None" if optional else ""))
 
@@ -46,11 +81,12 @@ def check_tuple(layer: str, field: str, value: Any, n: int, *, minimum: int = 1,
     """Normalize ``int | tuple`` to an ``n``-tuple of ints >= minimum."""
     if value is None and optional:
         return None  # type: ignore[return-value]
-    items = (value,) * n if isinstance(value, int) and not isinstance(value, bool) else value
+    items = (value,) * n if _is_int(value) else value
     if isinstance(items, list):
         items = tuple(items)
-    ok = isinstance(items, tuple) and len(items) == n and all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in items)
+    if isinstance(items, tuple) and any(_is_int(v) and v > MAX_INT for v in items):
+        raise _bad(layer, field, value, _TOO_BIG)
+    ok = isinstance(items, tuple) and len(items) == n and all(_is_int(v) and v >= minimum for v in items)
     if not ok:
         need = f"an integer >= {minimum} or a tuple of {n} such integers"
         raise _bad(layer, field, value, need)
@@ -67,7 +103,12 @@ def check_activation(layer: str, value: Any, field: str = "activation", optional
 def check_float(layer: str, field: str, value: Any, lo: float, hi: float, *, lo_open: bool, hi_open: bool) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if ok:
-        ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+        try:
+            number = float(value)  # an int past a float's range (10**400) would overflow in every framework
+        except OverflowError:
+            ok = False
+    if ok:
+        ok = (number > lo if lo_open else number >= lo) and (number < hi if hi_open else number <= hi)
     if not ok:
         interval = ("(" if lo_open else "[") + f"{lo}, {hi}" + (")" if hi_open else "]")
         raise _bad(layer, field, value, f"a number in {interval}")
@@ -85,10 +126,12 @@ class Layer:
     param_names: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
-        if self.name is not None and (not isinstance(self.name, str) or not _NAME.match(self.name)):
+        if self.name is not None and (not isinstance(self.name, str) or not _NAME.fullmatch(self.name)):
             raise _bad(type(self).__name__, "name", self.name,
                        "None or a string of letters, digits, '_' and '-' that does not start with a digit")
         self.validate()
+        if isinstance(self, Container):
+            _set_depth(self)
 
     def validate(self) -> None:
         """Check the fields; raise :class:`SpecError`. Subclasses extend this."""
@@ -128,7 +171,7 @@ def _as_layers(owner: str, field: str, items: Any) -> tuple[Layer, ...]:
         raise _bad(owner, field, items, "a list of layers")
     for i, item in enumerate(items):
         if not isinstance(item, Layer):
-            raise SpecError(f"{owner}: {field}[{i}] must be a deferinit layer. Received: {item!r} "
+            raise SpecError(f"{owner}: {field}[{i}] must be a deferinit layer. Received: {show(item)} "
                             f"({type(item).__name__})")
     return tuple(items)
 
@@ -143,6 +186,30 @@ class Container(Layer):
             yield child
             if isinstance(child, Container):
                 yield from child.iter_layers()
+
+
+def _set_depth(container: Container) -> None:
+    """Containers are built from the inside out, so each knows how deep it nests from its children alone."""
+    depth = 1 + max((getattr(child, "_depth", 0) for _, child in container.children), default=0)
+    if depth > MAX_DEPTH:
+        kind = type(container).__name__
+        raise SpecError(f"{kind}: expected containers nested at most {MAX_DEPTH} deep (deferinit.spec.MAX_DEPTH; real "
+                        f"models nest fewer than 10, and deeper ones exhaust Python's stack in the frameworks). "
+                        f"Received: a {kind} whose layers nest {depth} containers deep")
+    object.__setattr__(container, "_depth", depth)
+
+
+def segments(layers: Seq[Layer]) -> list[str]:
+    """The path segment of each of a container's layers: its ``name=``, or its position. A layer used twice in
+    one container (a tie) has its name at its first use and its position at the next ones, so that every
+    position has a path of its own."""
+    taken: set[str] = set()
+    out = []
+    for i, layer in enumerate(layers):
+        seg = layer.name if layer.name is not None and layer.name not in taken else str(i)
+        taken.add(seg)
+        out.append(seg)
+    return out
 
 
 def _check_unique_names(owner: str, layers: Seq[Layer]) -> None:
@@ -167,7 +234,7 @@ class Sequential(Container):
 
     @property
     def children(self) -> tuple[tuple[str, Layer], ...]:
-        return tuple((layer.name if layer.name is not None else str(i), layer) for i, layer in enumerate(self.layers))
+        return tuple(zip(segments(self.layers), self.layers))
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -243,4 +310,4 @@ class Concat(Container):
 
     @property
     def children(self) -> tuple[tuple[str, Layer], ...]:
-        return tuple((b.name if b.name is not None else str(i), b) for i, b in enumerate(self.branches))
+        return tuple(zip(segments(self.branches), self.branches))

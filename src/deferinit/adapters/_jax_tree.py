@@ -190,8 +190,13 @@ def child_names(node: Node) -> list[str]:
     taken = {c.layer.name for c in node.children if c.layer.name is not None}
     names = []
     for i, child in enumerate(node.children):
-        name = child.layer.name if child.layer.name is not None else f"layers_{i}"
-        while child.layer.name is None and name in taken:  # a user named a sibling 'layers_<i>'
+        own = child.layer.name
+        # A tie's second use in one container has its position as its segment, and Flax's apply takes a top-level
+        # module named 'params' for variables passed as {'params': {'params': ...}} by mistake: both get layers_<i>
+        if own is not None and (child.path.rsplit(".", 1)[-1] != own or (not node.path and own == "params")):
+            own = None
+        name = own if own is not None else f"layers_{i}"
+        while own is None and name in taken:  # a user named a sibling 'layers_<i>'
             name += "_"
         taken.add(name)
         names.append(name)

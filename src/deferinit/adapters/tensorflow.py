@@ -204,7 +204,9 @@ class KerasModel(CompiledModel[Any]):
             if node.tied_to is not None:  # the same Keras layer object: Keras shares its variables
                 return table.layers[node.tied_to.path]
             s = node.layer
-            name = node.path or self.spec.name or "lazy_model"
+            # TensorFlow refuses an outermost name scope that starts with '_' (nested ones may): '_m' -> 'lazy_model_m'
+            root = self.spec.name or "lazy_model"
+            name = node.path or (f"lazy_model{root}" if root.startswith("_") else root)
             if isinstance(s, Sequential):
                 kids = [build(child) for child in node.children]
                 layer = kl.Seq(kids or [keras.layers.Identity(name=f"{name}.identity")], name=name)
