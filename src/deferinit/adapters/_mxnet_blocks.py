@@ -37,6 +37,8 @@ from typing import Any, Callable, Iterator
 from mxnet import autograd, gluon, symbol
 from mxnet.gluon import nn
 
+from . import _mxnet_nan as nan
+
 __all__ = ["BatchNorm", "Dropout", "Sequential", "Residual", "Concat", "Pad", "ChannelsFirst", "activate",
            "activation_block", "identity", "tracing", "inference_layers", "infer_parameter_shapes", "call_inference"]
 
@@ -115,27 +117,27 @@ def activate(F: Any, name: str | None, x: Any) -> Any:
     """An activation by name inside a ``hybrid_forward`` (Residual's)."""
     if name is None:
         return x
-    if name in ("relu", "sigmoid", "tanh"):
+    if name in ("sigmoid", "tanh"):
         return F.Activation(x, act_type=name)
     if name == "gelu":
         return F.LeakyReLU(x, act_type="gelu")  # MXNet's gelu is the exact erf form
     if name == "silu":
         return x * F.sigmoid(x)
-    if name == "softmax":
-        return F.softmax(x, axis=-1)
+    if name in ("relu", "softmax"):  # the Activation and softmax operators drop NaN
+        return getattr(nan, name)(F, x)
     raise ValueError(name)  # pragma: no cover - names are validated by the spec
 
 
 def activation_block(name: str) -> gluon.HybridBlock:
     """The ``gluon.nn`` block for an activation layer."""
-    if name in ("relu", "sigmoid", "tanh"):
+    if name in ("sigmoid", "tanh"):
         return nn.Activation(name)
     if name == "gelu":
         return nn.GELU()
     if name == "silu":
         return nn.Swish(beta=1.0)
-    if name == "softmax":
-        return nn.HybridLambda(lambda F, x: F.softmax(x, axis=-1))
+    if name in ("relu", "softmax"):  # the Activation and softmax operators drop NaN
+        return nan.ReLU() if name == "relu" else nn.HybridLambda(nan.softmax)
     raise ValueError(name)  # pragma: no cover
 
 

@@ -50,6 +50,7 @@ from ..layers import (
 from ..shapes import Inference, Node
 from ..spec import Concat, Residual, Sequential
 from . import _mxnet_blocks as blocks
+from . import _mxnet_nan as nan
 from ._mxnet_seq import SEQUENCE_LEAVES
 from .base import CompiledModel, NativeParam, ShapeDtype
 
@@ -60,8 +61,8 @@ Built = tuple[gluon.HybridBlock, dict[str, Any]]  # the block for a position, an
 
 # ------------------------------------------------------------------------------------------ leaf builders
 def _split_activation(name: str | None) -> tuple[str | None, str | None]:
-    """Gluon's Dense/Conv take relu/sigmoid/tanh themselves; other activations follow as a block of their own."""
-    return (name, None) if name in (None, "relu", "sigmoid", "tanh") else (None, name)
+    """Gluon's Dense/Conv take sigmoid/tanh themselves; others follow as a block of their own (relu: _mxnet_nan)."""
+    return (name, None) if name in (None, "sigmoid", "tanh") else (None, name)
 
 
 def _then(block: gluon.HybridBlock, activation: str | None) -> gluon.HybridBlock:
@@ -118,7 +119,7 @@ def _layout(fmt: str) -> str:
 def _pool(layer: MaxPool2D | AvgPool2D, fmt: str) -> Built:
     common = dict(strides=layer.strides, padding=layer.padding, layout=_layout(fmt), ceil_mode=False)
     if isinstance(layer, MaxPool2D):
-        return nn.MaxPool2D(layer.pool_size, **common), {}
+        return nan.MaxPool2D(layer.pool_size, **common), {}
     return nn.AvgPool2D(layer.pool_size, count_include_pad=True, **common), {}
 
 

@@ -85,6 +85,7 @@ from .base import CompiledModel, NativeParam
 # Keras 3 fixes its backend at first import: _tensorflow_layers checks KERAS_BACKEND (a clear error if it names
 # another backend) and sets it before importing keras, so it must come first.
 from . import _tensorflow_layers as kl
+from . import _tensorflow_nan as kn
 from . import _tensorflow_seq as ks
 from ._tensorflow_params import PARAMS, Layout, initializer_slots, variable_slots
 import keras
@@ -98,20 +99,20 @@ __all__ = ["KerasModel", "LEAVES", "PARAMS"]
 # ============================================================================================ leaf builders
 def _dense(node: Node, fmt: str) -> Any:
     s: Dense = node.layer  # type: ignore[assignment]
-    return keras.layers.Dense(s.units, activation=s.activation, use_bias=s.use_bias, name=node.path)
+    return keras.layers.Dense(s.units, activation=kn.activation(s.activation), use_bias=s.use_bias, name=node.path)
 
 
 def _conv(node: Node, fmt: str) -> Any:
     s = node.layer
     cls = kl.Conv1D if isinstance(s, Conv1D) else kl.Conv2D
     return cls(filters=s.channels, kernel_size=s.kernel_size, spec_strides=s.stride, spec_padding=s.padding,
-               dilation_rate=s.dilation, groups=s.groups, activation=s.activation, use_bias=s.use_bias,
+               dilation_rate=s.dilation, groups=s.groups, activation=kn.activation(s.activation), use_bias=s.use_bias,
                data_format=fmt, name=node.path)
 
 
 def _pool(node: Node, fmt: str) -> Any:
     s = node.layer
-    cls = kl.MaxPool2D if isinstance(s, MaxPool2D) else kl.AvgPool2D
+    cls = kn.MaxPool2D if isinstance(s, MaxPool2D) else kl.AvgPool2D
     return cls(pool_size=s.pool_size, strides=s.strides, pads=s.padding, data_format=fmt, name=node.path)
 
 
@@ -129,7 +130,7 @@ def _flatten(node: Node, fmt: str) -> Any:
 
 
 def _activation(node: Node, fmt: str) -> Any:
-    return keras.layers.Activation(node.layer.activation, name=node.path)  # gelu: Keras's default is the erf form
+    return keras.layers.Activation(kn.activation(node.layer.activation), name=node.path)  # Keras's gelu is the erf form
 
 
 def _recurrent(node: Node, fmt: str) -> Any:
@@ -212,7 +213,8 @@ class KerasModel(CompiledModel[Any]):
                 layer = kl.Seq(kids or [keras.layers.Identity(name=f"{name}.identity")], name=name)
             elif isinstance(s, Residual):
                 kids = [build(child) for child in node.children]
-                layer = kl.Residual(kids[0], kids[1] if len(kids) > 1 else None, activation=s.activation, name=name)
+                layer = kl.Residual(kids[0], kids[1] if len(kids) > 1 else None, activation=kn.activation(s.activation),
+                                  name=name)
             elif isinstance(s, Concat):
                 layer = kl.Concat([build(child) for child in node.children],
                                   axis=1 if fmt == "channels_first" else -1, name=name)
