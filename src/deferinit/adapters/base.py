@@ -35,8 +35,9 @@ from ..errors import (
     fmt_shape,
 )
 from ..report import ParamInfo, ShapeReport
-from ..shapes import Inference, Node, infer, normalize_shape, plan
+from ..shapes import Inference, Node, infer, normalize_shape, plan, spec_dtype
 from ..spec import LazyModel
+from ._semantics import IdCheck, batch_norm_rank_error, batch_norms, check_finite_batch, check_ids, id_checks
 
 __all__ = ["CompiledModel", "NativeParam", "ShapeDtype", "available_memory"]
 
@@ -116,6 +117,7 @@ class CompiledModel(Generic[N]):
         self._checked: dict[tuple, tuple] = {}
         self._abstract = False
         self._index_limit = self._find_index_limit()
+        self._batch_norms = batch_norms(self.root)  # their input rank is fixed at init (_semantics.py)
         self._lock = threading.RLock()
 
     # ================================================================== hooks a backend implements
@@ -179,6 +181,8 @@ class CompiledModel(Generic[N]):
         with self._lock:
             x, shape, dtype = self._input(dummy_input, allow_abstract=True)
             inference = infer(self.spec, shape, dtype=dtype, backend=self.backend, root=self.root)
+            if self._index_limit is not None and not isinstance(x, ShapeDtype):  # torch and Keras dry-run the data
+                self._check_indices(x)
             portable = init_mod.get(init)
             seed = self._int_key(key) if portable is not None else key
             if not abstract:
@@ -236,6 +240,8 @@ class CompiledModel(Generic[N]):
             path, count = self._checked[sig]
             raise ShapeMismatchError(f"layer '{path}' (BatchNorm) expected more than 1 value per channel in training "
                                      f"mode (batch statistics), received {count}; use a larger batch or training=False")
+        if training and self._batch_norms:
+            check_finite_batch(self._batch_norms, self.to_numpy(xn))
         try:  # inline rather than _guard(lambda): the closure and two calls cost ~0.4 us of a 20 us forward
             return self._forward(xn, training)
         except (DeferInitError, KeyboardInterrupt, MemoryError):
@@ -290,6 +296,8 @@ class CompiledModel(Generic[N]):
         layout (float32 numpy arrays). In training mode BatchNorm uses (and updates) batch statistics."""
         self(x)  # validates the input with the same errors as a call
         xn = x if self._is_native(x) else self._input(x, allow_abstract=False)[0]
+        if training and self._batch_norms:
+            check_finite_batch(self._batch_norms, self.to_numpy(xn))
         return self._guard("gradients", lambda: self._gradients(xn, training))
 
     def _gradients(self, x: Any, training: bool) -> dict[str, np.ndarray]:
@@ -352,29 +360,36 @@ class CompiledModel(Generic[N]):
             arr = arr.astype(np.float32)
         return self._to_native(arr)
 
-    def _find_index_limit(self) -> tuple[str, str, int] | None:
-        """(path, type, size) of the layer that takes the model's integer input (Embedding, OneHot), if any."""
-        first = next(self.root.leaves(), None)
-        size = getattr(first.layer, "num_embeddings", getattr(first.layer, "num_classes", None)) if first else None
-        return (first.path, type(first.layer).__name__, size) if size is not None else None
+    def _find_index_limit(self) -> tuple[IdCheck, ...] | None:
+        """Every Embedding/OneHot position the model's integer input reaches (None: no check, no cost)."""
+        return id_checks(self.root) or None
 
     def _check_indices(self, x: Any) -> None:
-        """Token ids out of range: numpy and torch raise, JAX would silently read garbage, so check here."""
-        arr = np.asarray(self.to_numpy(x))
-        if arr.size and arr.dtype.kind in "iu":
-            lo, hi = int(arr.min()), int(arr.max())
-            path, kind, size = self._index_limit  # type: ignore[misc]
-            if lo < 0 or hi >= size:
-                raise ShapeMismatchError(f"layer '{path}' ({kind}) expected indices in [0, {size}), received values "
-                                         f"from {lo} to {hi}")
+        """Token ids out of range, at the layer they reach: frameworks raise, wrap, clamp or read NaN (_semantics.py)."""
+        check_ids(self._index_limit, self.to_numpy(x))  # type: ignore[arg-type]
 
     def _check_call(self, x: Any) -> None:
         shape, dtype = self._shape_dtype(x)
         shape = normalize_shape(shape)
-        inference = infer(self.spec, shape, dtype=dtype, backend=self.backend, root=self.root, fixed=self._fixed)
+        try:
+            inference = infer(self.spec, shape, dtype=dtype, backend=self.backend, root=self.root, fixed=self._fixed)
+        except ShapeMismatchError:  # a BatchNorm's changed rank (behind a Dense: other channels) is the better error
+            self._refuse_rank(lambda: infer(self.spec, shape, dtype=dtype, backend=self.backend, root=self.root))
+            raise
+        self._refuse_rank(lambda: inference)
         if len(self._checked) > 256:  # many distinct shapes (e.g. sequence lengths): keep the cache bounded
             self._checked.clear()
         self._checked[self._signature(x)] = _single_value_batch_norm(inference, self.spec.data_format)
+
+    def _refuse_rank(self, now: Any) -> None:
+        """A BatchNorm's input rank is fixed when the model is initialized, on every backend (_semantics.py)."""
+        if self._batch_norms:
+            try:
+                error = batch_norm_rank_error(self._batch_norms, self._inference, now())  # type: ignore[arg-type]
+            except DeferInitError:
+                return
+            if error is not None:
+                raise error from None
 
     @staticmethod
     def _int_key(key: Any) -> int:
@@ -461,9 +476,8 @@ class CompiledModel(Generic[N]):
         return clean
 
     def _default_dtype(self) -> str:
-        """int64 when the first layer takes indices (an Embedding), else float32."""
-        first = next(self.root.leaves(), None)
-        return "int64" if first is not None and getattr(first.layer, "accepts", "") == "int" else "float32"
+        """int64 when the first layer that cares takes indices (an Embedding after an Identity too), else float32."""
+        return spec_dtype(self.spec)
 
     def _input_shape_from(self, weights: Any) -> tuple:
         """Input shape of an uninitialized model from the first parameterized layer's weight, when that alone

@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import is_lazy
 
-from ..errors import BackendError, ShapeMismatchError, SpecError, UnsupportedLayerError, fmt_shape, where
+from ..errors import BackendError, ShapeMismatchError, SpecError, UnsupportedLayerError, where
 from ..layers import (
     GELU,
     Activation,
@@ -54,7 +54,7 @@ from ..layers import (
     Softmax,
     Tanh,
 )
-from ..shapes import Inference, Node, infer, normalize_shape
+from ..shapes import Inference, Node, infer
 from ..spec import Concat, Residual, Sequential
 from . import _torch_modules as tm
 from . import _torch_seq as ts
@@ -65,7 +65,6 @@ __all__ = ["TorchModel"]
 
 F32 = tm.F32
 _LAZY_BN = {2: nn.LazyBatchNorm1d, 3: nn.LazyBatchNorm1d, 4: nn.LazyBatchNorm2d, 5: nn.LazyBatchNorm3d}
-_BN_RANKS = {nn.BatchNorm1d: (2, 3), nn.BatchNorm2d: (4,), nn.BatchNorm3d: (5,)}
 
 
 # --------------------------------------------------------------------------------------------- leaf builders
@@ -388,26 +387,6 @@ class TorchModel(CompiledModel[nn.Module]):
 
     def to_numpy(self, y: Any) -> np.ndarray:
         return y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
-
-    def _check_call(self, x: Any) -> None:
-        super()._check_call(x)
-        shape, dtype = self._shape_dtype(x)
-        if len(shape) == len(self.report.input_shape):
-            return  # every internal rank is the one the BatchNorm classes were chosen for
-        inputs = infer(self.spec, normalize_shape(shape), dtype=dtype, backend=self.backend, root=self.root,
-                       fixed=self._fixed).inputs
-        for node in self.root.walk():
-            target = node.tied_to or node
-            if isinstance(target.layer, BatchNorm) and node.path in inputs:
-                cls = type(self._module(self._native, target.path))  # type: ignore[arg-type]
-                ranks = _BN_RANKS.get(cls, ())
-                if len(inputs[node.path]) not in ranks:
-                    self._checked.pop(self._signature(x), None)
-                    raise ShapeMismatchError(
-                        f"{where(node.path, node.layer, self.backend)} expected a rank-{' or '.join(map(str, ranks))} "
-                        f"input (torch's {cls.__name__}, chosen when the model was initialized with input shape "
-                        f"{fmt_shape(self.report.input_shape)}), received input shape {fmt_shape(shape)}; call "
-                        f"apply_init with data of this rank first")
 
     # ---------------------------------------------------------------- running
     def _forward(self, x: torch.Tensor, training: bool) -> torch.Tensor:
