@@ -17,7 +17,7 @@ from .errors import DTypeError, ShapeMismatchError, SpecError, fmt_shape, where
 from .spec import ACTIVATIONS, Layer, check_activation, check_float, check_int, check_tuple, show
 
 __all__ = [
-    "ParamSpec", "RuleContext", "Dense", "Conv1D", "Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D",
+    "ParamSpec", "Buffer", "RuleContext", "Dense", "Conv1D", "Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D",
     "BatchNorm", "LayerNorm", "Dropout", "Flatten", "Identity", "Activation", "ReLU", "Sigmoid", "Tanh",
     "GELU", "Softmax", "Embedding", "conv_pads",
 ]
@@ -29,6 +29,16 @@ class ParamSpec(NamedTuple):
     shape: tuple[int, ...]
     trainable: bool = True
     role: str = "kernel"  # kernel | bias | scale | shift | mean | var | embedding
+
+
+class Buffer(NamedTuple):
+    """A tensor a layer holds besides its parameters, input and output, for the memory estimate
+    (:mod:`deferinit.resources`): ``resident`` tables live as long as the model, workspace while the layer runs."""
+
+    what: str
+    shape: tuple[int, ...]
+    resident: bool = False
+    itemsize: int = 4
 
 
 class RuleContext:
@@ -119,6 +129,24 @@ class Leaf(Layer):
     def infer(self, shape: tuple, ctx: RuleContext) -> tuple[tuple, dict[str, ParamSpec]]:
         raise NotImplementedError
 
+    def buffers(self, shape: tuple, out: tuple, data_format: str) -> tuple[Buffer, ...]:
+        """What the layer allocates beyond its output for an input of ``shape`` (concrete dims): none for most."""
+        return ()
+
+
+def _spatial_axes(rank: int, data_format: str) -> tuple[int, ...]:
+    return tuple(range(2, rank)) if data_format == "channels_first" else tuple(range(1, rank - 1))
+
+
+def _padded(shape: tuple, axes: tuple[int, ...], pads: tuple[tuple[int, int], ...]) -> tuple[Buffer, ...]:
+    """The zero-padded copy of the input that explicit padding costs (TensorFlow pads in a layer of its own)."""
+    if not any(a or b for a, b in pads):
+        return ()
+    full = list(shape)
+    for axis, (a, b) in zip(axes, pads):
+        full[axis] += a + b
+    return (Buffer("zero-padded copy of the input", tuple(full)),)
+
 
 @dataclass(frozen=True, eq=False, repr=False)
 class Dense(Leaf):
@@ -208,6 +236,10 @@ class _ConvND(Leaf):
             params["bias"] = ParamSpec((self.channels,), role="bias")
         return tuple(out), params
 
+    def buffers(self, shape: tuple, out: tuple, data_format: str) -> tuple[Buffer, ...]:
+        axes = _spatial_axes(len(shape), data_format)
+        return _padded(shape, axes, self.pads(tuple(shape[a] for a in axes)))
+
 
 @dataclass(frozen=True, eq=False, repr=False)
 class Conv1D(_ConvND):
@@ -251,6 +283,9 @@ class _Pool2D(Leaf):
         for i, axis in enumerate(ctx.spatial_axes(4)):
             out[axis] = _window_out(ctx, shape, axis, self.pool_size[i], self.strides[i], 1, self.padding[i])
         return tuple(out), {}
+
+    def buffers(self, shape: tuple, out: tuple, data_format: str) -> tuple[Buffer, ...]:
+        return _padded(shape, _spatial_axes(4, data_format), tuple((p, p) for p in self.padding))
 
 
 @dataclass(frozen=True, eq=False, repr=False)

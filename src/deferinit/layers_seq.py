@@ -17,7 +17,7 @@ from dataclasses import KW_ONLY, dataclass
 from typing import Any, ClassVar
 
 from .errors import SpecError, fmt_shape
-from .layers import Leaf, ParamSpec, RuleContext
+from .layers import Buffer, Leaf, ParamSpec, RuleContext
 from .spec import MAX_INT, check_float, check_int, show
 
 __all__ = ["RNN", "GRU", "LSTM", "MultiHeadAttention", "PositionalEncoding", "ClassToken", "PositionEmbedding",
@@ -67,6 +67,12 @@ class _Recurrent(Leaf):
                     params[f"bias_ih_l{layer}{sfx}"] = ParamSpec((g,), role="bias")
                     params[f"bias_hh_l{layer}{sfx}"] = ParamSpec((g,), role="bias")
         return (shape[0], shape[1], h * len(self.directions)), params
+
+    def buffers(self, shape: tuple, out: tuple, data_format: str) -> tuple[Buffer, ...]:
+        # the input projections of every step at once (PyTorch, cuDNN-style), and a lower layer's outputs
+        n, t, width = shape[0], shape[1], len(self.directions) * self.hidden_size
+        below = (Buffer("outputs of the lower layers", (n, t, width)),) if self.num_layers > 1 else ()
+        return (Buffer("gate inputs of every step", (n, t, self.gates * width)),) + below
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -133,6 +139,11 @@ class MultiHeadAttention(Leaf):
                 params[f"{proj}_bias"] = ParamSpec((h,), role="bias")
         return (shape[0], shape[1], h), params
 
+    def buffers(self, shape: tuple, out: tuple, data_format: str) -> tuple[Buffer, ...]:
+        n, t, h = shape[0], shape[1], self.num_hiddens
+        return (Buffer("queries, keys and values", (3, n, t, h)), Buffer("heads' outputs", (n, t, h)),
+                Buffer("attention scores and weights", (2, n, self.num_heads, t, t)))
+
 
 @dataclass(frozen=True, eq=False, repr=False)
 class PositionalEncoding(Leaf):
@@ -152,6 +163,10 @@ class PositionalEncoding(Leaf):
         if shape[1] is not None and shape[1] > self.max_len:
             raise ctx.mismatch(f"at most max_len={self.max_len} steps", f"{shape[1]} steps")
         return shape, {}
+
+    def buffers(self, shape: tuple, out: tuple, data_format: str) -> tuple[Buffer, ...]:
+        # PyTorch, TensorFlow and JAX build the whole max_len table with the layer, whatever the input's steps
+        return (Buffer("sinusoidal table", (self.max_len, shape[2]), resident=True),)
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -275,6 +290,10 @@ class OneHot(Leaf):
 
     def infer(self, shape: tuple, ctx: RuleContext) -> tuple[tuple, dict[str, ParamSpec]]:
         return shape + (self.num_classes,), {}
+
+    def buffers(self, shape: tuple, out: tuple, data_format: str) -> tuple[Buffer, ...]:
+        # PyTorch's one_hot makes int64 only; the float32 output is a cast of it
+        return (Buffer("one-hot as int64 before the float32 cast", out, itemsize=8),)
 
 
 SEQUENCE_LAYERS = (RNN, GRU, LSTM, MultiHeadAttention, PositionalEncoding, ClassToken, PositionEmbedding, Reshape,

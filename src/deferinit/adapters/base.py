@@ -15,7 +15,6 @@ backend raises the same :class:`~deferinit.errors.DeferInitError` for the same m
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 from dataclasses import dataclass
@@ -31,12 +30,15 @@ from ..errors import (
     NotInitializedError,
     ResourceError,
     ShapeMismatchError,
+    UnsupportedLayerError,
     WeightsError,
     fmt_shape,
 )
 from ..report import ParamInfo, ShapeReport
+from ..resources import available_memory, check_fits, check_sizes, fmt_bytes, footprint
 from ..shapes import Inference, Node, infer, normalize_shape, plan, spec_dtype
 from ..spec import LazyModel
+from ._inputs import abstract_input, as_array
 from ._semantics import IdCheck, batch_norm_rank_error, batch_norms, check_finite_batch, check_ids, id_checks
 
 __all__ = ["CompiledModel", "NativeParam", "ShapeDtype", "available_memory"]
@@ -63,21 +65,6 @@ class NativeParam:
     source: str = "native"  # "reference" where the framework has no deferred form and the rules gave the dim
 
 
-def available_memory() -> int | None:
-    """Bytes of memory available to allocate now (Linux ``MemAvailable``), or None when unknown."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def _single_value_batch_norm(inference: Inference, data_format: str) -> tuple[str, int] | None:
     """The first BatchNorm whose batch statistics would come from a single value per channel, if any: every
     framework refuses (or divides by zero in) training mode there, so the call is refused up front."""
@@ -96,12 +83,25 @@ def _single_value_batch_norm(inference: Inference, data_format: str) -> tuple[st
     return None
 
 
+#: how frameworks say they ran out of memory (torch's allocator, TensorFlow's ResourceExhaustedError, XLA's
+#: RESOURCE_EXHAUSTED, MXNet's storage manager, C++'s bad_alloc)
+_OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "cannot allocate memory", "resourceexhausted",
+                  "resource_exhausted", "failed to allocate", "bad_alloc", "unable to allocate")
+
+
 class CompiledModel(Generic[N]):
     """A spec compiled for one backend. Create with :func:`deferinit.compile`."""
 
     backend: str = "?"
     #: how big a framework tensor may be before the memory check refuses it (fraction of available memory)
     memory_fraction: float = 0.8
+    #: the most elements one tensor may hold and the largest single axis on this backend, and why (resources.py;
+    #: beyond 2**63 bytes every backend refuses)
+    max_elements: int | None = None
+    max_dim: int | None = None
+    size_note: str = ""
+    #: abstract apply_init still builds the layers' constant tables (PositionalEncoding's max_len x dim)
+    abstract_tables: bool = False
 
     def __init__(self, spec: LazyModel) -> None:
         if not isinstance(spec, LazyModel):
@@ -185,8 +185,8 @@ class CompiledModel(Generic[N]):
                 self._check_indices(x)
             portable = init_mod.get(init)
             seed = self._int_key(key) if portable is not None else key
+            self._check_memory(inference, "abstract apply_init" if abstract else "apply_init")
             if not abstract:
-                self._check_memory(inference)
                 if isinstance(x, ShapeDtype):
                     x = self._to_native(np.zeros(tuple(1 if d is None else d for d in shape), dtype=np.dtype(dtype)))
             native = self._new_native()
@@ -213,7 +213,7 @@ class CompiledModel(Generic[N]):
         if hook is not None:  # the backend allocates the abstract model's own parameters in place
             with self._lock:
                 portable = init_mod.get(init)
-                self._check_memory(self._inference)  # type: ignore[arg-type]
+                self._check_memory(self._inference, "materialize")  # type: ignore[arg-type]
                 self._guard("materialize", lambda: hook(None if portable is not None else init, key))
                 self._abstract = False
                 if portable is not None:
@@ -237,14 +237,12 @@ class CompiledModel(Generic[N]):
         if self._index_limit is not None:
             self._check_indices(xn)
         if training and self._checked[sig] is not None:
-            path, count = self._checked[sig]
-            raise ShapeMismatchError(f"layer '{path}' (BatchNorm) expected more than 1 value per channel in training "
-                                     f"mode (batch statistics), received {count}; use a larger batch or training=False")
+            self._refuse_training(self._checked[sig], batch_stats=True)
         if training and self._batch_norms:
             check_finite_batch(self._batch_norms, self.to_numpy(xn))
         try:  # inline rather than _guard(lambda): the closure and two calls cost ~0.4 us of a 20 us forward
             return self._forward(xn, training)
-        except (DeferInitError, KeyboardInterrupt, MemoryError):
+        except (DeferInitError, KeyboardInterrupt):
             raise
         except Exception as exc:
             raise self._backend_error("forward", exc) from exc
@@ -296,12 +294,13 @@ class CompiledModel(Generic[N]):
         layout (float32 numpy arrays). In training mode BatchNorm uses (and updates) batch statistics."""
         self(x)  # validates the input with the same errors as a call
         xn = x if self._is_native(x) else self._input(x, allow_abstract=False)[0]
+        self._refuse_training(self._checked.get(self._signature(xn)), batch_stats=training)
         if training and self._batch_norms:
             check_finite_batch(self._batch_norms, self.to_numpy(xn))
         return self._guard("gradients", lambda: self._gradients(xn, training))
 
     def _gradients(self, x: Any, training: bool) -> dict[str, np.ndarray]:
-        raise NotImplementedError(f"{self._who()}: gradients are not available on this backend")
+        raise UnsupportedLayerError(f"{self._who()}: gradients are not available on this backend")
 
     def intermediates(self, x: Any) -> dict[str, np.ndarray]:
         """Output of every layer position (inference mode), keyed by path, as numpy arrays in the spec's
@@ -309,8 +308,9 @@ class CompiledModel(Generic[N]):
         self(x)  # validates the input with the same errors as a call
         hook = getattr(self, "_intermediates", None)
         if hook is None:
-            raise NotImplementedError(f"{self._who()}: intermediate outputs are not available on this backend")
+            raise UnsupportedLayerError(f"{self._who()}: intermediate outputs are not available on this backend")
         xn = x if self._is_native(x) else self._input(x, allow_abstract=False)[0]
+        self._refuse_training(self._checked.get(self._signature(xn)), batch_stats=False)  # every output kept
         return self._guard("intermediates", lambda: hook(xn))
 
     # ================================================================== shared glue
@@ -338,15 +338,9 @@ class CompiledModel(Generic[N]):
         if isinstance(x, ShapeDtype):
             if not allow_abstract:
                 raise ShapeMismatchError("the model input expected data, received a ShapeDtype")
-            return x, normalize_shape(x.shape), np.dtype(x.dtype)
+            return (x, *abstract_input(x.shape, x.dtype))
         if not self._is_native(x):
-            if isinstance(x, np.ndarray) or isinstance(x, (list, tuple, int, float, np.number)):
-                arr = np.asarray(x)
-                if arr.dtype == object:
-                    raise DTypeError(f"the model input expected a numeric array, received {type(x).__name__} of objects")
-            else:
-                raise DTypeError(f"the model input expected a numpy array or a {self.backend} tensor, "
-                                 f"received {type(x).__name__}")
+            arr = as_array(x, self.backend)
             shape, dtype = arr.shape, arr.dtype
             return self._to_native_checked(arr), normalize_shape(shape), dtype
         shape, dtype = self._shape_dtype(x)
@@ -377,9 +371,25 @@ class CompiledModel(Generic[N]):
             self._refuse_rank(lambda: infer(self.spec, shape, dtype=dtype, backend=self.backend, root=self.root))
             raise
         self._refuse_rank(lambda: inference)
+        fp, who, doing = footprint(inference), self._who(), f"a forward on input {fmt_shape(shape)}"
+        check_sizes(who, fp, after="nothing was run")
+        # params and tables are already allocated (and so outside the memory available now): activations only
+        check_fits(who, fp.peak, doing, fp, "activations and workspace", self.memory_fraction, "nothing was run",
+                   self._split_advice(shape[0], fp.peak))
+        check_sizes(who, fp, max_elements=self.max_elements, max_dim=self.max_dim, note=self.size_note,
+                    after="nothing was run")
+        try:  # what a training call (and gradients, intermediates) would keep, refused only when one is made
+            check_fits(who, fp.training, f"a training forward and backward on input {fmt_shape(shape)}", fp,
+                       "every activation kept for the backward pass, and the gradients", self.memory_fraction,
+                       "nothing was run", self._split_advice(shape[0], fp.training, fp.grads))
+            memory = None
+        except ResourceError as exc:
+            memory = str(exc)
+        bn = _single_value_batch_norm(inference, self.spec.data_format)
         if len(self._checked) > 256:  # many distinct shapes (e.g. sequence lengths): keep the cache bounded
             self._checked.clear()
-        self._checked[self._signature(x)] = _single_value_batch_norm(inference, self.spec.data_format)
+        self._checked[self._signature(x)] = None if bn is None and memory is None else (bn, memory)
+
 
     def _refuse_rank(self, now: Any) -> None:
         """A BatchNorm's input rank is fixed when the model is initialized, on every backend (_semantics.py)."""
@@ -392,6 +402,27 @@ class CompiledModel(Generic[N]):
                 raise error from None
 
     @staticmethod
+    def _refuse_training(entry: tuple | None, batch_stats: bool) -> None:
+        """Raise what ``_check_call`` found against a training call of this signature (None: nothing)."""
+        if entry is None:
+            return
+        bn, memory = entry
+        if bn is not None and batch_stats:
+            path, count = bn
+            raise ShapeMismatchError(f"layer '{path}' (BatchNorm) expected more than 1 value per channel in training "
+                                     f"mode (batch statistics), received {count}; use a larger batch or training=False")
+        if memory is not None:
+            raise ResourceError(memory)
+
+    def _split_advice(self, batch: int | None, need: int, fixed: int = 0) -> str:
+        """Activations grow with the batch, ``fixed`` bytes (gradients) do not."""
+        room = int(self.memory_fraction * (available_memory() or 0)) - fixed
+        fits = room * (batch or 1) // max(need - fixed, 1)
+        if fits >= 1:
+            return f"Split the input into batches of at most {fits}"
+        return "Not even one example fits: make the largest tensor smaller (fewer units, classes or steps)"
+
+    @staticmethod
     def _int_key(key: Any) -> int:
         if key is None:
             return 0
@@ -399,27 +430,44 @@ class CompiledModel(Generic[N]):
             return int(key)
         raise DTypeError(f"key: a portable initializer needs an int seed, received {type(key).__name__}")
 
-    def _check_memory(self, inference: Inference) -> None:
-        need = 4 * sum(math.prod(p.shape) for p in inference.params.values())
-        if need < 2**26:  # under 64 MiB: not worth reading /proc/meminfo (~15 us) on every apply_init
-            return
-        have = available_memory()
-        if have is not None and need > self.memory_fraction * have:
-            raise ResourceError(f"{self._who()}: the parameters need {need / 2**30:.1f} GiB but only "
-                                f"{have / 2**30:.1f} GiB of memory is available; nothing was allocated. Use "
-                                f"apply_init(..., abstract=True) or deferinit.infer_shapes for shapes alone")
+    def _check_memory(self, inference: Inference, doing: str = "apply_init") -> None:
+        """Refuse, before the framework sees anything, tensors it cannot index and allocations that would not fit:
+        frameworks crash rather than fail cleanly when memory runs out (see resources.py)."""
+        fp, who, abstract = footprint(inference), self._who(), doing.startswith("abstract")
+        check_sizes(who, fp)  # 2**63 bytes first, then what fits here, then the backend's own narrower limits
+        tables = f"tables {fmt_bytes(fp.tables)}, counted twice while they are built" if fp.tables else "no tables"
+        if abstract:
+            need, parts = (2 * fp.tables if self.abstract_tables else 0), tables
+        elif doing == "materialize":
+            need, parts = fp.params + 2 * fp.tables, f"parameters {fmt_bytes(fp.params)}, {tables}"
+        else:
+            need, parts = fp.init, f"parameters {fmt_bytes(fp.params)}, {tables}, a dry-run forward {fmt_bytes(fp.peak)}"
+        if fp.largest.what.startswith("parameter"):
+            advice = "Use apply_init(..., abstract=True) or deferinit.infer_shapes for shapes alone"
+        elif fp.largest.what == "output" or not fp.tables:
+            advice = "Use a smaller dummy input (batch 1: the batch does not change the parameters)"
+        else:
+            advice = "Make the table smaller (max_len: it covers every position up to it)"
+        check_fits(who, need, f"{doing} on input {fmt_shape(inference.report.input_shape)}", fp, parts,
+                   self.memory_fraction, "nothing was allocated", advice)
+        check_sizes(who, fp, max_elements=None if abstract else self.max_elements, max_dim=self.max_dim,
+                    note=self.size_note)
 
     def _guard(self, what: str, fn: Any) -> Any:
         try:
             return fn()
-        except DeferInitError:
-            raise
-        except (KeyboardInterrupt, MemoryError):
+        except (DeferInitError, KeyboardInterrupt):
             raise
         except Exception as exc:  # a framework error that the rules did not foresee: say where, keep the cause
             raise self._backend_error(what, exc) from exc
 
-    def _backend_error(self, what: str, exc: Exception) -> BackendError:
+    def _backend_error(self, what: str, exc: Exception) -> DeferInitError:
+        text = f"{type(exc).__name__} {exc}".lower()
+        if isinstance(exc, MemoryError) or any(s in text for s in _OUT_OF_MEMORY):
+            return ResourceError(f"{self._who()}: {what} ran out of memory in the framework ({type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0][:200] if str(exc) else ''}), though deferinit's estimate "
+                                 f"fitted the memory available when checked; other allocations took the rest. Free "
+                                 f"memory, or use a smaller batch")
         return BackendError(f"{self._who()}: {what} failed in the framework after deferinit's checks passed "
                             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
                             f"please report this with the spec")

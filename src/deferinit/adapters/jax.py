@@ -149,6 +149,7 @@ class FlaxModel(CompiledModel[nn.Module]):
     """
 
     backend = "jax"
+    abstract_tables = True  # PositionalEncoding's table is a numpy constant of the traced function, even under eval_shape
 
     # ---------------------------------------------------------------- construction and init
     def _new_native(self) -> nn.Module:

@@ -265,6 +265,10 @@ class GluonModel(CompiledModel[blocks.Sequential]):
     ``Uniform(0.07)``, biases and BN shifts zero, scales one) or an ``mx.init`` initializer; ``key``: an int seed."""
 
     backend = "mxnet"
+    # a build without large-tensor support (the pip wheels) refuses 2**31 - 1 elements or more in one tensor with
+    # "Size of tensor you are trying to allocate is larger than 2^31 elements" (measured, mxnet 1.9.1)
+    max_elements = None if mx.runtime.Features().is_enabled("INT64_TENSOR_SIZE") else 2**31 - 2
+    size_note = "MXNet built without USE_INT64_TENSOR_SIZE"
 
     def _new_native(self) -> blocks.Sequential:
         return _build(self.root, self.spec.data_format)

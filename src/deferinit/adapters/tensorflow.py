@@ -196,6 +196,10 @@ class KerasModel(CompiledModel[Any]):
     seeds every random Keras initializer per canonical parameter."""
 
     backend = "tensorflow"
+    # tf.one_hot takes its depth as int32: 2**31 fails at tracing ("must be non-negative but is -2147483648")
+    max_dim = 2**31 - 1
+    size_note = "TensorFlow passes sizes such as one_hot's depth as int32"
+    abstract_tables = True  # PositionalEncoding builds its numpy table in build(), abstract or not
 
     # ------------------------------------------------------------------ building
     def _new_native(self) -> Any:
