@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from .errors import ResourceError, fmt_shape, where
 from .layers import Leaf
@@ -99,7 +99,7 @@ def available_memory() -> int | None:
 
         for which, used in ((resource.RLIMIT_DATA, "VmData"), (resource.RLIMIT_AS, "VmSize")):
             soft = resource.getrlimit(which)[0]
-            if soft != resource.RLIM_INFINITY and soft > 0:
+            if soft != resource.RLIM_INFINITY and soft > 0:  # /proc/self/status is read only under a limit
                 room.append(max(soft - (_status_kib(used) or 0), 0))
     except (ImportError, ValueError, OSError, AttributeError):
         pass
@@ -281,8 +281,9 @@ def check_sizes(who: str, fp: Footprint, *, max_elements: int | None = None, max
 
 
 def check_fits(who: str, need: int, doing: str, fp: Footprint, parts: str, fraction: float, after: str,
-               advice: str) -> None:
-    """Refuse ``need`` bytes when more than ``fraction`` of the memory available now."""
+               advice: str | Callable[[], str]) -> None:
+    """Refuse ``need`` bytes when more than ``fraction`` of the memory available now (``advice`` may be a function,
+    called only for the message)."""
     if need < SMALL:
         return
     have = available_memory()
@@ -290,7 +291,7 @@ def check_fits(who: str, need: int, doing: str, fp: Footprint, parts: str, fract
         return
     raise ResourceError(f"{who}: {doing} would need {fmt_bytes(need)} ({parts}; the largest: {fp.largest.describe()}) "
                         f"but only {fmt_bytes(have)} of memory is available (the limit is {fraction:.0%} of it); "
-                        f"{after}. {advice}")
+                        f"{after}. {advice() if callable(advice) else advice}")
 
 
 def batch_that_fits(batch: int, need: int, fixed: int, fraction: float) -> int:

@@ -375,13 +375,13 @@ class CompiledModel(Generic[N]):
         check_sizes(who, fp, after="nothing was run")
         # params and tables are already allocated (and so outside the memory available now): activations only
         check_fits(who, fp.peak, doing, fp, "activations and workspace", self.memory_fraction, "nothing was run",
-                   self._split_advice(shape[0], fp.peak))
+                   lambda: self._split_advice(shape[0], fp.peak))
         check_sizes(who, fp, max_elements=self.max_elements, max_dim=self.max_dim, note=self.size_note,
                     after="nothing was run")
         try:  # what a training call (and gradients, intermediates) would keep, refused only when one is made
             check_fits(who, fp.training, f"a training forward and backward on input {fmt_shape(shape)}", fp,
                        "every activation kept for the backward pass, and the gradients", self.memory_fraction,
-                       "nothing was run", self._split_advice(shape[0], fp.training, fp.grads))
+                       "nothing was run", lambda: self._split_advice(shape[0], fp.training, fp.grads))
             memory = None
         except ResourceError as exc:
             memory = str(exc)
