@@ -10,13 +10,21 @@ backend raises the same :class:`~deferinit.errors.DeferInitError` for the same m
   A failure therefore leaves the compiled model exactly as it was.
 * ``__call__`` checks each new (shape, dtype) once against the initialized parameter shapes, then caches
   the answer: steady-state calls cost a dict lookup on top of the native forward.
-* ``load_weights`` checks every name, shape, dtype and value before touching the native model.
+* ``load_weights`` checks every name, shape, dtype and value before touching the native model, and puts the
+  previous values back if the framework fails part-way through writing them.
+
+Threads: one compiled model may be shared by threads. Inference calls run side by side (no lock on their
+path: see ``_gate.py``). Everything else runs alone, after the calls in flight finish and before the next
+ones start: training-mode calls (they update BatchNorm statistics and the dropout key, and PyTorch's mode is
+the module's own flag), ``apply_init``, ``materialize``, ``load_weights``, ``export_weights``, ``gradients``
+and ``intermediates``. So a call sees entirely the weights before a ``load_weights`` or entirely those after
+it, and an inference call never runs in training mode. Do not call these methods from inside a forward (a
+hook on the native model): the call would wait for itself.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass
 from typing import Any, Generic, Mapping, TypeVar
 
@@ -38,8 +46,10 @@ from ..report import ParamInfo, ShapeReport
 from ..resources import available_memory, check_fits, check_sizes, fmt_bytes, footprint
 from ..shapes import Inference, Node, infer, normalize_shape, plan, spec_dtype
 from ..spec import LazyModel
+from ._gate import Gate
 from ._inputs import abstract_input, as_array
 from ._semantics import IdCheck, batch_norm_rank_error, batch_norms, check_finite_batch, check_ids, id_checks
+from ._values import weight_array
 
 __all__ = ["CompiledModel", "NativeParam", "ShapeDtype", "available_memory"]
 
@@ -102,6 +112,8 @@ class CompiledModel(Generic[N]):
     size_note: str = ""
     #: abstract apply_init still builds the layers' constant tables (PositionalEncoding's max_len x dim)
     abstract_tables: bool = False
+    #: ``_set_weights`` builds every new value before one assignment (so it cannot fail part-way)
+    _swaps_weights: bool = False
 
     def __init__(self, spec: LazyModel) -> None:
         if not isinstance(spec, LazyModel):
@@ -118,7 +130,7 @@ class CompiledModel(Generic[N]):
         self._abstract = False
         self._index_limit = self._find_index_limit()
         self._batch_norms = batch_norms(self.root)  # their input rank is fixed at init (_semantics.py)
-        self._lock = threading.RLock()
+        self._gate = Gate()
 
     # ================================================================== hooks a backend implements
     def _new_native(self) -> N:
@@ -146,6 +158,23 @@ class CompiledModel(Generic[N]):
     def _set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
         """Write checked canonical float32 weights (every name present) into the native model."""
         raise NotImplementedError
+
+    def _abstract_snapshot(self) -> Any:
+        """For backends with an in-place ``_materialize``: a function that puts the abstract model back as it is
+        now (called when materialize fails part-way)."""
+        raise NotImplementedError
+
+    def _init_value_error(self, name: str, want: tuple, shape: tuple, dtype: Any, real: bool) -> DeferInitError | None:
+        """What is wrong with the values a framework's own initializer gave parameter ``name`` (native shape
+        ``want``), if anything: another shape, or no real numbers."""
+        if tuple(shape) != tuple(want):
+            return ShapeMismatchError(f"{self._who()}: the initializer gave parameter '{name}' values of shape "
+                                      f"{fmt_shape(tuple(shape))}, expected {fmt_shape(tuple(want))} (the shape the "
+                                      f"framework found); nothing was changed")
+        if not real:
+            return DTypeError(f"{self._who()}: the initializer gave parameter '{name}' values of dtype {dtype}, "
+                              f"expected real numbers (stored as float32); nothing was changed")
+        return None
 
     def _shape_dtype(self, x: Any) -> tuple[tuple, Any]:
         """Shape and dtype of an input without copying it (framework tensors override as needed)."""
@@ -178,7 +207,7 @@ class CompiledModel(Generic[N]):
         own initializer. ``key``: an int seed, or the framework's native key. ``abstract=True`` infers the
         shapes without allocating any parameter memory.
         """
-        with self._lock:
+        with self._gate.writing():
             x, shape, dtype = self._input(dummy_input, allow_abstract=True)
             inference = infer(self.spec, shape, dtype=dtype, backend=self.backend, root=self.root)
             if self._index_limit is not None and not isinstance(x, ShapeDtype):  # torch and Keras dry-run the data
@@ -205,26 +234,54 @@ class CompiledModel(Generic[N]):
             return report
 
     def materialize(self, init: Any = None, key: Any = None) -> ShapeReport:
-        """Allocate and initialize the parameters of an abstractly initialized model (shapes stay those found)."""
-        report = self.report
-        if not self._abstract:
-            return report
-        hook = getattr(self, "_materialize", None)
-        if hook is not None:  # the backend allocates the abstract model's own parameters in place
-            with self._lock:
-                portable = init_mod.get(init)
-                self._check_memory(self._inference, "materialize")  # type: ignore[arg-type]
+        """Allocate and initialize the parameters of an abstractly initialized model (shapes stay those found).
+        On any error the model stays abstract, as it was, and can be materialized again."""
+        with self._gate.writing():
+            report = self.report
+            if not self._abstract:
+                return report
+            hook = getattr(self, "_materialize", None)
+            if hook is None:  # the backend has no in-place path: a new model, swapped in by apply_init
+                dummy = ShapeDtype(tuple(1 if d is None else d for d in report.input_shape), report.input_dtype)
+                return self.apply_init(dummy, init=init, key=key)
+            portable = init_mod.get(init)
+            seed = self._int_key(key) if portable is not None else key  # a bad key fails before anything is allocated
+            self._check_memory(self._inference, "materialize")  # type: ignore[arg-type]
+            undo = self._abstract_snapshot()
+            try:  # the backend allocates the abstract model's own parameters in place
                 self._guard("materialize", lambda: hook(None if portable is not None else init, key))
-                self._abstract = False
                 if portable is not None:
                     self._guard("materialize", lambda: self._set_weights(
-                        init_mod.generate(self._inference.params, portable, self._int_key(key))))  # type: ignore[union-attr]
+                        init_mod.generate(self._inference.params, portable, seed)))  # type: ignore[union-attr]
+            except BaseException:
+                undo()
+                raise
+            self._abstract = False
             return report
-        dummy = ShapeDtype(tuple(1 if d is None else d for d in report.input_shape), report.input_dtype)
-        return self.apply_init(dummy, init=init, key=key)
 
     def __call__(self, x: Any, training: bool = False) -> Any:
-        """The forward pass (inference mode unless ``training=True``); returns the framework's tensor type."""
+        """The forward pass (inference mode unless ``training=True``); returns the framework's tensor type.
+        Inference calls from several threads run side by side; a training call runs alone (see ``_gate.py``)."""
+        gate = self._gate
+        if not training and gate.open:  # the fast path: no lock, about 0.1 us
+            readers = gate.readers
+            readers.append(None)
+            try:
+                if gate.open:  # re-read once counted: a writer closing the gate now waits for this call
+                    return self._call(x, False)
+            finally:
+                readers.pop()
+                if not gate.open:
+                    gate.wake()
+        if training:
+            with gate.writing(training=True):
+                return self._call(x, True)
+        return gate.shared(self._call, x, False, to_inference=self._inference_mode)
+
+    def _inference_mode(self) -> None:
+        """Put the native model back in inference mode after a training call (only PyTorch keeps a mode)."""
+
+    def _call(self, x: Any, training: bool) -> Any:
         if self._report is None:
             raise NotInitializedError(f"{self._who()}: the model has no parameters yet; call apply_init first")
         if self._abstract:
@@ -253,16 +310,17 @@ class CompiledModel(Generic[N]):
 
     def export_weights(self) -> dict[str, np.ndarray]:
         """Every parameter in canonical names and layouts, as float32 numpy arrays (copies)."""
-        _ = self.report  # raises NotInitializedError
-        if self._abstract:
-            raise NotInitializedError(f"{self._who()}: abstractly initialized models hold no values; materialize first")
-        return {name: np.array(arr, dtype=np.float32, copy=True) for name, arr in self._get_weights().items()}
+        with self._gate.writing():
+            _ = self.report  # raises NotInitializedError
+            if self._abstract:
+                raise NotInitializedError(f"{self._who()}: abstractly initialized models hold no values; materialize first")
+            return {name: np.array(arr, dtype=np.float32, copy=True) for name, arr in self._get_weights().items()}
 
     def load_weights(self, weights: Mapping[str, Any], *, input_shape: Any = None) -> ShapeReport:
         """Load canonical weights. All names, shapes, dtypes and values are checked first; on any error
         nothing changes. An uninitialized model is initialized from ``input_shape`` (or, for models whose
         input dims the first layer fixes, from the weights themselves) first."""
-        with self._lock:
+        with self._gate.writing():
             if isinstance(weights, (str, os.PathLike)):
                 from ..weights import load_weights as read
 
@@ -270,11 +328,15 @@ class CompiledModel(Generic[N]):
                 known = self._report is not None and not self._abstract
                 weights = read(weights, expected=self._fixed if known else None)
             if self._report is None or self._abstract:
+                if self._abstract and input_shape is None:  # the shapes found abstractly are the ones to fill
+                    input_shape = ShapeDtype(self._report.input_shape, self._report.input_dtype)  # type: ignore[union-attr]
                 shape = input_shape if input_shape is not None else self._input_shape_from(weights)
                 dtype = self._default_dtype()
                 if isinstance(shape, ShapeDtype):
                     shape, dtype = shape.shape, shape.dtype
                 expected = infer(self.spec, shape, dtype=dtype, backend=self.backend, root=self.root).params
+                if self._abstract:
+                    self._check_same_params(shape, {n: p.shape for n, p in expected.items()})
                 clean = self._check_weights(weights, {n: p.shape for n, p in expected.items()})
                 before = self._state()
                 self.apply_init(ShapeDtype(tuple(1 if d is None else d for d in normalize_shape(shape)), dtype),
@@ -286,18 +348,37 @@ class CompiledModel(Generic[N]):
                     raise
                 return self.report
             clean = self._check_weights(weights, self._fixed)
-            self._guard("load_weights", lambda: self._set_weights(clean))
+            # all or nothing: torch, Keras and Gluon write tensor by tensor, so a failure part-way is undone
+            before = None if self._swaps_weights else {n: np.array(a, dtype=np.float32, copy=True)
+                                                       for n, a in self._get_weights().items()}
+            try:
+                self._guard("load_weights", lambda: self._set_weights(clean))
+            except BaseException:
+                if before is not None:
+                    self._set_weights(before)
+                raise
             return self.report
+
+    def _check_same_params(self, shape: Any, want: Mapping[str, tuple]) -> None:
+        """An abstractly initialized model takes weights of the shapes it found, not those of another input."""
+        for name, found in self._fixed.items():
+            if tuple(want.get(name, ())) != tuple(found):
+                raise ShapeMismatchError(
+                    f"{self._who()}: load_weights with input shape {fmt_shape(normalize_shape(shape))} expected "
+                    f"parameter '{name}' to be {fmt_shape(want.get(name, ()))}, but the model was initialized "
+                    f"abstractly with input shape {fmt_shape(self.report.input_shape)}, which gave "
+                    f"{fmt_shape(found)}; nothing was changed. Pass weights for that input, or call apply_init again")
 
     def gradients(self, x: Any, training: bool = False) -> dict[str, np.ndarray]:
         """The gradient of ``sum(output)`` with respect to every trainable canonical parameter, in canonical
         layout (float32 numpy arrays). In training mode BatchNorm uses (and updates) batch statistics."""
-        self(x)  # validates the input with the same errors as a call
-        xn = x if self._is_native(x) else self._input(x, allow_abstract=False)[0]
-        self._refuse_training(self._checked.get(self._signature(xn)), batch_stats=training)
-        if training and self._batch_norms:
-            check_finite_batch(self._batch_norms, self.to_numpy(xn))
-        return self._guard("gradients", lambda: self._gradients(xn, training))
+        with self._gate.writing(training=training):
+            self(x)  # validates the input with the same errors as a call
+            xn = x if self._is_native(x) else self._input(x, allow_abstract=False)[0]
+            self._refuse_training(self._checked.get(self._signature(xn)), batch_stats=training)
+            if training and self._batch_norms:
+                check_finite_batch(self._batch_norms, self.to_numpy(xn))
+            return self._guard("gradients", lambda: self._gradients(xn, training))
 
     def _gradients(self, x: Any, training: bool) -> dict[str, np.ndarray]:
         raise UnsupportedLayerError(f"{self._who()}: gradients are not available on this backend")
@@ -305,13 +386,14 @@ class CompiledModel(Generic[N]):
     def intermediates(self, x: Any) -> dict[str, np.ndarray]:
         """Output of every layer position (inference mode), keyed by path, as numpy arrays in the spec's
         data format. Backends that can observe their layers implement ``_intermediates``."""
-        self(x)  # validates the input with the same errors as a call
-        hook = getattr(self, "_intermediates", None)
-        if hook is None:
-            raise UnsupportedLayerError(f"{self._who()}: intermediate outputs are not available on this backend")
-        xn = x if self._is_native(x) else self._input(x, allow_abstract=False)[0]
-        self._refuse_training(self._checked.get(self._signature(xn)), batch_stats=False)  # every output kept
-        return self._guard("intermediates", lambda: hook(xn))
+        with self._gate.writing():
+            self(x)  # validates the input with the same errors as a call
+            hook = getattr(self, "_intermediates", None)
+            if hook is None:
+                raise UnsupportedLayerError(f"{self._who()}: intermediate outputs are not available on this backend")
+            xn = x if self._is_native(x) else self._input(x, allow_abstract=False)[0]
+            self._refuse_training(self._checked.get(self._signature(xn)), batch_stats=False)  # every output kept
+            return self._guard("intermediates", lambda: hook(xn))
 
     # ================================================================== shared glue
     def _state(self) -> tuple:
@@ -509,7 +591,7 @@ class CompiledModel(Generic[N]):
         clean = {}
         for name, want in expected.items():
             value = weights[name]
-            arr = np.asarray(value) if not hasattr(value, "numpy") else np.asarray(value.numpy())
+            arr = weight_array(value, name, self._who())  # any framework's tensor; meta tensors refused
             if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
                 raise DTypeError(f"{self._who()}: parameter '{name}' expected real numbers, received dtype "
                                  f"{arr.dtype.name}; nothing was changed")

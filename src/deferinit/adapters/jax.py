@@ -150,6 +150,7 @@ class FlaxModel(CompiledModel[nn.Module]):
 
     backend = "jax"
     abstract_tables = True  # PositionalEncoding's table is a numpy constant of the traced function, even under eval_shape
+    _swaps_weights = True  # _set_weights builds the whole variable dict, then assigns it
 
     # ---------------------------------------------------------------- construction and init
     def _new_native(self) -> nn.Module:
@@ -203,12 +204,32 @@ class FlaxModel(CompiledModel[nn.Module]):
         _check_init(init)
         self._fill(self._st(self.native), init, self._key(key))
 
-    @staticmethod
-    def _fill(st: T.State, init: Any, rng: Any) -> None:
+    def _fill(self, st: T.State, init: Any, rng: Any) -> None:
         if init is None:  # Flax's defaults cannot fail: draw them when first read (see _jax_tree.State)
             st.defer(rng)
-        else:  # a user's initializer is run now, so that its errors surface in apply_init
-            st.variables = st.draw(init, rng)
+            return
+        # a user's initializer is run now, so that its errors surface in apply_init; Flax would keep whatever
+        # shape or dtype it returns, so both are checked (real dtypes are stored as float32)
+        drawn = st.draw(init, rng)
+        for name, (path, layout) in st.built.variables.items():
+            for leaf in layout.leaves:
+                keys = leaf.keys(path)
+                value = T.get(drawn, keys)
+                real = jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)
+                error = self._init_value_error(name, st.shape_of(keys), tuple(value.shape), value.dtype, bool(real))
+                if error is not None:
+                    raise error
+                if value.dtype != jnp.float32:
+                    T.put(drawn, keys, value.astype(jnp.float32))
+        st.variables = drawn
+
+    def _abstract_snapshot(self) -> Callable[[], None]:
+        st = self._st(self.native)
+        saved = (st._variables, st.pending)
+
+        def undo() -> None:
+            st._variables, st.pending = saved
+        return undo
 
     # ---------------------------------------------------------------- data
     def _to_native(self, x: Any) -> Any:

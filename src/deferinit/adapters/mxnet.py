@@ -26,7 +26,7 @@ with warnings.catch_warnings():  # MXNet 1.9 touches numpy aliases deprecated si
     from mxnet import autograd, gluon
     from mxnet.gluon import nn
 
-from ..errors import DTypeError, SpecError, UnsupportedLayerError, where
+from ..errors import DTypeError, ShapeMismatchError, SpecError, UnsupportedLayerError, where
 from ..layers import (
     GELU,
     Activation,
@@ -241,6 +241,26 @@ def _check_init(init: Any) -> None:
                         f"(e.g. mx.init.Xavier()), received {init!r}")
 
 
+class _Checked(mx.init.Initializer):
+    """A user's initializer whose failures to fill a parameter name it: Gluon broadcasts the values an initializer
+    gives into the parameter's array, so values of another shape fail there, as numpy's broadcasting error."""
+
+    def __init__(self, init: Any, names: dict[str, str], who: str) -> None:
+        super().__init__()
+        self._init, self._names, self._who = init, names, who
+
+    def _init_weight(self, desc: Any, arr: Any) -> None:  # what Gluon calls for every Parameter it initializes
+        try:
+            self._init._init_weight(desc, arr)
+        except ValueError as exc:
+            name = self._names.get(str(desc))
+            if name is None or not any(w in str(exc) for w in ("broadcast", "shape")):
+                raise
+            raise ShapeMismatchError(f"{self._who}: the initializer gave parameter '{name}' (native '{desc}') values "
+                                     f"that do not fit its shape {tuple(arr.shape)} ({str(exc).splitlines()[0]}); "
+                                     f"nothing was changed") from exc
+
+
 def _initialize(net: blocks.Sequential, init: Any) -> None:
     if init is None:
         net.initialize()  # Gluon's default: Uniform(0.07) weights, each layer's own bias/scale initializers
@@ -280,7 +300,7 @@ class GluonModel(CompiledModel[blocks.Sequential]):
             blocks.infer_parameter_shapes(native, x.shape if isinstance(x, ShapeDtype) else tuple(x.shape))
         else:
             with _seeded(key):
-                _initialize(native, init)
+                _initialize(native, self._checking(native, init))
                 _hybridize(native)
                 with autograd.pause(train_mode=False):
                     native(x)  # Gluon's deferred initialization: whole-graph infer_shape, then allocation
@@ -291,8 +311,23 @@ class GluonModel(CompiledModel[blocks.Sequential]):
         native = self.native
         _check_init(init)
         with _seeded(key):  # shapes are known: initialize() allocates and fills at once
-            _initialize(native, init)
+            _initialize(native, self._checking(native, init))
         _hybridize(native)
+
+    def _checking(self, native: blocks.Sequential, init: Any) -> Any:
+        if init is None:
+            return None
+        return _Checked(init, {p.name: name for name, p in native._deferinit.params.items()}, self._who())
+
+    def _abstract_snapshot(self) -> Callable[[], None]:
+        # an abstract Gluon Parameter is one with a shape and no arrays: its state is its own attributes
+        saved = [(p, dict(p.__dict__)) for p in self.native.collect_params().values()]
+
+        def undo() -> None:
+            for p, state in saved:
+                p.__dict__.clear()
+                p.__dict__.update(state)
+        return undo
 
     def _to_native(self, x: Any) -> mx.nd.NDArray:
         arr = np.asarray(x)

@@ -232,6 +232,7 @@ class NumpyModel(CompiledModel[NumpyNet]):
     bound) with biases at zero; a callable ``init(name, shape) -> array`` is its "own" initializer."""
 
     backend = "numpy"
+    _swaps_weights = True  # _set_weights builds a new dict, then assigns it
 
     def _new_native(self) -> NumpyNet:
         return NumpyNet(self.root, self.spec.data_format)
@@ -247,8 +248,14 @@ class NumpyModel(CompiledModel[NumpyNet]):
             seed = 0 if key is None else self._int_key(key)
             native.params = init_mod.generate(inference.params, _DefaultInit(), seed)
         elif callable(init) and get_init(init) is None:
-            native.params = {name: np.asarray(init(name, p.shape), dtype=np.float32)
-                             for name, p in inference.params.items()}
+            params = {}
+            for name, p in inference.params.items():
+                value = np.asarray(init(name, p.shape))
+                error = self._init_value_error(name, p.shape, value.shape, value.dtype, value.dtype.kind in "fiu")
+                if error is not None:
+                    raise error
+                params[name] = value.astype(np.float32)
+            native.params = params
         else:
             raise SpecError(f"init: the numpy backend expected a portable initializer or a callable "
                             f"init(name, shape), received {init!r}")

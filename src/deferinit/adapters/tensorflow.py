@@ -188,6 +188,26 @@ def _seeded(initializer: Any, key: int | None, name: str) -> Any:
     return type(initializer).from_config(config)
 
 
+class _Checked:
+    """A user's initializer for one parameter, whose values are checked: Keras would keep a variable of whatever
+    shape it returns (and fail later, in a layer's call). Real values of another dtype are cast to the
+    variable's; the first problem is kept in ``errors`` too, because Keras rewrites the messages of errors raised
+    inside a layer's call."""
+
+    def __init__(self, init: Any, name: str, check: Callable[..., Any], errors: list) -> None:
+        self.init, self.name, self.check, self.errors = init, name, check, errors
+
+    def __call__(self, shape: Any, dtype: Any = None, **kwargs: Any) -> Any:
+        value = tf.convert_to_tensor(self.init(shape, dtype=dtype, **kwargs))
+        real = value.dtype.is_floating or value.dtype.is_integer
+        error = self.check(self.name, tuple(shape), tuple(value.shape), value.dtype.name, real)
+        if error is not None:
+            self.errors.append(error)
+            raise error
+        want = tf.as_dtype(dtype) if dtype is not None else tf.float32
+        return value if value.dtype == want else tf.cast(value, want)
+
+
 # ============================================================================================ the adapter
 class KerasModel(CompiledModel[Any]):
     """A spec compiled for Keras 3 on TensorFlow. ``native`` is a ``keras.Sequential`` (a subclass whose call is
@@ -259,7 +279,11 @@ class KerasModel(CompiledModel[Any]):
         seed = self._check_init(init, key)
         for name, owner, attr, _ in self._kernel_slots(native):
             if attr is not None:
-                setattr(owner, attr, _seeded(init if init is not None else getattr(owner, attr), seed, name))
+                chosen = _seeded(init if init is not None else getattr(owner, attr), seed, name)
+                setattr(owner, attr, self._checking(chosen, name) if init is not None else chosen)
+
+    def _checking(self, init: Any, name: str) -> _Checked:
+        return _Checked(init, name, self._init_value_error, self._init_errors)
 
     def _initialize_late(self, native: Any, init: Any, key: Any) -> None:
         """The kernels whose layers Keras makes while building (MultiHeadAttention's projections, each given a
@@ -272,10 +296,21 @@ class KerasModel(CompiledModel[Any]):
             if attr is None:
                 var = table.vars[name][0]
                 chosen = adapt(_seeded(init if init is not None else owner._kernel_initializer, seed, name))
-                var.assign(chosen(tuple(var.shape), dtype=var.dtype))
+                var.assign((self._checking(chosen, name) if init is not None else chosen)(tuple(var.shape),
+                                                                                          dtype=var.dtype))
 
     def _native_init(self, native: Any, x: Any, inference: Inference, init: Any, key: Any,
                      abstract: bool) -> dict[str, NativeParam]:
+        self._init_errors: list = []
+        try:
+            return self._native_init_checked(native, x, inference, init, key, abstract)
+        except Exception:
+            if self._init_errors:  # the user's initializer's own error, as raised (not as Keras rewrote it)
+                raise self._init_errors[0] from None
+            raise
+
+    def _native_init_checked(self, native: Any, x: Any, inference: Inference, init: Any, key: Any,
+                             abstract: bool) -> dict[str, NativeParam]:
         self._set_initializers(native, init, key)
         if abstract:
             # Keras builds every layer symbolically and creates shaped variables with no values. Measured for
@@ -310,14 +345,25 @@ class KerasModel(CompiledModel[Any]):
 
     def _materialize(self, init: Any, key: Any) -> None:
         native, seed = self.native, self._check_init(init, key)
+        self._init_errors = []
         if init is not None or seed is not None:  # the variables exist: give them the initializer directly
             table = self._table(native)
             for name, _, _, adapt in self._kernel_slots(native):
                 var = table.vars[name][0]  # a kernel with no value yet keeps its initializer
-                var._initializer = adapt(_seeded(init if init is not None else var._initializer, seed, name))
+                chosen = adapt(_seeded(init if init is not None else var._initializer, seed, name))
+                var._initializer = self._checking(chosen, name) if init is not None else chosen
         for var in native.variables:
             if var._value is None:
                 var._deferred_initialize()
+
+    def _abstract_snapshot(self) -> Callable[[], None]:
+        # an abstract Keras variable is one with no value yet and its initializer kept for later: put both back
+        saved = [(var, var._initializer, var._value) for var in self.native.variables]
+
+        def undo() -> None:
+            for var, initializer, value in saved:
+                var._initializer, var._value = initializer, value
+        return undo
 
     # ------------------------------------------------------------------ data
     def _to_native(self, x: Any) -> Any:

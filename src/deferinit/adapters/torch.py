@@ -308,10 +308,23 @@ class TorchModel(CompiledModel[nn.Module]):
                 t = getattr(t, part)
             if owner not in native_paths:
                 native_paths[owner] = ".".join(tm.child_name(s) for s in owner.split("."))
+            if init_fn is not None and not abstract:
+                self._check_init(name, t, inference.params[name].shape)
             # torch has no lazy LayerNorm: its dim came from the reference rules
             source = "reference" if isinstance(layer, LayerNorm) else "native"
             found[name] = NativeParam(f"{native_paths[owner]}.{attr}", tuple(t.shape), tuple(t.shape), source)
         return found
+
+    def _check_init(self, name: str, t: torch.Tensor, want: tuple) -> None:
+        """A module function given as ``init`` may replace a tensor (``m.weight = nn.Parameter(...)``): it must
+        keep the shape found; other real dtypes are stored as float32, as ``load_weights`` stores them."""
+        error = self._init_value_error(name, want, tuple(t.shape), str(t.dtype).removeprefix("torch."),
+                                       not (t.is_complex() or t.dtype == torch.bool))
+        if error is not None:
+            raise error
+        if t.dtype != F32:
+            with torch.no_grad():
+                t.data = t.data.to(F32)
 
     def _fix_batch_norm(self, net: nn.Module, node: Node, target: Node, inference: Inference) -> None:
         rank = len(inference.inputs[node.path])
@@ -356,7 +369,37 @@ class TorchModel(CompiledModel[nn.Module]):
             if init_fn is not None:
                 with torch.no_grad():
                     init_fn(net)
+                for name, info in self.report.params.items():
+                    self._check_init(name, self._tensor(name), info.shape)
         net.eval()
+
+    def _abstract_snapshot(self) -> Callable[[], None]:
+        # to_empty gives every module new tensor objects (meta and CPU tensors cannot share one), so putting the
+        # old meta objects back makes the model abstract again, unallocated, whatever the init did to the new ones
+        net = self._native
+        saved = [(m, dict(m._parameters), dict(m._buffers)) for m in net.modules()]  # type: ignore[union-attr]
+        shapes = {id(t): (tuple(t.shape), t.dtype) for _, ps, bs in saved for t in (*ps.values(), *bs.values())
+                  if t is not None}
+        training = net.training  # type: ignore[union-attr]
+
+        def undo() -> None:
+            for m, params, buffers in saved:
+                for store, old in ((m._parameters, params), (m._buffers, buffers)):
+                    store.clear()
+                    store.update(old)
+                    for k, t in old.items():
+                        if t is not None and not t.is_meta:  # torch.__future__'s swap-on-conversion swapped it
+                            meta = torch.empty(shapes[id(t)][0], dtype=shapes[id(t)][1], device="meta")
+                            store[k] = nn.Parameter(meta, t.requires_grad) if isinstance(t, nn.Parameter) else meta
+                if isinstance(m, nn.RNNBase):
+                    m._init_flat_weights()
+            net.train(training)  # type: ignore[union-attr]
+        return undo
+
+    def _inference_mode(self) -> None:
+        net = self._native
+        if net is not None and net.training:
+            net.train(False)
 
     # ---------------------------------------------------------------- data
     def _is_native(self, x: Any) -> bool:
