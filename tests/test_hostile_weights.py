@@ -105,13 +105,21 @@ def in_child(code: str, memory_mib: int = 1024, timeout: float = 120) -> str:
     what it printed. ``expect(fn, Error, *words)`` asserts that fn raises exactly that DeferInitError naming
     each word, and prints the message, the seconds it took and the child's peak RSS."""
     prelude = (
-        "import resource, time\nimport numpy as np\nimport deferinit as di\n"
+        "import time\nimport numpy as np\nimport deferinit as di\n"
+        # VmHWM: this process's own peak RSS. Not ru_maxrss, which Linux carries over from the forking parent
+        # through exec, so a child of a test process holding TensorFlow would report the parent's gigabytes
+        "def peak_mib():\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith('VmHWM:'):\n"
+        "            return int(line.split()[1]) / 1024\n"
+        "    import resource\n"
+        "    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
         "def expect(fn, error, *words):\n"
         "    t = time.perf_counter()\n"
         "    try:\n        fn()\n    except di.DeferInitError as exc:\n"
         "        assert type(exc) is error, (type(exc).__name__, exc)\n"
         "        assert all(w in str(exc) for w in words), (words, str(exc))\n"
-        "        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+        "        rss = peak_mib()\n"
         "        print(f'{type(exc).__name__} {time.perf_counter() - t:.3f}s rss {rss:.0f}MiB: {exc}')\n"
         "    else:\n        raise AssertionError(f'no error, expected {error.__name__}')\n"
     )

@@ -15,16 +15,14 @@ from typing import Any
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .cli import parse_shape, resolve_spec
+    from .cli import spec_from_args
     from .parity import load_artifact, make_artifact, save_artifact
 
-    spec = resolve_spec(args.spec)
+    if args.source is None and args.input is None:
+        args.parser.error("expected --input SHAPE or --from REFERENCE.npz")
+    spec = spec_from_args(args)
     source = load_artifact(args.source) if args.source else None
-    if source is None and not args.input:
-        from .errors import SpecError
-
-        raise SpecError("parity run: expected --input SHAPE or --from REFERENCE.npz")
-    art = make_artifact(spec, args.backend, input_shape=parse_shape(args.input) if args.input else None,
+    art = make_artifact(spec, args.backend, input_shape=args.input,
                         seed=args.seed, dtype=args.dtype, init=args.init, key=args.key, source=source,
                         training=not args.no_training)
     save_artifact(art, args.out)
@@ -49,21 +47,22 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .cli import parse_shape, resolve_spec
+    from .cli import spec_from_args
     from .parity import parity
 
-    spec = resolve_spec(args.spec)
+    spec = spec_from_args(args)
     backends = [b for b in args.backends.split(",") if b] if args.backends else None
-    result = parity(spec, parse_shape(args.input), backends, key=args.key, init=args.init, atol=args.atol,
+    result = parity(spec, args.input, backends, key=args.key, init=args.init, atol=args.atol,
                     rtol=args.rtol)
     return _report(result, args.json)
 
 
 def add_parity_commands(sub: Any) -> None:
+    from .cli import add_spec_arguments, shape_arg
     from .parity import DEFAULT_ATOL, DEFAULT_RTOL
 
     parity = sub.add_parser("parity", help="cross-framework parity checks (in one process or across processes)")
-    psub = parity.add_subparsers(dest="parity_command", required=True, parser_class=type(parity))
+    psub = parity.add_subparsers(dest="parity_command", required=True, metavar="COMMAND")
 
     def tolerances(p: argparse.ArgumentParser) -> None:
         p.add_argument("--atol", type=float, default=DEFAULT_ATOL)
@@ -71,9 +70,9 @@ def add_parity_commands(sub: Any) -> None:
         p.add_argument("--json", action="store_true")
 
     run = psub.add_parser("run", help="run one backend and write its artifact (.npz)")
-    run.add_argument("spec")
+    add_spec_arguments(run)
     run.add_argument("--backend", required=True)
-    run.add_argument("--input", help="input shape (drawn from --seed); or use --from")
+    run.add_argument("--input", type=shape_arg, metavar="SHAPE", help="input shape (drawn from --seed); or use --from")
     run.add_argument("--from", dest="source", help="reference artifact whose input and weights to use")
     run.add_argument("--out", required=True)
     run.add_argument("--seed", type=int, default=0)
@@ -89,8 +88,8 @@ def add_parity_commands(sub: Any) -> None:
     compare.set_defaults(run=_compare)
 
     check = psub.add_parser("check", help="run every given (installed) backend in this process and compare")
-    check.add_argument("spec")
-    check.add_argument("--input", required=True)
+    add_spec_arguments(check)
+    check.add_argument("--input", required=True, type=shape_arg, metavar="SHAPE")
     check.add_argument("--backends", default="")
     check.add_argument("--init", default="xavier_uniform")
     check.add_argument("--key", type=int, default=0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -176,34 +177,99 @@ class ShapeReport:
         return lines
 
     # ------------------------------------------------------------------ display
-    def __str__(self) -> str:
+    @property
+    def param_bytes(self) -> int:
+        """Bytes the parameters take in their dtypes (every entry, as ``total_params`` counts them)."""
+        return sum(p.size * _itemsize(p.dtype) for p in self.params.values())
+
+    def table(self, depth: int | None = None) -> str:
+        """The report as a table, one row per layer and parameter, with each parameter's memory.
+
+        ``depth``: show layers nested at most that deep (1: the top-level layers only); the parameters of
+        deeper layers are summed into the row of their shown ancestor, as torchinfo's and Keras's summaries do.
+        """
+        if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
+            raise SpecError(f"ShapeReport.table: expected depth to be a positive integer or None, received {depth!r}")
         head = (f"ShapeReport(backend={self.backend}, input={fmt_shape(self.input_shape)} {self.input_dtype}, "
                 f"output={fmt_shape(self.output_shape)}, {self.data_format})")
-        rows = [("layer", "type", "output shape", "param", "shape", "count", "native")]
-        for path, info in self.layers.items():
-            names = info.params or ("",)
-            for i, pname in enumerate(names):
-                p = self.params.get(pname)
-                native = ""
-                if p is not None and p.native_name:
-                    native = p.native_name + ("" if p.native_shape == p.shape else " " + fmt_shape(p.native_shape))
-                    native += " [reference]" if p.source == "reference" else ""
-                rows.append((path if i == 0 else "", info.type if i == 0 else "",
-                             (fmt_shape(info.output_shape) if i == 0 else "")
-                             + (f" = {info.tied_to}" if info.tied_to and i == 0 else ""),
-                             pname.rsplit(".", 1)[-1] if p else "", fmt_shape(p.shape) if p else "",
-                             f"{p.size:,}" if p else "", native))
+        rows = [("layer", "type", "output shape", "param", "shape", "count", "memory", "native")]
+        for info, own, below in _visible(self.layers, depth):
+            first = (info.path, info.type, fmt_shape(info.output_shape) + (f" = {info.tied_to}" if info.tied_to else ""))
+            cells = [self._param_cells(pname) for pname in own if pname in self.params]
+            hidden = [self.params[n] for n in below if n in self.params]
+            if hidden:
+                cells.append((f"({len(hidden)} nested)", "", f"{sum(p.size for p in hidden):,}",
+                              _fmt_bytes(sum(p.size * _itemsize(p.dtype) for p in hidden)), ""))
+            for i, cell in enumerate(cells or [("", "", "", "", "")]):
+                rows.append((first if i == 0 else ("", "", "")) + cell)
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = [head] + ["  ".join(c.rjust(w) if j == 5 else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths))).rstrip()
+        lines = [head] + ["  ".join(c.rjust(w) if j in (5, 6) else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths))).rstrip()
                           for r in rows]
         lines.insert(2, "-" * min(sum(widths) + 2 * len(widths), 120))
+        trainable = sum(p.size * _itemsize(p.dtype) for p in self.params.values() if p.trainable)
         lines.append(f"Total params: {self.total_params:,} (trainable {self.trainable_params:,}, "
                      f"non-trainable {self.non_trainable_params:,})")
+        lines.append(f"Params memory: {_fmt_bytes(self.param_bytes)} (trainable {_fmt_bytes(trainable)}, "
+                     f"non-trainable {_fmt_bytes(self.param_bytes - trainable)})")
+        if any(p.source == "reference" for p in self.params.values()):
+            lines.append("[reference]: " + ("the numpy backend is the reference itself: every shape comes from "
+                                            "deferinit's shape rules, with no framework" if self.backend == "numpy" else
+                                            f"{self.backend} has no deferred (lazy) form of that layer, so the shape "
+                                            f"came from deferinit's shape rules, not from the framework's inference"))
         return "\n".join(lines)
+
+    def _param_cells(self, pname: str) -> tuple[str, str, str, str, str]:
+        p = self.params[pname]
+        native = ""
+        if p.native_name:
+            native = p.native_name + ("" if p.native_shape == p.shape else " " + fmt_shape(p.native_shape))
+            native += " [reference]" if p.source == "reference" else ""
+        return (pname.rsplit(".", 1)[-1], fmt_shape(p.shape), f"{p.size:,}", _fmt_bytes(p.size * _itemsize(p.dtype)),
+                native)
+
+    def __str__(self) -> str:
+        return self.table()
 
     def __repr__(self) -> str:
         return (f"ShapeReport(backend={self.backend!r}, input_shape={self.input_shape}, "
                 f"output_shape={self.output_shape}, params={len(self.params)}, total_params={self.total_params})")
+
+
+def _visible(layers: Mapping[str, LayerInfo], depth: int | None) -> list[tuple[LayerInfo, tuple, list]]:
+    """(layer, its own parameters, the parameters of its hidden descendants) for each layer shown at ``depth``.
+    Layers come in pre-order, so a layer's ancestors are the open entries of a stack of paths."""
+    shown: list[tuple[LayerInfo, tuple, list]] = []
+    stack: list[str] = []
+    holder: dict[str, list] = {}
+    for path, info in layers.items():
+        while stack and not path.startswith(stack[-1] + "."):
+            stack.pop()
+        if depth is None or len(stack) < depth:
+            shown.append((info, info.params, holder.setdefault(path, [])))
+        else:
+            holder[stack[depth - 1]].extend(info.params)
+        stack.append(path)
+    return shown
+
+
+def _itemsize(dtype: str) -> int:
+    import numpy as np  # here, not at import: the report is read where numpy may not be wanted yet
+
+    try:
+        return int(np.dtype(dtype).itemsize)
+    except TypeError:  # a dtype numpy lacks (bfloat16 from a JAX report): its bits are in its name
+        bits = re.findall(r"\d+", dtype)
+        return int(bits[-1]) // 8 if bits else 4
+
+
+def _fmt_bytes(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        n /= 1024  # type: ignore[assignment]
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}"
+    return ""  # pragma: no cover
 
 
 def _show(value: Any) -> str:

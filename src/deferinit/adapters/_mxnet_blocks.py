@@ -99,10 +99,11 @@ def _traced_rank(x: Any) -> int | None:
 
 def infer_parameter_shapes(net: gluon.HybridBlock, shape: tuple) -> None:
     """Gluon's own shape inference without allocating: trace ``net`` symbolically, run ``infer_shape`` and set each
-    Parameter's shape (what ``HybridBlock.infer_shape`` does, minus its need for an input NDArray). An unknown batch
-    is 1 (MXNet's unknown-dim marker 0 there would leave a Flatten's output, and the Dense after it, unknown); other
-    unknown dims are 0, which parameters never depend on (the reference rules have checked that)."""
-    shape = tuple((1 if axis == 0 else 0) if d is None else int(d) for axis, d in enumerate(shape))
+    Parameter's shape (what ``HybridBlock.infer_shape`` does, minus its need for an input NDArray). ``shape`` is
+    concrete: a varying dim gets a stand-in size (``_standin.py``), since MXNet reads its unknown-dim marker 0 as
+    "unknown" everywhere downstream and leaves a Flatten's output, a recurrent layer's or attention's input size,
+    and the weights behind them, unknown (measured: GRU weight_ih (96, 0) for a (2, None) token input)."""
+    shape = tuple(int(d) for d in shape)
     with tracing({"data": shape}), autograd.predict_mode():
         out = net(symbol.var("data"))
     arg_shapes, _, aux_shapes = out.infer_shape_partial(data=shape)

@@ -49,6 +49,7 @@ from ..spec import LazyModel
 from ._gate import Gate
 from ._inputs import abstract_input, as_array
 from ._semantics import IdCheck, batch_norm_rank_error, batch_norms, check_finite_batch, check_ids, id_checks
+from ._standin import stand_in
 from ._values import weight_array
 
 __all__ = ["CompiledModel", "NativeParam", "ShapeDtype", "available_memory"]
@@ -217,7 +218,7 @@ class CompiledModel(Generic[N]):
             self._check_memory(inference, "abstract apply_init" if abstract else "apply_init")
             if not abstract:
                 if isinstance(x, ShapeDtype):
-                    x = self._to_native(np.zeros(tuple(1 if d is None else d for d in shape), dtype=np.dtype(dtype)))
+                    x = self._to_native(np.zeros(stand_in(self.spec, inference, self.root), dtype=np.dtype(dtype)))
             native = self._new_native()
             found = self._guard("apply_init", lambda: self._native_init(
                 native, x, inference, None if portable is not None else init, key, abstract))
@@ -471,7 +472,6 @@ class CompiledModel(Generic[N]):
         if len(self._checked) > 256:  # many distinct shapes (e.g. sequence lengths): keep the cache bounded
             self._checked.clear()
         self._checked[self._signature(x)] = None if bn is None and memory is None else (bn, memory)
-
 
     def _refuse_rank(self, now: Any) -> None:
         """A BatchNorm's input rank is fixed when the model is initialized, on every backend (_semantics.py)."""

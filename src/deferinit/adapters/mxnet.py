@@ -52,7 +52,8 @@ from ..spec import Concat, Residual, Sequential
 from . import _mxnet_blocks as blocks
 from . import _mxnet_nan as nan
 from ._mxnet_seq import SEQUENCE_LEAVES
-from .base import CompiledModel, NativeParam, ShapeDtype
+from ._standin import stand_in
+from .base import CompiledModel, NativeParam
 
 __all__ = ["GluonModel"]
 
@@ -297,7 +298,7 @@ class GluonModel(CompiledModel[blocks.Sequential]):
                      abstract: bool) -> dict[str, NativeParam]:
         _check_init(init)
         if abstract:  # a symbolic trace and infer_shape: Parameter shapes only, nothing allocated
-            blocks.infer_parameter_shapes(native, x.shape if isinstance(x, ShapeDtype) else tuple(x.shape))
+            blocks.infer_parameter_shapes(native, stand_in(self.spec, inference, self.root))
         else:
             with _seeded(key):
                 _initialize(native, self._checking(native, init))

@@ -18,7 +18,7 @@ Every canonical layout is torch's own layout, so no weight is transposed.
 * Sequence layers (``_torch_seq.py``): recurrent layers, attention, class token and position embedding are
   deferred by torch's own ``LazyModuleMixin`` and become plain ``nn.GRU``/``nn.Linear``/... modules, so only
   LayerNorm is ``source="reference"``. Varying (None) dims are dry-run on meta with the smallest stand-in
-  size the rules accept (``_stand_in``).
+  size the rules accept (``_standin.py``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import is_lazy
 
-from ..errors import BackendError, ShapeMismatchError, SpecError, UnsupportedLayerError, where
+from ..errors import BackendError, SpecError, UnsupportedLayerError, where
 from ..layers import (
     GELU,
     Activation,
@@ -54,10 +54,11 @@ from ..layers import (
     Softmax,
     Tanh,
 )
-from ..shapes import Inference, Node, infer
+from ..shapes import Inference, Node
 from ..spec import Concat, Residual, Sequential
 from . import _torch_modules as tm
 from . import _torch_seq as ts
+from ._standin import stand_in
 from ._torch_modules import ANY, CF, SPEC, Step
 from .base import CompiledModel, NativeParam
 
@@ -341,24 +342,8 @@ class TorchModel(CompiledModel[nn.Module]):
     def _dry_input(self, x: Any, inference: Inference, on_meta: bool) -> torch.Tensor:
         if on_meta:
             dtype = F32 if np.dtype(inference.report.input_dtype).kind == "f" else torch.int64
-            return torch.empty(self._stand_in(inference), dtype=dtype, device="meta")
+            return torch.empty(stand_in(self.spec, inference, self.root), dtype=dtype, device="meta")
         return tm.coerce(x).cpu() if x.dtype not in tm.READY else x.cpu()
-
-    def _stand_in(self, inference: Inference) -> tuple[int, ...]:
-        """A concrete size for the varying (None) dims: the smallest power of two that the rules accept
-        everywhere (every window fits, no more steps than a PositionalEncoding's max_len). Small matters:
-        a recurrent layer's meta dry run costs ~5 ms per time step, so T=4096 would take tens of seconds."""
-        shape = inference.report.input_shape
-        if None not in shape:
-            return shape
-        for size in (2 ** i for i in range(13)):
-            trial = tuple(size if d is None else d for d in shape)
-            try:
-                infer(self.spec, trial, dtype=inference.report.input_dtype, root=self.root)
-                return trial
-            except ShapeMismatchError:
-                continue
-        return tuple(4096 if d is None else d for d in shape)
 
     def _materialize(self, init: Any, key: Any) -> None:
         net = self._native
