@@ -3,7 +3,8 @@
 ``pytest --backend torch`` (what ``nox -s "tests(torch)"`` runs) selects backends explicitly: a selected
 backend whose framework cannot be imported FAILS the run at start-up, it is never skipped. A plain local
 ``pytest`` with no ``--backend`` runs the contract suite on the backends installed here.
-Backend-specific files (``test_native_<backend>.py``) are collected only when their backend is selected, and
+Backend-specific files (``tests/backends/<backend>/``, ``test_native_<backend>.py``) are collected only when their
+backend is selected, and
 ``*_frameworks.py`` files (a framework against the reference) only when some framework is selected.
 Hypothesis runs with a bounded, derandomized profile (``HYPOTHESIS_PROFILE=ci`` in nox).
 """
@@ -65,6 +66,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_ignore_collect(collection_path, config: pytest.Config) -> bool | None:  # type: ignore[no-untyped-def]
+    parts = collection_path.parts
+    if "backends" in parts[:-1] and parts.index("backends") + 1 < len(parts) and \
+            parts[parts.index("backends") - 1] == "tests":  # tests/backends/<name>/: only when <name> is selected
+        name = parts[parts.index("backends") + 1]
+        if collection_path.is_dir() and name not in _selected(config):
+            return True
     m = _NATIVE.search(str(collection_path.name))
     if m and m.group(1) not in _selected(config):
         return True

@@ -24,6 +24,7 @@ from .errors import (
     UnsupportedLayerError,
     WeightsError,
 )
+from .extend import register_builder, register_layer
 from .layers import (
     GELU,
     Activation,
@@ -65,8 +66,8 @@ from .shapes import infer_shapes
 from .spec import Concat, Layer, LazyModel, Residual, Sequential
 
 # NumPy (about 90 ms to import) is needed only once data or weights are involved: these names load on first use.
-_LAZY = {"init": ("deferinit.init", None), "CompiledModel": ("deferinit.adapters.base", "CompiledModel"),
-         "ShapeDtype": ("deferinit.adapters.base", "ShapeDtype"),
+_LAZY = {"init": ("deferinit.init", None), "CompiledModel": ("deferinit.adapters.compiled", "CompiledModel"),
+         "ShapeDtype": ("deferinit.adapters.compiled", "ShapeDtype"),
          "save_weights": ("deferinit.weights", "save_weights"), "load_weights": ("deferinit.weights", "load_weights"),
          "parity": ("deferinit.parity", "parity")}
 
@@ -108,7 +109,7 @@ __all__ = [
     "Flatten", "Identity", "Activation", "ReLU", "Sigmoid", "Tanh", "GELU", "Softmax", "Embedding",
     "RNN", "GRU", "LSTM", "MultiHeadAttention", "PositionalEncoding", "ClassToken", "PositionEmbedding", "Reshape",
     "Permute", "Scale", "Take", "OneHot",
-    "infer_shapes", "compile", "backends", "available_backends", "CompiledModel", "ShapeDtype",
+    "infer_shapes", "compile", "register_layer", "register_builder", "backends", "available_backends", "CompiledModel", "ShapeDtype",
     "ShapeReport", "ParamInfo", "LayerInfo", "load_spec", "save_spec", "save_weights", "load_weights", "init", "parity",
     "DeferInitError", "SpecError", "ShapeMismatchError", "DTypeError", "BackendUnavailableError",
     "UnknownBackendError", "NotInitializedError", "UnsupportedLayerError", "WeightsError", "BackendError",

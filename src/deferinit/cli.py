@@ -154,7 +154,7 @@ def _dtype_hint(spec: Any, shape: tuple, dtype: str) -> str:
 
 
 def _shapes(args: argparse.Namespace) -> int:
-    from .adapters.base import ShapeDtype
+    from .adapters.compiled import ShapeDtype
     from .registry import compile, resolve
     from .shapes import infer_shapes
 

@@ -1,7 +1,7 @@
 """Backend name -> ``"module:attr"`` of its compiled-model class. Nothing is imported until asked.
 
 Built-in backends come first, then any registered by other packages through the ``deferinit.backends``
-entry-point group (value ``"package.module:ModelClass"``, a :class:`~deferinit.adapters.base.CompiledModel`
+entry-point group (value ``"package.module:ModelClass"``, a :class:`~deferinit.adapters.compiled.CompiledModel`
 subclass). Whether a backend is installed is found with ``importlib.util.find_spec``, which locates a
 package without importing it, so listing backends never pays a framework's import cost.
 """

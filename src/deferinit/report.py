@@ -63,24 +63,33 @@ class ParamInfo:
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """One layer position: its type, output shape, parameters, and the position it is tied to if any."""
+    """One layer position: its type, output shape, parameters, and the position it is tied to if any.
+
+    ``source`` says where ``output_shape`` came from, as :attr:`ParamInfo.source` does: ``"native"`` when the
+    framework computed that layer's output in its own dry run or trace, ``"reference"`` when it is the reference
+    rules' answer (the numpy backend, and reports from :func:`~deferinit.infer_shapes`). A dim that varies
+    (``None`` in the input) stays ``None`` in a native shape too: the framework traced it with a stand-in size.
+    """
 
     path: str
     type: str
     output_shape: tuple
     params: tuple[str, ...] = ()
     tied_to: str | None = None
+    source: str = "reference"
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"type": self.type, "output_shape": list(self.output_shape), "params": list(self.params)}
         if self.tied_to is not None:
             d["tied_to"] = self.tied_to
+        d["source"] = self.source
         return d
 
     @classmethod
     def from_dict(cls, path: str, d: Mapping[str, Any]) -> "LayerInfo":
         return cls(path=path, type=str(d["type"]), output_shape=_shape(d["output_shape"]),
-                   params=tuple(d.get("params", ())), tied_to=d.get("tied_to"))
+                   params=tuple(d.get("params", ())), tied_to=d.get("tied_to"),
+                   source=str(d.get("source", "reference")))
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,7 @@ def _open_regular(path: Path) -> IO[bytes]:
 
 def _memory_limit() -> int | None:
     """80% of the memory available now, and of this process's own data/address-space limits."""
-    from .adapters.base import available_memory
+    from .adapters.compiled import available_memory
 
     have = available_memory()
     caps = [int(0.8 * have)] if have else []

@@ -22,7 +22,7 @@ from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 
 from ..errors import SpecError
 from ..layers import conv_pads
-from .base import CompiledModel
+from .compiled import CompiledModel
 
 __all__ = ["Step", "CF", "SPEC", "ANY", "arrange", "child_name", "activation", "Residual", "Concat", "SamePad",
            "ToChannelsFirst", "ToChannelsLast", "same_pads", "sequential", "seeded", "rehome", "uninitialized", "allocate", "coerce",

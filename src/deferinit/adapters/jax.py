@@ -56,7 +56,7 @@ from ..shapes import Inference, Node
 from . import _jax_modules as M
 from . import _jax_tree as T
 from ._jax_seq import SEQ_LEAVES
-from .base import CompiledModel, NativeParam
+from .compiled import CompiledModel, NativeParam
 
 __all__ = ["FlaxModel"]
 

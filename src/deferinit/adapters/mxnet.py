@@ -53,7 +53,7 @@ from . import _mxnet_blocks as blocks
 from . import _mxnet_nan as nan
 from ._mxnet_seq import SEQUENCE_LEAVES
 from ._standin import stand_in
-from .base import CompiledModel, NativeParam
+from .compiled import CompiledModel, NativeParam
 
 __all__ = ["GluonModel"]
 

@@ -52,7 +52,7 @@ from ..layers_seq import (
 )
 from ..shapes import Inference, Node
 from ..spec import Concat, Residual, Sequential
-from .base import CompiledModel, NativeParam
+from .compiled import CompiledModel, NativeParam
 
 __all__ = ["NumpyModel", "NumpyNet"]
 

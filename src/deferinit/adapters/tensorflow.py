@@ -79,7 +79,7 @@ from ..layers_seq import (
 )
 from ..shapes import Inference, Node
 from ..spec import Concat, Residual, Sequential
-from .base import CompiledModel, NativeParam
+from .compiled import CompiledModel, NativeParam
 
 # isort: off
 # Keras 3 fixes its backend at first import: _tensorflow_layers checks KERAS_BACKEND (a clear error if it names

@@ -60,7 +60,7 @@ from . import _torch_modules as tm
 from . import _torch_seq as ts
 from ._standin import stand_in
 from ._torch_modules import ANY, CF, SPEC, Step
-from .base import CompiledModel, NativeParam
+from .compiled import CompiledModel, NativeParam
 
 __all__ = ["TorchModel"]
 

@@ -25,7 +25,7 @@ hook on the native model): the call would wait for itself.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, Mapping, TypeVar
 
 import numpy as np
@@ -42,7 +42,7 @@ from ..errors import (
     WeightsError,
     fmt_shape,
 )
-from ..report import ParamInfo, ShapeReport
+from ..report import LayerInfo, ParamInfo, ShapeReport
 from ..resources import available_memory, check_fits, check_sizes, fmt_bytes, footprint
 from ..shapes import Inference, Node, infer, normalize_shape, plan, spec_dtype
 from ..spec import LazyModel
@@ -145,6 +145,16 @@ class CompiledModel(Generic[N]):
         default), and return what it found per canonical name. When ``abstract``, allocate no parameters."""
         raise NotImplementedError
 
+    def _native_layer_shapes(self, native: N, x: Any, inference: Inference, abstract: bool) -> Mapping[str, tuple] | None:
+        """The framework's own answer to "what shape comes out where", for the report: ``{layer path: output
+        shape}`` for every layer position of ``inference.report.layers`` (tied positions included) and ``""`` for
+        the model's output, observed in the framework's own dry run or trace of ``native`` (just initialized by
+        ``_native_init`` on ``x``; when ``abstract``, nothing may be allocated). Called once per ``apply_init``.
+        None means the backend has no framework to ask: the numpy backend, whose shapes are the reference's.
+        The compiled model compares each shape with the reference rules (a disagreement is a BackendError naming
+        the layer) and reports it with ``source="native"``."""
+        return None
+
     def _to_native(self, x: Any) -> Any:
         """An input (numpy array or the framework's tensor) as the framework's tensor."""
         raise NotImplementedError
@@ -222,7 +232,8 @@ class CompiledModel(Generic[N]):
             native = self._new_native()
             found = self._guard("apply_init", lambda: self._native_init(
                 native, x, inference, None if portable is not None else init, key, abstract))
-            report = self._make_report(inference, found)
+            layer_shapes = self._guard("apply_init", lambda: self._native_layer_shapes(native, x, inference, abstract))
+            report = self._make_report(inference, found, layer_shapes)
             old = self._state()
             self._restore((native, report, inference, {n: p.shape for n, p in report.params.items()}, {}, abstract))
             if portable is not None and not abstract:
@@ -554,7 +565,8 @@ class CompiledModel(Generic[N]):
                             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
                             f"please report this with the spec")
 
-    def _make_report(self, inference: Inference, found: Mapping[str, NativeParam]) -> ShapeReport:
+    def _make_report(self, inference: Inference, found: Mapping[str, NativeParam],
+                     layer_shapes: Mapping[str, tuple] | None = None) -> ShapeReport:
         ref = inference.report
         missing = [n for n in ref.params if n not in found]
         extra = [n for n in found if n not in ref.params]
@@ -571,8 +583,29 @@ class CompiledModel(Generic[N]):
             params[name] = ParamInfo(shape=tuple(got.shape), dtype=info.dtype, trainable=info.trainable,
                                      native_name=got.native_name, native_shape=tuple(got.native_shape),
                                      source=got.source)
-        return ShapeReport(backend=self.backend, input_shape=ref.input_shape, output_shape=ref.output_shape,
-                           params=params, layers=ref.layers, input_dtype=ref.input_dtype, data_format=ref.data_format)
+        layers, output = ref.layers, ref.output_shape
+        if layer_shapes is not None:
+            layers = {path: replace(info, output_shape=self._native_shape(layer_shapes, path, info), source="native")
+                      for path, info in ref.layers.items()}
+            output = self._native_shape(layer_shapes, "", None, ref.output_shape)
+        return ShapeReport(backend=self.backend, input_shape=ref.input_shape, output_shape=output,
+                           params=params, layers=layers, input_dtype=ref.input_dtype, data_format=ref.data_format)
+
+    def _native_shape(self, shapes: Mapping[str, tuple], path: str, info: LayerInfo | None,
+                      want: tuple | None = None) -> tuple:
+        """The framework's shape at ``path``, checked against the reference's: a dim the reference leaves None
+        (it varies with the input) is None in the report too; every other dim must agree exactly."""
+        want = info.output_shape if info is not None else want
+        what = f"layer '{path}' ({info.type})" if info is not None else "the model's output"
+        got = shapes.get(path)
+        if got is None:
+            raise BackendError(f"{self._who()}: the framework's dry run gave no output shape for {what}; the "
+                               f"adapter must observe every layer position (the reference gives {fmt_shape(want)})")
+        got = tuple(got)
+        if len(got) != len(want) or any(w is not None and g != w for g, w in zip(got, want)):
+            raise BackendError(f"{self._who()}: the framework computed {fmt_shape(got)} at {what} where the "
+                               f"reference rules give {fmt_shape(want)}")
+        return tuple(None if w is None else int(g) for g, w in zip(got, want))
 
     def _check_weights(self, weights: Any, expected: Mapping[str, tuple]) -> dict[str, np.ndarray]:
         if not isinstance(weights, Mapping):

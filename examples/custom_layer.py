@@ -1,0 +1,86 @@
+"""A layer type that deferinit does not ship, defined outside the package and run on every installed backend.
+
+    python examples/custom_layer.py
+
+``GatedDense(units)`` is a gated linear unit (Dauphin et al., 2017): ``h = x @ W.T + b`` with ``W`` of shape
+``(2 * units, in)``, then ``h[..., :units] * sigmoid(h[..., units:])``. A layer type is four things:
+
+1. its fields and its shape rule: a frozen dataclass subclassing ``deferinit.layers.Leaf`` whose ``infer``
+   returns the output shape and the parameters (canonical names and layouts), registered with
+   ``@di.register_layer`` so spec files know its name;
+2. its NumPy kernel, the reference forward every backend is compared with;
+3. one builder per backend, registered with ``@di.register_builder(backend, GatedDense)``: what a builder takes
+   and returns is each backend's own (see ``deferinit/adapters/<backend>/leaves.py``); the built-in layers are
+   registered the same way;
+4. nothing else: reports, weights, parity and the CLI work as for a built-in layer.
+
+A package can ship layers for others through the ``deferinit.layers`` entry-point group (the value is a module
+whose decorators register what it defines).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+import deferinit as di
+from deferinit.layers import Leaf, ParamSpec, RuleContext
+from deferinit.spec import check_int
+
+
+@di.register_layer
+@dataclass(frozen=True, eq=False, repr=False)
+class GatedDense(Leaf):
+    """``h = x @ W.T + b``; ``y = h[..., :units] * sigmoid(h[..., units:])``; ``W`` is ``(2 * units, in)``."""
+
+    units: int
+
+    def validate(self) -> None:
+        check_int("GatedDense", "units", self.units)
+
+    def infer(self, shape: tuple, ctx: RuleContext) -> tuple[tuple, dict[str, ParamSpec]]:
+        if len(shape) < 2:
+            raise ctx.mismatch("an input of rank >= 2 (batch, ..., features)", f"shape {shape}")
+        fan_in = ctx.known(shape, -1, "the input features")
+        params = {"weight": ParamSpec((2 * self.units, fan_in)), "bias": ParamSpec((2 * self.units,), role="bias")}
+        return shape[:-1] + (self.units,), params
+
+
+def gated_dense(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, units: int) -> np.ndarray:
+    """The reference kernel, in float32 as every backend computes."""
+    h = x @ weight.T + bias
+    return (h[..., :units] / (1 + np.exp(-h[..., units:]))).astype(np.float32)
+
+
+# >>> numpy (the reference backend's builder)
+# <<< numpy
+
+
+# >>> torch
+# <<< torch
+
+
+# >>> tensorflow
+# <<< tensorflow
+
+
+# >>> jax
+# <<< jax
+
+
+# >>> mxnet
+# <<< mxnet
+
+
+def main() -> int:
+    spec = di.LazyModel([di.Dense(16, activation="relu"), GatedDense(8), di.Dense(3)])
+    x = np.random.default_rng(0).standard_normal((4, 12)).astype(np.float32)
+    print(f"installed: {', '.join(di.available_backends())}")
+    result = di.parity(spec, x, backends=[b for b in di.available_backends() if b != "numpy"])
+    print(result)
+    return 0 if result.passed else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
