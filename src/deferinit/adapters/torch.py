@@ -168,6 +168,7 @@ class _Builder:
     def __init__(self, channels_last: bool) -> None:
         self.channels_last = channels_last
         self.first: dict[str, tuple[nn.Module, int | None]] = {}  # first occurrence path -> (module, out rank)
+        self.leaf_steps: dict[str, list[Step]] = {}  # every leaf position -> its steps (modules shared with the net)
 
     def steps(self, node: Node, rank: int | None) -> tuple[list[Step], int | None]:
         target = node.tied_to or node
@@ -185,6 +186,7 @@ class _Builder:
             steps = [s._replace(module=main) if not s.tag else s for s in steps]
         else:
             self.first[node.path] = (next(s.module for s in steps if not s.tag), None)
+        self.leaf_steps[node.path] = steps  # the very modules the net runs, for the position-by-position walk
         return steps, _rank_after(layer, rank)
 
     def container(self, node: Node, rank: int | None) -> tuple[nn.Module, int | None]:
@@ -226,7 +228,10 @@ class TorchModel(CompiledModel[nn.Module]):
 
     # ---------------------------------------------------------------- building and initializing
     def _new_native(self) -> nn.Module:
-        return _Builder(self.spec.data_format == "channels_last").container(self.root, None)[0]
+        builder = _Builder(self.spec.data_format == "channels_last")
+        net = builder.container(self.root, None)[0]
+        net.__dict__["_deferinit_steps"] = builder.leaf_steps  # a plain attribute: not a submodule, not state
+        return net
 
     def _module(self, net: nn.Module, path: str) -> nn.Module:
         for seg in path.split("."):
@@ -283,8 +288,14 @@ class TorchModel(CompiledModel[nn.Module]):
                 elif isinstance(layer, Embedding):
                     tm.allocate(module, (layer.num_embeddings, layer.dim), device)
             net.eval()  # the dry run must not update BatchNorm statistics
+            # The dry run walks the plan position by position with the net's own modules (the order of net(x), so
+            # the lazy modules materialize and draw in the same order) and records the shape torch computed at
+            # every position, in the spec's layout: the report's layer shapes (_native_layer_shapes).
+            shapes: dict[str, Any] = {}
             with torch.no_grad(), (torch.device("meta") if on_meta else contextlib.nullcontext()):
-                net(self._dry_input(x, inference, on_meta))
+                out = self._run(net, self.root, self._dry_input(x, inference, on_meta), shapes, shapes_only=True)
+            shapes[""] = tuple(out.shape)
+            net.__dict__["_deferinit_shapes"] = shapes
             if not abstract:
                 if on_meta:
                     net.to_empty(device="cpu")
@@ -456,28 +467,31 @@ class TorchModel(CompiledModel[nn.Module]):
             self._run(net, self.root, x if x.dtype in tm.READY else tm.coerce(x), record)  # type: ignore[arg-type]
         return record
 
-    def _run(self, net: nn.Module, node: Node, x: torch.Tensor, record: dict | None) -> torch.Tensor:
+    def _native_layer_shapes(self, native: nn.Module, x: Any, inference: Inference, abstract: bool) -> dict:
+        return native.__dict__.pop("_deferinit_shapes")  # recorded by _native_init's dry run
+
+    def _run(self, net: nn.Module, node: Node, x: torch.Tensor, record: dict | None,
+             shapes_only: bool = False) -> torch.Tensor:
         target = node.tied_to or node
         layer = target.layer
         inner = record if node.tied_to is None else None
         if isinstance(layer, Sequential):
             for child in target.children:
-                x = self._run(net, child, x, inner)
+                x = self._run(net, child, x, inner, shapes_only)
             y = x
         elif isinstance(layer, Residual):
-            y = self._run(net, target.children[0], x, inner)
-            y = y + (self._run(net, target.children[1], x, inner) if len(target.children) > 1 else x)
+            y = self._run(net, target.children[0], x, inner, shapes_only)
+            y = y + (self._run(net, target.children[1], x, inner, shapes_only) if len(target.children) > 1 else x)
             y = tm.activation(layer.activation).module(y) if layer.activation else y
         elif isinstance(layer, Concat):
-            y = torch.cat([self._run(net, c, x, inner) for c in target.children],
+            y = torch.cat([self._run(net, c, x, inner, shapes_only) for c in target.children],
                           -1 if self.spec.data_format == "channels_last" else 1)
         else:
-            main = self._module(net, target.path)
-            steps = [s._replace(module=main) if not s.tag else s for s in leaf_steps(target, layer, None)]
+            steps = net.__dict__["_deferinit_steps"][node.path]
             y = x
             for _, module in tm.arrange([("x", s) for s in steps], self.spec.data_format == "channels_last"):
                 y = module(y)
         if record is not None and node.path:
-            record[node.path] = y.detach().to("cpu", F32).numpy()
+            record[node.path] = tuple(y.shape) if shapes_only else y.detach().to("cpu", F32).numpy()
         return y
 
