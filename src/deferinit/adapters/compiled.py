@@ -220,7 +220,16 @@ class CompiledModel(Generic[N]):
         """
         with self._gate.writing():
             x, shape, dtype = self._input(dummy_input, allow_abstract=True)
-            inference = infer(self.spec, shape, dtype=dtype, backend=self.backend, root=self.root)
+            try:
+                inference = infer(self.spec, shape, dtype=dtype, backend=self.backend, root=self.root)
+            except DeferInitError as exc:
+                if isinstance(dummy_input, tuple) and dummy_input and all(type(d) is int for d in dummy_input):
+                    # a tuple of ints is data to numpy; the user most likely meant it as the input's shape
+                    raise type(exc)(f"{exc}; apply_init took the tuple {dummy_input} as data (an array of shape "
+                                    f"({len(dummy_input)},)): for an input of that shape pass "
+                                    f"di.ShapeDtype({dummy_input}, 'float32') or np.zeros({dummy_input}, "
+                                    f"np.float32)") from None
+                raise
             if self._index_limit is not None and not isinstance(x, ShapeDtype):  # torch and Keras dry-run the data
                 self._check_indices(x)
             portable = init_mod.get(init)

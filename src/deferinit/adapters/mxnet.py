@@ -308,6 +308,37 @@ class GluonModel(CompiledModel[blocks.Sequential]):
         table: _Table = native._deferinit
         return {name: NativeParam(p.name, tuple(p.shape), tuple(p.shape)) for name, p in table.params.items()}
 
+    def _native_layer_shapes(self, native: blocks.Sequential, x: Any, inference: Inference, abstract: bool) -> dict:
+        """Gluon's own shape inference at every layer position: the position-by-position walk of
+        ``_intermediates`` traced on a symbol, every position's output grouped, one ``infer_shape`` (nothing
+        allocated, nothing computed). A varying dim gets the stand-in size MXNet needs (``_standin.py``); the
+        compiled model reports it as None again."""
+        table: _Table = native._deferinit
+        shape = stand_in(self.spec, inference, self.root)
+        record: dict[str, Any] = {}
+
+        def run(node: Node, y: Any) -> Any:
+            layer = node.layer
+            if node.tied_to is None and isinstance(layer, Sequential):
+                for child in node.children:
+                    y = run(child, y)
+                out = y
+            else:
+                if node.tied_to is None and isinstance(layer, (Residual, Concat)):
+                    for child in node.children:
+                        run(child, y)
+                out = table.blocks[node.path](y)
+            record[node.path] = out
+            return out
+
+        with blocks.tracing({"data": shape}), autograd.predict_mode():
+            y = mx.sym.var("data")
+            for child in self.root.children:
+                y = run(child, y)
+            names = list(record)
+            _, outs, _ = mx.sym.Group([record[n] for n in names] + [y]).infer_shape_partial(data=shape)
+        return {name: tuple(out) for name, out in zip([*names, ""], outs)}
+
     def _materialize(self, init: Any, key: Any) -> None:
         native = self.native
         _check_init(init)
