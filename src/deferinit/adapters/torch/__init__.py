@@ -25,7 +25,6 @@ Every canonical layout is torch's own layout, so no weight is transposed.
 from __future__ import annotations
 
 import contextlib
-import weakref
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -54,14 +53,14 @@ class TorchModel(CompiledModel[nn.Module]):
     """A spec compiled for PyTorch; ``native`` is the ``nn.Module`` (an ``nn.Sequential``)."""
 
     backend = "torch"
-    _built: tuple[Callable[[], nn.Module | None], TorchBuilder] = (lambda: None, None)  # type: ignore[assignment]
+    _built: tuple[nn.Module, TorchBuilder] | None = None  # the last native built, until its dry run
     _observed: tuple[nn.Module | None, dict[str, tuple]] = (None, {})
 
     # ---------------------------------------------------------------- building and initializing
     def _new_native(self) -> nn.Module:
         builder = TorchBuilder(self.root, self.spec.data_format == "channels_last")
         net = tree.build(self.root, builder)[0][0].module
-        self._built = (weakref.ref(net), builder)  # the observer of the dry run needs where each position ends
+        self._built = (net, builder)  # the observer of its dry run needs where each position ends
         return net
 
     def _module(self, net: nn.Module, path: str) -> nn.Module:
@@ -94,6 +93,7 @@ class TorchModel(CompiledModel[nn.Module]):
 
     def _native_init(self, net: nn.Module, x: Any, inference: Inference, init: Any, key: Any,
                      abstract: bool) -> dict[str, NativeParam]:
+        observer = Observer(self._builder_of(net))
         init_fn = self._init_fn(init)
         # Shapes are inferred on meta when abstract, and also when the input has varying (None) dims: a CPU
         # dry run would need a stand-in size for them that every window fits; meta needs no memory for any.
@@ -118,7 +118,6 @@ class TorchModel(CompiledModel[nn.Module]):
                     tt.allocate(module, (layer.num_embeddings, layer.dim), device)
             net.eval()  # the dry run must not update BatchNorm statistics
             # the report's per-layer shapes are read off this dry run (forward hooks, removed right after)
-            observer = Observer(self._builder_of(net))
             handles = observer.attach()
             try:
                 with torch.no_grad(), (torch.device("meta") if on_meta else contextlib.nullcontext()):
@@ -169,10 +168,10 @@ class TorchModel(CompiledModel[nn.Module]):
         return shapes
 
     def _builder_of(self, net: nn.Module) -> TorchBuilder:
-        built, builder = self._built
-        if built() is not net:
+        built, self._built = self._built, None
+        if built is None or built[0] is not net:
             raise BackendError(f"{self._who()}: the native model to initialize is not the one last built")
-        return builder
+        return built[1]
 
     def _check_init(self, name: str, t: torch.Tensor, want: tuple) -> None:
         """A module function given as ``init`` may replace a tensor (``m.weight = nn.Parameter(...)``): it must
