@@ -214,10 +214,9 @@ def test_a_transposed_kernel_is_caught_at_its_layer(backend: str, monkeypatch: p
     assert _first_divergent(reference.intermediates(x), honest.intermediates(x)) is None
     if backend == "numpy":
         return
-    real = registry.load_backend
+    real, broken_cls = registry.load_backend, _transposing(backend, "1.weight")
     monkeypatch.setattr(registry, "load_backend",
-                        lambda name: _transposing(backend, "1.weight") if registry.resolve(name) == backend
-                        else real(name))
+                        lambda name: broken_cls if registry.resolve(name) == backend else real(name))
     result = di.parity(TRANSPOSE_SPEC, x, [backend], training=False, gradients=False)
     assert not result.passed
     assert result.results[backend].first_divergence == "1"
