@@ -13,7 +13,8 @@ from dataclasses import KW_ONLY, dataclass
 from typing import Any, ClassVar
 
 from .errors import SpecError, fmt_shape
-from .layers_base import Buffer, Leaf, ParamSpec, RuleContext, conv_pads
+from .layers_base import Buffer, ParamSpec, RuleContext, conv_pads
+from .layers_base import Leaf as Leaf
 from .layers_base import _bool_error as _bool_error
 from .layers_base import _layer_name as _layer_name
 from .layers_base import _padded as _padded
@@ -34,7 +35,7 @@ from .layers_norm import (
     Softmax,
     Tanh,
 )
-from .spec import check_activation, check_int, check_tuple
+from .spec import Shape, check_activation, check_int, check_tuple
 
 __all__ = [
     "ParamSpec", "Buffer", "RuleContext", "Dense", "Conv1D", "Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D",
@@ -65,7 +66,7 @@ class Dense(Leaf):
         if not isinstance(self.use_bias, bool):
             raise _bool_error("Dense", self.use_bias)
 
-    def infer(self, shape: tuple, ctx: RuleContext) -> tuple[tuple, dict[str, ParamSpec]]:
+    def infer(self, shape: Shape, ctx: RuleContext) -> tuple[Shape, dict[str, ParamSpec]]:
         if len(shape) < 2:
             raise ctx.mismatch("an input of rank >= 2 (batch, ..., features)", f"shape {fmt_shape(shape)}")
         fan_in = ctx.known(shape, -1, "the input features")
@@ -112,13 +113,13 @@ class _ConvND(Leaf):
             raise SpecError(f"{name}: groups must divide in_channels. Received: in_channels={self.in_channels}, "
                             f"groups={self.groups}")
 
-    def pads(self, spatial: tuple) -> tuple[tuple[int, int], ...]:
+    def pads(self, spatial: Shape) -> tuple[tuple[int, int], ...]:
         """Resolved (before, after) padding per spatial dim for an input of these spatial sizes."""
         return tuple(conv_pads(size, self.kernel_size[i], self.stride[i], self.dilation[i],
                                self.padding if isinstance(self.padding, str) else self.padding[i])
                      for i, size in enumerate(spatial))
 
-    def infer(self, shape: tuple, ctx: RuleContext) -> tuple[tuple, dict[str, ParamSpec]]:
+    def infer(self, shape: Shape, ctx: RuleContext) -> tuple[Shape, dict[str, ParamSpec]]:
         rank = self.ndim + 2
         ctx.need_rank(shape, (rank,), f"(batch, channels, {self.ndim} spatial dims in {ctx.data_format} order)")
         c_axis = ctx.channel_axis(rank)
@@ -136,7 +137,7 @@ class _ConvND(Leaf):
             params["bias"] = ParamSpec((self.channels,), role="bias")
         return tuple(out), params
 
-    def buffers(self, shape: tuple, out: tuple, data_format: str) -> tuple[Buffer, ...]:
+    def buffers(self, shape: Shape, out: Shape, data_format: str) -> tuple[Buffer, ...]:
         axes = _spatial_axes(len(shape), data_format)
         return _padded(shape, axes, self.pads(tuple(shape[a] for a in axes)))
 
@@ -175,16 +176,17 @@ class _Pool2D(Leaf):
 
     @property
     def strides(self) -> tuple[int, int]:
-        return self.stride if self.stride is not None else self.pool_size
+        strides: tuple[int, int] = self.stride if self.stride is not None else self.pool_size
+        return strides
 
-    def infer(self, shape: tuple, ctx: RuleContext) -> tuple[tuple, dict[str, ParamSpec]]:
+    def infer(self, shape: Shape, ctx: RuleContext) -> tuple[Shape, dict[str, ParamSpec]]:
         ctx.need_rank(shape, (4,), f"(batch, channels, height, width in {ctx.data_format} order)")
         out = list(shape)
         for i, axis in enumerate(ctx.spatial_axes(4)):
             out[axis] = _window_out(ctx, shape, axis, self.pool_size[i], self.strides[i], 1, self.padding[i])
         return tuple(out), {}
 
-    def buffers(self, shape: tuple, out: tuple, data_format: str) -> tuple[Buffer, ...]:
+    def buffers(self, shape: Shape, out: Shape, data_format: str) -> tuple[Buffer, ...]:
         return _padded(shape, _spatial_axes(4, data_format), tuple((p, p) for p in self.padding))
 
 
@@ -202,7 +204,7 @@ class AvgPool2D(_Pool2D):
 class GlobalAvgPool2D(Leaf):
     """Mean over both spatial dims: ``(N, C, H, W) -> (N, C)``."""
 
-    def infer(self, shape: tuple, ctx: RuleContext) -> tuple[tuple, dict[str, ParamSpec]]:
+    def infer(self, shape: Shape, ctx: RuleContext) -> tuple[Shape, dict[str, ParamSpec]]:
         ctx.need_rank(shape, (4,), f"(batch, channels, height, width in {ctx.data_format} order)")
         if any(shape[a] == 0 for a in ctx.spatial_axes(4)):
             raise ctx.mismatch("non-empty spatial dims", f"shape {fmt_shape(shape)}")

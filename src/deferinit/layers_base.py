@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
 from .errors import DTypeError, ShapeMismatchError, SpecError, fmt_shape, where
-from .spec import Layer, show
+from .spec import Layer, Shape, show
 
 __all__ = ["ParamSpec", "Buffer", "RuleContext", "Leaf", "conv_pads", "check_kind"]
 
@@ -51,14 +51,14 @@ class RuleContext:
     def spatial_axes(self, rank: int) -> tuple[int, ...]:
         return tuple(range(2, rank)) if self.data_format == "channels_first" else tuple(range(1, rank - 1))
 
-    def need_rank(self, shape: tuple, ranks: tuple[int, ...], what: str) -> None:
+    def need_rank(self, shape: Shape, ranks: tuple[int, ...], what: str) -> None:
         if len(shape) not in ranks:
             names = " or ".join(str(r) for r in ranks)
             raise self.mismatch(f"a rank-{names} input {what}", f"shape {fmt_shape(shape)} (rank {len(shape)})")
 
-    def known(self, shape: tuple, axis: int, what: str) -> int:
+    def known(self, shape: Shape, axis: int, what: str) -> int:
         """A dim that a parameter depends on: it must be concrete."""
-        dim = shape[axis]
+        dim: int = shape[axis]
         if dim is None:
             raise self.mismatch(f"a known size for {what} (axis {axis % len(shape)}), since parameters depend on it",
                                 f"shape {fmt_shape(shape)} with that dim None",
@@ -88,9 +88,9 @@ def conv_pads(size: int | None, kernel: int, stride: int, dilation: int, padding
     return padding, padding
 
 
-def _window_out(ctx: RuleContext, shape: tuple, axis: int, kernel: int, stride: int, dilation: int,
+def _window_out(ctx: RuleContext, shape: Shape, axis: int, kernel: int, stride: int, dilation: int,
                 padding: Any) -> int | None:
-    size = shape[axis]
+    size: int | None = shape[axis]
     if size is None:
         return None
     if padding == "same":
@@ -118,10 +118,10 @@ class Leaf(Layer):
     accepts: ClassVar[str] = "float"  # float | int | any: the input dtype kind the layer takes
     fan_name: ClassVar[str] = "input features"  # what the input dim its parameters depend on is called
 
-    def infer(self, shape: tuple, ctx: RuleContext) -> tuple[tuple, dict[str, ParamSpec]]:
+    def infer(self, shape: Shape, ctx: RuleContext) -> tuple[Shape, dict[str, ParamSpec]]:
         raise NotImplementedError
 
-    def buffers(self, shape: tuple, out: tuple, data_format: str) -> tuple[Buffer, ...]:
+    def buffers(self, shape: Shape, out: Shape, data_format: str) -> tuple[Buffer, ...]:
         """What the layer allocates beyond its output for an input of ``shape`` (concrete dims): none for most."""
         return ()
 
@@ -130,7 +130,7 @@ def _spatial_axes(rank: int, data_format: str) -> tuple[int, ...]:
     return tuple(range(2, rank)) if data_format == "channels_first" else tuple(range(1, rank - 1))
 
 
-def _padded(shape: tuple, axes: tuple[int, ...], pads: tuple[tuple[int, int], ...]) -> tuple[Buffer, ...]:
+def _padded(shape: Shape, axes: tuple[int, ...], pads: tuple[tuple[int, int], ...]) -> tuple[Buffer, ...]:
     """The zero-padded copy of the input that explicit padding costs (TensorFlow pads in a layer of its own)."""
     if not any(a or b for a, b in pads):
         return ()

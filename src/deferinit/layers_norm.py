@@ -10,7 +10,7 @@ from typing import ClassVar
 
 from .errors import fmt_shape
 from .layers_base import Leaf, ParamSpec, RuleContext
-from .spec import ACTIVATIONS, check_activation, check_float, check_int
+from .spec import ACTIVATIONS, Shape, check_activation, check_float, check_int
 
 __all__ = ["BatchNorm", "LayerNorm", "Dropout", "Flatten", "Identity", "Activation", "ReLU", "Sigmoid", "Tanh",
            "GELU", "Softmax", "Embedding"]
@@ -29,7 +29,7 @@ class BatchNorm(Leaf):
         check_float("BatchNorm", "eps", self.eps, 0.0, math.inf, lo_open=True, hi_open=True)
         check_float("BatchNorm", "momentum", self.momentum, 0.0, 1.0, lo_open=False, hi_open=False)
 
-    def infer(self, shape: tuple, ctx: RuleContext) -> tuple[tuple, dict[str, ParamSpec]]:
+    def infer(self, shape: Shape, ctx: RuleContext) -> tuple[Shape, dict[str, ParamSpec]]:
         ctx.need_rank(shape, (2, 3, 4, 5), "(batch, channels, ...)")
         c = ctx.known(shape, ctx.channel_axis(len(shape)), "the channels")
         return shape, {
@@ -50,7 +50,7 @@ class LayerNorm(Leaf):
     def validate(self) -> None:
         check_float("LayerNorm", "eps", self.eps, 0.0, math.inf, lo_open=True, hi_open=True)
 
-    def infer(self, shape: tuple, ctx: RuleContext) -> tuple[tuple, dict[str, ParamSpec]]:
+    def infer(self, shape: Shape, ctx: RuleContext) -> tuple[Shape, dict[str, ParamSpec]]:
         if len(shape) < 2:
             raise ctx.mismatch("an input of rank >= 2 (batch, ..., features)", f"shape {fmt_shape(shape)}")
         c = ctx.known(shape, -1, "the normalized (last) axis")
@@ -67,7 +67,7 @@ class Dropout(Leaf):
     def validate(self) -> None:
         check_float("Dropout", "rate", self.rate, 0.0, 1.0, lo_open=False, hi_open=True)
 
-    def infer(self, shape: tuple, ctx: RuleContext) -> tuple[tuple, dict[str, ParamSpec]]:
+    def infer(self, shape: Shape, ctx: RuleContext) -> tuple[Shape, dict[str, ParamSpec]]:
         return shape, {}
 
 
@@ -77,7 +77,7 @@ class Flatten(Leaf):
 
     accepts: ClassVar[str] = "any"
 
-    def infer(self, shape: tuple, ctx: RuleContext) -> tuple[tuple, dict[str, ParamSpec]]:
+    def infer(self, shape: Shape, ctx: RuleContext) -> tuple[Shape, dict[str, ParamSpec]]:
         if len(shape) < 1:
             raise ctx.mismatch("an input with a batch axis", f"shape {fmt_shape(shape)}")
         rest = shape[1:]
@@ -91,7 +91,7 @@ class Identity(Leaf):
 
     accepts: ClassVar[str] = "any"
 
-    def infer(self, shape: tuple, ctx: RuleContext) -> tuple[tuple, dict[str, ParamSpec]]:
+    def infer(self, shape: Shape, ctx: RuleContext) -> tuple[Shape, dict[str, ParamSpec]]:
         return shape, {}
 
 
@@ -104,7 +104,7 @@ class Activation(Leaf):
     def validate(self) -> None:
         check_activation("Activation", self.activation, optional=False)
 
-    def infer(self, shape: tuple, ctx: RuleContext) -> tuple[tuple, dict[str, ParamSpec]]:
+    def infer(self, shape: Shape, ctx: RuleContext) -> tuple[Shape, dict[str, ParamSpec]]:
         return shape, {}
 
 
@@ -117,7 +117,7 @@ def _named_activation(act: str, doc: str) -> type:
         def activation(self) -> str:
             return act
 
-        def infer(self, shape: tuple, ctx: RuleContext) -> tuple[tuple, dict[str, ParamSpec]]:
+        def infer(self, shape: Shape, ctx: RuleContext) -> tuple[Shape, dict[str, ParamSpec]]:
             return shape, {}
 
     return _Named
@@ -145,7 +145,7 @@ class Embedding(Leaf):
         check_int("Embedding", "num_embeddings", self.num_embeddings)
         check_int("Embedding", "dim", self.dim)
 
-    def infer(self, shape: tuple, ctx: RuleContext) -> tuple[tuple, dict[str, ParamSpec]]:
+    def infer(self, shape: Shape, ctx: RuleContext) -> tuple[Shape, dict[str, ParamSpec]]:
         if len(shape) < 1:
             raise ctx.mismatch("integer indices with a batch axis", f"shape {fmt_shape(shape)}")
         return shape + (self.dim,), {"weight": ParamSpec((self.num_embeddings, self.dim), role="embedding")}
