@@ -35,9 +35,12 @@ if TYPE_CHECKING:
     from ._gate import Gate
     from ._semantics import IdCheck
 
-__all__ = ["Contract", "NativeParam", "ShapeDtype"]
+__all__ = ["Contract", "NativeParam", "ShapeDtype", "REQUIRED_HOOKS"]
 
 N = TypeVar("N")
+
+#: the hooks every backend must implement (the others have a default, or are optional: see above)
+REQUIRED_HOOKS = ("_new_native", "_native_init", "_to_native", "_forward", "_get_weights", "_set_weights")
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,7 @@ class Contract(Generic[N]):
     _gate: Gate
 
     def _who(self) -> str:
+        """How errors name this model: the backend and the spec's name."""
         return f"{self.backend} model{' ' + repr(self.spec.name) if self.spec.name else ''}"
 
     # ================================================================== hooks a backend implements
@@ -120,6 +124,8 @@ class Contract(Generic[N]):
         raise NotImplementedError
 
     def _forward(self, x: Any, training: bool) -> Any:
+        """The native forward on a checked native input ``x``; returns the framework's tensor. On the path of
+        every call: no per-call work that ``_check_call`` (cached per signature) could do once."""
         raise NotImplementedError
 
     def _get_weights(self) -> dict[str, np.ndarray]:
@@ -159,10 +165,13 @@ class Contract(Generic[N]):
         return np.asarray(y)
 
     def _gradients(self, x: Any, training: bool) -> dict[str, np.ndarray]:
+        """The gradient of ``sum(output)`` for every trainable canonical parameter, canonical layout, float32."""
         raise UnsupportedLayerError(f"{self._who()}: gradients are not available on this backend")
 
     def _is_native(self, x: Any) -> bool:
+        """``x`` is already the framework's tensor (then it is used as it is, without a copy)."""
         return False
 
     def _signature(self, x: Any) -> tuple:
+        """The key under which a native input's checks are cached: cheap, since every call computes it."""
         return (tuple(x.shape), x.dtype)  # str(dtype) costs ~5 us a call; dtypes hash as they are
