@@ -1,9 +1,10 @@
-"""The one contract every backend implements, and the glue they share.
+"""The compiled model: the public API every backend shares, written once (validate -> build -> swap).
 
 A backend subclasses :class:`CompiledModel` and fills in a handful of hooks (build the native lazy model,
-run its deferred initialization, forward, read and write weights in canonical layout). Everything a user
-can get wrong is checked here, once, with the reference rules, *before* any framework code runs, so every
-backend raises the same :class:`~deferinit.errors.DeferInitError` for the same mistake:
+run its deferred initialization, forward, read and write weights in canonical layout), listed with the
+capabilities it declares in ``contract.py``. Everything a user can get wrong is checked once, with the
+reference rules (``checks.py``), *before* any framework code runs, so every backend raises the same
+:class:`~deferinit.errors.DeferInitError` for the same mistake:
 
 * ``apply_init`` validates the dummy input with :func:`~deferinit.shapes.infer`, builds a NEW native model,
   lets the framework infer its shapes, checks them against the rules and only then swaps the new model in.
