@@ -221,3 +221,10 @@ def test_a_transposed_kernel_is_caught_at_its_layer(backend: str, monkeypatch: p
     assert not result.passed
     assert result.results[backend].first_divergence == "1"
     assert any("first at layer '1'" in line for line in result.failures())
+
+
+def test_varying_dims_stay_none(backend: str) -> None:
+    spec = di.LazyModel([di.Conv2D(4, 3, padding=1, activation="relu"), di.GlobalAvgPool2D(), di.Dense(3)])
+    report = di.compile(spec, backend).apply_init(di.ShapeDtype((None, 2, None, None), "float32"), abstract=True)
+    assert report.layers["0"].output_shape == (None, 4, None, None) and report.output_shape == (None, 3)
+    assert report.diff(di.infer_shapes(spec, (None, 2, None, None))) == []
