@@ -45,8 +45,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import ops
-from ..layers_seq import (
+from ... import ops
+from ...extend import register_builder
+from ...layers_seq import (
     GRU,
     LSTM,
     RNN,
@@ -60,8 +61,8 @@ from ..layers_seq import (
     Scale,
     Take,
 )
-from ..shapes import Node
-from . import _jax_tree as T
+from ...shapes import Node
+from . import params as T
 
 __all__ = ["SEQ_LEAVES", "Recurrent", "Bidirectional", "Stacked", "SimpleCellNoBias", "GRUCellNoBias",
            "LSTMCellNoBias", "SelfAttention", "SinusoidalEncoding", "ClassTokenModule", "PositionEmbeddingModule"]
@@ -315,3 +316,5 @@ SEQ_LEAVES: dict[type, Callable[[Node, bool, str], T.Made]] = {
     Take: _fn(lambda s: functools.partial(_take, s.index, s.axis)),
     OneHot: _fn(lambda s: functools.partial(_one_hot, s.num_classes)),
 }
+for _type, _builder in SEQ_LEAVES.items():
+    register_builder("jax", _type)(_builder)

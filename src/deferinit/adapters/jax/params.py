@@ -22,10 +22,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..errors import UnsupportedLayerError, where
-from ..shapes import Node
-from ..spec import Concat, Residual, Sequential
-from . import _jax_modules as M
+from ...errors import UnsupportedLayerError, where
+from ...extend import builder_for, builders
+from ...shapes import Node
+from ...spec import Concat, Residual, Sequential
+from . import modules as M
 
 __all__ = ["Leaf", "Layout", "One", "Gates", "Flat", "Made", "Built", "State", "build", "get", "put", "count_leaves"]
 
@@ -203,9 +204,9 @@ def child_names(node: Node) -> list[str]:
     return names
 
 
-def build(root: Node, data_format: str, leaves: Mapping[type, Callable]) -> tuple[nn.Module, Built]:
-    """The Flax module tree of a plan; ``leaves`` maps each leaf layer type to its builder, which returns the
-    module and ``{canonical parameter: Layout}``."""
+def build(root: Node, data_format: str) -> tuple[nn.Module, Built]:
+    """The Flax module tree of a plan; each leaf's builder (``extend.builder_for("jax", type)``, see ``leaves.py``)
+    returns the module and ``{canonical parameter: Layout}``."""
     cf = data_format == "channels_first"
     built = Built()
 
@@ -225,10 +226,10 @@ def build(root: Node, data_format: str, leaves: Mapping[type, Callable]) -> tupl
             if isinstance(layer, Concat):
                 return M.Concat(kids, cf, paths, name=name)
             return M.Sequential(kids, paths, name=name)
-        builder = leaves.get(type(layer))
+        builder = builder_for("jax", type(layer))
         if builder is None:
             raise UnsupportedLayerError(f"{where(node.path, layer, 'jax')}: no Flax module is known for this layer "
-                                        f"type; supported: {', '.join(sorted(t.__name__ for t in leaves))}")
+                                        f"type; supported: {', '.join(sorted(t.__name__ for t in builders('jax')))}")
         module, layouts = builder(node, cf, name)  # type: ignore[arg-type]
         for pname, layout in layouts.items():
             built.variables[node.param_name(pname)] = (native, layout)
