@@ -1,3 +1,5 @@
+# mypy: disable-error-code="misc, untyped-decorator"
+# (Flax is untyped where the lint session installs no framework: its Module is Any to subclass and decorate)
 """The JAX backend: a spec compiled to a Flax linen module tree (the modules are in ``modules.py``, the
 sequence layers' in ``sequence.py``, the canonical <-> Flax variable layouts in ``params.py``).
 
@@ -94,9 +96,23 @@ class FlaxModel(CompiledModel[nn.Module]):
         dtype = jax.dtypes.canonicalize_dtype(np.dtype(x.dtype))
         if any(d is None for d in shape):  # the rules guarantee no parameter depends on such a dim
             shape = jax.export.symbolic_shape(", ".join(f"_d{i}" if d is None else str(d) for i, d in enumerate(shape)))
-        # Flax's own deferred init, traced symbolically: every variable's shape, no parameter memory
-        found = jax.eval_shape(lambda k, a: native.init(k, a, False), rng, jax.ShapeDtypeStruct(shape, dtype))
+        # Flax's own deferred init, traced symbolically: every variable's shape, no parameter memory. The same
+        # trace records each layer position's output (the containers' recording, as for intermediates) and the
+        # model's: the report's layer shapes are Flax's, observed in this one dry run
+        def traced(k: Any, a: Any) -> Any:
+            record: dict = {}
+            token = M.recording(record)
+            try:
+                y, variables = native.init_with_output(k, a, False)
+            finally:
+                M._RECORD.reset(token)
+            return variables, {**record, "": y}
+        found, outputs = jax.eval_shape(traced, rng, jax.ShapeDtypeStruct(shape, dtype))
         st = self._st(native)
+        # a symbolic dim (an input's None) stays None; the modules return the spec's layout (channels-last
+        # convolutions transpose back inside modules.Conv), so no transposition is needed here
+        st.layer_shapes = {path: tuple(d if isinstance(d, int) else None for d in s.shape)
+                           for path, s in outputs.items()}
         st.shapes, st.rng = found, jax.random.fold_in(rng, 0x5EED)
         out = {}
         for name, (path, layout) in st.built.variables.items():
@@ -109,6 +125,10 @@ class FlaxModel(CompiledModel[nn.Module]):
         if not abstract:
             self._fill(st, init, rng)
         return out
+
+    def _native_layer_shapes(self, native: nn.Module, x: Any, inference: Inference,
+                             abstract: bool) -> Mapping[str, tuple]:
+        return self._st(native).layer_shapes  # observed by _native_init's trace
 
     def _materialize(self, init: Any, key: Any) -> None:
         _check_init(init)

@@ -1,3 +1,5 @@
+# mypy: disable-error-code="misc, untyped-decorator"
+# (Flax is untyped where the lint session installs no framework: its Module is Any to subclass and decorate)
 """The jax backend's table: spec leaf type -> the builder of its Flax module.
 
 A builder is registered with ``@deferinit.extend.register_builder("jax", LayerType)`` (the built-in ones here,
@@ -20,7 +22,7 @@ kernel of a canonical ``(out, in)`` weight) or ``"conv"`` (Flax's ``(*kernel, in
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import flax.linen as nn
 
@@ -66,7 +68,7 @@ def _dense(node: Node, cf: bool, name: str) -> Made:
 
 @register_builder("jax", Conv1D, Conv2D)
 def _conv(node: Node, cf: bool, name: str) -> Made:
-    layer = node.layer
+    layer: Any = node.layer  # the builder's own layer type (the table maps it here)
     # "same" is TensorFlow's rule (odd pixel after), which is lax's SAME; ints are symmetric pads
     padding = layer.padding.upper() if isinstance(layer.padding, str) else tuple((p, p) for p in layer.padding)
     m = M.Conv(layer.channels, tuple(layer.kernel_size), strides=tuple(layer.stride), padding=padding,
@@ -80,7 +82,7 @@ def _conv(node: Node, cf: bool, name: str) -> Made:
 
 @register_builder("jax", MaxPool2D, AvgPool2D)
 def _pool(node: Node, cf: bool, name: str) -> Made:
-    layer = node.layer
+    layer: Any = node.layer  # the builder's own layer type (the table maps it here)
     return M.Pool("max" if isinstance(layer, MaxPool2D) else "avg", tuple(layer.pool_size), tuple(layer.strides),
                   tuple((p, p) for p in layer.padding), cf, name=name), {}
 
@@ -98,7 +100,8 @@ def _batch_norm(node: Node, cf: bool, name: str) -> Made:
 @register_builder("jax", LayerNorm)
 def _layer_norm(node: Node, cf: bool, name: str) -> Made:
     # use_fast_variance=False: E[x^2] - E[x]^2 loses digits the spec's reference keeps
-    m = M.LayerNorm(epsilon=node.layer.eps, use_fast_variance=False, name=name)
+    layer: Any = node.layer
+    m = M.LayerNorm(epsilon=layer.eps, use_fast_variance=False, name=name)
     return m, {"weight": T.One(T.Leaf("params", "scale", m.scale_init)), "bias": T.One(T.Leaf("params", "bias", m.bias_init))}
 
 

@@ -1,3 +1,5 @@
+# mypy: disable-error-code="misc, untyped-decorator"
+# (Flax is untyped where the lint session installs no framework: its Module is Any to subclass and decorate)
 """The glue under the jax adapter: the module tree built from a plan, where each canonical parameter lives in
 Flax's variable dict, layout translation, and the per-model state (variables, compiled functions).
 
@@ -287,6 +289,7 @@ class State:
     def __init__(self, built: Built) -> None:
         self.built = built
         self.shapes: dict = {}            # what jax.eval_shape(module.init) found: ShapeDtypeStructs
+        self.layer_shapes: dict[str, tuple] = {}  # each layer position's output shape, from the same trace
         self._variables: dict | None = None
         self.pending: tuple | None = None  # (init, key) of a draw not made yet
         self.rng: Any = None               # dropout key, advanced by every training call
