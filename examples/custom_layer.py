@@ -78,6 +78,35 @@ else:
 
 
 # >>> jax
+try:  # the jax builder, as a user writes one (the signature is documented in deferinit/adapters/jax/leaves.py)
+    import flax.linen as nn
+
+    from deferinit.adapters.jax import params as jax_params
+except ImportError:  # jax/flax not installed: no jax builder
+    pass
+else:
+    class FlaxGatedDense(nn.Module):
+        """The Flax module: a kernel ``(in, 2 * units)`` (Flax's layout) and a bias, then the gate."""
+
+        units: int
+
+        @nn.compact
+        def __call__(self, x, train=False):
+            kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], 2 * self.units))
+            bias = self.param("bias", nn.initializers.zeros, (2 * self.units,))
+            h = x @ kernel + bias
+            return h[..., :self.units] * nn.sigmoid(h[..., self.units:])
+
+    @di.register_builder("jax", GatedDense)
+    def _gated_dense_jax(node, channels_first, name):
+        module = FlaxGatedDense(node.layer.units, name=name)
+        # canonical weight (2 * units, in) is Flax's kernel transposed: the "dense" layout
+        return module, {
+            "weight": jax_params.One(jax_params.Leaf("params", "kernel", nn.initializers.lecun_normal(), kernel=True),
+                                     "dense"),
+            "bias": jax_params.One(jax_params.Leaf("params", "bias", nn.initializers.zeros)),
+        }
+
 # <<< jax
 
 

@@ -195,7 +195,7 @@ def flaky_write(backend: str, monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
         monkeypatch.setattr(gluon.Parameter, "initialize", wrap(gluon.Parameter.initialize))
     elif backend == "jax":
-        from deferinit.adapters import _jax_tree
+        from deferinit.adapters.jax import params as _jax_tree
 
         monkeypatch.setattr(_jax_tree, "put", wrap(_jax_tree.put))
     elif backend == "numpy":

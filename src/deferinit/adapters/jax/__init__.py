@@ -1,5 +1,7 @@
-"""The JAX backend: a spec compiled to a Flax linen module tree (the modules are in ``_jax_modules.py``, the
-sequence layers' in ``_jax_seq.py``, the canonical <-> Flax variable layouts in ``_jax_tree.py``).
+# mypy: disable-error-code="misc, untyped-decorator"
+# (Flax is untyped where the lint session installs no framework: its Module is Any to subclass and decorate)
+"""The JAX backend: a spec compiled to a Flax linen module tree (the modules are in ``modules.py``, the
+sequence layers' in ``sequence.py``, the canonical <-> Flax variable layouts in ``params.py``).
 
 Shapes come from Flax itself: ``jax.eval_shape(module.init, key, ShapeDtypeStruct)`` runs every module's own
 ``init`` symbolically (Dense finds its fan-in, Conv its input channels, ...) and allocates nothing: 60-90 ms
@@ -11,7 +13,7 @@ CPU is compiling the random draws. d2l's ResNet-18 on 1x1x96x96, measured side b
 machine under load: un-jitted ``module.init`` 10-15 s (one compilation per operation), ``jax.jit(module.init)``
 8-9 s (and again for every new module instance), this path 2.8-4.4 s cold and 0.4 s for a second model of the
 same architecture. With a portable ``init`` (or ``load_weights``) no random draw is compiled at all: the
-default draw is deferred until the values are first read (see ``_jax_tree.State``).
+default draw is deferred until the values are first read (see ``params.State``).
 
 Variables live on the native module they belong to, so when the base class swaps models (or restores the
 previous one after a failed ``apply_init``) they follow. The steady-state forward is one cached
@@ -31,108 +33,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..errors import DTypeError, SpecError
-from ..layers import (
-    GELU,
-    Activation,
-    AvgPool2D,
-    BatchNorm,
-    Conv1D,
-    Conv2D,
-    Dense,
-    Dropout,
-    Embedding,
-    Flatten,
-    GlobalAvgPool2D,
-    Identity,
-    LayerNorm,
-    MaxPool2D,
-    ReLU,
-    Sigmoid,
-    Softmax,
-    Tanh,
-)
-from ..shapes import Inference, Node
-from . import _jax_modules as M
-from . import _jax_tree as T
-from ._jax_seq import SEQ_LEAVES
-from .compiled import CompiledModel, NativeParam
+from ...errors import DTypeError, SpecError
+from ...shapes import Inference, Node
+from ..compiled import CompiledModel, NativeParam
+from . import fastpath
+from . import leaves as _leaves  # noqa: F401  (registers the built-in builders)
+from . import modules as M
+from . import params as T
+from . import sequence as _sequence  # noqa: F401
 
 __all__ = ["FlaxModel"]
-
-
-# ------------------------------------------------------------------------------------------- leaf builders
-Made = T.Made
-
-
-def _dense(node: Node, cf: bool, name: str) -> Made:
-    layer: Dense = node.layer  # type: ignore[assignment]
-    m = M.Dense(layer.units, use_bias=layer.use_bias, activation=layer.activation, name=name)
-    out: dict[str, T.Layout] = {"weight": T.One(T.Leaf("params", "kernel", m.kernel_init, kernel=True), "dense")}
-    if layer.use_bias:
-        out["bias"] = T.One(T.Leaf("params", "bias", m.bias_init))
-    return m, out
-
-
-def _conv(node: Node, cf: bool, name: str) -> Made:
-    layer = node.layer
-    # "same" is TensorFlow's rule (odd pixel after), which is lax's SAME; ints are symmetric pads
-    padding = layer.padding.upper() if isinstance(layer.padding, str) else tuple((p, p) for p in layer.padding)
-    m = M.Conv(layer.channels, tuple(layer.kernel_size), strides=tuple(layer.stride), padding=padding,
-               kernel_dilation=tuple(layer.dilation), feature_group_count=layer.groups, use_bias=layer.use_bias,
-               activation=layer.activation, channels_first=cf, name=name)
-    out: dict[str, T.Layout] = {"weight": T.One(T.Leaf("params", "kernel", m.kernel_init, kernel=True), "conv")}
-    if layer.use_bias:
-        out["bias"] = T.One(T.Leaf("params", "bias", m.bias_init))
-    return m, out
-
-
-def _pool(node: Node, cf: bool, name: str) -> Made:
-    layer = node.layer
-    return M.Pool("max" if isinstance(layer, MaxPool2D) else "avg", tuple(layer.pool_size), tuple(layer.strides),
-                  tuple((p, p) for p in layer.padding), cf, name=name), {}
-
-
-def _batch_norm(node: Node, cf: bool, name: str) -> Made:
-    layer: BatchNorm = node.layer  # type: ignore[assignment]
-    ones, zeros = nn.initializers.ones, nn.initializers.zeros
-    return M.BatchNorm(momentum=1.0 - layer.momentum, epsilon=layer.eps, channels_first=cf, name=name), {
-        "weight": T.One(T.Leaf("params", "scale", ones)), "bias": T.One(T.Leaf("params", "bias", zeros)),
-        "running_mean": T.One(T.Leaf("batch_stats", "mean", zeros)),
-        "running_var": T.One(T.Leaf("batch_stats", "var", ones))}
-
-
-def _layer_norm(node: Node, cf: bool, name: str) -> Made:
-    # use_fast_variance=False: E[x^2] - E[x]^2 loses digits the spec's reference keeps
-    m = M.LayerNorm(epsilon=node.layer.eps, use_fast_variance=False, name=name)
-    return m, {"weight": T.One(T.Leaf("params", "scale", m.scale_init)), "bias": T.One(T.Leaf("params", "bias", m.bias_init))}
-
-
-def _embedding(node: Node, cf: bool, name: str) -> Made:
-    layer: Embedding = node.layer  # type: ignore[assignment]
-    m = M.Embed(layer.num_embeddings, layer.dim, name=name)
-    return m, {"weight": T.One(T.Leaf("params", "embedding", m.embedding_init, kernel=True))}
-
-
-def _simple(make: Callable[..., nn.Module]) -> Callable[[Node, bool, str], Made]:
-    """A builder for a layer without variables: ``make(node, cf, name=...)``."""
-    return lambda node, cf, name: (make(node, cf, name=name), {})
-
-
-_activation = _simple(lambda node, cf, name: M.Activation(node.layer.activation, name=name))
-
-LEAVES: dict[type, Callable[[Node, bool, str], Made]] = {
-    Dense: _dense, Conv1D: _conv, Conv2D: _conv, MaxPool2D: _pool, AvgPool2D: _pool,
-    GlobalAvgPool2D: _simple(lambda node, cf, name: M.GlobalAvgPool(cf, name=name)), BatchNorm: _batch_norm,
-    LayerNorm: _layer_norm, Dropout: _simple(lambda node, cf, name: M.Dropout(node.layer.rate, name=name)),
-    Flatten: _simple(lambda node, cf, name: M.Flatten(name=name)),
-    Identity: _simple(lambda node, cf, name: M.Identity(name=name)),
-    Activation: _activation, ReLU: _activation, Sigmoid: _activation, Tanh: _activation, GELU: _activation,
-    Softmax: _activation, Embedding: _embedding, **SEQ_LEAVES,
-}
-
-
-_ARRAY_TYPES: set[type] = set()  # concrete jax.Array types seen (jaxlib's ArrayImpl)
 
 
 def _check_init(init: Any) -> None:
@@ -154,7 +64,7 @@ class FlaxModel(CompiledModel[nn.Module]):
 
     # ---------------------------------------------------------------- construction and init
     def _new_native(self) -> nn.Module:
-        module, built = T.build(self.root, self.spec.data_format, LEAVES)
+        module, built = T.build(self.root, self.spec.data_format)
         # Flax modules are frozen dataclasses; the state rides on the instance so that the variables travel
         # with their module when the base class swaps models or restores the previous one after a failure
         object.__setattr__(module, "_deferinit_state", T.State(built))
@@ -184,21 +94,23 @@ class FlaxModel(CompiledModel[nn.Module]):
         dtype = jax.dtypes.canonicalize_dtype(np.dtype(x.dtype))
         if any(d is None for d in shape):  # the rules guarantee no parameter depends on such a dim
             shape = jax.export.symbolic_shape(", ".join(f"_d{i}" if d is None else str(d) for i, d in enumerate(shape)))
-        # Flax's own deferred init, traced symbolically: every variable's shape, no parameter memory; the same
-        # trace records the output shape of every layer position (in the spec's layout, as the containers pass
-        # data) and of the model: the report's layer shapes (_native_layer_shapes)
-        def traced(k: Any, a: Any) -> tuple:
+        # Flax's own deferred init, traced symbolically: every variable's shape, no parameter memory. The same
+        # trace records each layer position's output (the containers' recording, as for intermediates) and the
+        # model's: the report's layer shapes are Flax's, observed in this one dry run
+        def traced(k: Any, a: Any) -> Any:
             record: dict = {}
             token = M.recording(record)
             try:
                 y, variables = native.init_with_output(k, a, False)
             finally:
                 M._RECORD.reset(token)
-            return variables, record, y
-
-        found, record, y = jax.eval_shape(traced, rng, jax.ShapeDtypeStruct(shape, dtype))
-        self._layer_shapes = {**{path: tuple(v.shape) for path, v in record.items()}, "": tuple(y.shape)}
+            return variables, {**record, "": y}
+        found, outputs = jax.eval_shape(traced, rng, jax.ShapeDtypeStruct(shape, dtype))
         st = self._st(native)
+        # a symbolic dim (an input's None) stays None; the modules return the spec's layout (channels-last
+        # convolutions transpose back inside modules.Conv), so no transposition is needed here
+        st.layer_shapes = {path: tuple(d if isinstance(d, int) else None for d in s.shape)
+                           for path, s in outputs.items()}
         st.shapes, st.rng = found, jax.random.fold_in(rng, 0x5EED)
         out = {}
         for name, (path, layout) in st.built.variables.items():
@@ -212,16 +124,16 @@ class FlaxModel(CompiledModel[nn.Module]):
             self._fill(st, init, rng)
         return out
 
-    def _native_layer_shapes(self, native: nn.Module, x: Any, inference: Inference, abstract: bool) -> dict:
-        shapes, self._layer_shapes = self._layer_shapes, None  # recorded by _native_init's trace
-        return {path: tuple(None if not isinstance(d, int) else d for d in shape) for path, shape in shapes.items()}
+    def _native_layer_shapes(self, native: nn.Module, x: Any, inference: Inference,
+                             abstract: bool) -> Mapping[str, tuple]:
+        return self._st(native).layer_shapes  # observed by _native_init's trace
 
     def _materialize(self, init: Any, key: Any) -> None:
         _check_init(init)
         self._fill(self._st(self.native), init, self._key(key))
 
     def _fill(self, st: T.State, init: Any, rng: Any) -> None:
-        if init is None:  # Flax's defaults cannot fail: draw them when first read (see _jax_tree.State)
+        if init is None:  # Flax's defaults cannot fail: draw them when first read (see params.State)
             st.defer(rng)
             return
         # a user's initializer is run now, so that its errors surface in apply_init; Flax would keep whatever
@@ -251,20 +163,12 @@ class FlaxModel(CompiledModel[nn.Module]):
     def _to_native(self, x: Any) -> Any:
         return jnp.asarray(x)
 
-    # These two run on every call: a jitted MLP forward takes 13 us, so each 0.1 us counts. isinstance against
-    # the jax.Array ABC takes 0.11 us, the concrete type test 0.02; the base class's (shape, str(dtype))
-    # signature 5 us (numpy formats the dtype's name), the array's abstract value (shape, dtype, weak type;
-    # hashable) 0.05 us.
-    def _is_native(self, x: Any) -> bool:
-        if type(x) in _ARRAY_TYPES:
-            return True
-        if isinstance(x, jax.Array):
-            _ARRAY_TYPES.add(type(x))
-            return True
-        return False
+    # The public forms of the per-call methods; fastpath.py puts its shortcuts over them unless switched off
+    def _public_is_native(self, x: Any) -> bool:
+        return isinstance(x, jax.Array)
 
-    def _signature(self, x: Any) -> Any:
-        return x.aval
+    def _public_signature(self, x: Any) -> Any:
+        return super()._signature(x)
 
     def to_numpy(self, y: Any) -> np.ndarray:
         return np.asarray(y)
@@ -307,11 +211,13 @@ class FlaxModel(CompiledModel[nn.Module]):
             self._st(self.native).fns.clear()
         super()._check_call(x)
 
-    def _forward(self, x: Any, training: bool) -> Any:
-        st = self._native._deferinit_state  # type: ignore[union-attr]  # __call__ checked there is a model
+    def _public_forward(self, x: Any, training: bool) -> Any:
+        st = self._st(self.native)
         if not training:
-            fn = st.fns.get("infer") or self._fn("infer")
-            return fn(st.variables if st.pending is not None else st._variables, x)  # no property call
+            return self._fn("infer")(st.variables, x)
+        return self._train(st, x)
+
+    def _train(self, st: T.State, x: Any) -> Any:
         y, updates, st.rng = self._fn("train")(st.variables, x, st.rng)
         if updates:
             st.variables = {**st.variables, **updates}
@@ -386,3 +292,5 @@ class FlaxModel(CompiledModel[nn.Module]):
         """The ``params`` collection of :attr:`variables` (Flax's name for the trainable variables)."""
         return self.variables.get("params", {})
 
+
+fastpath.install(FlaxModel, fastpath.ENABLED)

@@ -1,3 +1,5 @@
+# mypy: disable-error-code="misc, untyped-decorator"
+# (Flax is untyped where the lint session installs no framework: its Module is Any to subclass and decorate)
 """The glue under the jax adapter: the module tree built from a plan, where each canonical parameter lives in
 Flax's variable dict, layout translation, and the per-model state (variables, compiled functions).
 
@@ -22,10 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..errors import UnsupportedLayerError, where
-from ..shapes import Node
-from ..spec import Concat, Residual, Sequential
-from . import _jax_modules as M
+from ...errors import UnsupportedLayerError, where
+from ...extend import builder_for, builders
+from ...shapes import Node
+from ...spec import Concat, Residual, Sequential
+from . import modules as M
 
 __all__ = ["Leaf", "Layout", "One", "Gates", "Flat", "Made", "Built", "State", "build", "get", "put", "count_leaves"]
 
@@ -203,9 +206,9 @@ def child_names(node: Node) -> list[str]:
     return names
 
 
-def build(root: Node, data_format: str, leaves: Mapping[type, Callable]) -> tuple[nn.Module, Built]:
-    """The Flax module tree of a plan; ``leaves`` maps each leaf layer type to its builder, which returns the
-    module and ``{canonical parameter: Layout}``."""
+def build(root: Node, data_format: str) -> tuple[nn.Module, Built]:
+    """The Flax module tree of a plan; each leaf's builder (``extend.builder_for("jax", type)``, see ``leaves.py``)
+    returns the module and ``{canonical parameter: Layout}``."""
     cf = data_format == "channels_first"
     built = Built()
 
@@ -225,10 +228,10 @@ def build(root: Node, data_format: str, leaves: Mapping[type, Callable]) -> tupl
             if isinstance(layer, Concat):
                 return M.Concat(kids, cf, paths, name=name)
             return M.Sequential(kids, paths, name=name)
-        builder = leaves.get(type(layer))
+        builder = builder_for("jax", type(layer))
         if builder is None:
             raise UnsupportedLayerError(f"{where(node.path, layer, 'jax')}: no Flax module is known for this layer "
-                                        f"type; supported: {', '.join(sorted(t.__name__ for t in leaves))}")
+                                        f"type; supported: {', '.join(sorted(t.__name__ for t in builders('jax')))}")
         module, layouts = builder(node, cf, name)  # type: ignore[arg-type]
         for pname, layout in layouts.items():
             built.variables[node.param_name(pname)] = (native, layout)
@@ -286,6 +289,7 @@ class State:
     def __init__(self, built: Built) -> None:
         self.built = built
         self.shapes: dict = {}            # what jax.eval_shape(module.init) found: ShapeDtypeStructs
+        self.layer_shapes: dict[str, tuple] = {}  # each layer position's output shape, from the same trace
         self._variables: dict | None = None
         self.pending: tuple | None = None  # (init, key) of a draw not made yet
         self.rng: Any = None               # dropout key, advanced by every training call

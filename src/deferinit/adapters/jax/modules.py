@@ -1,3 +1,5 @@
+# mypy: disable-error-code="misc, untyped-decorator"
+# (Flax is untyped where the lint session installs no framework: its Module is Any to subclass and decorate)
 """The Flax linen modules the jax adapter builds a spec from (imported only with the jax backend).
 
 Leaves subclass Flax's own layers where one fits (``nn.Dense``, ``nn.Conv``, ``nn.LayerNorm``, ``nn.Embed``,

@@ -1,3 +1,5 @@
+# mypy: disable-error-code="misc, untyped-decorator"
+# (Flax is untyped where the lint session installs no framework: its Module is Any to subclass and decorate)
 """Flax linen modules and builders for the sequence layers (layers_seq.py), imported only with the jax backend.
 
 Every input-dependent dim comes from Flax's own ``init``: the cells' Dense layers find their fan-in, the
@@ -38,15 +40,16 @@ position embedding) and leaves biases and the class token alone, as the other ba
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import ops
-from ..layers_seq import (
+from ... import ops
+from ...extend import register_builder
+from ...layers_seq import (
     GRU,
     LSTM,
     RNN,
@@ -60,8 +63,8 @@ from ..layers_seq import (
     Scale,
     Take,
 )
-from ..shapes import Node
-from . import _jax_tree as T
+from ...shapes import Node
+from . import params as T
 
 __all__ = ["SEQ_LEAVES", "Recurrent", "Bidirectional", "Stacked", "SimpleCellNoBias", "GRUCellNoBias",
            "LSTMCellNoBias", "SelfAttention", "SinusoidalEncoding", "ClassTokenModule", "PositionEmbeddingModule"]
@@ -162,7 +165,7 @@ def _cell(layer: Any) -> nn.Module:
 
 
 def _recurrent(node: Node, cf: bool, name: str) -> T.Made:
-    layer = node.layer
+    layer: Any = node.layer  # the builder's own layer type (the table maps it here)
     cell = _cell(layer)  # its initializers (Flax's defaults: lecun_normal, orthogonal, zeros) go to the Leafs
 
     def direction(reverse: bool = False) -> nn.Module:
@@ -307,7 +310,7 @@ def _fn(make: Callable[[Any], Callable]) -> Callable[[Node, bool, str], T.Made]:
 
 SEQ_LEAVES: dict[type, Callable[[Node, bool, str], T.Made]] = {
     RNN: _recurrent, GRU: _recurrent, LSTM: _recurrent, MultiHeadAttention: _attention,
-    PositionalEncoding: lambda node, cf, name: (SinusoidalEncoding(node.layer.max_len, name=name), {}),
+    PositionalEncoding: lambda node, cf, name: (SinusoidalEncoding(cast(Any, node.layer).max_len, name=name), {}),
     ClassToken: _class_token, PositionEmbedding: _position_embedding,
     Reshape: _fn(lambda s: functools.partial(_reshape, s.shape)),
     Permute: _fn(lambda s: functools.partial(_permute, s.dims)),
@@ -315,3 +318,5 @@ SEQ_LEAVES: dict[type, Callable[[Node, bool, str], T.Made]] = {
     Take: _fn(lambda s: functools.partial(_take, s.index, s.axis)),
     OneHot: _fn(lambda s: functools.partial(_one_hot, s.num_classes)),
 }
+for _type, _builder in SEQ_LEAVES.items():
+    register_builder("jax", _type)(_builder)
