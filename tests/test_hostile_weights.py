@@ -443,18 +443,24 @@ def test_cli_comparing_nothing_exits_1(tmp_path: Path, ref: object) -> None:
     assert proc.returncode == 1 and "FAIL nothing was compared" in proc.stderr, proc.stdout + proc.stderr
 
 
-def test_gradient_anchor_is_not_marked_compared(ref: object) -> None:
-    """The backend whose gradients the others are compared with was compared with nothing: '-', not 0 and ok."""
+def test_gradients_are_compared_pairwise_and_never_ok_alone(ref: object) -> None:
+    """No anchor taken on trust: two frameworks' gradients are compared with each other (both columns filled),
+    a lone framework without finite differences to meet is compared with nothing: '-', not 0 and ok."""
     from dataclasses import replace
 
     grads = {"0.weight": np.ones((16, 20), np.float32)}
-    anchor = replace(ref, backend="anchor", gradients=grads)
-    other = replace(ref, backend="other", gradients={"0.weight": grads["0.weight"] + 1e-7})
-    result = compare_artifacts([ref, anchor, other])
-    assert result.passed and result.grad_anchor == "anchor"
-    assert result.results["anchor"].grad_ok is None and result.results["anchor"].grad_max_abs is None
-    assert result.results["other"].grad_ok is True
+    first = replace(ref, backend="first", gradients=grads, directional={})
+    other = replace(ref, backend="other", gradients={"0.weight": grads["0.weight"] + 1e-7}, directional={})
+    result = compare_artifacts([ref, first, other])
+    assert result.passed and result.grad_anchor is None
+    for name in ("first", "other"):
+        assert result.results[name].grad_ok is True and result.results[name].grad_compared == \
+            ["other" if name == "first" else "first"]
     rows = {line.split()[0]: line.split() for line in str(result).splitlines()[2:]}
-    assert rows["anchor"][-2] == "-" and rows["other"][-2] != "-", str(result)
-    lonely = compare_artifacts([ref, anchor])
-    assert "not compared" in str(lonely).splitlines()[0] and lonely.results["anchor"].grad_ok is None
+    assert rows["first"][-2] != "-" and rows["other"][-2] != "-" and rows["first"][-3] == "-", str(result)
+    lonely = compare_artifacts([replace(ref, directional={}), first])
+    assert "gradients" not in str(lonely).splitlines()[0] and lonely.results["first"].grad_ok is None
+    assert str(lonely).splitlines()[2].split()[-3:-1] == ["-", "-"], str(lonely)
+    wrong = replace(ref, backend="wrong", gradients={"0.weight": grads["0.weight"] * 2}, directional={})
+    bad = compare_artifacts([ref, first, wrong])
+    assert not bad.passed and "'0.weight' differs from first" in bad.results["wrong"].grad_worst

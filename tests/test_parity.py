@@ -15,6 +15,8 @@ from deferinit.adapters.numpy import NumpyModel
 from deferinit.parity import compare_artifacts, load_artifact, make_artifact, parity, save_artifact
 
 ROOT = Path(__file__).resolve().parents[1]
+# parity_fd.directions("0.weight", (2, 3))[0, 0, :2], computed once under numpy 2.x and numpy 1.23 (equal)
+EXPECTED_DIRECTION = [0.015686500527537735, -0.65195090296157]
 
 
 class TransposingNumpy(NumpyModel):
@@ -84,3 +86,43 @@ def test_cli_across_processes(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert proc.returncode == 0 and "ok" in proc.stdout
     bad = subprocess.run(run + ["compare", str(tmp_path / "nope.npz")], capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_finite_differences_match_hand_derived_dense_gradients() -> None:
+    """For y = x W^T + b and L = sum(y): dL/dW[o, i] = sum_n x[n, i] and dL/db[o] = N (the batch size), so
+    the directional derivative along d is <d_W, 1 x_sum> and <d_b, N>: the reference's float64 finite
+    differences must give exactly these (to the step's rounding), independent of any framework."""
+    from deferinit import parity_fd
+
+    x = np.random.default_rng(3).standard_normal((5, 4)).astype(np.float32)
+    art = make_artifact(di.LazyModel([di.Dense(3)]), "numpy", x, training=False)
+    grad_w = np.tile(x.astype(np.float64).sum(axis=0), (3, 1))
+    grad_b = np.full(3, 5.0)
+    for name, grad in (("0.weight", grad_w), ("0.bias", grad_b)):
+        d = parity_fd.directions(name, grad.shape)
+        assert np.allclose(np.linalg.norm(d.reshape(3, -1), axis=1), 1.0)
+        want = d.reshape(3, -1) @ grad.reshape(-1)
+        np.testing.assert_allclose(art.directional[name], want, rtol=1e-7, atol=1e-8)
+    assert set(art.directional) == {"0.weight", "0.bias"} and art.gradients == {}
+
+
+def test_directions_are_fixed_numbers() -> None:
+    """The directions are an integer hash of the entry index, not a random stream: the same in every NumPy
+    version and virtualenv (MXNet's has numpy 1.23), so artifacts made there project on the same ones."""
+    from deferinit import parity_fd
+
+    d = parity_fd.directions("0.weight", (2, 3))
+    assert d.shape == (3, 2, 3) and d.dtype == np.float64
+    np.testing.assert_array_equal(d, parity_fd.directions("0.weight", (2, 3)))
+    assert not np.allclose(d[0], d[1]) and not np.allclose(d, parity_fd.directions("0.bias", (2, 3)))
+    np.testing.assert_allclose(d[0, 0, :2], EXPECTED_DIRECTION, rtol=1e-12)
+
+
+def test_directional_gradients_survive_the_artifact_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    case = BY_ID["mlp"]
+    ref = make_artifact(case.make(), "numpy", case.data())
+    again = load_artifact(save_artifact(ref, tmp_path / "ref.npz"))
+    assert set(again.directional) == {n for n, p in ref.report.params.items() if p.trainable}
+    for name, fd in ref.directional.items():
+        np.testing.assert_array_equal(again.directional[name], fd)
+        assert again.directional[name].dtype == np.float64 and fd.shape == (3,)

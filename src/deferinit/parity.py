@@ -12,7 +12,10 @@ Two ways to use it:
   weights, so nothing depends on random streams agreeing across NumPy versions; the portable initializers'
   own bit-identity is checked separately (``init_identical``).
 
-A comparison that compared nothing (only the reference) fails, and a column not compared shows ``-``.
+Gradients (of ``sum(output)``) are compared pairwise: each framework against the numpy reference's own
+float64 finite differences along fixed random directions (:mod:`deferinit.parity_fd`), and against every
+other framework that ran; there is no anchor taken on trust. A comparison that compared nothing (only the
+reference) fails, and a column shows ``-`` only where that pair was not compared, never ``ok``.
 
 Errors are measured as ``max |a - b|`` and ``max |a - b| / (atol/rtol + |b|)``; a value passes when
 ``|a - b| <= atol + rtol * |b|`` (numpy's ``allclose``). Defaults (atol 1e-5, rtol 1e-4) suit float32 nets of
@@ -71,9 +74,11 @@ class BackendParity:
     shape_diff: list[str] = field(default_factory=list)
     train_max_abs: float | None = None     # training-mode output and updated statistics
     train_ok: bool | None = None
-    grad_max_abs: float | None = None      # gradients vs the gradient anchor backend
-    grad_ok: bool | None = None
-    grad_worst: str | None = None
+    grad_max_abs: float | None = None      # gradients vs every other framework that recorded them
+    grad_ok: bool | None = None            # None: compared with nothing (never ok without a comparison)
+    grad_worst: str | None = None          # the parameter (and whom it was compared with) that failed or erred most
+    grad_fd_rel: float | None = None       # directional gradients vs the numpy reference's finite differences
+    grad_compared: list[str] = field(default_factory=list)  # "numpy-fd" and the frameworks compared with
 
     @property
     def passed(self) -> bool:
@@ -87,7 +92,7 @@ class ParityReport:
     atol: float
     rtol: float
     results: dict[str, BackendParity]
-    grad_anchor: str | None = None
+    grad_anchor: str | None = None  # always None: gradients are compared pairwise, kept for the JSON's keys
     note: str = ""  # why nothing was compared, when nothing was
 
     @property
@@ -118,8 +123,7 @@ class ParityReport:
             if r.train_ok is False:
                 lines.append(f"{name}: training-mode step differs by {r.train_max_abs:.3g}")
             if r.grad_ok is False:
-                lines.append(f"{name}: gradient of '{r.grad_worst}' differs from {self.grad_anchor} by "
-                             f"{r.grad_max_abs:.3g}")
+                lines.append(f"{name}: gradient of {r.grad_worst}")
         return lines
 
     def to_dict(self) -> dict[str, Any]:
@@ -129,17 +133,17 @@ class ParityReport:
 
     def __str__(self) -> str:
         head = ["backend", "max abs err", "max rel err", "first divergent layer", "init bits", "train step",
-                "grad err", "result"]
+                "grad vs FD", "grad err", "result"]
         rows = [head]
         for name, r in self.results.items():
             rows.append([name, f"{r.max_abs:.2e}", f"{r.max_rel:.2e}", r.first_divergence or "-",
                          {True: "identical", False: "DIFFER", None: "-"}[r.init_identical],
                          "-" if r.train_max_abs is None else f"{r.train_max_abs:.2e}",
+                         "-" if r.grad_fd_rel is None else f"{r.grad_fd_rel:.2e}",
                          "-" if r.grad_max_abs is None else f"{r.grad_max_abs:.2e}",
                          "ok" if r.passed else "FAIL"])
         widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-        grads = "" if not self.grad_anchor else f"; gradients against {self.grad_anchor}" if self.grads_compared \
-            else f"; gradients: only {self.grad_anchor} recorded them, not compared"
+        grads = "; gradients against numpy finite differences and each other" if self.grads_compared else ""
         lines = [f"Parity against {self.reference} (atol {self.atol:g}, rtol {self.rtol:g}{grads})"]
         lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
         if not self.results:
@@ -159,8 +163,6 @@ def compare_artifacts(artifacts: Iterable[Artifact | str | Path], *, atol: float
     for a in arts:
         if a.spec != ref.spec:
             raise SpecError(f"parity: artifacts of different specs ({a.backend} vs numpy)")
-    grad_arts = [a for a in arts if a.gradients]
-    anchor = grad_arts[0] if grad_arts else None
     gtol = grad_atol if grad_atol is not None else atol * 10
     results = {}
     for a in arts:
@@ -190,19 +192,55 @@ def compare_artifacts(artifacts: Iterable[Artifact | str | Path], *, atol: float
                      if k in a.train_state]
             res.train_max_abs = max((e[0] for e in errs), key=lambda v: math.inf if math.isnan(v) else v)
             res.train_ok = all(e[2] for e in errs) and set(a.train_state) == set(ref.train_state)
-        if anchor is not None and a.gradients and a is not anchor:
-            worst, worst_err, all_ok = None, 0.0, set(a.gradients) == set(anchor.gradients)
-            for k, g in anchor.gradients.items():
-                err, _, g_ok = _errors(a.gradients.get(k, np.full_like(g, np.inf)), g, gtol, rtol * 10)
-                all_ok &= g_ok
-                if err >= worst_err or math.isnan(err):
-                    worst, worst_err = k, err
-            res.grad_max_abs, res.grad_ok, res.grad_worst = worst_err, all_ok, worst
-        # the anchor's own gradients are compared with nothing here: its column stays '-', not a made-up 0
+        _compare_gradients(res, a, ref, [b for b in arts if b is not ref and b is not a], gtol, rtol * 10)
         results[a.backend] = res
     note = "" if results else f"only the {ref.backend} reference artifact was given; add artifacts of other " \
                               f"backends (deferinit parity run SPEC --backend NAME --from REFERENCE.npz)"
-    return ParityReport("numpy", atol, rtol, results, anchor.backend if anchor else None, note)
+    return ParityReport("numpy", atol, rtol, results, None, note)
+
+
+def _compare_gradients(res: BackendParity, a: Artifact, ref: Artifact, peers: list[Artifact], gtol: float,
+                       grtol: float) -> None:
+    """Pairwise: ``a``'s directional gradients against the reference's float64 finite differences, and its
+    (sampled) gradients against every other framework's. Only pairs actually compared count."""
+    from . import parity_fd
+
+    bad: list[tuple[float, str]] = []
+    worst: tuple[float, str] = (-1.0, "")
+    if a.directional and ref.directional:
+        res.grad_compared.append("numpy-fd")
+        res.grad_fd_rel = 0.0
+        for name, fd in ref.directional.items():
+            got = a.directional.get(name)
+            rel, ok = (float("nan"), False) if got is None else parity_fd.close(got, fd)
+            res.grad_fd_rel = rel if math.isnan(rel) or math.isnan(res.grad_fd_rel) else max(rel, res.grad_fd_rel)
+            what = f"'{name}' " + ("is missing" if got is None else
+                                   f"differs from numpy's finite differences by {rel:.3g} (relative)")
+            if not ok:
+                bad.append((rel, what))
+        extra = sorted(set(a.directional) - set(ref.directional))
+        if extra:
+            bad.append((math.inf, f"'{extra[0]}' is not a trainable parameter of the reference"))
+    for peer in (p for p in peers if p.gradients and a.gradients):
+        res.grad_compared.append(peer.backend)
+        for name in sorted(set(a.gradients) | set(peer.gradients)):
+            g, h = a.gradients.get(name), peer.gradients.get(name)
+            if g is None or h is None:
+                bad.append((math.inf, f"'{name}' is missing on {a.backend if g is None else peer.backend}"))
+                continue
+            err, _, ok = _errors(g, h, gtol, grtol)
+            res.grad_max_abs = err if res.grad_max_abs is None or math.isnan(err) else max(err, res.grad_max_abs)
+            if err > worst[0] or math.isnan(err):
+                worst = (math.inf if math.isnan(err) else err, f"'{name}' differs from {peer.backend} by {err:.3g}")
+            if not ok:
+                bad.append((err, f"'{name}' differs from {peer.backend} by {err:.3g}"))
+    if not res.grad_compared:
+        return  # nothing to compare with: the column stays '-', never 'ok'
+    res.grad_ok = not bad
+    if bad:
+        res.grad_worst = "; ".join(w for _, w in bad[:3]) + (f" (and {len(bad) - 3} more)" if len(bad) > 3 else "")
+    elif worst[1]:
+        res.grad_worst = worst[1]
 
 
 def parity(spec: LazyModel, dummy_input: Any, backends: Sequence[str] | None = None, *, key: int = 0,
@@ -217,9 +255,10 @@ def parity(spec: LazyModel, dummy_input: Any, backends: Sequence[str] | None = N
     names = [resolve(b) for b in (backends if backends is not None else available_backends())]
     names = [n for n in dict.fromkeys(names) if n != "numpy"]
     if isinstance(dummy_input, tuple) and all(isinstance(d, int) for d in dummy_input):
-        ref = make_artifact(spec, "numpy", input_shape=dummy_input, init=init, key=key, training=training)
+        ref = make_artifact(spec, "numpy", input_shape=dummy_input, init=init, key=key, training=training,
+                            gradients=gradients)
     else:
-        ref = make_artifact(spec, "numpy", dummy_input, init=init, key=key, training=training)
+        ref = make_artifact(spec, "numpy", dummy_input, init=init, key=key, training=training, gradients=gradients)
     arts = [ref] + [make_artifact(spec, n, source=ref, init=init, key=key, training=training, gradients=gradients)
                     for n in names]
     result = compare_artifacts(arts, atol=atol, rtol=rtol)

@@ -40,6 +40,9 @@ class Artifact:
     train_output: np.ndarray | None = None
     train_state: dict[str, np.ndarray] = field(default_factory=dict)  # non-trainable params after one step
     meta: dict = field(default_factory=dict)
+    # per trainable parameter, float64 (k,): the numpy reference's finite differences along parity_fd's
+    # directions, or a framework's full gradient projected on them (empty in artifacts made before them)
+    directional: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _input_for(spec: LazyModel, shape: Sequence[int], seed: int, dtype: str) -> np.ndarray:
@@ -61,6 +64,7 @@ def make_artifact(spec: LazyModel, backend: str, x: Any = None, *, input_shape: 
     With ``source`` (usually the numpy reference's artifact), its input and weights are used; otherwise the
     input is ``x`` or drawn from ``seed``, and the weights are this backend's own portable initialization.
     """
+    from . import parity_fd
     from .registry import compile, resolve
 
     backend = resolve(backend)
@@ -86,8 +90,15 @@ def make_artifact(spec: LazyModel, backend: str, x: Any = None, *, input_shape: 
     out = np.asarray(model.to_numpy(model(x)), dtype=np.float32)
     inter = {k: np.asarray(v, dtype=np.float32) for k, v in model.intermediates(x).items()}
     grads: dict[str, np.ndarray] = {}
-    if gradients and backend != "numpy":
-        grads = {k: _sample(k, np.asarray(v, dtype=np.float32)) for k, v in model.gradients(x).items()}
+    directional: dict[str, np.ndarray] = {}
+    if gradients and backend == "numpy":
+        trainable = [n for n, p in report.params.items() if p.trainable]
+        directional = parity_fd.finite_differences(model.native, x, weights, trainable)
+    elif gradients:
+        full = {k: np.asarray(v, dtype=np.float32) for k, v in model.gradients(x).items()}
+        directional = parity_fd.project(full)
+        grads = {k: _sample(k, v) for k, v in full.items()}
+        del full
     train_out, train_state = None, {}
     from .layers import Dropout
     from .shapes import plan
@@ -100,7 +111,8 @@ def make_artifact(spec: LazyModel, backend: str, x: Any = None, *, input_shape: 
         after = model.export_weights()
         train_state = {n: after[n] for n, p in report.params.items() if not p.trainable}
     return Artifact(backend, spec.to_dict(), report, x, digests, dict(weights) if source is None else {}, out, inter,
-                    grads, train_out, train_state, {"init": str(init), "key": key, "seed": seed})
+                    grads, train_out, train_state, {"init": str(init), "key": key, "seed": seed},
+                    directional)
 
 
 GRAD_SAMPLE = 65536
@@ -131,7 +143,8 @@ def save_artifact(art: Artifact, path: str | Path) -> Path:
     path = Path(path)
     arrays: dict[str, np.ndarray] = {"input": art.input, "output": art.output}
     for prefix, group in (("weights", art.weights), ("inter", art.intermediates),
-                          ("grad", art.gradients), ("train_state", art.train_state)):
+                          ("grad", art.gradients), ("train_state", art.train_state),
+                          ("proj", art.directional)):
         for name, arr in group.items():
             arrays[f"{prefix}/{name}"] = np.asarray(arr)
     if art.train_output is not None:
@@ -194,12 +207,17 @@ def load_artifact(path: str | Path) -> Artifact:
     for key in ("output", "train_output"):
         if key in data and data[key].dtype.kind != "f":
             raise DTypeError(f"{path}: array '{key}' expected floating-point values, received dtype {data[key].dtype}")
-    groups: dict[str, dict[str, np.ndarray]] = {"weights": {}, "inter": {}, "grad": {}, "train_state": {}}
+    groups: dict[str, dict[str, np.ndarray]] = {"weights": {}, "inter": {}, "grad": {}, "train_state": {},
+                                                "proj": {}}
     for key, arr in data.items():
         prefix, _, name = key.partition("/")
         if prefix in groups and name:
             groups[prefix][name] = arr
     inter = {k: groups["inter"][k] for k in meta["inter_order"] if k in groups["inter"]}
+    for name, arr in groups["proj"].items():
+        if arr.ndim != 1 or arr.dtype.kind != "f":
+            raise WeightsError(f"{path}: array 'proj/{name}' expected a 1-d float array of directional "
+                               f"derivatives, received dtype {arr.dtype} shape {arr.shape}")
     return Artifact(meta["backend"], meta["spec"], report, data["input"], dict(meta.get("init", {})),
                     groups["weights"], data["output"], inter, groups["grad"], data.get("train_output"),
-                    groups["train_state"], meta.get("meta", {}))
+                    groups["train_state"], meta.get("meta", {}), groups["proj"])

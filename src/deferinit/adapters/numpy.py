@@ -64,10 +64,27 @@ class NumpyNet:
         self.root, self.data_format = root, data_format
         self.params: dict[str, np.ndarray] = {}
         self.rng = np.random.default_rng(0)
+        # ReLU masks, in call order, frozen by the parity check's finite differences (deferinit.parity_fd):
+        # None in every ordinary call
+        self.frozen: list[np.ndarray] | None = None
+        self.frozen_at = 0
 
     def __call__(self, x: np.ndarray, training: bool = False,
                  record: dict[str, np.ndarray] | None = None) -> np.ndarray:
         return _run(self, self.root, x, training, record)
+
+
+def _activate(net: NumpyNet, name: str | None, y: np.ndarray) -> np.ndarray:
+    """``ops.activation``; with ``net.frozen`` set, ReLU keeps the mask of the first (unperturbed) pass, so
+    finite differences see the frameworks' convention relu'(0) = 0 and never step across a kink (zero biases
+    put dead units exactly on it)."""
+    if name != "relu" or net.frozen is None:
+        return ops.activation(name, y)
+    if net.frozen_at == len(net.frozen):
+        net.frozen.append(y > 0)
+    mask = net.frozen[net.frozen_at]
+    net.frozen_at += 1
+    return np.where(mask, y, 0).astype(y.dtype)
 
 
 def _to_cf(net: NumpyNet, x: np.ndarray) -> np.ndarray:
@@ -87,7 +104,7 @@ def _dense(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarr
     y = np.matmul(x, net.params[node.param_name("weight")].T)
     if layer.use_bias:
         y = y + net.params[node.param_name("bias")]
-    return ops.activation(layer.activation, y)
+    return _activate(net, layer.activation, y)
 
 
 def _conv(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
@@ -96,7 +113,7 @@ def _conv(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarra
     bias = net.params[node.param_name("bias")] if layer.use_bias else None
     y = ops.conv(xc, net.params[node.param_name("weight")], bias, layer.stride, layer.pads(xc.shape[2:]),
                  layer.dilation, layer.groups)
-    return ops.activation(layer.activation, _from_cf(net, y))
+    return _activate(net, layer.activation, _from_cf(net, y))
 
 
 def _pool(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
@@ -106,7 +123,7 @@ def _pool(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarra
 
 
 def _gap(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
-    return _to_cf(net, x).mean(axis=(2, 3), dtype=np.float32)
+    return _to_cf(net, x).mean(axis=(2, 3), dtype=ops.float_type(x))
 
 
 def _batch_norm(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
@@ -138,7 +155,7 @@ def _flatten(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.nda
 
 
 def _activation(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
-    return ops.activation(node.layer.activation, x)
+    return _activate(net, node.layer.activation, x)
 
 
 def _embedding(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
@@ -189,12 +206,12 @@ LEAVES: dict[type, Callable[[NumpyNet, Node, np.ndarray, bool], np.ndarray]] = {
     Identity: lambda net, node, x, training: x, Activation: _activation, ReLU: _activation,
     Sigmoid: _activation, Tanh: _activation, GELU: _activation, Softmax: _activation, Embedding: _embedding,
     RNN: _recurrent, GRU: _recurrent, LSTM: _recurrent, MultiHeadAttention: _attention,
-    PositionalEncoding: lambda net, node, x, training: (x + ops.sinusoidal(x.shape[1], x.shape[2])).astype(np.float32),
+    PositionalEncoding: lambda net, node, x, training: (x + ops.sinusoidal(x.shape[1], x.shape[2])).astype(ops.float_type(x)),
     ClassToken: _class_token,
     PositionEmbedding: lambda net, node, x, training: x + net.params[node.param_name("weight")],
     Reshape: lambda net, node, x, training: x.reshape((x.shape[0],) + node.layer.shape),
     Permute: lambda net, node, x, training: x.transpose((0,) + node.layer.dims),
-    Scale: lambda net, node, x, training: (x * np.float32(node.layer.factor)).astype(np.float32),
+    Scale: lambda net, node, x, training: (x * np.float32(node.layer.factor)).astype(ops.float_type(x)),
     Take: lambda net, node, x, training: np.take(x, node.layer.index, axis=node.layer.axis),
     OneHot: _one_hot,
 }
@@ -211,7 +228,7 @@ def _run(net: NumpyNet, node: Node, x: np.ndarray, training: bool, record: dict 
     elif isinstance(layer, Residual):
         y = _run(net, target.children[0], x, training, inner)
         short = _run(net, target.children[1], x, training, inner) if len(target.children) > 1 else x
-        y = ops.activation(layer.activation, (y + short).astype(np.float32))
+        y = _activate(net, layer.activation, (y + short).astype(ops.float_type(y, short)))
     elif isinstance(layer, Concat):
         outs = [_run(net, child, x, training, inner) for child in target.children]
         y = np.concatenate(outs, axis=_channel_axis(net, outs[0].ndim))
