@@ -126,3 +126,20 @@ def test_directional_gradients_survive_the_artifact_file(tmp_path) -> None:  # t
     for name, fd in ref.directional.items():
         np.testing.assert_array_equal(again.directional[name], fd)
         assert again.directional[name].dtype == np.float64 and fd.shape == (3,)
+
+
+def test_artifacts_without_directional_gradients_still_load(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Artifacts written before the finite differences (no proj/ arrays) load and compare; gradients then
+    show '-' (not compared), never ok. A damaged proj/ array is a WeightsError naming it."""
+    from dataclasses import replace
+
+    case = BY_ID["mlp"]
+    ref = make_artifact(case.make(), "numpy", case.data())
+    old = load_artifact(save_artifact(replace(ref, directional={}), tmp_path / "old.npz"))
+    assert old.directional == {}
+    other = replace(make_artifact(case.make(), "numpy", source=old), backend="other")
+    result = compare_artifacts([old, other])
+    assert result.passed and result.results["other"].grad_ok is None
+    bad = replace(ref, directional={"0.weight": np.zeros((2, 2))})
+    with pytest.raises(di.WeightsError, match="proj/0.weight"):
+        load_artifact(save_artifact(bad, tmp_path / "bad.npz"))
