@@ -100,7 +100,8 @@ def produce(backends: list[str], out: Path, only: str = "") -> int:
 
 
 def compare(out: Path, expect: list[str]) -> int:
-    lines, failed = ["| spec | backend | max abs err | max rel err | first divergent layer | init bits | train step | grad vs FD | grad err |",
+    lines, failed = ["| spec | backend | max abs err | max rel err | first divergent layer | init bits | train step | "
+                     "grad vs FD | grad err |",
                      "|---|---|---|---|---|---|---|---|---|"], []
     for spec_dir in sorted(p for p in out.iterdir() if (p / "numpy.npz").is_file()):
         arts = [spec_dir / "numpy.npz"] + [spec_dir / f"{b}.npz" for b in expect if (spec_dir / f"{b}.npz").is_file()]

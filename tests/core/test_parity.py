@@ -14,7 +14,7 @@ from cases import BY_ID
 from deferinit.adapters.numpy import NumpyModel
 from deferinit.parity import compare_artifacts, load_artifact, make_artifact, parity, save_artifact
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # parity_fd.directions("0.weight", (2, 3))[0, 0, :2], computed once under numpy 2.x and numpy 1.23 (equal)
 EXPECTED_DIRECTION = [0.015686500527537735, -0.65195090296157]
 

@@ -11,7 +11,7 @@ import pytest
 
 import deferinit as di
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
