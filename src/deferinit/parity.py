@@ -212,13 +212,17 @@ def _compare_gradients(res: BackendParity, a: Artifact, ref: Artifact, peers: li
         res.grad_fd_rel = 0.0
         for name, fd in ref.directional.items():
             got = a.directional.get(name)
+            if name == parity_fd.ALL and set(a.directional) == \
+                    {n for n, p in ref.report.params.items() if p.trainable}:
+                got = parity_fd.combined(a.directional)  # big nets: 3 directions over every parameter
             rel, ok = (float("nan"), False) if got is None else parity_fd.close(got, fd)
             res.grad_fd_rel = rel if math.isnan(rel) or math.isnan(res.grad_fd_rel) else max(rel, res.grad_fd_rel)
-            what = f"'{name}' " + ("is missing" if got is None else
-                                   f"differs from numpy's finite differences by {rel:.3g} (relative)")
+            label = "all parameters together" if name == parity_fd.ALL else f"'{name}'"
+            what = label + (" is missing" if got is None else
+                            f" differs from numpy's finite differences by {rel:.3g} (relative)")
             if not ok:
                 bad.append((rel, what))
-        extra = sorted(set(a.directional) - set(ref.directional))
+        extra = sorted(set(a.directional) - set(ref.directional)) if parity_fd.ALL not in ref.directional else []
         if extra:
             bad.append((math.inf, f"'{extra[0]}' is not a trainable parameter of the reference"))
     for peer in (p for p in peers if p.gradients and a.gradients):

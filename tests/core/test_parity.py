@@ -143,3 +143,26 @@ def test_artifacts_without_directional_gradients_still_load(tmp_path) -> None:  
     bad = replace(ref, directional={"0.weight": np.zeros((2, 2))})
     with pytest.raises(di.WeightsError, match="proj/0.weight"):
         load_artifact(save_artifact(bad, tmp_path / "bad.npz"))
+
+
+def test_big_nets_use_directions_over_all_parameters(monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Past the time budget the reference takes 3 directions over every parameter together (each parameter's
+    own direction scaled by 1/sqrt(P)): on a Dense layer they equal the hand-derived gradients' projections,
+    survive the artifact file, and a framework's per-parameter projections are compared through them."""
+    from dataclasses import replace
+
+    from deferinit import parity_fd
+
+    monkeypatch.setattr(parity_fd, "BUDGET_S", 0.0)
+    x = np.random.default_rng(3).standard_normal((5, 4)).astype(np.float32)
+    art = load_artifact(save_artifact(make_artifact(di.LazyModel([di.Dense(3)]), "numpy", x, training=False),
+                                      tmp_path / "ref.npz"))
+    assert list(art.directional) == [parity_fd.ALL]
+    hand = {"0.weight": np.tile(x.astype(np.float64).sum(axis=0), (3, 1)), "0.bias": np.full(3, 5.0)}
+    projections = parity_fd.project(hand)
+    np.testing.assert_allclose(art.directional[parity_fd.ALL], parity_fd.combined(projections), rtol=1e-7, atol=1e-8)
+    good = replace(art, backend="good", directional=projections)
+    bad = replace(art, backend="bad", directional=dict(projections, **{"0.bias": projections["0.bias"] * 1.5}))
+    result = compare_artifacts([art, good, bad])
+    assert result.results["good"].grad_ok is True and result.results["bad"].grad_ok is False
+    assert "all parameters together differs from numpy's finite differences" in result.results["bad"].grad_worst
