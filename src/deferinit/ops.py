@@ -7,6 +7,7 @@ Accumulation happens in float32 through BLAS (``matmul``), as the frameworks do 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -16,7 +17,7 @@ __all__ = ["conv", "pool", "activation", "batch_norm", "layer_norm", "softmax", 
 _erf = np.frompyfunc(math.erf, 1, 1)
 
 
-def float_type(*arrays: np.ndarray) -> type:
+def float_type(*arrays: np.ndarray) -> type[np.floating[Any]]:
     """float32 (the reference's own precision), or float64 when an operand is float64: the parity check's
     finite differences run the same kernels in float64 (see :mod:`deferinit.parity_fd`)."""
     return np.float64 if any(np.asarray(a).dtype == np.float64 for a in arrays) else np.float32

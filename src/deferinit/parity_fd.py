@@ -122,7 +122,8 @@ def finite_differences(net: Any, x: np.ndarray, weights: Mapping[str, np.ndarray
 
 def combined(projections: Mapping[str, np.ndarray]) -> np.ndarray:
     """A framework's projections on the :data:`ALL` directions, from its per-parameter ones."""
-    return np.sum([np.asarray(v, np.float64) for v in projections.values()], axis=0) / np.sqrt(len(projections))
+    total = np.sum([np.asarray(v, np.float64) for v in projections.values()], axis=0)
+    return np.asarray(total / np.sqrt(len(projections)), dtype=np.float64)
 
 
 def close(got: np.ndarray, fd: np.ndarray, rtol: float = RTOL, atol: float = ATOL) -> tuple[float, bool]:
