@@ -76,7 +76,8 @@ def install(session: nox.Session, *requirements: str) -> None:
 
 @nox.session
 def core(session: nox.Session) -> None:
-    """The framework-free core: spec, rules, report, reference forward, CLI, fuzzing."""
+    """The framework-free core (tests/core: spec, rules, report, reference forward, CLI, fuzzing) and the contract
+    suite (tests/contract) on the numpy reference."""
     install(session, "numpy>=1.26")
     session.run("python", "-m", "pytest", "--backend", REFERENCE, *session.posargs, env=ENV)
 
@@ -84,7 +85,8 @@ def core(session: nox.Session) -> None:
 @nox.session
 @nox.parametrize(("python", "backend"), [(_interpreter(b), b) for b in BACKENDS], ids=BACKENDS)
 def tests(session: nox.Session, backend: str) -> None:
-    """The contract suite and the hand-built native comparisons on one framework, in its own virtualenv.
+    """The contract suite (tests/contract), the hand-built native comparisons (tests/backends/<backend>) and the
+    core (tests/core) on one framework, in its own virtualenv.
 
     The virtualenv uses the Python that backends/<backend>.txt names when nox's own is not one of them."""
     _need_python(session, backend)
@@ -118,7 +120,7 @@ def parity(session: nox.Session) -> None:
     session.run("python", matrix, "compare", str(out), "--expect", ",".join(BACKENDS), env=ENV)
     # README's code blocks, verbatim: the Python one uses torch and jax together (only this virtualenv has both),
     # the parity commands every backend's interpreter; DEFERINIT_README_ALL makes a block that cannot run an error
-    session.run("python", "-m", "pytest", "--backend", ",".join([REFERENCE, *shared]), "tests/test_readme.py",
+    session.run("python", "-m", "pytest", "--backend", ",".join([REFERENCE, *shared]), "tests/core/test_readme.py",
                 env={**ENV, "DEFERINIT_README_ALL": "1",
                      **{f"DEFERINIT_PYTHON_{b.upper()}": p for b, p in pythons.items()}})
 

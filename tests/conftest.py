@@ -1,5 +1,9 @@
 """Backend selection for the test suite.
 
+The tree: ``tests/core/`` framework-free tests, ``tests/contract/`` run on every selected backend,
+``tests/backends/<name>/`` one framework's own; the helpers (``cases.py``, ``strategies.py``, ``isolated.py``)
+stay here, importable from every folder as ``from cases import ...`` (this directory is put on ``sys.path``).
+
 ``pytest --backend torch`` (what ``nox -s "tests(torch)"`` runs) selects backends explicitly: a selected
 backend whose framework cannot be imported FAILS the run at start-up, it is never skipped. A plain local
 ``pytest`` with no ``--backend`` runs the contract suite on the backends installed here.
@@ -13,9 +17,14 @@ from __future__ import annotations
 
 import os
 import re
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # the helpers, for tests in core/, contract/, backends/
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")

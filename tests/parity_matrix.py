@@ -100,8 +100,8 @@ def produce(backends: list[str], out: Path, only: str = "") -> int:
 
 
 def compare(out: Path, expect: list[str]) -> int:
-    lines, failed = ["| spec | backend | max abs err | max rel err | first divergent layer | init bits | train step | grad err |",
-                     "|---|---|---|---|---|---|---|---|"], []
+    lines, failed = ["| spec | backend | max abs err | max rel err | first divergent layer | init bits | train step | "
+                     "grad err | grad vs fd |", "|---|---|---|---|---|---|---|---|---|"], []
     for spec_dir in sorted(p for p in out.iterdir() if (p / "numpy.npz").is_file()):
         arts = [spec_dir / "numpy.npz"] + [spec_dir / f"{b}.npz" for b in expect if (spec_dir / f"{b}.npz").is_file()]
         for b in expect:
@@ -117,7 +117,8 @@ def compare(out: Path, expect: list[str]) -> int:
             lines.append(f"| {spec_dir.name} | {name} | {r.max_abs:.1e} | {r.max_rel:.1e} | {r.first_divergence or '-'} | "
                          f"{'identical' if r.init_identical else 'DIFFER' if r.init_identical is False else '-'} | "
                          f"{'-' if r.train_max_abs is None else f'{r.train_max_abs:.1e}'} | "
-                         f"{'-' if r.grad_max_abs is None else f'{r.grad_max_abs:.1e}'} |")
+                         f"{'-' if r.grad_max_abs is None else f'{r.grad_max_abs:.1e}'} | "
+                         f"{'-' if r.grad_fd_error is None else f'{r.grad_fd_error:.1e}'} |")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     for line in failed:

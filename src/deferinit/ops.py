@@ -17,6 +17,12 @@ __all__ = ["conv", "pool", "activation", "batch_norm", "layer_norm", "softmax", 
 _erf = np.frompyfunc(math.erf, 1, 1)
 
 
+def float_type(*arrays: np.ndarray) -> type[np.floating[Any]]:
+    """float32 (the reference's own precision), or float64 when an operand is float64: the parity check's
+    finite differences run the same kernels in float64 (see :mod:`deferinit.parity_fd`)."""
+    return np.float64 if any(np.asarray(a).dtype == np.float64 for a in arrays) else np.float32
+
+
 def gelu(x: np.ndarray) -> np.ndarray:
     """Exact GELU, ``x * Phi(x)`` with the C library's erf (numpy has none)."""
     x64 = x.astype(np.float64)
@@ -83,7 +89,7 @@ def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: tuple[Any, 
     out = out.transpose(0, 1, 3, 2).reshape((batch, fo) + out_sp)
     if b is not None:
         out = out + b.reshape((1, fo) + (1,) * n)
-    return np.ascontiguousarray(out, dtype=np.float32)
+    return np.ascontiguousarray(out, dtype=float_type(out))
 
 
 def pool(x: np.ndarray, kind: str, size: tuple[Any, ...], stride: tuple[Any, ...], padding: tuple[Any, ...]) -> np.ndarray:
@@ -94,7 +100,7 @@ def pool(x: np.ndarray, kind: str, size: tuple[Any, ...], stride: tuple[Any, ...
     axes = tuple(range(-len(size), 0))
     if kind == "max":
         return np.ascontiguousarray(win.max(axis=axes))
-    return np.ascontiguousarray(win.mean(axis=axes, dtype=np.float32))
+    return np.ascontiguousarray(win.mean(axis=axes, dtype=float_type(x)))
 
 
 def batch_norm(x: np.ndarray, axis: int, weight: np.ndarray, bias: np.ndarray, mean: np.ndarray, var: np.ndarray,
@@ -116,17 +122,17 @@ def batch_norm(x: np.ndarray, axis: int, weight: np.ndarray, bias: np.ndarray, m
         y = (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + np.float32(eps))
         new_mean = new_var = None
     y = y * weight.reshape(shape) + bias.reshape(shape)
-    return y.astype(np.float32), new_mean, new_var
+    return y.astype(float_type(x, weight)), new_mean, new_var
 
 
 def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
     mean = x.mean(axis=-1, keepdims=True, dtype=np.float64)
     var = x.var(axis=-1, keepdims=True, dtype=np.float64)
-    return (((x - mean) / np.sqrt(var + eps)) * weight + bias).astype(np.float32)
+    return (((x - mean) / np.sqrt(var + eps)) * weight + bias).astype(float_type(x, weight))
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
+    return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(float_type(x))
 
 
 def recurrent(kind: str, x: np.ndarray, params: dict[str, Any], hidden: int, num_layers: int, bidirectional: bool,
@@ -136,35 +142,36 @@ def recurrent(kind: str, x: np.ndarray, params: dict[str, Any], hidden: int, num
     ``params`` maps ``weight_ih_l0`` etc. (no layer path) to canonical arrays."""
     n, t = x.shape[:2]
     dirs = ("", "_reverse") if bidirectional else ("",)
-    seq = x.astype(np.float32)
+    ft = float_type(x, *params.values())
+    seq = x.astype(ft)
     for layer in range(num_layers):
         outs = []
         for sfx in dirs:
             w_ih, w_hh = params[f"weight_ih_l{layer}{sfx}"], params[f"weight_hh_l{layer}{sfx}"]
-            zero = np.zeros(w_ih.shape[0], np.float32)
+            zero = np.zeros(w_ih.shape[0], ft)
             b_ih = params.get(f"bias_ih_l{layer}{sfx}", zero) if use_bias else zero
             b_hh = params.get(f"bias_hh_l{layer}{sfx}", zero) if use_bias else zero
             xs = np.matmul(seq, w_ih.T) + b_ih  # (N, T, G*H): the input part of every step at once
-            h = np.zeros((n, hidden), np.float32)
-            c = np.zeros((n, hidden), np.float32)
+            h = np.zeros((n, hidden), ft)
+            c = np.zeros((n, hidden), ft)
             steps = range(t - 1, -1, -1) if sfx else range(t)
-            out = np.zeros((n, t, hidden), np.float32)
+            out = np.zeros((n, t, hidden), ft)
             for s in steps:
                 gh = np.matmul(h, w_hh.T) + b_hh
                 gx = xs[:, s]
                 if kind == "rnn":
-                    h = np.tanh(gx + gh) if activation == "tanh" else np.maximum(gx + gh, np.float32(0))
+                    h = np.tanh(gx + gh) if activation == "tanh" else np.maximum(gx + gh, ft(0))
                 elif kind == "gru":
                     r = _sigmoid(gx[:, :hidden] + gh[:, :hidden])
                     z = _sigmoid(gx[:, hidden:2 * hidden] + gh[:, hidden:2 * hidden])
                     cand = np.tanh(gx[:, 2 * hidden:] + r * gh[:, 2 * hidden:])
-                    h = ((1 - z) * cand + z * h).astype(np.float32)
+                    h = ((1 - z) * cand + z * h).astype(ft)
                 else:
                     g = gx + gh
                     i, f = _sigmoid(g[:, :hidden]), _sigmoid(g[:, hidden:2 * hidden])
                     cell, o = np.tanh(g[:, 2 * hidden:3 * hidden]), _sigmoid(g[:, 3 * hidden:])
-                    c = (f * c + i * cell).astype(np.float32)
-                    h = (o * np.tanh(c)).astype(np.float32)
+                    c = (f * c + i * cell).astype(ft)
+                    h = (o * np.tanh(c)).astype(ft)
                 out[:, s] = h
             outs.append(out)
         seq = np.concatenate(outs, axis=-1)
@@ -189,7 +196,7 @@ def attention(x: np.ndarray, params: dict[str, Any], num_heads: int, use_bias: b
     scores = np.matmul(split(q), split(k).transpose(0, 1, 3, 2)) / np.float32(math.sqrt(d))
     weights = softmax(scores, -1)
     heads = np.matmul(weights, split(v)).transpose(0, 2, 1, 3).reshape(n, t, h)
-    return proj("out", heads).astype(np.float32)
+    return proj("out", heads).astype(float_type(x, *params.values()))
 
 
 def sinusoidal(steps: int, dim: int) -> np.ndarray:

@@ -437,7 +437,7 @@ def test_cli_comparing_nothing_exits_1(tmp_path: Path, ref: object) -> None:
     proc = run_isolated("", args=["-m", "deferinit", "parity", "compare", str(path), "--json"], timeout=60)
     assert proc.returncode == 1 and json.loads(proc.stdout)["passed"] is False, proc.stdout + proc.stderr
     assert "nothing was compared" in json.loads(proc.stdout)["failures"][0]
-    spec = Path(__file__).resolve().parents[1] / "examples" / "mlp.json"
+    spec = Path(__file__).resolve().parents[2] / "examples" / "mlp.json"
     proc = run_isolated("", args=["-m", "deferinit", "parity", "check", str(spec), "--input", "2,20",
                                   "--backends", "numpy"], timeout=60)
     assert proc.returncode == 1 and "FAIL nothing was compared" in proc.stderr, proc.stdout + proc.stderr

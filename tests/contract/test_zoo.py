@@ -86,5 +86,5 @@ def test_varying_input_sizes(name: str) -> None:
 def test_example_spec_files_match_the_zoo(name: str) -> None:
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "examples" / "zoo" / f"{name}.json"
+    path = Path(__file__).resolve().parents[2] / "examples" / "zoo" / f"{name}.json"
     assert di.load_spec(path) == zoo.MODELS[name](), f"regenerate {path} with di.save_spec"

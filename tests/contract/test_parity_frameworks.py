@@ -72,3 +72,31 @@ def test_bias_gradient_counts_active_units(framework: str, data_format: str) -> 
     y = ref(x)
     axes = (0, 2, 3) if data_format == "channels_first" else (0, 1, 2)
     np.testing.assert_array_equal(model.gradients(x)["0.bias"], (y > 0).sum(axis=axes).astype(np.float32))
+
+
+def test_wrong_gradient_of_one_parameter_is_named(framework: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A framework run alone is still checked: its gradient of one parameter, scaled by 1.5 (a test-local
+    subclass), disagrees with the numpy reference's own finite differences, and the parameter is named."""
+    import sys
+
+    from deferinit import registry
+
+    base = registry.load_backend(framework)
+
+    class ScaledGradient(base):  # type: ignore[misc, valid-type]
+        def _gradients(self, x, training):  # type: ignore[no-untyped-def]
+            grads = dict(super()._gradients(x, training))
+            grads["2.weight"] = grads["2.weight"] * np.float32(1.5)
+            return grads
+
+    monkeypatch.setattr(sys.modules[__name__], "ScaledGradient", ScaledGradient, raising=False)
+    target, packages, extra, aliases = registry.BUILTINS[framework]
+    monkeypatch.setitem(registry.BUILTINS, framework, (f"{__name__}:ScaledGradient", packages, extra, aliases))
+    case = BY_ID["lenet"]
+    result = parity(case.make(), case.data(), backends=[framework], training=False)
+    r = result.results[framework]
+    assert not result.passed and r.grad_ok is False and r.ok  # outputs agree: only the gradient is wrong
+    assert r.grad_compared == ["numpy-fd"]
+    assert r.grad_worst is not None and r.grad_worst.startswith("'2.weight' differs from numpy's finite differences")
+    assert any(f"{framework}: gradient of '2.weight'" in line for line in result.failures())
+    assert "0.weight" not in r.grad_worst  # the right ones are not blamed

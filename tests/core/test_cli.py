@@ -11,7 +11,7 @@ import pytest
 
 from deferinit.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_shapes_table_and_json(capsys) -> None:  # type: ignore[no-untyped-def]

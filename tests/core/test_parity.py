@@ -14,7 +14,7 @@ from cases import BY_ID
 from deferinit.adapters.numpy import NumpyModel
 from deferinit.parity import compare_artifacts, load_artifact, make_artifact, parity, save_artifact
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class TransposingNumpy(NumpyModel):
@@ -84,3 +84,4 @@ def test_cli_across_processes(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert proc.returncode == 0 and "ok" in proc.stdout
     bad = subprocess.run(run + ["compare", str(tmp_path / "nope.npz")], capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
