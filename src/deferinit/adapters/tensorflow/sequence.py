@@ -12,13 +12,15 @@ from typing import Any
 
 import numpy as np
 
-from ..layers_seq import GRU, LSTM, RNN
-from ._tensorflow_layers import Seq  # first: it claims Keras's backend before keras is imported
+from ...layers_seq import GRU, LSTM, RNN
 
 # isort: off
+from . import backend  # noqa: F401  first: it checks and sets KERAS_BACKEND before keras is imported
 import keras
 from keras import ops
 # isort: on
+
+from .containers import Seq
 
 __all__ = ["recurrent", "SelfAttention", "PositionalEncoding", "ClassToken", "PositionEmbedding", "Take", "OneHot"]
 

@@ -18,10 +18,12 @@ from __future__ import annotations
 from typing import Any
 
 # isort: off
-from . import _tensorflow_layers as kl  # first: it checks and sets KERAS_BACKEND before keras is imported
+from . import backend  # noqa: F401  first: it checks and sets KERAS_BACKEND before keras is imported
 import keras
 from keras import ops
 # isort: on
+
+from . import modules as kl
 
 __all__ = ["relu", "softmax", "activation", "MaxPool2D"]
 
