@@ -79,7 +79,7 @@ def _observe(positions: Positions, i: int, fn: Callable[[], Any]) -> Any:
     return y
 
 
-class Seq(keras.Sequential):
+class Seq(keras.Sequential):  # type: ignore[misc]
     """keras.Sequential whose call is the plain layer loop.
 
     Keras builds its functional graph on the first call (the deferred initialization we want, and what
@@ -115,7 +115,7 @@ class Seq(keras.Sequential):
         return x
 
 
-class Residual(keras.layers.Layer):
+class Residual(keras.layers.Layer):  # type: ignore[misc]
     """``activation(body(x) + shortcut(x))``; Keras builds it (and its children) by tracing ``call``."""
 
     def __init__(self, body: Any, shortcut: Any = None, activation: str | None = None,
@@ -148,7 +148,7 @@ class Residual(keras.layers.Layer):
         return self.combine(y, short)
 
 
-class Concat(keras.layers.Layer):
+class Concat(keras.layers.Layer):  # type: ignore[misc]
     """Applies every branch to the same input and concatenates along the channel axis."""
 
     def __init__(self, branches: list, axis: int, positions: Positions | None = None, **kwargs: Any) -> None:

@@ -77,6 +77,11 @@ __all__ = ["build_leaf"]
 register = extend.register_builder
 
 
+def spec(node: Node) -> Any:
+    """The spec layer of a node, with its fields (typed loosely: one builder serves several layer types)."""
+    return node.layer
+
+
 def build_leaf(node: Node, data_format: str) -> Any:
     """The Keras layer of one leaf, from the builder registered for its type."""
     builder = extend.builder_for("tensorflow", type(node.layer))
@@ -127,7 +132,7 @@ def _flatten(node: Node, fmt: str) -> Any:
 
 @register("tensorflow", Activation, ReLU, Sigmoid, Tanh, GELU, Softmax)
 def _activation(node: Node, fmt: str) -> Any:
-    return keras.layers.Activation(kn.activation(node.layer.activation), name=node.path)  # Keras's gelu is the erf form
+    return keras.layers.Activation(kn.activation(spec(node).activation), name=node.path)  # Keras's gelu is the erf form
 
 
 @register("tensorflow", GlobalAvgPool2D)
@@ -137,12 +142,12 @@ def _global_avg_pool(node: Node, fmt: str) -> Any:
 
 @register("tensorflow", LayerNorm)
 def _layer_norm(node: Node, fmt: str) -> Any:
-    return keras.layers.LayerNormalization(axis=-1, epsilon=node.layer.eps, name=node.path)
+    return keras.layers.LayerNormalization(axis=-1, epsilon=spec(node).eps, name=node.path)
 
 
 @register("tensorflow", Dropout)
 def _dropout(node: Node, fmt: str) -> Any:
-    return keras.layers.Dropout(node.layer.rate, name=node.path)
+    return keras.layers.Dropout(spec(node).rate, name=node.path)
 
 
 @register("tensorflow", Identity)
@@ -152,7 +157,7 @@ def _identity(node: Node, fmt: str) -> Any:
 
 @register("tensorflow", Embedding)
 def _embedding(node: Node, fmt: str) -> Any:
-    return keras.layers.Embedding(node.layer.num_embeddings, node.layer.dim, name=node.path)
+    return keras.layers.Embedding(spec(node).num_embeddings, spec(node).dim, name=node.path)
 
 
 @register("tensorflow", RNN, GRU, LSTM)
@@ -169,7 +174,7 @@ def _attention(node: Node, fmt: str) -> Any:
 
 @register("tensorflow", PositionalEncoding)
 def _positional_encoding(node: Node, fmt: str) -> Any:
-    return ks.PositionalEncoding(node.layer.max_len, name=node.path)
+    return ks.PositionalEncoding(spec(node).max_len, name=node.path)
 
 
 @register("tensorflow", ClassToken)
@@ -184,24 +189,24 @@ def _position_embedding(node: Node, fmt: str) -> Any:
 
 @register("tensorflow", Reshape)
 def _reshape(node: Node, fmt: str) -> Any:
-    return keras.layers.Reshape(node.layer.shape, name=node.path)
+    return keras.layers.Reshape(spec(node).shape, name=node.path)
 
 
 @register("tensorflow", Permute)
 def _permute(node: Node, fmt: str) -> Any:
-    return keras.layers.Permute(node.layer.dims, name=node.path)
+    return keras.layers.Permute(spec(node).dims, name=node.path)
 
 
 @register("tensorflow", Scale)
 def _scale(node: Node, fmt: str) -> Any:
-    return keras.layers.Rescaling(node.layer.factor, name=node.path)
+    return keras.layers.Rescaling(spec(node).factor, name=node.path)
 
 
 @register("tensorflow", Take)
 def _take(node: Node, fmt: str) -> Any:
-    return ks.Take(node.layer.index, axis=node.layer.axis, name=node.path)
+    return ks.Take(spec(node).index, axis=spec(node).axis, name=node.path)
 
 
 @register("tensorflow", OneHot)
 def _one_hot(node: Node, fmt: str) -> Any:
-    return ks.OneHot(node.layer.num_classes, name=node.path)
+    return ks.OneHot(spec(node).num_classes, name=node.path)

@@ -106,7 +106,7 @@ class _ConvMixin:
         self.subsample = subsample
         self.spec_padding = spec_padding
 
-    def _pads(self, shape: tuple) -> tuple | None:
+    def _pads(self, shape: tuple) -> Any:
         """Static (before, after) pads per spatial dim, None for none, or "dynamic" when they depend on a
         spatial size not known while tracing (``same`` with stride and dilation, under relaxed shapes)."""
         if self.padding == "same" or self.spec_padding == "valid":  # type: ignore[attr-defined]
@@ -115,9 +115,9 @@ class _ConvMixin:
             return tuple((p, p) for p in self.spec_padding)
         sizes = [shape[a] for a in spatial_axes(len(shape), self.data_format)]  # type: ignore[attr-defined]
         if any(s is None for s in sizes):
-            return "dynamic"  # type: ignore[return-value]
+            return "dynamic"
         return tuple(conv_pads(s, k, st, d, "same") for s, k, st, d in
-                     zip(sizes, self.kernel_size, self.subsample, self.dilation_rate))  # type: ignore[attr-defined]
+                     zip(sizes, self.kernel_size, self.subsample, self.dilation_rate))  # type: ignore[attr-defined,arg-type]
 
     def _pad_dynamic(self, x: Any) -> Any:
         # TensorFlow's "same" rule with tensors: total = max((ceil(n / s) - 1) * s + eff - n, 0), odd pixel after
@@ -173,11 +173,11 @@ class _ConvMixin:
         return tuple(out)
 
 
-class Conv1D(_ConvMixin, keras.layers.Conv1D):
+class Conv1D(_ConvMixin, keras.layers.Conv1D):  # type: ignore[misc]
     pass
 
 
-class Conv2D(_ConvMixin, keras.layers.Conv2D):
+class Conv2D(_ConvMixin, keras.layers.Conv2D):  # type: ignore[misc]
     pass
 
 
@@ -200,16 +200,16 @@ class _PadPoolMixin:
         return super().compute_output_shape(_padded_shape(tuple(input_shape), self.pads, self.data_format))  # type: ignore[misc,attr-defined]
 
 
-class MaxPool2D(_PadPoolMixin, keras.layers.MaxPooling2D):
+class MaxPool2D(_PadPoolMixin, keras.layers.MaxPooling2D):  # type: ignore[misc]
     fill = -math.inf
 
 
-class AvgPool2D(_PadPoolMixin, keras.layers.AveragePooling2D):
+class AvgPool2D(_PadPoolMixin, keras.layers.AveragePooling2D):  # type: ignore[misc]
     fill = 0.0
 
 
 # ----------------------------------------------------------------------------------------------- batch norm
-class BatchNorm(keras.layers.BatchNormalization):
+class BatchNorm(keras.layers.BatchNormalization):  # type: ignore[misc]
     """BatchNormalization whose running variance follows PyTorch's rule.
 
     Keras normalizes with the biased batch variance (as PyTorch does) but also moves ``moving_variance``

@@ -28,12 +28,12 @@ from . import modules as kl
 __all__ = ["relu", "softmax", "activation", "MaxPool2D"]
 
 
-@keras.saving.register_keras_serializable(package="deferinit", name="relu")
+@keras.saving.register_keras_serializable(package="deferinit", name="relu")  # type: ignore[untyped-decorator]
 def relu(x: Any) -> Any:
     return ops.maximum(0.0, x)
 
 
-@keras.saving.register_keras_serializable(package="deferinit", name="softmax")
+@keras.saving.register_keras_serializable(package="deferinit", name="softmax")  # type: ignore[untyped-decorator]
 def softmax(x: Any, axis: int = -1) -> Any:
     return ops.softmax(x, axis=axis) + 0.0 * ops.max(x, axis=axis, keepdims=True)
 
