@@ -46,13 +46,11 @@ def compiled(native: Any, training: bool, rank: int) -> Any:
 
 
 def forward(native: Any, x: Any, training: bool) -> Any:
+    """A call that missed the steady-state lookup (``KerasModel._forward``, inlined there to save a call frame:
+    a float32 tensor whose compiled function exists, when ``ENABLED``)."""
     if isinstance(x, keras.KerasTensor):  # symbolic use inside another Keras model
         return native(x, training=training)
     if not ENABLED:
         return native(tensor(x), training=training)
-    if x.dtype is tf.float32:  # the steady state: one lookup, then the compiled function
-        fn = native._deferinit_table.fns.get((training, x.shape.rank))
-        if fn is not None:
-            return fn(x)
     x = tensor(x)
     return compiled(native, training, len(x.shape))(x)
