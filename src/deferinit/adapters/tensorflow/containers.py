@@ -10,6 +10,7 @@ Inside a ``tf.function`` this Python runs only while tracing: a steady-state cal
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Callable, Iterator
 
 # isort: off
@@ -40,23 +41,30 @@ class Recorder:
         self.paused = 0
 
 
-_ACTIVE: Recorder | None = None
+# One recorder per thread: models are initialized side by side in threads, and Keras runs a model's eager call
+# and its tracing in the calling thread.
+_LOCAL = threading.local()
+
+
+def _active() -> Recorder | None:
+    return getattr(_LOCAL, "recorder", None)
 
 
 @contextmanager
 def recording() -> Iterator[Recorder]:
-    global _ACTIVE
-    previous, _ACTIVE = _ACTIVE, Recorder()
+    previous = _active()
+    _LOCAL.recorder = recorder = Recorder()
     try:
-        yield _ACTIVE
+        yield recorder
     finally:
-        _ACTIVE = previous
+        _LOCAL.recorder = previous
 
 
 def note(path: str, shape: tuple) -> None:
     """Where the observed shape of one position is kept (tests replace it to prove a wrong shape is caught)."""
-    if _ACTIVE is not None:
-        _ACTIVE.shapes[path] = tuple(None if d is None else int(d) for d in shape)
+    rec = _active()
+    if rec is not None:
+        rec.shapes[path] = tuple(None if d is None else int(d) for d in shape)
 
 
 def _shape(y: Any) -> tuple:
@@ -65,7 +73,7 @@ def _shape(y: Any) -> tuple:
 
 def _observe(positions: Positions, i: int, fn: Callable[[], Any]) -> Any:
     """``fn()`` (child ``i``'s output or shape), its shape noted under the child's path while recording."""
-    rec = _ACTIVE
+    rec = _active()
     if rec is None or i >= len(positions.items):
         return fn()
     path, tied = positions.items[i]
@@ -134,7 +142,7 @@ class Residual(keras.layers.Layer):  # type: ignore[misc]
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         shape = _observe(self.positions, 0, lambda: tuple(self.body.compute_output_shape(tuple(input_shape))))
-        if self.shortcut is not None and _ACTIVE is not None:  # only its noted shape is wanted
+        if self.shortcut is not None and _active() is not None:  # only its noted shape is wanted
             _observe(self.positions, 1, lambda: tuple(self.shortcut.compute_output_shape(tuple(input_shape))))
         return shape
 
