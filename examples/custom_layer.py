@@ -84,6 +84,45 @@ else:
 
 
 # >>> tensorflow
+import functools  # noqa: E402
+from typing import Any  # noqa: E402
+
+
+@functools.cache
+def keras_gated_dense() -> type:
+    """The Keras layer, defined on first use: keras is imported only once a spec is compiled for tensorflow
+    (deferinit has then set Keras's backend)."""
+    import keras
+
+    class KerasGatedDense(keras.layers.Layer):
+        # where deferinit finds each canonical parameter: (attribute holding the variable, layout kind of
+        # deferinit.layouts): Keras keeps the kernel as (in, 2 * units), the canonical weight is (2 * units, in)
+        deferinit_params = {"weight": ("kernel", "dense"), "bias": ("bias", "same")}
+
+        def __init__(self, units: int, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.units = units
+            self.kernel_initializer = keras.initializers.GlorotUniform()  # init= and key= replace it
+
+        def build(self, input_shape: Any) -> None:  # Keras's deferred initialization: the input dim arrives here
+            self.kernel = self.add_weight(shape=(input_shape[-1], 2 * self.units), name="kernel",
+                                          initializer=self.kernel_initializer)
+            self.bias = self.add_weight(shape=(2 * self.units,), name="bias", initializer="zeros")
+
+        def call(self, x: Any) -> Any:
+            h = keras.ops.matmul(x, self.kernel) + self.bias
+            return h[..., : self.units] * keras.ops.sigmoid(h[..., self.units:])
+
+        def compute_output_shape(self, input_shape: Any) -> tuple:
+            return tuple(input_shape[:-1]) + (self.units,)
+
+    return KerasGatedDense
+
+
+@di.register_builder("tensorflow", GatedDense)
+def build_gated_dense_keras(node: Any, data_format: str) -> Any:
+    """``(plan node, data format) -> Keras layer`` (deferinit/adapters/tensorflow/leaves.py): named by its path."""
+    return keras_gated_dense()(node.layer.units, name=node.path)
 # <<< tensorflow
 
 

@@ -625,6 +625,7 @@ def test_zoo_counts_and_shapes_equal_the_books_keras_code(name: str) -> None:
         model.apply_init(x, init="xavier_uniform", key=1)
     assert report.diff(di.infer_shapes(zoo.MODELS[name](), shape, dtype=dtype)) == []
     assert all(p.source == "native" for p in report.params.values())  # Keras defers every dim itself
+    assert all(info.source == "native" for info in report.layers.values())  # each layer's shape: Keras's own
     matched = pairs(book, list(report.params))
     # the same shapes after layout translation: each canonical shape, laid out as the book's Keras holds it
     for names, var, fn in matched:

@@ -14,65 +14,35 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..layers import BatchNorm, Conv1D, Conv2D, Dense, Embedding, LayerNorm
-from ..layers_seq import GRU, LSTM, RNN, ClassToken, MultiHeadAttention, PositionEmbedding
+from ... import layouts
+from ...layers import BatchNorm, Conv1D, Conv2D, Dense, Embedding, LayerNorm
+from ...layers_seq import GRU, LSTM, RNN, ClassToken, MultiHeadAttention, PositionEmbedding
 
-__all__ = ["Layout", "PARAMS", "variable_slots", "initializer_slots"]
+__all__ = ["Layout", "PARAMS", "variable_slots", "initializer_slots", "custom_params"]
 
 
 class Layout:
-    """One canonical parameter held in (part of) one Keras variable; this base is the identity."""
+    """One canonical parameter held in (part of) one Keras variable, translated by a kind of
+    :mod:`deferinit.layouts` (``same``: the identity)."""
+
+    def __init__(self, kind: str = "same") -> None:
+        self.kind = kind
 
     def canonical(self, a: np.ndarray) -> np.ndarray:
         """The variable's value (native layout) -> this canonical parameter."""
-        return a
+        return layouts.to_canonical(self.kind, a)
 
     def canonical_shape(self, shape: tuple) -> tuple:
-        return shape
+        return layouts.canonical_shape(self.kind, shape)
 
     def native(self, w: np.ndarray, shape: tuple) -> np.ndarray:
         """This parameter's contribution to the variable's value (zeros where other parameters live); the value
         is the sum of the contributions of every parameter the variable holds."""
-        return w
+        return layouts.to_native(self.kind, w, shape)
 
     def grad(self, g: np.ndarray) -> np.ndarray:
         """The gradient of the variable (native layout) -> the gradient of this canonical parameter."""
         return self.canonical(g)
-
-
-class _Dense(Layout):
-    """Keras Dense kernel ``(in, out)`` <-> canonical ``(out, in)``."""
-
-    def canonical(self, a: np.ndarray) -> np.ndarray:
-        return a.T
-
-    def canonical_shape(self, shape: tuple) -> tuple:
-        return shape[::-1]
-
-    def native(self, w: np.ndarray, shape: tuple) -> np.ndarray:
-        return w.T
-
-
-class _Conv(Layout):
-    """Keras conv kernel ``(*kernel, in // groups, out)`` <-> canonical ``(out, in // groups, *kernel)``."""
-
-    def canonical(self, a: np.ndarray) -> np.ndarray:
-        r = a.ndim - 2
-        return a.transpose((r + 1, r) + tuple(range(r)))
-
-    def canonical_shape(self, shape: tuple) -> tuple:
-        return (shape[-1], shape[-2]) + shape[:-2]
-
-    def native(self, w: np.ndarray, shape: tuple) -> np.ndarray:
-        return w.transpose(tuple(range(2, w.ndim)) + (1, 0))
-
-
-def _regate(a: np.ndarray, order: tuple) -> np.ndarray:
-    """Blocks of the first axis reordered: block ``i`` of the result is block ``order[i]`` of ``a``."""
-    if order == tuple(range(len(order))):
-        return a
-    blocks = np.split(a, len(order), axis=0)
-    return np.concatenate([blocks[i] for i in order], axis=0)
 
 
 class Gates(Layout):
@@ -81,18 +51,15 @@ class Gates(Layout):
     ``(G*H, in)``; a bias ``(G*H,)`` only reordered."""
 
     def __init__(self, order: tuple, kernel: bool) -> None:
-        self.order, self.kernel = order, kernel
+        super().__init__("dense" if kernel else "same")
+        self.order = order
         self.inverse = tuple(order.index(j) for j in range(len(order)))
 
     def canonical(self, a: np.ndarray) -> np.ndarray:
-        return _regate(a.T if self.kernel else a, self.order)
-
-    def canonical_shape(self, shape: tuple) -> tuple:
-        return shape[::-1]
+        return layouts.regate(layouts.to_canonical(self.kind, a), self.order)
 
     def native(self, w: np.ndarray, shape: tuple) -> np.ndarray:
-        out = _regate(w, self.inverse)
-        return out.T if self.kernel else out
+        return layouts.to_native(self.kind, layouts.regate(w, self.inverse))
 
 
 class Row(Layout):
@@ -134,47 +101,7 @@ class Folded(Layout):
         return self.inner.canonical(g)
 
 
-class _HeadsIn(Layout):
-    """Keras MultiHeadAttention's query/key/value kernel ``(D, heads, head_dim)`` <-> canonical ``(H, D)``: the
-    heads are consecutive blocks of ``head_dim`` projections, as in d2l's ``transpose_qkv``."""
-
-    def canonical(self, a: np.ndarray) -> np.ndarray:
-        return a.reshape(a.shape[0], -1).T
-
-    def canonical_shape(self, shape: tuple) -> tuple:
-        return (shape[1] * shape[2], shape[0])
-
-    def native(self, w: np.ndarray, shape: tuple) -> np.ndarray:
-        return w.T.reshape(shape)
-
-
-class _HeadsBias(Layout):
-    """Keras MultiHeadAttention's query/key/value bias ``(heads, head_dim)`` <-> canonical ``(H,)``."""
-
-    def canonical(self, a: np.ndarray) -> np.ndarray:
-        return a.reshape(-1)
-
-    def canonical_shape(self, shape: tuple) -> tuple:
-        return (shape[0] * shape[1],)
-
-    def native(self, w: np.ndarray, shape: tuple) -> np.ndarray:
-        return w.reshape(shape)
-
-
-class _HeadsOut(Layout):
-    """Keras MultiHeadAttention's output kernel ``(heads, head_dim, H)`` <-> canonical ``(H, heads * head_dim)``."""
-
-    def canonical(self, a: np.ndarray) -> np.ndarray:
-        return a.reshape(-1, a.shape[-1]).T
-
-    def canonical_shape(self, shape: tuple) -> tuple:
-        return (shape[2], shape[0] * shape[1])
-
-    def native(self, w: np.ndarray, shape: tuple) -> np.ndarray:
-        return w.T.reshape(shape)
-
-
-SAME, DENSE, CONV = Layout(), _Dense(), _Conv()
+SAME, DENSE, CONV = Layout(), Layout("dense"), Layout("conv")
 
 #: spec class -> (canonical name, Keras attribute, layout) per parameter, for the one-variable-each layers
 PARAMS: dict[type, tuple[tuple[str, str, Layout], ...]] = {
@@ -201,6 +128,12 @@ def _variable(layer: Any, attr: str) -> Any:
 
     found = getattr(layer, "_" + attr, None)
     return found if isinstance(found, keras.Variable) else getattr(layer, attr)
+
+
+def custom_params(layer: Any) -> dict[str, tuple[str, str]]:
+    """``{canonical name: (attribute holding the Keras variable, layout kind)}`` of a Keras layer built for a layer
+    type registered from outside: its class attribute ``deferinit_params`` (see ``leaves.py``); none if absent."""
+    return dict(getattr(type(layer), "deferinit_params", {}))
 
 
 def recurrent_cells(spec: Any, layer: Any) -> Iterator[tuple[str, Any]]:
@@ -240,9 +173,12 @@ def variable_slots(spec: Any, layer: Any) -> Iterator[tuple[str, Any, Layout]]:
     elif isinstance(spec, MultiHeadAttention):
         for proj, sub in _PROJ:
             dense = getattr(layer, sub + "_dense")
-            yield f"{proj}_weight", _variable(dense, "kernel"), _HeadsOut() if proj == "out" else _HeadsIn()
+            yield f"{proj}_weight", _variable(dense, "kernel"), Layout("heads_out" if proj == "out" else "heads_in")
             if use_bias:
-                yield f"{proj}_bias", dense.bias, SAME if proj == "out" else _HeadsBias()
+                yield f"{proj}_bias", dense.bias, SAME if proj == "out" else Layout("heads_bias")
+    else:  # a layer registered from outside: its Keras layer says where its parameters are (leaves.py)
+        for pname, (attr, kind) in custom_params(layer).items():
+            yield pname, _variable(layer, attr), Layout(kind)
 
 
 def _same_initializer(initializer: Any) -> Any:
@@ -283,3 +219,7 @@ def initializer_slots(spec: Any, layer: Any) -> Iterator[tuple[str, Any, str | N
     elif isinstance(spec, MultiHeadAttention):
         for proj, _ in _PROJ:
             yield f"{proj}_weight", layer, None, _einsum_fans(*_EINSUM_AXES[proj])
+    else:
+        for pname, (attr, _) in custom_params(layer).items():
+            if hasattr(layer, attr + "_initializer"):
+                yield pname, layer, attr + "_initializer", _same_initializer

@@ -271,7 +271,7 @@ def test_stride_with_dilation_and_same_padding_matches_the_reference_at_many_siz
 def test_channels_first_conv_without_native_nchw_kernels(case_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The path taken where TensorFlow has no NCHW convolution (its own CPU kernel; oneDNN off): channels_last
     between two transposes. Forced here; the same outputs and gradients as the reference and the NCHW path."""
-    from deferinit.adapters import _tensorflow_layers as kl
+    from deferinit.adapters.tensorflow import modules as kl
 
     case = BY_ID[case_id]
     native_path = di.compile(case.make(), "tensorflow")
@@ -289,11 +289,11 @@ def test_channels_first_conv_without_native_nchw_kernels(case_id: str, monkeypat
 
 
 def test_channels_first_model_runs_with_onednn_off_and_keras_backend_unset() -> None:
-    tests_dir = str(Path(__file__).parent)
+    tests_dir = str(Path(__file__).parents[2])  # tests/, where cases.py is
     code = ("import sys, numpy as np, deferinit as di\n"
             f"sys.path.insert(0, {tests_dir!r})\n"
             "from cases import BY_ID\n"
-            "from deferinit.adapters import _tensorflow_layers as kl\n"
+            "from deferinit.adapters.tensorflow import modules as kl\n"
             "c = BY_ID['conv1d']; m = di.compile(c.make(), 'tensorflow'); m.apply_init(c.data(), init='normal', key=1)\n"
             "r = di.compile(c.make(), 'numpy'); r.load_weights(m.export_weights(), input_shape=c.shape)\n"
             "import os, keras; print(os.environ['KERAS_BACKEND'], keras.backend.backend())\n"

@@ -12,13 +12,15 @@ from typing import Any
 
 import numpy as np
 
-from ..layers_seq import GRU, LSTM, RNN
-from ._tensorflow_layers import Seq  # first: it claims Keras's backend before keras is imported
+from ...layers_seq import GRU, LSTM, RNN
 
 # isort: off
+from . import backend  # noqa: F401  first: it checks and sets KERAS_BACKEND before keras is imported
 import keras
 from keras import ops
 # isort: on
+
+from .containers import Seq
 
 __all__ = ["recurrent", "SelfAttention", "PositionalEncoding", "ClassToken", "PositionEmbedding", "Take", "OneHot"]
 
@@ -55,7 +57,7 @@ def recurrent(s: Any, name: str) -> Any:
     return Seq(stack, name=name)
 
 
-class SelfAttention(keras.layers.MultiHeadAttention):
+class SelfAttention(keras.layers.MultiHeadAttention):  # type: ignore[misc]
     """Keras's MultiHeadAttention called as self-attention on one input, as a layer of a Sequential takes it.
 
     Keras computes d2l's function exactly: per-head projections ``(D, heads, head_dim)`` whose flattened
@@ -90,13 +92,13 @@ def sinusoidal_table(steps: int, dim: int) -> np.ndarray:
     return table
 
 
-class PositionalEncoding(keras.layers.Layer):
+class PositionalEncoding(keras.layers.Layer):  # type: ignore[misc]
     """Adds d2l's sinusoidal table (no parameters; its width is the input's, known at build)."""
 
     def __init__(self, max_len: int = 1000, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.max_len = max_len
-        self.table: np.ndarray | None = None
+        self.table: Any = None  # built from the input width
 
     def build(self, input_shape: Any) -> None:
         self.table = sinusoidal_table(self.max_len, int(input_shape[-1]))
@@ -113,7 +115,7 @@ class PositionalEncoding(keras.layers.Layer):
         return {**super().get_config(), "max_len": self.max_len}
 
 
-class ClassToken(keras.layers.Layer):
+class ClassToken(keras.layers.Layer):  # type: ignore[misc]
     """Prepends a learned ``(1, 1, D)`` token to every sequence (d2l's ViT ``cls_token``, zeros at first)."""
 
     def build(self, input_shape: Any) -> None:
@@ -128,7 +130,7 @@ class ClassToken(keras.layers.Layer):
         return (input_shape[0], steps, input_shape[2])
 
 
-class PositionEmbedding(keras.layers.Layer):
+class PositionEmbedding(keras.layers.Layer):  # type: ignore[misc]
     """Adds a learned ``(1, T, D)`` position embedding; T and D both come from the input at build.
 
     Its default initializer is the standard normal of d2l's ``torch.randn`` (Keras's ``RandomNormal``
@@ -150,7 +152,7 @@ class PositionEmbedding(keras.layers.Layer):
         return input_shape
 
 
-class Take(keras.layers.Layer):
+class Take(keras.layers.Layer):  # type: ignore[misc]
     """``x[:, index]`` along ``axis`` (the axis disappears): d2l's ``X[:, 0]`` for the class token."""
 
     def __init__(self, index: int, axis: int = 1, **kwargs: Any) -> None:
@@ -167,7 +169,7 @@ class Take(keras.layers.Layer):
         return {**super().get_config(), "index": self.index, "axis": self.axis}
 
 
-class OneHot(keras.layers.Layer):
+class OneHot(keras.layers.Layer):  # type: ignore[misc]
     """Integer ids -> float32 one-hot vectors (d2l's ``tf.one_hot(X, vocab_size)``)."""
 
     def __init__(self, num_classes: int, **kwargs: Any) -> None:

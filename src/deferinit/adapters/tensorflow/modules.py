@@ -1,59 +1,26 @@
 """Small Keras layers the TensorFlow adapter needs where a stock Keras layer differs from the spec.
 
-Each one is a stock Keras layer (or a minimal container) with one documented difference, so the native
-model stays an ordinary ``keras.Model`` that ``summary()``, ``count_params()`` and ``save_weights`` understand
-(whole-model ``.keras`` saving would need these classes registered with Keras's serializer; they are not).
-Imported by ``deferinit.adapters.tensorflow`` before anything else touches Keras: this module is where
-Keras's backend is checked and set (see ``_claim_keras_backend``).
+Each one is a stock Keras layer with one documented difference, so the native model stays an ordinary
+``keras.Model`` that ``summary()``, ``count_params()`` and ``save_weights`` understand (whole-model ``.keras``
+saving would need these classes registered with Keras's serializer; they are not). The containers are in
+``containers.py``, the NaN-keeping variants in ``nan.py``, the sequence layers in ``sequence.py``.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import sys
 from typing import Any
 
-from ..errors import BackendUnavailableError
-from ..layers import conv_pads
+# isort: off
+from . import backend  # noqa: F401  first: it checks and sets KERAS_BACKEND before keras is imported
+import keras
+import tensorflow as tf
+from keras import ops
+# isort: on
 
+from ...layers import conv_pads
 
-def _claim_keras_backend() -> None:
-    """Keras 3 fixes its backend at first import: make sure it is (or will be) TensorFlow, or say how to fix it.
-    Checked before keras is imported, so a wrong KERAS_BACKEND is our clear error, not Keras's failure to load
-    another framework."""
-    fix = ("Keras 3 fixes its backend when it is first imported; set the environment variable "
-           "KERAS_BACKEND=tensorflow before anything imports keras (for example at the top of your script, or "
-           "`KERAS_BACKEND=tensorflow python ...`), in a process that needs the tensorflow backend")
-    loaded = sys.modules.get("keras")
-    if loaded is not None:
-        try:
-            active = loaded.backend.backend()
-        except Exception:  # a half-imported or unusual keras module: the check after the import decides
-            active = None
-        if active is not None and active != "tensorflow":
-            raise BackendUnavailableError(f"backend tensorflow: expected Keras to use its 'tensorflow' backend, "
-                                          f"received keras already imported with the {active!r} backend; {fix}")
-        return
-    env = os.environ.get("KERAS_BACKEND")
-    if env is not None and env != "tensorflow":
-        raise BackendUnavailableError(f"backend tensorflow: expected KERAS_BACKEND to be unset or 'tensorflow', "
-                                      f"received KERAS_BACKEND={env!r}, which would make Keras use another "
-                                      f"backend; {fix}")
-    os.environ["KERAS_BACKEND"] = "tensorflow"
-
-
-_claim_keras_backend()
-
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from keras import ops  # noqa: E402
-
-if keras.backend.backend() != "tensorflow":  # pragma: no cover - a keras.json or a plugin forced another one
-    raise BackendUnavailableError(f"backend tensorflow: expected Keras to use its 'tensorflow' backend, received "
-                                  f"{keras.backend.backend()!r}; set KERAS_BACKEND=tensorflow before importing keras")
-
-__all__ = ["Seq", "Residual", "Concat", "Conv1D", "Conv2D", "MaxPool2D", "AvgPool2D", "BatchNorm",
+__all__ = ["Conv1D", "Conv2D", "MaxPool2D", "AvgPool2D", "BatchNorm",
            "spatial_axes", "call_layer"]
 
 
@@ -119,90 +86,6 @@ def _padded_shape(shape: tuple, pads: tuple, data_format: str) -> tuple:
     return tuple(out)
 
 
-# ----------------------------------------------------------------------------------------------- containers
-class Seq(keras.Sequential):
-    """keras.Sequential whose call is the plain layer loop.
-
-    Keras builds its functional graph on the first call (the deferred initialization we want, and what
-    ``summary()`` shows), but running through that graph would cast every input to the first call's dtype
-    (integer indices for an Embedding become float32) and refuse inputs of another rank (a Dense acts on the
-    last axis of any rank). The loop is what keras.Sequential itself falls back to; under ``tf.function`` it
-    traces to the same graph, so it costs nothing in the compiled path.
-    """
-
-    def call(self, inputs: Any, training: Any = None, mask: Any = None) -> Any:
-        x = inputs
-        for layer in self.layers:
-            x = call_layer(layer, x, training)
-        return x
-
-    def compute_output_shape(self, input_shape: Any) -> Any:
-        shape = tuple(input_shape)
-        for layer in self.layers:
-            shape = tuple(layer.compute_output_shape(shape))
-        return shape
-
-    def compute_output_spec(self, inputs: Any, training: Any = None, mask: Any = None) -> Any:
-        x = inputs
-        for layer in self.layers:
-            x = layer.compute_output_spec(x, training=training) if getattr(layer, "_call_has_training_arg", False) \
-                else layer.compute_output_spec(x)
-        return x
-
-
-class Residual(keras.layers.Layer):
-    """``activation(body(x) + shortcut(x))``; Keras builds it (and its children) by tracing ``call``."""
-
-    def __init__(self, body: Any, shortcut: Any = None, activation: str | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.body = body
-        self.shortcut = shortcut
-        self.activation_name = activation
-        self.activation = keras.activations.get(activation)
-
-    def build(self, input_shape: Any) -> None:
-        build_child(self.body, tuple(input_shape))
-        if self.shortcut is not None:
-            build_child(self.shortcut, tuple(input_shape))
-
-    def compute_output_shape(self, input_shape: Any) -> Any:
-        return self.body.compute_output_shape(tuple(input_shape))
-
-    def combine(self, y: Any, short: Any) -> Any:
-        return self.activation(ops.add(y, short))
-
-    def call(self, x: Any, training: Any = None) -> Any:
-        y = call_layer(self.body, x, training)
-        short = call_layer(self.shortcut, x, training) if self.shortcut is not None else x
-        return self.combine(y, short)
-
-
-class Concat(keras.layers.Layer):
-    """Applies every branch to the same input and concatenates along the channel axis."""
-
-    def __init__(self, branches: list, axis: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.branches = list(branches)
-        self.axis = axis
-
-    def build(self, input_shape: Any) -> None:
-        for branch in self.branches:
-            build_child(branch, tuple(input_shape))
-
-    def compute_output_shape(self, input_shape: Any) -> Any:
-        shapes = [tuple(b.compute_output_shape(tuple(input_shape))) for b in self.branches]
-        out = list(shapes[0])
-        sizes = [s[self.axis] for s in shapes]
-        out[self.axis] = None if None in sizes else sum(sizes)
-        return tuple(out)
-
-    def combine(self, outs: list) -> Any:
-        return ops.concatenate(outs, axis=self.axis)
-
-    def call(self, x: Any, training: Any = None) -> Any:
-        return self.combine([call_layer(b, x, training) for b in self.branches])
-
-
 # ----------------------------------------------------------------------------------------------- convolution
 class _ConvMixin:
     """A Keras conv with the spec's padding and stride/dilation semantics.
@@ -223,7 +106,7 @@ class _ConvMixin:
         self.subsample = subsample
         self.spec_padding = spec_padding
 
-    def _pads(self, shape: tuple) -> tuple | None:
+    def _pads(self, shape: tuple) -> Any:
         """Static (before, after) pads per spatial dim, None for none, or "dynamic" when they depend on a
         spatial size not known while tracing (``same`` with stride and dilation, under relaxed shapes)."""
         if self.padding == "same" or self.spec_padding == "valid":  # type: ignore[attr-defined]
@@ -232,9 +115,9 @@ class _ConvMixin:
             return tuple((p, p) for p in self.spec_padding)
         sizes = [shape[a] for a in spatial_axes(len(shape), self.data_format)]  # type: ignore[attr-defined]
         if any(s is None for s in sizes):
-            return "dynamic"  # type: ignore[return-value]
+            return "dynamic"
         return tuple(conv_pads(s, k, st, d, "same") for s, k, st, d in
-                     zip(sizes, self.kernel_size, self.subsample, self.dilation_rate))  # type: ignore[attr-defined]
+                     zip(sizes, self.kernel_size, self.subsample, self.dilation_rate))  # type: ignore[attr-defined,arg-type]
 
     def _pad_dynamic(self, x: Any) -> Any:
         # TensorFlow's "same" rule with tensors: total = max((ceil(n / s) - 1) * s + eff - n, 0), odd pixel after
@@ -290,11 +173,11 @@ class _ConvMixin:
         return tuple(out)
 
 
-class Conv1D(_ConvMixin, keras.layers.Conv1D):
+class Conv1D(_ConvMixin, keras.layers.Conv1D):  # type: ignore[misc]
     pass
 
 
-class Conv2D(_ConvMixin, keras.layers.Conv2D):
+class Conv2D(_ConvMixin, keras.layers.Conv2D):  # type: ignore[misc]
     pass
 
 
@@ -317,16 +200,16 @@ class _PadPoolMixin:
         return super().compute_output_shape(_padded_shape(tuple(input_shape), self.pads, self.data_format))  # type: ignore[misc,attr-defined]
 
 
-class MaxPool2D(_PadPoolMixin, keras.layers.MaxPooling2D):
+class MaxPool2D(_PadPoolMixin, keras.layers.MaxPooling2D):  # type: ignore[misc]
     fill = -math.inf
 
 
-class AvgPool2D(_PadPoolMixin, keras.layers.AveragePooling2D):
+class AvgPool2D(_PadPoolMixin, keras.layers.AveragePooling2D):  # type: ignore[misc]
     fill = 0.0
 
 
 # ----------------------------------------------------------------------------------------------- batch norm
-class BatchNorm(keras.layers.BatchNormalization):
+class BatchNorm(keras.layers.BatchNormalization):  # type: ignore[misc]
     """BatchNormalization whose running variance follows PyTorch's rule.
 
     Keras normalizes with the biased batch variance (as PyTorch does) but also moves ``moving_variance``

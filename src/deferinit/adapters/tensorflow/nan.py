@@ -18,20 +18,22 @@ from __future__ import annotations
 from typing import Any
 
 # isort: off
-from . import _tensorflow_layers as kl  # first: it checks and sets KERAS_BACKEND before keras is imported
+from . import backend  # noqa: F401  first: it checks and sets KERAS_BACKEND before keras is imported
 import keras
 from keras import ops
 # isort: on
 
+from . import modules as kl
+
 __all__ = ["relu", "softmax", "activation", "MaxPool2D"]
 
 
-@keras.saving.register_keras_serializable(package="deferinit", name="relu")
+@keras.saving.register_keras_serializable(package="deferinit", name="relu")  # type: ignore[untyped-decorator]
 def relu(x: Any) -> Any:
     return ops.maximum(0.0, x)
 
 
-@keras.saving.register_keras_serializable(package="deferinit", name="softmax")
+@keras.saving.register_keras_serializable(package="deferinit", name="softmax")  # type: ignore[untyped-decorator]
 def softmax(x: Any, axis: int = -1) -> Any:
     return ops.softmax(x, axis=axis) + 0.0 * ops.max(x, axis=axis, keepdims=True)
 
