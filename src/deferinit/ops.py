@@ -128,7 +128,8 @@ def batch_norm(x: np.ndarray, axis: int, weight: np.ndarray, bias: np.ndarray, m
 def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
     mean = x.mean(axis=-1, keepdims=True, dtype=np.float64)
     var = x.var(axis=-1, keepdims=True, dtype=np.float64)
-    return (((x - mean) / np.sqrt(var + eps)) * weight + bias).astype(float_type(x, weight))
+    y: np.ndarray = ((x - mean) / np.sqrt(var + eps)) * weight + bias
+    return y.astype(float_type(x, weight))
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ class Artifact:
     """Everything one backend produced for one spec and input."""
 
     backend: str
-    spec: dict
+    spec: dict[str, Any]
     report: ShapeReport
     input: np.ndarray
     init: dict[str, str]                 # sha256 of each weight after apply_init(init, key) on this backend
@@ -39,7 +39,7 @@ class Artifact:
     gradients: dict[str, np.ndarray] = field(default_factory=dict)
     train_output: np.ndarray | None = None
     train_state: dict[str, np.ndarray] = field(default_factory=dict)  # non-trainable params after one step
-    meta: dict = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def _input_for(spec: LazyModel, shape: Sequence[int], seed: int, dtype: str) -> np.ndarray:
@@ -150,7 +150,7 @@ _FIELDS = {"format": (str, True), "version": (int, True), "backend": (str, True)
            "report": (dict, True), "inter_order": (list, True), "meta": (dict, False), "init": (dict, False)}
 
 
-def _header(path: Path, data: dict[str, np.ndarray]) -> dict:
+def _header(path: Path, data: dict[str, np.ndarray]) -> dict[str, Any]:
     raw = data.pop("__meta__", None)
     meta = None
     if raw is not None and raw.dtype == np.uint8 and raw.ndim == 1:

@@ -13,6 +13,8 @@ and in float64 when given float64 (the finite differences), through :mod:`deferi
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import numpy as np
 
 from ... import ops
@@ -94,7 +96,7 @@ def _dense(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarr
 
 @register_builder("numpy", Conv1D, Conv2D)
 def _conv(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
-    layer = node.layer
+    layer: Any = node.layer  # the builder is registered for its type: read its fields as that type
     xc = _to_cf(net, x)
     bias = net.params[node.param_name("bias")] if layer.use_bias else None
     y = ops.conv(xc, net.params[node.param_name("weight")], bias, layer.stride, layer.pads(xc.shape[2:]),
@@ -104,7 +106,7 @@ def _conv(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarra
 
 @register_builder("numpy", MaxPool2D, AvgPool2D)
 def _pool(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
-    layer = node.layer
+    layer: Any = node.layer  # the builder is registered for its type: read its fields as that type
     kind = "max" if isinstance(layer, MaxPool2D) else "avg"
     return _from_cf(net, ops.pool(_to_cf(net, x), kind, layer.pool_size, layer.strides, layer.padding))
 
@@ -129,12 +131,12 @@ def _batch_norm(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.
 @register_builder("numpy", LayerNorm)
 def _layer_norm(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
     return ops.layer_norm(x, net.params[node.param_name("weight")], net.params[node.param_name("bias")],
-                          node.layer.eps)
+                          cast(Any, node.layer).eps)
 
 
 @register_builder("numpy", Dropout)
 def _dropout(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
-    rate = node.layer.rate
+    rate = cast(Any, node.layer).rate
     if not training or rate == 0:
         return x
     keep = net.rng.random(x.shape) >= rate
@@ -148,7 +150,7 @@ def _flatten(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.nda
 
 @register_builder("numpy", Activation, ReLU, Sigmoid, Tanh, GELU, Softmax)
 def _activation(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
-    return activate(net, node.layer.activation, x)
+    return activate(net, cast(Any, node.layer).activation, x)
 
 
 @register_builder("numpy", Embedding)
@@ -165,7 +167,7 @@ def _own(net: NumpyNet, node: Node) -> dict[str, np.ndarray]:
 
 @register_builder("numpy", RNN, GRU, LSTM)
 def _recurrent(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
-    layer = node.layer
+    layer: Any = node.layer  # the builder is registered for its type: read its fields as that type
     kind = {RNN: "rnn", GRU: "gru", LSTM: "lstm"}[type(layer)]
     if training and layer.dropout and layer.num_layers > 1:
         from ...errors import UnsupportedLayerError
@@ -178,7 +180,7 @@ def _recurrent(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.n
 
 @register_builder("numpy", MultiHeadAttention)
 def _attention(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
-    layer = node.layer
+    layer: Any = node.layer  # the builder is registered for its type: read its fields as that type
     if training and layer.dropout:
         from ...errors import UnsupportedLayerError
 
@@ -195,7 +197,7 @@ def _class_token(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np
 
 @register_builder("numpy", OneHot)
 def _one_hot(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
-    return np.eye(node.layer.num_classes, dtype=np.float32)[x]
+    return np.eye(cast(Any, node.layer).num_classes, dtype=np.float32)[x]
 
 
 @register_builder("numpy", Identity)
@@ -215,19 +217,19 @@ def _position_embedding(net: NumpyNet, node: Node, x: np.ndarray, training: bool
 
 @register_builder("numpy", Reshape)
 def _reshape(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
-    return x.reshape((x.shape[0],) + node.layer.shape)
+    return x.reshape((x.shape[0],) + cast(Any, node.layer).shape)
 
 
 @register_builder("numpy", Permute)
 def _permute(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
-    return x.transpose((0,) + node.layer.dims)
+    return x.transpose((0,) + cast(Any, node.layer).dims)
 
 
 @register_builder("numpy", Scale)
 def _scale(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
-    return (x * np.float32(node.layer.factor)).astype(ops.float_type(x))
+    return (x * np.float32(cast(Any, node.layer).factor)).astype(ops.float_type(x))
 
 
 @register_builder("numpy", Take)
 def _take(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
-    return np.take(x, node.layer.index, axis=node.layer.axis)
+    return np.take(x, cast(Any, node.layer).index, axis=cast(Any, node.layer).axis)
