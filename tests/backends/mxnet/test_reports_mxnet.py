@@ -79,3 +79,16 @@ def test_a_dropped_output_is_a_backend_error(monkeypatch: pytest.MonkeyPatch) ->
                         lambda observer, shape: {k: v for k, v in real(observer, shape).items() if k != "0"})
     with pytest.raises(di.BackendError, match="'0'"):
         di.compile(di.LazyModel([di.Dense(8), di.Dense(3)]), "mxnet").apply_init(np.zeros((2, 5), np.float32))
+
+
+@pytest.mark.parametrize("abstract", [False, True], ids=["concrete", "abstract"])
+def test_a_tied_container_at_two_shapes_reports_each_position_its_own(abstract: bool) -> None:
+    def make() -> di.LazyModel:
+        shared = di.Sequential([di.ReLU(), di.Identity()])  # no parameters: the same layers at two input sizes
+        return di.LazyModel([di.Dense(6), shared, di.Dense(3), shared, di.Dense(2)])
+
+    x = np.random.default_rng(0).standard_normal((2, 5)).astype(np.float32)
+    model = di.compile(make(), "mxnet")
+    report = model.apply_init(di.ShapeDtype(x.shape) if abstract else x, abstract=abstract)
+    _native_and_equal(report, make(), x.shape, "float32")
+    assert report.layers["1.0"].output_shape == (2, 6) and report.layers["3"].output_shape == (2, 3)
