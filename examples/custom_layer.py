@@ -58,6 +58,18 @@ def gated_dense(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, units: int)
 
 
 # >>> torch
+try:
+    from torch import nn
+
+    from deferinit.adapters.torch.modules import SPEC, Step
+except ImportError:  # torch is not installed here: no torch builder
+    pass
+else:
+    @di.register_builder("torch", GatedDense)
+    def gated_dense_torch(layer: GatedDense, rank: int | None) -> list[Step]:
+        """torch's own ``nn.LazyLinear`` finds ``in`` on the dry run and holds ``weight``/``bias`` under their
+        canonical names and layout; ``nn.GLU(dim=-1)`` is exactly ``h[..., :units] * sigmoid(h[..., units:])``."""
+        return [Step("", nn.LazyLinear(2 * layer.units), SPEC), Step("glu", nn.GLU(dim=-1), SPEC)]
 # <<< torch
 
 

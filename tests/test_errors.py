@@ -203,3 +203,13 @@ def test_batch_norm_training_needs_more_than_one_value(backend: str) -> None:
     with pytest.raises(di.ShapeMismatchError, match=r"layer '1' \(BatchNorm\) expected more than 1 value per channel"):
         model(np.zeros((1, 5), np.float32), training=True)
     assert model.to_numpy(model(np.ones((2, 5), np.float32), training=True)).shape == (2, 2)
+
+
+def test_a_shape_given_as_data_gets_a_hint(backend: str) -> None:
+    # apply_init((2, 20)): numpy reads the tuple as int data of shape (2,); the error says what it took and how
+    # to pass a shape, on every backend, and the model stays uninitialized
+    model = di.compile(di.LazyModel([di.Dense(3)]), backend)
+    with pytest.raises(di.DTypeError, match=r"took the tuple \(2, 20\) as data .*di\.ShapeDtype\(\(2, 20\), 'float32'\)"):
+        model.apply_init((2, 20))
+    assert not model.initialized
+    assert model.apply_init(di.ShapeDtype((2, 20), "float32")).output_shape == (2, 3)

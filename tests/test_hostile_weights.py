@@ -443,18 +443,56 @@ def test_cli_comparing_nothing_exits_1(tmp_path: Path, ref: object) -> None:
     assert proc.returncode == 1 and "FAIL nothing was compared" in proc.stderr, proc.stdout + proc.stderr
 
 
-def test_gradient_anchor_is_not_marked_compared(ref: object) -> None:
-    """The backend whose gradients the others are compared with was compared with nothing: '-', not 0 and ok."""
+def _mlp_gradients_by_hand(ref: object) -> dict[str, np.ndarray]:
+    """d sum(y) / d w of Dense(16, relu) -> Dense(4), in float64 from the chain rule."""
+    w = {k: v.astype(np.float64) for k, v in ref.weights.items()}  # type: ignore[attr-defined]
+    x = ref.input.astype(np.float64)  # type: ignore[attr-defined]
+    pre = x @ w["0.weight"].T + w["0.bias"]
+    h = np.maximum(pre, 0)
+    ones = np.ones((x.shape[0], w["1.weight"].shape[0]))
+    dpre = (ones @ w["1.weight"]) * (pre > 0)
+    grads = {"0.weight": dpre.T @ x, "0.bias": dpre.sum(0), "1.weight": ones.T @ h, "1.bias": ones.sum(0)}
+    return {k: v.astype(np.float32) for k, v in grads.items()}
+
+
+def test_gradients_are_compared_pairwise_and_with_finite_differences(ref: object) -> None:
+    """No anchor compared with nothing: every framework's gradients are compared with every other framework's and
+    with the reference's own finite differences, so a single framework is still checked; '-' only where a pair
+    was not compared."""
     from dataclasses import replace
 
-    grads = {"0.weight": np.ones((16, 20), np.float32)}
-    anchor = replace(ref, backend="anchor", gradients=grads)
-    other = replace(ref, backend="other", gradients={"0.weight": grads["0.weight"] + 1e-7})
-    result = compare_artifacts([ref, anchor, other])
-    assert result.passed and result.grad_anchor == "anchor"
-    assert result.results["anchor"].grad_ok is None and result.results["anchor"].grad_max_abs is None
-    assert result.results["other"].grad_ok is True
-    rows = {line.split()[0]: line.split() for line in str(result).splitlines()[2:]}
-    assert rows["anchor"][-2] == "-" and rows["other"][-2] != "-", str(result)
-    lonely = compare_artifacts([ref, anchor])
-    assert "not compared" in str(lonely).splitlines()[0] and lonely.results["anchor"].grad_ok is None
+    grads = _mlp_gradients_by_hand(ref)
+    a = replace(ref, backend="a", gradients=grads)
+    b = replace(ref, backend="b", gradients={k: v + 1e-7 for k, v in grads.items()})
+    both = compare_artifacts([ref, a, b])
+    assert both.passed, both.failures()
+    for name, other in (("a", "b"), ("b", "a")):
+        r = both.results[name]
+        assert r.grad_ok is True and r.grad_partner == other and r.grad_fd_ok is True and r.grad_fd_error < 1e-2
+    rows = {line.split()[0]: line.split() for line in str(both).splitlines()[2:]}
+    assert rows["a"][-3] != "-" and rows["a"][-2] != "-", str(both)
+    alone = compare_artifacts([ref, a])
+    assert alone.passed and alone.results["a"].grad_ok is None and alone.results["a"].grad_fd_ok is True
+    rows = {line.split()[0]: line.split() for line in str(alone).splitlines()[2:]}
+    assert rows["a"][-3] == "-" and rows["a"][-2] != "-", str(alone)  # no partner; finite differences compared
+
+
+@pytest.mark.parametrize("fault", ["scaled", "transposed", "swapped"])
+def test_a_wrong_gradient_fails_parity_by_name(ref: object, fault: str) -> None:
+    from dataclasses import replace
+
+    grads = _mlp_gradients_by_hand(ref)
+    bad = dict(grads)
+    if fault == "scaled":
+        bad["1.weight"] = grads["1.weight"] * 1.1
+    elif fault == "transposed":  # (16, 20) read back as (20, 16) and reshaped: what a wrong layout does
+        bad["0.weight"] = grads["0.weight"].T.reshape(grads["0.weight"].shape)
+    else:
+        bad["0.bias"] = grads["0.bias"][::-1].copy()
+    alone = compare_artifacts([ref, replace(ref, backend="wrong", gradients=bad)])
+    assert not alone.passed and alone.results["wrong"].grad_fd_ok is False
+    assert any("finite differences" in line and "wrong" in line for line in alone.failures()), alone.failures()
+    pair = compare_artifacts([ref, replace(ref, backend="right", gradients=grads),
+                              replace(ref, backend="wrong", gradients=bad)])
+    assert pair.results["right"].grad_fd_ok is True and pair.results["wrong"].grad_fd_ok is False
+    assert pair.results["wrong"].grad_ok is False and pair.results["wrong"].grad_partner == "right"

@@ -129,7 +129,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    src = str(Path(di.__file__).resolve().parents[1])  # the deferinit under test, in every interpreter
+    # the deferinit under test, in every interpreter: the source tree, never the directory holding an installed
+    # copy (a virtualenv's site-packages would bring its numpy 2 into MXNet's interpreter, which needs numpy 1.23)
+    src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     env.setdefault("KERAS_BACKEND", "tensorflow")

@@ -152,8 +152,7 @@ def test_import_imports_no_framework_and_no_numpy() -> None:
     code = ("import sys, time; t = time.perf_counter(); import deferinit; dt = time.perf_counter() - t; "
             f"bad = [m for m in {watched!r} if m in sys.modules]; print(bad, dt)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out[0] == "[]", out
-    assert float(out[1]) < 0.5  # measured ~0.05 s; the bound only catches a framework import sneaking in
+    assert out[0] == "[]", out  # what an import costs is measured side by side in `nox -s bench`, not bounded here
 
 
 def test_registry() -> None:

@@ -24,9 +24,12 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .errors import DeferInitError, DTypeError, SpecError
+
+if TYPE_CHECKING:
+    from .spec import Shape
 
 __all__ = ["main", "resolve_spec", "parse_shape", "add_spec_arguments", "spec_from_args", "shape_arg"]
 
@@ -36,7 +39,7 @@ EXIT_PIPE = 141  # 128 + SIGPIPE: what a shell reports for `yes | head -1`'s yes
 _PYTHON_REF = re.compile(r"^(?:[A-Za-z_][\w.]*|.+\.py):[A-Za-z_][\w.]*$")
 
 
-def parse_shape(text: str) -> tuple:
+def parse_shape(text: str) -> Shape:
     """``"2,20"`` -> ``(2, 20)``; ``None`` or ``?`` marks a dim that varies. The values are not checked here:
     the shape rules refuse a negative or zero dim with the same message as everywhere else."""
     dims: list[int | None] = []
@@ -53,7 +56,7 @@ def parse_shape(text: str) -> tuple:
     return tuple(dims)
 
 
-def shape_arg(text: str) -> tuple:
+def shape_arg(text: str) -> Shape:
     """:func:`parse_shape` as an argparse ``type``: a bad shape is a usage error."""
     try:
         return parse_shape(text)
@@ -139,7 +142,7 @@ def spec_from_args(args: argparse.Namespace) -> Any:
     return resolve_spec(args.python, python=True) if args.python is not None else resolve_spec(args.spec)
 
 
-def _dtype_hint(spec: Any, shape: tuple, dtype: str) -> str:
+def _dtype_hint(spec: Any, shape: Shape, dtype: str) -> str:
     """What --dtype would work, when the one given is of the wrong kind (token ids given as floats, say)."""
     import numpy as np
 

@@ -18,13 +18,13 @@ from typing import Any, ClassVar
 
 from .errors import SpecError, fmt_shape
 from .layers import Buffer, Leaf, ParamSpec, RuleContext
-from .spec import MAX_INT, check_float, check_int, show
+from .spec import MAX_INT, Shape, check_float, check_int, show
 
 __all__ = ["RNN", "GRU", "LSTM", "MultiHeadAttention", "PositionalEncoding", "ClassToken", "PositionEmbedding",
            "Reshape", "Permute", "Scale", "Take", "OneHot", "SEQUENCE_LAYERS"]
 
 
-def _need_sequence(ctx: RuleContext, shape: tuple, what: str = "(batch, steps, features)") -> None:
+def _need_sequence(ctx: RuleContext, shape: Shape, what: str = "(batch, steps, features)") -> None:
     if len(shape) != 3:
         raise ctx.mismatch(f"a rank-3 input {what}", f"shape {fmt_shape(shape)} (rank {len(shape)})")
 
@@ -53,7 +53,7 @@ class _Recurrent(Leaf):
     def directions(self) -> tuple[str, ...]:
         return ("", "_reverse") if self.bidirectional else ("",)
 
-    def infer(self, shape: tuple, ctx: RuleContext) -> tuple[tuple, dict[str, ParamSpec]]:
+    def infer(self, shape: Shape, ctx: RuleContext) -> tuple[Shape, dict[str, ParamSpec]]:
         _need_sequence(ctx, shape)
         features = ctx.known(shape, 2, "the input features")
         g, h = self.gates * self.hidden_size, self.hidden_size
@@ -68,7 +68,7 @@ class _Recurrent(Leaf):
                     params[f"bias_hh_l{layer}{sfx}"] = ParamSpec((g,), role="bias")
         return (shape[0], shape[1], h * len(self.directions)), params
 
-    def buffers(self, shape: tuple, out: tuple, data_format: str) -> tuple[Buffer, ...]:
+    def buffers(self, shape: Shape, out: Shape, data_format: str) -> tuple[Buffer, ...]:
         # the input projections of every step at once (PyTorch, cuDNN-style), and a lower layer's outputs
         n, t, width = shape[0], shape[1], len(self.directions) * self.hidden_size
         below = (Buffer("outputs of the lower layers", (n, t, width)),) if self.num_layers > 1 else ()
@@ -128,7 +128,7 @@ class MultiHeadAttention(Leaf):
     def head_dim(self) -> int:
         return self.num_hiddens // self.num_heads
 
-    def infer(self, shape: tuple, ctx: RuleContext) -> tuple[tuple, dict[str, ParamSpec]]:
+    def infer(self, shape: Shape, ctx: RuleContext) -> tuple[Shape, dict[str, ParamSpec]]:
         _need_sequence(ctx, shape)
         d = ctx.known(shape, 2, "the input features")
         h = self.num_hiddens
@@ -139,7 +139,7 @@ class MultiHeadAttention(Leaf):
                 params[f"{proj}_bias"] = ParamSpec((h,), role="bias")
         return (shape[0], shape[1], h), params
 
-    def buffers(self, shape: tuple, out: tuple, data_format: str) -> tuple[Buffer, ...]:
+    def buffers(self, shape: Shape, out: Shape, data_format: str) -> tuple[Buffer, ...]:
         n, t, h = shape[0], shape[1], self.num_hiddens
         return (Buffer("queries, keys and values", (3, n, t, h)), Buffer("heads' outputs", (n, t, h)),
                 Buffer("attention scores and weights", (2, n, self.num_heads, t, t)))
@@ -155,7 +155,7 @@ class PositionalEncoding(Leaf):
     def validate(self) -> None:
         check_int("PositionalEncoding", "max_len", self.max_len)
 
-    def infer(self, shape: tuple, ctx: RuleContext) -> tuple[tuple, dict[str, ParamSpec]]:
+    def infer(self, shape: Shape, ctx: RuleContext) -> tuple[Shape, dict[str, ParamSpec]]:
         _need_sequence(ctx, shape)
         d = ctx.known(shape, 2, "the features")
         if d % 2:
@@ -164,7 +164,7 @@ class PositionalEncoding(Leaf):
             raise ctx.mismatch(f"at most max_len={self.max_len} steps", f"{shape[1]} steps")
         return shape, {}
 
-    def buffers(self, shape: tuple, out: tuple, data_format: str) -> tuple[Buffer, ...]:
+    def buffers(self, shape: Shape, out: Shape, data_format: str) -> tuple[Buffer, ...]:
         # PyTorch, TensorFlow and JAX build the whole max_len table with the layer, whatever the input's steps
         return (Buffer("sinusoidal table", (self.max_len, shape[2]), resident=True),)
 
@@ -173,7 +173,7 @@ class PositionalEncoding(Leaf):
 class ClassToken(Leaf):
     """Prepends a learned token: ``(N, T, D) -> (N, T + 1, D)``; weight ``(1, 1, D)``, zeros at first."""
 
-    def infer(self, shape: tuple, ctx: RuleContext) -> tuple[tuple, dict[str, ParamSpec]]:
+    def infer(self, shape: Shape, ctx: RuleContext) -> tuple[Shape, dict[str, ParamSpec]]:
         _need_sequence(ctx, shape)
         d = ctx.known(shape, 2, "the features")
         steps = None if shape[1] is None else shape[1] + 1
@@ -186,7 +186,7 @@ class PositionEmbedding(Leaf):
 
     fan_names: ClassVar[dict[int, str]] = {1: "steps", 2: "features"}
 
-    def infer(self, shape: tuple, ctx: RuleContext) -> tuple[tuple, dict[str, ParamSpec]]:
+    def infer(self, shape: Shape, ctx: RuleContext) -> tuple[Shape, dict[str, ParamSpec]]:
         _need_sequence(ctx, shape)
         t = ctx.known(shape, 1, "the number of steps")
         d = ctx.known(shape, 2, "the features")
@@ -210,7 +210,7 @@ class Reshape(Leaf):
                             f"Received: shape={show(self.shape)}")
         object.__setattr__(self, "shape", target)
 
-    def infer(self, shape: tuple, ctx: RuleContext) -> tuple[tuple, dict[str, ParamSpec]]:
+    def infer(self, shape: Shape, ctx: RuleContext) -> tuple[Shape, dict[str, ParamSpec]]:
         rest = shape[1:]
         known = math.prod(d for d in self.shape if d != -1)
         if any(d is None for d in rest):
@@ -238,7 +238,7 @@ class Permute(Leaf):
             raise SpecError(f"Permute: dims must be a permutation of 1..n. Received: dims={show(self.dims)}")
         object.__setattr__(self, "dims", dims)
 
-    def infer(self, shape: tuple, ctx: RuleContext) -> tuple[tuple, dict[str, ParamSpec]]:
+    def infer(self, shape: Shape, ctx: RuleContext) -> tuple[Shape, dict[str, ParamSpec]]:
         if len(shape) != len(self.dims) + 1:
             raise ctx.mismatch(f"a rank-{len(self.dims) + 1} input", f"shape {fmt_shape(shape)}")
         return (shape[0],) + tuple(shape[d] for d in self.dims), {}
@@ -253,7 +253,7 @@ class Scale(Leaf):
     def validate(self) -> None:
         check_float("Scale", "factor", self.factor, -math.inf, math.inf, lo_open=True, hi_open=True)
 
-    def infer(self, shape: tuple, ctx: RuleContext) -> tuple[tuple, dict[str, ParamSpec]]:
+    def infer(self, shape: Shape, ctx: RuleContext) -> tuple[Shape, dict[str, ParamSpec]]:
         return shape, {}
 
 
@@ -270,7 +270,7 @@ class Take(Leaf):
         check_int("Take", "index", self.index, minimum=0)
         check_int("Take", "axis", self.axis)
 
-    def infer(self, shape: tuple, ctx: RuleContext) -> tuple[tuple, dict[str, ParamSpec]]:
+    def infer(self, shape: Shape, ctx: RuleContext) -> tuple[Shape, dict[str, ParamSpec]]:
         if len(shape) <= self.axis:
             raise ctx.mismatch(f"an input with axis {self.axis}", f"shape {fmt_shape(shape)}")
         if shape[self.axis] is not None and self.index >= shape[self.axis]:
@@ -288,10 +288,10 @@ class OneHot(Leaf):
     def validate(self) -> None:
         check_int("OneHot", "num_classes", self.num_classes)
 
-    def infer(self, shape: tuple, ctx: RuleContext) -> tuple[tuple, dict[str, ParamSpec]]:
+    def infer(self, shape: Shape, ctx: RuleContext) -> tuple[Shape, dict[str, ParamSpec]]:
         return shape + (self.num_classes,), {}
 
-    def buffers(self, shape: tuple, out: tuple, data_format: str) -> tuple[Buffer, ...]:
+    def buffers(self, shape: Shape, out: Shape, data_format: str) -> tuple[Buffer, ...]:
         # PyTorch's one_hot makes int64 only; the float32 output is a cast of it
         return (Buffer("one-hot as int64 before the float32 cast", out, itemsize=8),)
 

@@ -70,7 +70,7 @@ def to_native(kind: str, w: Any, shape: Sequence[int] | None = None) -> Any:
     return w
 
 
-def canonical_shape(kind: str, shape: Sequence[int]) -> tuple:
+def canonical_shape(kind: str, shape: Sequence[int]) -> tuple[Any, ...]:
     """The canonical shape of a native variable of ``shape``."""
     _check(kind)
     s = tuple(shape)
@@ -87,7 +87,7 @@ def canonical_shape(kind: str, shape: Sequence[int]) -> tuple:
     return s
 
 
-def native_shape(kind: str, shape: Sequence[int], heads: int | None = None) -> tuple:
+def native_shape(kind: str, shape: Sequence[int], heads: int | None = None) -> tuple[Any, ...]:
     """The native shape of a canonical parameter of ``shape`` (``heads`` for the per-head kinds)."""
     _check(kind)
     s = tuple(shape)
@@ -117,7 +117,7 @@ def regate(a: Any, order: Sequence[int]) -> Any:
     return np.concatenate([blocks[i] for i in order], axis=0)
 
 
-def split_gates(w: Any, gates: int) -> list:
+def split_gates(w: Any, gates: int) -> list[Any]:
     """A canonical gate-stacked array -> one array per gate (blocks of the first axis)."""
     import numpy as np
 

@@ -7,6 +7,7 @@ Accumulation happens in float32 through BLAS (``matmul``), as the frameworks do 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -19,24 +20,29 @@ _erf = np.frompyfunc(math.erf, 1, 1)
 def gelu(x: np.ndarray) -> np.ndarray:
     """Exact GELU, ``x * Phi(x)`` with the C library's erf (numpy has none)."""
     x64 = x.astype(np.float64)
-    return (0.5 * x64 * (1.0 + _erf(x64 / math.sqrt(2.0)).astype(np.float64))).astype(x.dtype)
+    return (0.5 * x64 * (1.0 + np.asarray(_erf(x64 / math.sqrt(2.0)), dtype=np.float64))).astype(x.dtype)
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     z = x - x.max(axis=axis, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=axis, keepdims=True)
+    out: np.ndarray = e / e.sum(axis=axis, keepdims=True)
+    return out
 
 
 def activation(name: str | None, x: np.ndarray) -> np.ndarray:
     if name is None:
         return x
+    out: np.ndarray
     if name == "relu":
-        return np.maximum(x, np.float32(0))
+        out = np.maximum(x, np.float32(0))
+        return out
     if name == "sigmoid":
-        return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(x.dtype)
+        out = (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(x.dtype)
+        return out
     if name == "tanh":
-        return np.tanh(x)
+        out = np.tanh(x)
+        return out
     if name == "gelu":
         return gelu(x)
     if name == "softmax":
@@ -46,7 +52,7 @@ def activation(name: str | None, x: np.ndarray) -> np.ndarray:
     raise ValueError(name)  # pragma: no cover - names are validated by the spec
 
 
-def _windows(x: np.ndarray, kernel: tuple, stride: tuple, dilation: tuple) -> np.ndarray:
+def _windows(x: np.ndarray, kernel: tuple[Any, ...], stride: tuple[Any, ...], dilation: tuple[Any, ...]) -> np.ndarray:
     """(N, C, *out, *kernel) view of every window of a padded channels-first input."""
     n = len(kernel)
     eff = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))
@@ -56,7 +62,7 @@ def _windows(x: np.ndarray, kernel: tuple, stride: tuple, dilation: tuple) -> np
     return win[index]
 
 
-def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: tuple, pads: tuple, dilation: tuple,
+def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: tuple[Any, ...], pads: tuple[Any, ...], dilation: tuple[Any, ...],
          groups: int) -> np.ndarray:
     """N-d convolution (cross-correlation) of channels-first ``x`` with OI* weight ``w``."""
     n = x.ndim - 2
@@ -80,7 +86,7 @@ def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: tuple, pads
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def pool(x: np.ndarray, kind: str, size: tuple, stride: tuple, padding: tuple) -> np.ndarray:
+def pool(x: np.ndarray, kind: str, size: tuple[Any, ...], stride: tuple[Any, ...], padding: tuple[Any, ...]) -> np.ndarray:
     """2-D max or average pooling of channels-first ``x``; average counts padded zeros (count_include_pad)."""
     fill = -np.inf if kind == "max" else 0.0
     x = np.pad(x, [(0, 0), (0, 0)] + [(p, p) for p in padding], constant_values=fill)
@@ -123,7 +129,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
 
 
-def recurrent(kind: str, x: np.ndarray, params: dict, hidden: int, num_layers: int, bidirectional: bool,
+def recurrent(kind: str, x: np.ndarray, params: dict[str, Any], hidden: int, num_layers: int, bidirectional: bool,
               use_bias: bool, activation: str = "tanh") -> np.ndarray:
     """PyTorch's RNN/GRU/LSTM on batch-first ``x`` (N, T, F) with zero initial state; returns (N, T, H*dirs).
 
@@ -165,12 +171,12 @@ def recurrent(kind: str, x: np.ndarray, params: dict, hidden: int, num_layers: i
     return seq
 
 
-def attention(x: np.ndarray, params: dict, num_heads: int, use_bias: bool) -> np.ndarray:
+def attention(x: np.ndarray, params: dict[str, Any], num_heads: int, use_bias: bool) -> np.ndarray:
     """d2l's multi-head self-attention on (N, T, D), no mask."""
     n, t, _ = x.shape
 
     def proj(name: str, v: np.ndarray) -> np.ndarray:
-        y = np.matmul(v, params[f"{name}_weight"].T)
+        y: np.ndarray = np.matmul(v, params[f"{name}_weight"].T)
         return y + params[f"{name}_bias"] if use_bias else y
 
     q, k, v = proj("q", x), proj("k", x), proj("v", x)

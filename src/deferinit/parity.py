@@ -13,6 +13,9 @@ Two ways to use it:
   own bit-identity is checked separately (``init_identical``).
 
 A comparison that compared nothing (only the reference) fails, and a column not compared shows ``-``.
+Gradients are compared pairwise between the frameworks (each against every other, the worst pair reported) and
+each against the reference's own finite differences (:mod:`deferinit.parity_fd`), so even a single framework's
+gradients are checked against something it did not compute.
 
 Errors are measured as ``max |a - b|`` and ``max |a - b| / (atol/rtol + |b|)``; a value passes when
 ``|a - b| <= atol + rtol * |b|`` (numpy's ``allclose``). Defaults (atol 1e-5, rtol 1e-4) suit float32 nets of
@@ -31,6 +34,7 @@ import numpy as np
 
 from .errors import SpecError
 from .parity_artifacts import FORMAT, GRAD_SAMPLE, Artifact, load_artifact, make_artifact, save_artifact
+from .parity_fd import FD_RTOL, finite_difference_checks
 from .spec import LazyModel
 
 __all__ = ["parity", "make_artifact", "save_artifact", "load_artifact", "compare_artifacts", "ParityReport", "BackendParity",
@@ -71,14 +75,18 @@ class BackendParity:
     shape_diff: list[str] = field(default_factory=list)
     train_max_abs: float | None = None     # training-mode output and updated statistics
     train_ok: bool | None = None
-    grad_max_abs: float | None = None      # gradients vs the gradient anchor backend
+    grad_max_abs: float | None = None      # gradients vs every other framework's (the worst pair)
     grad_ok: bool | None = None
     grad_worst: str | None = None
+    grad_partner: str | None = None        # the framework of that worst pair
+    grad_fd_error: float | None = None     # projected gradients vs the reference's finite differences (relative)
+    grad_fd_ok: bool | None = None
+    grad_fd_worst: str | None = None
 
     @property
     def passed(self) -> bool:
         return (self.ok and self.shapes_equal and self.init_identical is not False and self.train_ok is not False
-                and self.grad_ok is not False)
+                and self.grad_ok is not False and self.grad_fd_ok is not False)
 
 
 @dataclass
@@ -98,7 +106,7 @@ class ParityReport:
 
     @property
     def grads_compared(self) -> bool:
-        return any(r.grad_ok is not None for r in self.results.values())
+        return any(r.grad_ok is not None or r.grad_fd_ok is not None for r in self.results.values())
 
     def failures(self) -> list[str]:
         if not self.results:
@@ -118,8 +126,11 @@ class ParityReport:
             if r.train_ok is False:
                 lines.append(f"{name}: training-mode step differs by {r.train_max_abs:.3g}")
             if r.grad_ok is False:
-                lines.append(f"{name}: gradient of '{r.grad_worst}' differs from {self.grad_anchor} by "
+                lines.append(f"{name}: gradient of '{r.grad_worst}' differs from {r.grad_partner}'s by "
                              f"{r.grad_max_abs:.3g}")
+            if r.grad_fd_ok is False:
+                lines.append(f"{name}: gradient of '{r.grad_fd_worst}' differs from the {self.reference} reference's "
+                             f"finite differences by {r.grad_fd_error:.3g} (relative; tolerance {FD_RTOL:g})")
         return lines
 
     def to_dict(self) -> dict[str, Any]:
@@ -129,17 +140,18 @@ class ParityReport:
 
     def __str__(self) -> str:
         head = ["backend", "max abs err", "max rel err", "first divergent layer", "init bits", "train step",
-                "grad err", "result"]
+                "grad err", "grad vs fd", "result"]
         rows = [head]
         for name, r in self.results.items():
             rows.append([name, f"{r.max_abs:.2e}", f"{r.max_rel:.2e}", r.first_divergence or "-",
                          {True: "identical", False: "DIFFER", None: "-"}[r.init_identical],
                          "-" if r.train_max_abs is None else f"{r.train_max_abs:.2e}",
                          "-" if r.grad_max_abs is None else f"{r.grad_max_abs:.2e}",
+                         "-" if r.grad_fd_error is None else f"{r.grad_fd_error:.2e}",
                          "ok" if r.passed else "FAIL"])
         widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-        grads = "" if not self.grad_anchor else f"; gradients against {self.grad_anchor}" if self.grads_compared \
-            else f"; gradients: only {self.grad_anchor} recorded them, not compared"
+        grads = "" if not self.grads_compared else \
+            "; gradients pairwise between frameworks and against the reference's finite differences"
         lines = [f"Parity against {self.reference} (atol {self.atol:g}, rtol {self.rtol:g}{grads})"]
         lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
         if not self.results:
@@ -159,9 +171,9 @@ def compare_artifacts(artifacts: Iterable[Artifact | str | Path], *, atol: float
     for a in arts:
         if a.spec != ref.spec:
             raise SpecError(f"parity: artifacts of different specs ({a.backend} vs numpy)")
-    grad_arts = [a for a in arts if a.gradients]
-    anchor = grad_arts[0] if grad_arts else None
+    grad_arts = [a for a in arts if a.gradients and a is not ref]
     gtol = grad_atol if grad_atol is not None else atol * 10
+    fd = finite_difference_checks(ref, grad_arts)
     results = {}
     for a in arts:
         if a is ref:
@@ -190,19 +202,27 @@ def compare_artifacts(artifacts: Iterable[Artifact | str | Path], *, atol: float
                      if k in a.train_state]
             res.train_max_abs = max((e[0] for e in errs), key=lambda v: math.inf if math.isnan(v) else v)
             res.train_ok = all(e[2] for e in errs) and set(a.train_state) == set(ref.train_state)
-        if anchor is not None and a.gradients and a is not anchor:
-            worst, worst_err, all_ok = None, 0.0, set(a.gradients) == set(anchor.gradients)
-            for k, g in anchor.gradients.items():
-                err, _, g_ok = _errors(a.gradients.get(k, np.full_like(g, np.inf)), g, gtol, rtol * 10)
-                all_ok &= g_ok
-                if err >= worst_err or math.isnan(err):
-                    worst, worst_err = k, err
-            res.grad_max_abs, res.grad_ok, res.grad_worst = worst_err, all_ok, worst
-        # the anchor's own gradients are compared with nothing here: its column stays '-', not a made-up 0
+        partners = [b for b in grad_arts if b is not a] if a.gradients else []
+        if partners:  # pairwise: every other framework's gradients, the worst pair reported
+            worst, worst_err, all_ok, partner = None, 0.0, True, None
+            for b in partners:
+                all_ok &= set(a.gradients) == set(b.gradients)
+                for k, g in b.gradients.items():
+                    err, _, g_ok = _errors(a.gradients.get(k, np.full_like(g, np.inf)), g, gtol, rtol * 10)
+                    all_ok &= g_ok
+                    if err >= worst_err or math.isnan(err):
+                        worst, worst_err, partner = k, err, b.backend
+            res.grad_max_abs, res.grad_ok, res.grad_worst, res.grad_partner = worst_err, all_ok, worst, partner
+        check = fd.get(a.backend)
+        if check is not None and check.checked:
+            res.grad_fd_error, res.grad_fd_ok, res.grad_fd_worst = check.error, check.ok, check.worst
+        elif a.gradients:  # gradients recorded, but no parameter could be compared: that is no pass
+            res.grad_fd_ok, res.grad_fd_worst = False, "(none compared)"
+            res.grad_fd_error = float("nan")
         results[a.backend] = res
     note = "" if results else f"only the {ref.backend} reference artifact was given; add artifacts of other " \
                               f"backends (deferinit parity run SPEC --backend NAME --from REFERENCE.npz)"
-    return ParityReport("numpy", atol, rtol, results, anchor.backend if anchor else None, note)
+    return ParityReport("numpy", atol, rtol, results, None, note)
 
 
 def parity(spec: LazyModel, dummy_input: Any, backends: Sequence[str] | None = None, *, key: int = 0,

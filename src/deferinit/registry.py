@@ -102,7 +102,8 @@ def load_backend(name: Any) -> type:
     module_name, _, attr = target.partition(":")
     try:
         module = importlib.import_module(module_name)
-        return getattr(module, attr)
+        cls: type = getattr(module, attr)
+        return cls
     except BackendUnavailableError:
         raise
     except (ImportError, AttributeError, OSError, RuntimeError) as exc:  # installed but broken (e.g. numpy too new)

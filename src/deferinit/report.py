@@ -23,10 +23,10 @@ __all__ = ["ParamInfo", "LayerInfo", "ShapeReport"]
 FORMAT = "deferinit.report"
 VERSION = 1
 
-Shape = tuple  # tuple[int | None, ...]
+Shape = tuple[Any, ...]  # tuple[int | None, ...]
 
 
-def _shape(value: Any) -> tuple:
+def _shape(value: Any) -> Shape:
     return tuple(None if d is None else int(d) for d in value)
 
 
@@ -73,7 +73,7 @@ class LayerInfo:
 
     path: str
     type: str
-    output_shape: tuple
+    output_shape: Shape
     params: tuple[str, ...] = ()
     tied_to: str | None = None
     source: str = "reference"
@@ -97,8 +97,8 @@ class ShapeReport:
     """Inferred shapes of one spec on one input, in canonical names and layouts."""
 
     backend: str
-    input_shape: tuple
-    output_shape: tuple
+    input_shape: Shape
+    output_shape: Shape
     params: Mapping[str, ParamInfo]
     layers: Mapping[str, LayerInfo] = field(default_factory=dict)
     input_dtype: str = "float32"
@@ -119,7 +119,7 @@ class ShapeReport:
         return self.total_params - self.trainable_params
 
     @property
-    def layer_output_shapes(self) -> dict[str, tuple]:
+    def layer_output_shapes(self) -> dict[str, Shape]:
         return {path: info.output_shape for path, info in self.layers.items()}
 
     # ------------------------------------------------------------------ serialization
@@ -244,12 +244,12 @@ class ShapeReport:
                 f"output_shape={self.output_shape}, params={len(self.params)}, total_params={self.total_params})")
 
 
-def _visible(layers: Mapping[str, LayerInfo], depth: int | None) -> list[tuple[LayerInfo, tuple, list]]:
+def _visible(layers: Mapping[str, LayerInfo], depth: int | None) -> list[tuple[LayerInfo, Shape, list[Any]]]:
     """(layer, its own parameters, the parameters of its hidden descendants) for each layer shown at ``depth``.
     Layers come in pre-order, so a layer's ancestors are the open entries of a stack of paths."""
-    shown: list[tuple[LayerInfo, tuple, list]] = []
+    shown: list[tuple[LayerInfo, Shape, list[Any]]] = []
     stack: list[str] = []
-    holder: dict[str, list] = {}
+    holder: dict[str, list[Any]] = {}
     for path, info in layers.items():
         while stack and not path.startswith(stack[-1] + "."):
             stack.pop()
@@ -285,7 +285,7 @@ def _show(value: Any) -> str:
     return fmt_shape(value) if isinstance(value, tuple) else repr(value)
 
 
-def _diff_maps(kind: str, a: Mapping, b: Mapping, key: Any, show: Any) -> list[str]:
+def _diff_maps(kind: str, a: Mapping[str, Any], b: Mapping[str, Any], key: Any, show: Any) -> list[str]:
     lines = []
     for name in a:
         if name not in b:

@@ -29,7 +29,7 @@ from typing import Any, Callable, NamedTuple
 from .errors import ResourceError, fmt_shape, where
 from .layers import Leaf
 from .shapes import Inference, Node
-from .spec import Concat, Residual, Sequential
+from .spec import Concat, Residual, Sequential, Shape
 
 __all__ = ["available_memory", "Footprint", "footprint", "fmt_bytes", "Tensor", "INDEX_LIMIT", "check_sizes", "check_fits"]
 
@@ -122,7 +122,7 @@ class Tensor(NamedTuple):
     path: str
     layer: Any
     what: str     # "output", "parameter 'x.weight'", a buffer's description
-    shape: tuple
+    shape: Shape
     itemsize: int
     resident: bool = False  # a constant table: built in numpy by the frameworks that build it at all
 
@@ -149,7 +149,7 @@ class Footprint:
     tables: int      # constant tables built with the layers, resident as long as the model
     peak: int        # activations and workspace alive together in an inference forward (input included)
     saved: int       # activations and workspace a training forward keeps for the backward pass (input included)
-    tensors: tuple   # every Tensor counted, for the size limits
+    tensors: Shape   # every Tensor counted, for the size limits
     largest: Tensor
 
     @property
@@ -163,7 +163,7 @@ class Footprint:
         return self.grads + self.saved
 
 
-def _concrete(shape: tuple) -> tuple:
+def _concrete(shape: Shape) -> Shape:
     return tuple(1 if d is None else int(d) for d in shape)  # None dims are 1 in the dummy apply_init builds
 
 
@@ -179,7 +179,7 @@ class _Estimate:
         self._cache: dict[str, tuple[int, int]] = {}
         self.layer_of: dict[str, Any] = {}
 
-    def out_shape(self, node: Node) -> tuple:
+    def out_shape(self, node: Node) -> Shape:
         return _concrete(self.layers[node.path].output_shape)
 
     def out_bytes(self, node: Node) -> int:

@@ -84,7 +84,7 @@ def _short(layer: Layer, field: str, value: Any) -> Any:
     return value[0] if same else value
 
 
-_SHORT: dict[tuple, bool] = {}
+_SHORT: dict[tuple[Any, ...], bool] = {}
 
 
 def _to_dict(layer: Layer, seen: dict[int, str], path: str) -> dict[str, Any]:

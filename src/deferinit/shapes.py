@@ -13,7 +13,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from .errors import DTypeError, ShapeMismatchError, fmt_shape, where
 from .layers import Leaf, ParamSpec, RuleContext, check_kind
 from .report import LayerInfo, ParamInfo, ShapeReport
-from .spec import Concat, Container, Layer, LazyModel, Residual, Sequential, show
+from .spec import Concat, Container, Layer, LazyModel, Residual, Sequential, Shape, show
 
 __all__ = ["Node", "plan", "infer", "infer_shapes", "Inference", "input_kind", "normalize_shape", "spec_dtype", "as_dtype"]
 
@@ -62,7 +62,7 @@ def _is_int(d: Any) -> bool:
     return isinstance(d, int) or (type(d).__module__ == "numpy" and hasattr(d, "__index__"))
 
 
-def normalize_shape(shape: Any) -> tuple:
+def normalize_shape(shape: Any) -> Shape:
     """An input shape as a tuple of positive ints or ``None``; anything else is a ShapeMismatchError."""
     try:
         dims = tuple(shape)
@@ -118,17 +118,17 @@ class Inference:
     report: ShapeReport
     params: dict[str, ParamSpec]      # canonical name -> rule's view (with init role)
     root: Node
-    inputs: dict[str, tuple] = field(default_factory=dict)  # path -> input shape of each position
+    inputs: dict[str, Shape] = field(default_factory=dict)  # path -> input shape of each position
 
 
 class _Walk:
-    def __init__(self, data_format: str, backend: str, fixed: Mapping[str, tuple] | None) -> None:
+    def __init__(self, data_format: str, backend: str, fixed: Mapping[str, Shape] | None) -> None:
         self.data_format, self.backend, self.fixed = data_format, backend, fixed
         self.params: dict[str, ParamSpec] = {}
         self.layers: dict[str, LayerInfo] = {}
-        self.inputs: dict[str, tuple] = {}
+        self.inputs: dict[str, Shape] = {}
 
-    def run(self, node: Node, shape: tuple, kind: str, record: bool = True) -> tuple[tuple, str]:
+    def run(self, node: Node, shape: Shape, kind: str, record: bool = True) -> tuple[Shape, str]:
         if node.tied_to is not None:
             try:
                 out, kind = self.run(node.tied_to, shape, kind, record=False)
@@ -152,7 +152,7 @@ class _Walk:
             self.layers[node.path] = LayerInfo(node.path, type(layer).__name__, out, names)
         return out, kind
 
-    def leaf(self, node: Node, shape: tuple, kind: str) -> tuple[tuple, str, tuple[str, ...]]:
+    def leaf(self, node: Node, shape: Shape, kind: str) -> tuple[Shape, str, tuple[str, ...]]:
         ctx = RuleContext(node.path, node.layer, self.data_format, None)
         check_kind(ctx, node.layer, kind)  # type: ignore[arg-type]
         out, params = node.layer.infer(shape, ctx)  # type: ignore[attr-defined]
@@ -168,7 +168,7 @@ class _Walk:
         return out, out_kind, tuple(names)
 
     @staticmethod
-    def refit(node: Node, full: str, want: tuple, got: tuple, shape: tuple, tied: bool) -> ShapeMismatchError:
+    def refit(node: Node, full: str, want: Shape, got: Shape, shape: Shape, tied: bool) -> ShapeMismatchError:
         """The input no longer fits a parameter whose shape is fixed (initialized, or shared by a tie)."""
         layer = node.layer
         axis = next((i for i, (a, b) in enumerate(zip(want, got)) if a != b), 0)
@@ -181,7 +181,7 @@ class _Walk:
         return ShapeMismatchError(f"{where(node.path, layer)} expected {expected}, {why} (parameter '{full}' is "
                                   f"{fmt_shape(want)}), received {received} (input shape {fmt_shape(shape)})")
 
-    def container(self, node: Node, shape: tuple, kind: str, record: bool) -> tuple[tuple, str]:
+    def container(self, node: Node, shape: Shape, kind: str, record: bool) -> tuple[Shape, str]:
         layer = node.layer
         if isinstance(layer, Sequential):
             for child in node.children:
@@ -214,7 +214,7 @@ class _Walk:
 
 
 def infer(spec: LazyModel, input_shape: Any, *, dtype: Any = None, backend: str = "numpy",
-          fixed: Mapping[str, tuple] | None = None, root: Node | None = None) -> Inference:
+          fixed: Mapping[str, Shape] | None = None, root: Node | None = None) -> Inference:
     """Run the reference rules. ``fixed`` maps canonical parameter names to shapes that the input must fit
     (those of an initialized model), so a later call with a wrong feature dim names the layer."""
     if not isinstance(spec, LazyModel):

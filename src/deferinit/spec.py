@@ -36,7 +36,7 @@ MAX_DEPTH = 64
 #: every size, count and index in a spec is below 2**63 (an int64); larger ones overflow every framework
 MAX_INT = 2**63 - 1
 
-Shape = tuple  # tuple[int | None, ...]
+Shape = tuple[Any, ...]  # tuple[int | None, ...]
 
 
 # --------------------------------------------------------------------------------------------- validators
@@ -77,7 +77,7 @@ def check_int(layer: str, field: str, value: Any, *, minimum: int = 1, optional:
         raise _bad(layer, field, value, need + (" or None" if optional else ""))
 
 
-def check_tuple(layer: str, field: str, value: Any, n: int, *, minimum: int = 1, optional: bool = False) -> tuple:
+def check_tuple(layer: str, field: str, value: Any, n: int, *, minimum: int = 1, optional: bool = False) -> tuple[Any, ...]:
     """Normalize ``int | tuple`` to an ``n``-tuple of ints >= minimum."""
     if value is None and optional:
         return None  # type: ignore[return-value]

@@ -31,7 +31,7 @@ MAX_YAML_ALIASES = 64
 
 
 def _yaml_loader(yaml: Any, path: Path) -> type:
-    class Loader(yaml.SafeLoader):  # the pure-Python safe loader, counting aliases as it composes
+    class Loader(yaml.SafeLoader):  # type: ignore[misc]  # pure-Python safe loader (yaml is Any under mypy), counting aliases
         aliases = 0
 
         def compose_node(self, parent: Any, index: Any) -> Any:

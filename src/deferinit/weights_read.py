@@ -83,7 +83,7 @@ def _size(n: int) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n:,} bytes"
 
 
-def _check_declared(path: Path, declared: Mapping[str, tuple[tuple, np.dtype]], expected: Mapping[str, Any] | None,
+def _check_declared(path: Path, declared: Mapping[str, tuple[tuple[Any, ...], np.dtype]], expected: Mapping[str, Any] | None,
                     max_bytes: int | None) -> None:
     """Names and shapes against the spec, then the total against the memory there is: before any allocation."""
     if expected is not None:
@@ -110,7 +110,7 @@ def _check_declared(path: Path, declared: Mapping[str, tuple[tuple, np.dtype]], 
                             f"(load_weights(..., max_bytes=N) sets the limit)")
 
 
-def _alloc(path: Path, name: str, shape: tuple, dtype: np.dtype, fortran: bool = False) -> np.ndarray:
+def _alloc(path: Path, name: str, shape: tuple[Any, ...], dtype: np.dtype, fortran: bool = False) -> np.ndarray:
     try:
         return np.empty(shape[::-1] if fortran else shape, dtype=dtype)
     except (MemoryError, ValueError) as exc:
@@ -121,9 +121,10 @@ def _alloc(path: Path, name: str, shape: tuple, dtype: np.dtype, fortran: bool =
 
 def _fill(fh: IO[bytes], buf: np.ndarray, nbytes: int) -> None:
     """Exactly ``nbytes`` into ``buf``, in chunks (a file that ends early is an EOFError)."""
-    view, pos = memoryview(buf), 0
+    view, pos = buf.data, 0  # the array's own buffer (memoryview(buf))
     while pos < nbytes:
-        got = fh.readinto(view[pos:min(nbytes, pos + _CHUNK)])
+        # an open file and a zip member both read into a buffer; typing.IO does not declare readinto
+        got = fh.readinto(view[pos:min(nbytes, pos + _CHUNK)])  # type: ignore[attr-defined]
         if not got:
             raise EOFError(f"{nbytes - pos:,} of {nbytes:,} bytes missing")
         pos += got
@@ -138,7 +139,7 @@ def _real_dtype(path: Path, name: str, dtype: np.dtype) -> np.dtype:
     return dtype
 
 
-def _npy_header(path: Path, name: str, fh: IO[bytes]) -> tuple[tuple, np.dtype, bool, int]:
+def _npy_header(path: Path, name: str, fh: IO[bytes]) -> tuple[tuple[Any, ...], np.dtype, bool, int]:
     """Shape, dtype, Fortran order and header length of a ``.npy`` stream, reading the header bytes only
     (numpy's own reader would read a header of any declared length before checking it)."""
     magic = fh.read(8)
@@ -172,7 +173,7 @@ def read_npz(path: Path, expected: Mapping[str, Any] | None = None, max_bytes: i
         name = None
         try:
             with zipfile.ZipFile(fh) as zf:
-                members: dict[str, tuple[zipfile.ZipInfo, tuple, np.dtype, bool, int]] = {}
+                members: dict[str, tuple[zipfile.ZipInfo, tuple[Any, ...], np.dtype, bool, int]] = {}
                 for info in zf.infolist():
                     name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
                     if name in members or not info.filename.endswith(".npy"):
@@ -215,7 +216,7 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _st_header(path: Path, raw: bytes) -> dict:
+def _st_header(path: Path, raw: bytes) -> dict[str, Any]:
     try:
         header = json.loads(raw.decode("utf-8"), parse_constant=_no_constant, object_pairs_hook=_unique)
     except RecursionError:
@@ -232,7 +233,7 @@ def _st_header(path: Path, raw: bytes) -> dict:
     return header
 
 
-def _st_entries(path: Path, header: dict, body: int) -> dict[str, tuple[tuple, np.dtype, int]]:
+def _st_entries(path: Path, header: dict[str, Any], body: int) -> dict[str, tuple[tuple[Any, ...], np.dtype, int]]:
     """name -> (shape, dtype, start) after checking that the tensors tile the data section exactly."""
     out, spans = {}, []
     for name, e in header.items():

@@ -8,6 +8,8 @@ these specs give the PyTorch counts everywhere. ``BOOK_INPUTS`` holds the input 
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 from .layers import (
     GELU,
     AvgPool2D,
@@ -80,7 +82,7 @@ def vgg_block(num_convs: int, out_channels: int) -> Sequential:
                       + [MaxPool2D(2, stride=2)])
 
 
-def vgg(arch: tuple = ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512)), num_classes: int = 10) -> LazyModel:
+def vgg(arch: tuple[Any, ...] = ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512)), num_classes: int = 10) -> LazyModel:
     return LazyModel([vgg_block(n, c) for n, c in arch] + [
         Flatten(), Dense(4096, activation="relu"), Dropout(0.5), Dense(4096, activation="relu"), Dropout(0.5),
         Dense(num_classes)], name="vgg")
@@ -102,7 +104,7 @@ def nin(num_classes: int = 10) -> LazyModel:
         GlobalAvgPool2D()], name="nin")
 
 
-def inception(c1: int, c2: tuple, c3: tuple, c4: int) -> Concat:
+def inception(c1: int, c2: tuple[Any, ...], c3: tuple[Any, ...], c4: int) -> Concat:
     """Four parallel paths concatenated on the channel axis."""
     return Concat([
         Conv2D(c1, 1, activation="relu"),
@@ -136,7 +138,7 @@ def _stem(channels: int = 64) -> Sequential:
     return Sequential([Conv2D(channels, 7, stride=2, padding=3), BatchNorm(), ReLU(), MaxPool2D(3, stride=2, padding=1)])
 
 
-def resnet18(num_classes: int = 10, arch: tuple = ((2, 64), (2, 128), (2, 256), (2, 512))) -> LazyModel:
+def resnet18(num_classes: int = 10, arch: tuple[Any, ...] = ((2, 64), (2, 128), (2, 256), (2, 512))) -> LazyModel:
     stages: list[Layer] = []
     for i, (num_residuals, channels) in enumerate(arch):
         blocks = [residual_block(channels, use_1x1conv=(j == 0 and i != 0), strides=2 if (j == 0 and i != 0) else 1)
@@ -158,7 +160,9 @@ def resnext_block(num_channels: int, groups: int, bot_mul: float, use_1x1conv: b
 
 def dense_block(num_convs: int, num_channels: int) -> Sequential:
     """Each step concatenates its input with a BN-ReLU-Conv of it (``torch.cat((X, Y), dim=1)``)."""
-    conv = lambda: Sequential([BatchNorm(), ReLU(), Conv2D(num_channels, 3, padding=1)])  # noqa: E731
+    def conv() -> Sequential:
+        return Sequential([BatchNorm(), ReLU(), Conv2D(num_channels, 3, padding=1)])
+
     return Sequential([Concat([Identity(), conv()]) for _ in range(num_convs)])
 
 
@@ -166,7 +170,7 @@ def transition_block(num_channels: int) -> Sequential:
     return Sequential([BatchNorm(), ReLU(), Conv2D(num_channels, 1), AvgPool2D(2, stride=2)])
 
 
-def densenet(num_channels: int = 64, growth_rate: int = 32, arch: tuple = (4, 4, 4, 4),
+def densenet(num_channels: int = 64, growth_rate: int = 32, arch: tuple[Any, ...] = (4, 4, 4, 4),
              num_classes: int = 10) -> LazyModel:
     """758,226 trainable parameters with the defaults (the transition channels accumulate, as in PyTorch)."""
     layers: list[Layer] = [_stem(64)]
@@ -180,7 +184,7 @@ def densenet(num_channels: int = 64, growth_rate: int = 32, arch: tuple = (4, 4,
     return LazyModel(layers, name="densenet")
 
 
-def anynet(arch: tuple, stem_channels: int, num_classes: int = 10) -> LazyModel:
+def anynet(arch: tuple[Any, ...], stem_channels: int, num_classes: int = 10) -> LazyModel:
     """d2l's AnyNet: a stride-2 stem, stages of ResNeXt blocks (the first of each halves the resolution)."""
     stem = Sequential([Conv2D(stem_channels, 3, stride=2, padding=1), BatchNorm(), ReLU()])
     stages = [Sequential([resnext_block(c, g, b, use_1x1conv=True, strides=2)]
@@ -248,14 +252,15 @@ BOOK_INPUTS = {
 #: inputs that are token ids rather than floats
 INT_INPUTS = {"rnn_lm", "gru_lm", "lstm_lm", "deep_gru_lm", "bi_lstm_lm", "transformer_encoder"}
 
-MODELS = {"mlp": mlp, "lenet": lenet, "bn_lenet": bn_lenet, "alexnet": alexnet, "vgg11": vgg11, "nin": nin,
-          "googlenet": googlenet, "resnet18": resnet18, "densenet": densenet, "regnetx32": regnetx32,
-          "rnn_lm": lambda: rnn_lm("rnn"), "gru_lm": lambda: rnn_lm("gru"), "lstm_lm": lambda: rnn_lm("lstm"),
-          "deep_gru_lm": lambda: rnn_lm("gru", num_layers=2), "bi_lstm_lm": lambda: rnn_lm("lstm", bidirectional=True),
-          "transformer_encoder": transformer_encoder, "vit": vit}
+MODELS: dict[str, Callable[[], LazyModel]] = {
+    "mlp": mlp, "lenet": lenet, "bn_lenet": bn_lenet, "alexnet": alexnet, "vgg11": vgg11, "nin": nin,
+    "googlenet": googlenet, "resnet18": resnet18, "densenet": densenet, "regnetx32": regnetx32,
+    "rnn_lm": lambda: rnn_lm("rnn"), "gru_lm": lambda: rnn_lm("gru"), "lstm_lm": lambda: rnn_lm("lstm"),
+    "deep_gru_lm": lambda: rnn_lm("gru", num_layers=2), "bi_lstm_lm": lambda: rnn_lm("lstm", bidirectional=True),
+    "transformer_encoder": transformer_encoder, "vit": vit}
 
 
-def parity_specs() -> dict:
+def parity_specs() -> dict[str, Any]:
     """Zoo models at inputs small enough for the cross-framework parity session (name -> spec, shape, dtype).
     Every model runs at its book input with batch 2."""
     out = {}

@@ -93,15 +93,16 @@ def check_ids(checks: tuple[IdCheck, ...], ids: Any) -> None:
     arr = np.asarray(ids)
     if not arr.size or arr.dtype.kind not in "iu":
         return
-    ranges: dict[tuple, tuple[int, int] | None] = {}
+    ranges: dict[tuple, tuple[int, int]] = {}
     for check in checks:
-        span = ranges.get(check.route, ())
-        if span == ():
+        span = ranges.get(check.route)
+        if span is None:
             seen = arr
             for layer in check.route:
                 seen = _move(layer, seen)
-            span = ranges[check.route] = (int(seen.min()), int(seen.max())) if seen.size else None
-        if span is not None and (span[0] < 0 or span[1] >= check.size):
+            # no ids at all: the empty range (0, -1), where nothing is out of range
+            span = ranges[check.route] = (int(seen.min()), int(seen.max())) if seen.size else (0, -1)
+        if span[0] < 0 or span[1] >= check.size:
             raise ShapeMismatchError(f"layer '{check.path}' ({check.kind}) expected indices in [0, {check.size}), "
                                      f"received values from {span[0]} to {span[1]}; nothing was run")
 

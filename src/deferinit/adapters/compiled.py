@@ -1,9 +1,10 @@
-"""The one contract every backend implements, and the glue they share.
+"""The compiled model: the public API every backend shares, written once (validate -> build -> swap).
 
 A backend subclasses :class:`CompiledModel` and fills in a handful of hooks (build the native lazy model,
-run its deferred initialization, forward, read and write weights in canonical layout). Everything a user
-can get wrong is checked here, once, with the reference rules, *before* any framework code runs, so every
-backend raises the same :class:`~deferinit.errors.DeferInitError` for the same mistake:
+run its deferred initialization, forward, read and write weights in canonical layout), listed with the
+capabilities it declares in ``contract.py``. Everything a user can get wrong is checked once, with the
+reference rules (``checks.py``), *before* any framework code runs, so every backend raises the same
+:class:`~deferinit.errors.DeferInitError` for the same mistake:
 
 * ``apply_init`` validates the dummy input with :func:`~deferinit.shapes.infer`, builds a NEW native model,
   lets the framework infer its shapes, checks them against the rules and only then swaps the new model in.
@@ -25,96 +26,32 @@ hook on the native model): the call would wait for itself.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
-from typing import Any, Generic, Mapping, TypeVar
+from typing import Any, Mapping, TypeVar
 
 import numpy as np
 
 from .. import init as init_mod
-from ..errors import (
-    BackendError,
-    DeferInitError,
-    DTypeError,
-    NotInitializedError,
-    ResourceError,
-    ShapeMismatchError,
-    UnsupportedLayerError,
-    WeightsError,
-    fmt_shape,
-)
-from ..report import LayerInfo, ParamInfo, ShapeReport
-from ..resources import available_memory, check_fits, check_sizes, fmt_bytes, footprint
-from ..shapes import Inference, Node, infer, normalize_shape, plan, spec_dtype
+from ..errors import DeferInitError, NotInitializedError, ShapeMismatchError, UnsupportedLayerError, fmt_shape
+from ..report import ShapeReport
+from ..resources import available_memory
+from ..shapes import infer, normalize_shape, plan
 from ..spec import LazyModel
 from ._gate import Gate
-from ._inputs import abstract_input, as_array
-from ._semantics import IdCheck, batch_norm_rank_error, batch_norms, check_finite_batch, check_ids, id_checks
+from ._semantics import batch_norms, check_finite_batch
 from ._standin import stand_in
-from ._values import weight_array
+from .checks import Checks
+from .contract import NativeParam, ShapeDtype
 
 __all__ = ["CompiledModel", "NativeParam", "ShapeDtype", "available_memory"]
 
 N = TypeVar("N")
 
 
-@dataclass(frozen=True)
-class ShapeDtype:
-    """An input described by shape and dtype only (like ``jax.ShapeDtypeStruct``): ``apply_init`` accepts it in
-    place of data, so no input needs to be allocated for abstract initialization."""
+class CompiledModel(Checks[N]):
+    """A spec compiled for one backend. Create with :func:`deferinit.compile`.
 
-    shape: tuple
-    dtype: str = "float32"
-
-
-@dataclass(frozen=True)
-class NativeParam:
-    """What a backend's own deferred initialization found for one canonical parameter."""
-
-    native_name: str
-    native_shape: tuple[int, ...]
-    shape: tuple[int, ...]  # the native shape translated to the canonical layout
-    source: str = "native"  # "reference" where the framework has no deferred form and the rules gave the dim
-
-
-def _single_value_batch_norm(inference: Inference, data_format: str) -> tuple[str, int] | None:
-    """The first BatchNorm whose batch statistics would come from a single value per channel, if any: every
-    framework refuses (or divides by zero in) training mode there, so the call is refused up front."""
-    from ..layers import BatchNorm
-
-    for node in inference.root.walk():
-        if node.tied_to is None and isinstance(node.layer, BatchNorm) and node.path in inference.inputs:
-            shape = inference.inputs[node.path]
-            axis = 1 if data_format == "channels_first" or len(shape) == 2 else len(shape) - 1
-            count = 1
-            for i, d in enumerate(shape):
-                if i != axis:
-                    count *= d if d is not None else 2
-            if count <= 1:
-                return node.path, count
-    return None
-
-
-#: how frameworks say they ran out of memory (torch's allocator, TensorFlow's ResourceExhaustedError, XLA's
-#: RESOURCE_EXHAUSTED, MXNet's storage manager, C++'s bad_alloc)
-_OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "cannot allocate memory", "resourceexhausted",
-                  "resource_exhausted", "failed to allocate", "bad_alloc", "unable to allocate")
-
-
-class CompiledModel(Generic[N]):
-    """A spec compiled for one backend. Create with :func:`deferinit.compile`."""
-
-    backend: str = "?"
-    #: how big a framework tensor may be before the memory check refuses it (fraction of available memory)
-    memory_fraction: float = 0.8
-    #: the most elements one tensor may hold and the largest single axis on this backend, and why (resources.py;
-    #: beyond 2**63 bytes every backend refuses)
-    max_elements: int | None = None
-    max_dim: int | None = None
-    size_note: str = ""
-    #: abstract apply_init still builds the layers' constant tables (PositionalEncoding's max_len x dim)
-    abstract_tables: bool = False
-    #: ``_set_weights`` builds every new value before one assignment (so it cannot fail part-way)
-    _swaps_weights: bool = False
+    The hooks a backend fills in and the capabilities it declares are in ``contract.py``; the checks every
+    backend shares, and the report assembly, in ``checks.py``; here, the public API: validate -> build -> swap."""
 
     def __init__(self, spec: LazyModel) -> None:
         if not isinstance(spec, LazyModel):
@@ -122,74 +59,16 @@ class CompiledModel(Generic[N]):
 
             raise SpecError(f"compile: expected a deferinit.LazyModel, received {type(spec).__name__}")
         self.spec = spec
-        self.root: Node = plan(spec)
-        self._native: N | None = None
-        self._report: ShapeReport | None = None
-        self._inference: Inference | None = None
-        self._fixed: dict[str, tuple] = {}
-        self._checked: dict[tuple, tuple] = {}
+        self.root = plan(spec)
+        self._native = None
+        self._report = None
+        self._inference = None
+        self._fixed = {}
+        self._checked = {}
         self._abstract = False
         self._index_limit = self._find_index_limit()
         self._batch_norms = batch_norms(self.root)  # their input rank is fixed at init (_semantics.py)
         self._gate = Gate()
-
-    # ================================================================== hooks a backend implements
-    def _new_native(self) -> N:
-        """Build a fresh native model (its parameters still deferred) from ``self.root``."""
-        raise NotImplementedError
-
-    def _native_init(self, native: N, x: Any, inference: Inference, init: Any, key: Any,
-                     abstract: bool) -> dict[str, NativeParam]:
-        """Run the framework's own deferred initialization on ``native`` with input ``x`` (a native tensor, or
-        a :class:`ShapeDtype` when abstract), applying the framework's own ``init`` if one is given (else its
-        default), and return what it found per canonical name. When ``abstract``, allocate no parameters."""
-        raise NotImplementedError
-
-    def _native_layer_shapes(self, native: N, x: Any, inference: Inference, abstract: bool) -> Mapping[str, tuple] | None:
-        """The framework's own answer to "what shape comes out where", for the report: ``{layer path: output
-        shape}`` for every layer position of ``inference.report.layers`` (tied positions included) and ``""`` for
-        the model's output, observed in the framework's own dry run or trace of ``native`` (just initialized by
-        ``_native_init`` on ``x``; when ``abstract``, nothing may be allocated). Called once per ``apply_init``.
-        None means the backend has no framework to ask: the numpy backend, whose shapes are the reference's.
-        The compiled model compares each shape with the reference rules (a disagreement is a BackendError naming
-        the layer) and reports it with ``source="native"``."""
-        return None
-
-    def _to_native(self, x: Any) -> Any:
-        """An input (numpy array or the framework's tensor) as the framework's tensor."""
-        raise NotImplementedError
-
-    def _forward(self, x: Any, training: bool) -> Any:
-        raise NotImplementedError
-
-    def _get_weights(self) -> dict[str, np.ndarray]:
-        """Every canonical parameter as a float32 numpy array in canonical layout."""
-        raise NotImplementedError
-
-    def _set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
-        """Write checked canonical float32 weights (every name present) into the native model."""
-        raise NotImplementedError
-
-    def _abstract_snapshot(self) -> Any:
-        """For backends with an in-place ``_materialize``: a function that puts the abstract model back as it is
-        now (called when materialize fails part-way)."""
-        raise NotImplementedError
-
-    def _init_value_error(self, name: str, want: tuple, shape: tuple, dtype: Any, real: bool) -> DeferInitError | None:
-        """What is wrong with the values a framework's own initializer gave parameter ``name`` (native shape
-        ``want``), if anything: another shape, or no real numbers."""
-        if tuple(shape) != tuple(want):
-            return ShapeMismatchError(f"{self._who()}: the initializer gave parameter '{name}' values of shape "
-                                      f"{fmt_shape(tuple(shape))}, expected {fmt_shape(tuple(want))} (the shape the "
-                                      f"framework found); nothing was changed")
-        if not real:
-            return DTypeError(f"{self._who()}: the initializer gave parameter '{name}' values of dtype {dtype}, "
-                              f"expected real numbers (stored as float32); nothing was changed")
-        return None
-
-    def _shape_dtype(self, x: Any) -> tuple[tuple, Any]:
-        """Shape and dtype of an input without copying it (framework tensors override as needed)."""
-        return tuple(x.shape), np.dtype(getattr(x.dtype, "as_numpy_dtype", x.dtype))
 
     # ================================================================== public API
     @property
@@ -220,7 +99,16 @@ class CompiledModel(Generic[N]):
         """
         with self._gate.writing():
             x, shape, dtype = self._input(dummy_input, allow_abstract=True)
-            inference = infer(self.spec, shape, dtype=dtype, backend=self.backend, root=self.root)
+            try:
+                inference = infer(self.spec, shape, dtype=dtype, backend=self.backend, root=self.root)
+            except DeferInitError as exc:
+                if isinstance(dummy_input, tuple) and dummy_input and all(type(d) is int for d in dummy_input):
+                    # a tuple of ints is data to numpy; the user most likely meant it as the input's shape
+                    raise type(exc)(f"{exc}; apply_init took the tuple {dummy_input} as data (an array of shape "
+                                    f"({len(dummy_input)},)): for an input of that shape pass "
+                                    f"di.ShapeDtype({dummy_input}, 'float32') or np.zeros({dummy_input}, "
+                                    f"np.float32)") from None
+                raise
             if self._index_limit is not None and not isinstance(x, ShapeDtype):  # torch and Keras dry-run the data
                 self._check_indices(x)
             portable = init_mod.get(init)
@@ -290,9 +178,6 @@ class CompiledModel(Generic[N]):
                 return self._call(x, True)
         return gate.shared(self._call, x, False, to_inference=self._inference_mode)
 
-    def _inference_mode(self) -> None:
-        """Put the native model back in inference mode after a training call (only PyTorch keeps a mode)."""
-
     def _call(self, x: Any, training: bool) -> Any:
         if self._report is None:
             raise NotInitializedError(f"{self._who()}: the model has no parameters yet; call apply_init first")
@@ -316,10 +201,6 @@ class CompiledModel(Generic[N]):
         except Exception as exc:
             raise self._backend_error("forward", exc) from exc
 
-    def to_numpy(self, y: Any) -> np.ndarray:
-        """A backend tensor (as ``__call__`` returns) as a numpy array."""
-        return np.asarray(y)
-
     def export_weights(self) -> dict[str, np.ndarray]:
         """Every parameter in canonical names and layouts, as float32 numpy arrays (copies)."""
         with self._gate.writing():
@@ -328,7 +209,7 @@ class CompiledModel(Generic[N]):
                 raise NotInitializedError(f"{self._who()}: abstractly initialized models hold no values; materialize first")
             return {name: np.array(arr, dtype=np.float32, copy=True) for name, arr in self._get_weights().items()}
 
-    def load_weights(self, weights: Mapping[str, Any], *, input_shape: Any = None) -> ShapeReport:
+    def load_weights(self, weights: Mapping[str, Any] | str | os.PathLike[str], *, input_shape: Any = None) -> ShapeReport:
         """Load canonical weights. All names, shapes, dtypes and values are checked first; on any error
         nothing changes. An uninitialized model is initialized from ``input_shape`` (or, for models whose
         input dims the first layer fixes, from the weights themselves) first."""
@@ -338,11 +219,11 @@ class CompiledModel(Generic[N]):
 
                 # known shapes let the reader refuse a wrong or oversized tensor from its header, before reading it
                 known = self._report is not None and not self._abstract
-                weights = read(weights, expected=self._fixed if known else None)
+                weights = read(os.fspath(weights), expected=self._fixed if known else None)
             if self._report is None or self._abstract:
                 if self._abstract and input_shape is None:  # the shapes found abstractly are the ones to fill
                     input_shape = ShapeDtype(self._report.input_shape, self._report.input_dtype)  # type: ignore[union-attr]
-                shape = input_shape if input_shape is not None else self._input_shape_from(weights)
+                shape: Any = input_shape if input_shape is not None else self._input_shape_from(weights)
                 dtype = self._default_dtype()
                 if isinstance(shape, ShapeDtype):
                     shape, dtype = shape.shape, shape.dtype
@@ -361,13 +242,13 @@ class CompiledModel(Generic[N]):
                 return self.report
             clean = self._check_weights(weights, self._fixed)
             # all or nothing: torch, Keras and Gluon write tensor by tensor, so a failure part-way is undone
-            before = None if self._swaps_weights else {n: np.array(a, dtype=np.float32, copy=True)
-                                                       for n, a in self._get_weights().items()}
+            previous = None if self._swaps_weights else {n: np.array(a, dtype=np.float32, copy=True)
+                                                         for n, a in self._get_weights().items()}
             try:
                 self._guard("load_weights", lambda: self._set_weights(clean))
             except BaseException:
-                if before is not None:
-                    self._set_weights(before)
+                if previous is not None:
+                    self._set_weights(previous)
                 raise
             return self.report
 
@@ -392,9 +273,6 @@ class CompiledModel(Generic[N]):
                 check_finite_batch(self._batch_norms, self.to_numpy(xn))
             return self._guard("gradients", lambda: self._gradients(xn, training))
 
-    def _gradients(self, x: Any, training: bool) -> dict[str, np.ndarray]:
-        raise UnsupportedLayerError(f"{self._who()}: gradients are not available on this backend")
-
     def intermediates(self, x: Any) -> dict[str, np.ndarray]:
         """Output of every layer position (inference mode), keyed by path, as numpy arrays in the spec's
         data format. Backends that can observe their layers implement ``_intermediates``."""
@@ -413,253 +291,3 @@ class CompiledModel(Generic[N]):
 
     def _restore(self, state: tuple) -> None:
         (self._native, self._report, self._inference, self._fixed, self._checked, self._abstract) = state
-
-    def _who(self) -> str:
-        return f"{self.backend} model{' ' + repr(self.spec.name) if self.spec.name else ''}"
-
-    def _is_native(self, x: Any) -> bool:
-        return False
-
-    def _signature(self, x: Any) -> tuple:
-        return (tuple(x.shape), x.dtype)  # str(dtype) costs ~5 us a call; dtypes hash as they are
-
-    def _input(self, x: Any, allow_abstract: bool) -> tuple[Any, tuple, Any]:
-        if isinstance(x, tuple) and x and all(hasattr(e, "shape") for e in x):
-            if len(x) != 1:
-                raise ShapeMismatchError(f"the model input expected one array (this spec has one input), "
-                                         f"received a tuple of {len(x)}")
-            x = x[0]
-        if isinstance(x, ShapeDtype):
-            if not allow_abstract:
-                raise ShapeMismatchError("the model input expected data, received a ShapeDtype")
-            return (x, *abstract_input(x.shape, x.dtype))
-        if not self._is_native(x):
-            arr = as_array(x, self.backend)
-            shape, dtype = arr.shape, arr.dtype
-            return self._to_native_checked(arr), normalize_shape(shape), dtype
-        shape, dtype = self._shape_dtype(x)
-        return x, normalize_shape(shape), dtype
-
-    def _to_native_checked(self, arr: np.ndarray) -> Any:
-        from ..shapes import input_kind
-
-        input_kind(arr.dtype)
-        if arr.dtype.kind == "f" and arr.dtype != np.float32:
-            arr = arr.astype(np.float32)
-        return self._to_native(arr)
-
-    def _find_index_limit(self) -> tuple[IdCheck, ...] | None:
-        """Every Embedding/OneHot position the model's integer input reaches (None: no check, no cost)."""
-        return id_checks(self.root) or None
-
-    def _check_indices(self, x: Any) -> None:
-        """Token ids out of range, at the layer they reach: frameworks raise, wrap, clamp or read NaN (_semantics.py)."""
-        check_ids(self._index_limit, self.to_numpy(x))  # type: ignore[arg-type]
-
-    def _check_call(self, x: Any) -> None:
-        shape, dtype = self._shape_dtype(x)
-        shape = normalize_shape(shape)
-        try:
-            inference = infer(self.spec, shape, dtype=dtype, backend=self.backend, root=self.root, fixed=self._fixed)
-        except ShapeMismatchError:  # a BatchNorm's changed rank (behind a Dense: other channels) is the better error
-            self._refuse_rank(lambda: infer(self.spec, shape, dtype=dtype, backend=self.backend, root=self.root))
-            raise
-        self._refuse_rank(lambda: inference)
-        fp, who, doing = footprint(inference), self._who(), f"a forward on input {fmt_shape(shape)}"
-        check_sizes(who, fp, after="nothing was run")
-        # params and tables are already allocated (and so outside the memory available now): activations only
-        check_fits(who, fp.peak, doing, fp, "activations and workspace", self.memory_fraction, "nothing was run",
-                   lambda: self._split_advice(shape[0], fp.peak))
-        check_sizes(who, fp, max_elements=self.max_elements, max_dim=self.max_dim, note=self.size_note,
-                    after="nothing was run")
-        try:  # what a training call (and gradients, intermediates) would keep, refused only when one is made
-            check_fits(who, fp.training, f"a training forward and backward on input {fmt_shape(shape)}", fp,
-                       "every activation kept for the backward pass, and the gradients", self.memory_fraction,
-                       "nothing was run", lambda: self._split_advice(shape[0], fp.training, fp.grads))
-            memory = None
-        except ResourceError as exc:
-            memory = str(exc)
-        bn = _single_value_batch_norm(inference, self.spec.data_format)
-        if len(self._checked) > 256:  # many distinct shapes (e.g. sequence lengths): keep the cache bounded
-            self._checked.clear()
-        self._checked[self._signature(x)] = None if bn is None and memory is None else (bn, memory)
-
-    def _refuse_rank(self, now: Any) -> None:
-        """A BatchNorm's input rank is fixed when the model is initialized, on every backend (_semantics.py)."""
-        if self._batch_norms:
-            try:
-                error = batch_norm_rank_error(self._batch_norms, self._inference, now())  # type: ignore[arg-type]
-            except DeferInitError:
-                return
-            if error is not None:
-                raise error from None
-
-    @staticmethod
-    def _refuse_training(entry: tuple | None, batch_stats: bool) -> None:
-        """Raise what ``_check_call`` found against a training call of this signature (None: nothing)."""
-        if entry is None:
-            return
-        bn, memory = entry
-        if bn is not None and batch_stats:
-            path, count = bn
-            raise ShapeMismatchError(f"layer '{path}' (BatchNorm) expected more than 1 value per channel in training "
-                                     f"mode (batch statistics), received {count}; use a larger batch or training=False")
-        if memory is not None:
-            raise ResourceError(memory)
-
-    def _split_advice(self, batch: int | None, need: int, fixed: int = 0) -> str:
-        """Activations grow with the batch, ``fixed`` bytes (gradients) do not."""
-        room = int(self.memory_fraction * (available_memory() or 0)) - fixed
-        fits = room * (batch or 1) // max(need - fixed, 1)
-        if fits >= 1:
-            return f"Split the input into batches of at most {fits}"
-        return "Not even one example fits: make the largest tensor smaller (fewer units, classes or steps)"
-
-    @staticmethod
-    def _int_key(key: Any) -> int:
-        if key is None:
-            return 0
-        if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-            return int(key)
-        raise DTypeError(f"key: a portable initializer needs an int seed, received {type(key).__name__}")
-
-    def _check_memory(self, inference: Inference, doing: str = "apply_init") -> None:
-        """Refuse, before the framework sees anything, tensors it cannot index and allocations that would not fit:
-        frameworks crash rather than fail cleanly when memory runs out (see resources.py)."""
-        fp, who, abstract = footprint(inference), self._who(), doing.startswith("abstract")
-        check_sizes(who, fp)  # 2**63 bytes first, then what fits here, then the backend's own narrower limits
-        tables = f"tables {fmt_bytes(fp.tables)}, counted twice while they are built" if fp.tables else "no tables"
-        if abstract:
-            need, parts = (2 * fp.tables if self.abstract_tables else 0), tables
-        elif doing == "materialize":
-            need, parts = fp.params + 2 * fp.tables, f"parameters {fmt_bytes(fp.params)}, {tables}"
-        else:
-            need, parts = fp.init, f"parameters {fmt_bytes(fp.params)}, {tables}, a dry-run forward {fmt_bytes(fp.peak)}"
-        if fp.largest.what.startswith("parameter"):
-            advice = "Use apply_init(..., abstract=True) or deferinit.infer_shapes for shapes alone"
-        elif fp.largest.what == "output" or not fp.tables:
-            advice = "Use a smaller dummy input (batch 1: the batch does not change the parameters)"
-        else:
-            advice = "Make the table smaller (max_len: it covers every position up to it)"
-        check_fits(who, need, f"{doing} on input {fmt_shape(inference.report.input_shape)}", fp, parts,
-                   self.memory_fraction, "nothing was allocated", advice)
-        check_sizes(who, fp, max_elements=None if abstract else self.max_elements, max_dim=self.max_dim,
-                    note=self.size_note)
-
-    def _guard(self, what: str, fn: Any) -> Any:
-        try:
-            return fn()
-        except (DeferInitError, KeyboardInterrupt):
-            raise
-        except Exception as exc:  # a framework error that the rules did not foresee: say where, keep the cause
-            raise self._backend_error(what, exc) from exc
-
-    def _backend_error(self, what: str, exc: Exception) -> DeferInitError:
-        text = f"{type(exc).__name__} {exc}".lower()
-        if isinstance(exc, MemoryError) or any(s in text for s in _OUT_OF_MEMORY):
-            return ResourceError(f"{self._who()}: {what} ran out of memory in the framework ({type(exc).__name__}: "
-                                 f"{str(exc).splitlines()[0][:200] if str(exc) else ''}), though deferinit's estimate "
-                                 f"fitted the memory available when checked; other allocations took the rest. Free "
-                                 f"memory, or use a smaller batch")
-        return BackendError(f"{self._who()}: {what} failed in the framework after deferinit's checks passed "
-                            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                            f"please report this with the spec")
-
-    def _make_report(self, inference: Inference, found: Mapping[str, NativeParam],
-                     layer_shapes: Mapping[str, tuple] | None = None) -> ShapeReport:
-        ref = inference.report
-        missing = [n for n in ref.params if n not in found]
-        extra = [n for n in found if n not in ref.params]
-        if missing or extra:
-            raise BackendError(f"{self._who()}: the framework's parameters do not match the spec's: missing "
-                               f"{missing or 'none'}, unexpected {extra or 'none'}")
-        params = {}
-        for name, info in ref.params.items():
-            got = found[name]
-            if tuple(got.shape) != info.shape:
-                raise BackendError(f"{self._who()}: the framework inferred {fmt_shape(got.shape)} for parameter "
-                                   f"'{name}' (native '{got.native_name}' {fmt_shape(got.native_shape)}) where the "
-                                   f"reference rules give {fmt_shape(info.shape)}")
-            params[name] = ParamInfo(shape=tuple(got.shape), dtype=info.dtype, trainable=info.trainable,
-                                     native_name=got.native_name, native_shape=tuple(got.native_shape),
-                                     source=got.source)
-        layers, output = ref.layers, ref.output_shape
-        if layer_shapes is not None:
-            layers = {path: replace(info, output_shape=self._native_shape(layer_shapes, path, info), source="native")
-                      for path, info in ref.layers.items()}
-            output = self._native_shape(layer_shapes, "", None, ref.output_shape)
-        return ShapeReport(backend=self.backend, input_shape=ref.input_shape, output_shape=output,
-                           params=params, layers=layers, input_dtype=ref.input_dtype, data_format=ref.data_format)
-
-    def _native_shape(self, shapes: Mapping[str, tuple], path: str, info: LayerInfo | None,
-                      want: tuple | None = None) -> tuple:
-        """The framework's shape at ``path``, checked against the reference's: a dim the reference leaves None
-        (it varies with the input) is None in the report too; every other dim must agree exactly."""
-        want = info.output_shape if info is not None else want
-        what = f"layer '{path}' ({info.type})" if info is not None else "the model's output"
-        got = shapes.get(path)
-        if got is None:
-            raise BackendError(f"{self._who()}: the framework's dry run gave no output shape for {what}; the "
-                               f"adapter must observe every layer position (the reference gives {fmt_shape(want)})")
-        got = tuple(got)
-        if len(got) != len(want) or any(w is not None and g != w for g, w in zip(got, want)):
-            raise BackendError(f"{self._who()}: the framework computed {fmt_shape(got)} at {what} where the "
-                               f"reference rules give {fmt_shape(want)}")
-        return tuple(None if w is None else int(g) for g, w in zip(got, want))
-
-    def _check_weights(self, weights: Any, expected: Mapping[str, tuple]) -> dict[str, np.ndarray]:
-        if not isinstance(weights, Mapping):
-            raise WeightsError(f"{self._who()}: load_weights expected a mapping of canonical names to arrays, "
-                               f"received {type(weights).__name__}")
-        missing = [n for n in expected if n not in weights]
-        extra = [n for n in weights if n not in expected]
-        if missing or extra:
-            parts = []
-            if missing:
-                parts.append("missing " + ", ".join(f"'{n}' {fmt_shape(expected[n])}" for n in missing))
-            if extra:
-                parts.append("unexpected " + ", ".join(f"'{n}'" for n in extra))
-            raise WeightsError(f"{self._who()}: load_weights expected exactly the spec's parameters, received "
-                               f"{'; '.join(parts)}; nothing was changed")
-        clean = {}
-        for name, want in expected.items():
-            value = weights[name]
-            arr = weight_array(value, name, self._who())  # any framework's tensor; meta tensors refused
-            if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
-                raise DTypeError(f"{self._who()}: parameter '{name}' expected real numbers, received dtype "
-                                 f"{arr.dtype.name}; nothing was changed")
-            if tuple(arr.shape) != tuple(want):
-                raise ShapeMismatchError(f"{self._who()}: parameter '{name}' expected shape {fmt_shape(want)}, "
-                                         f"received {fmt_shape(arr.shape)}; nothing was changed")
-            arr = arr.astype(np.float32)
-            if not np.isfinite(arr).all():
-                raise WeightsError(f"{self._who()}: parameter '{name}' expected finite values, received "
-                                   f"{int((~np.isfinite(arr)).sum())} NaN/inf value(s); nothing was changed")
-            clean[name] = arr
-        return clean
-
-    def _default_dtype(self) -> str:
-        """int64 when the first layer that cares takes indices (an Embedding after an Identity too), else float32."""
-        return spec_dtype(self.spec)
-
-    def _input_shape_from(self, weights: Any) -> tuple:
-        """Input shape of an uninitialized model from the first parameterized layer's weight, when that alone
-        fixes every parameter (a stack of Dense layers, say)."""
-        from ..layers import BatchNorm, Conv1D, Conv2D, Dense, LayerNorm
-
-        first = next((n for n in self.root.leaves() if isinstance(n.layer, (Dense, Conv1D, Conv2D, BatchNorm,
-                                                                            LayerNorm))), None)
-        w = weights.get(first.param_name("weight")) if first is not None and isinstance(weights, Mapping) else None
-        if first is None or w is None or len(np.shape(w)) < 1 or not self.root.children or \
-                first is not next(self.root.leaves()):
-            raise NotInitializedError(f"{self._who()}: cannot tell the input shape from the weights alone; "
-                                      f"pass load_weights(weights, input_shape=...)")
-        layer, shape = first.layer, np.shape(w)
-        if isinstance(layer, Dense):
-            guess: tuple = (1, shape[1])
-        elif isinstance(layer, (BatchNorm, LayerNorm)):
-            guess = (1, shape[0])
-        else:
-            raise NotInitializedError(f"{self._who()}: a convolutional model's spatial input size is not in its "
-                                      f"weights; pass load_weights(weights, input_shape=(N, C, H, W))")
-        return guess

@@ -184,8 +184,20 @@ class FlaxModel(CompiledModel[nn.Module]):
         dtype = jax.dtypes.canonicalize_dtype(np.dtype(x.dtype))
         if any(d is None for d in shape):  # the rules guarantee no parameter depends on such a dim
             shape = jax.export.symbolic_shape(", ".join(f"_d{i}" if d is None else str(d) for i, d in enumerate(shape)))
-        # Flax's own deferred init, traced symbolically: every variable's shape, no parameter memory
-        found = jax.eval_shape(lambda k, a: native.init(k, a, False), rng, jax.ShapeDtypeStruct(shape, dtype))
+        # Flax's own deferred init, traced symbolically: every variable's shape, no parameter memory; the same
+        # trace records the output shape of every layer position (in the spec's layout, as the containers pass
+        # data) and of the model: the report's layer shapes (_native_layer_shapes)
+        def traced(k: Any, a: Any) -> tuple:
+            record: dict = {}
+            token = M.recording(record)
+            try:
+                y, variables = native.init_with_output(k, a, False)
+            finally:
+                M._RECORD.reset(token)
+            return variables, record, y
+
+        found, record, y = jax.eval_shape(traced, rng, jax.ShapeDtypeStruct(shape, dtype))
+        self._layer_shapes = {**{path: tuple(v.shape) for path, v in record.items()}, "": tuple(y.shape)}
         st = self._st(native)
         st.shapes, st.rng = found, jax.random.fold_in(rng, 0x5EED)
         out = {}
@@ -199,6 +211,10 @@ class FlaxModel(CompiledModel[nn.Module]):
         if not abstract:
             self._fill(st, init, rng)
         return out
+
+    def _native_layer_shapes(self, native: nn.Module, x: Any, inference: Inference, abstract: bool) -> dict:
+        shapes, self._layer_shapes = self._layer_shapes, None  # recorded by _native_init's trace
+        return {path: tuple(None if not isinstance(d, int) else d for d in shape) for path, shape in shapes.items()}
 
     def _materialize(self, init: Any, key: Any) -> None:
         _check_init(init)

@@ -412,9 +412,23 @@ class KerasModel(CompiledModel[Any]):
         x = self._tensor(x)
         return self._compiled(training, len(x.shape))(x)
 
+    def _native_layer_shapes(self, native: Any, x: Any, inference: Inference, abstract: bool) -> dict:
+        """Keras's own shape inference at every layer position: the position-by-position walk of
+        ``_intermediates`` run on a symbolic ``KerasTensor`` (each layer's ``compute_output_spec``; nothing is
+        allocated or computed), varying dims left None."""
+        sym = keras.KerasTensor(inference.report.input_shape, dtype=inference.report.input_dtype)
+        record: dict[str, Any] = {}
+        out = self._walk(self._table(native), sym, record, lambda y: tuple(y.shape))
+        record[""] = tuple(out.shape)
+        return record
+
     def _intermediates(self, x: Any) -> dict[str, np.ndarray]:
-        x = self._tensor(x)
-        table, record = self._table(), {}
+        record: dict[str, Any] = {}
+        self._walk(self._table(), self._tensor(x), record, lambda y: y.numpy())
+        return record
+
+    def _walk(self, table: Any, x: Any, record: dict, keep_as: Callable[[Any], Any]) -> Any:
+        """The plan position by position with the native layers, each position's output kept as ``keep_as``."""
 
         def run(node: Node, x: Any, keep: bool) -> Any:
             target = node.tied_to or node
@@ -435,11 +449,10 @@ class KerasModel(CompiledModel[Any]):
             else:
                 y = kl.call_layer(layer, x, False)
             if keep and node.path:
-                record[node.path] = y.numpy()
+                record[node.path] = keep_as(y)
             return y
 
-        run(self.root, x, True)
-        return record
+        return run(self.root, x, True)
 
     def _gradients(self, x: Any, training: bool) -> dict[str, np.ndarray]:
         x = self._tensor(x)

@@ -5,28 +5,24 @@ Every spec position becomes a short list of *steps*: its main module (torch's ow
 canonical names) and stateless extras (activation, "same" padding, layout permutes) registered beside it as
 ``"<segment>:<tag>"`` (``:`` cannot occur in a spec name, so extras never collide with a layer). A Sequential
 becomes a plain ``nn.Sequential`` of those steps; Residual and Concat are the two small modules below.
-The helpers at the end (RNG seeding, moving lazy tensors to meta, dtype maps) serve ``torch.py``.
+The tensor helpers (RNG seeding, moving lazy tensors to meta, dtype maps) are in ``tensors.py``.
 """
 
+# mypy: allow-subclassing-any
+# (torch is not installed in the lint session: nn.Module is Any there)
 from __future__ import annotations
 
-import contextlib
 from collections import OrderedDict
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 
-from ..errors import SpecError
-from ..layers import conv_pads
-from .compiled import CompiledModel
+from ...layers import conv_pads
 
 __all__ = ["Step", "CF", "SPEC", "ANY", "arrange", "child_name", "activation", "Residual", "Concat", "SamePad",
-           "ToChannelsFirst", "ToChannelsLast", "same_pads", "sequential", "seeded", "rehome", "uninitialized", "allocate", "coerce",
-           "NP_DTYPES", "READY", "F32"]
+           "ToChannelsFirst", "ToChannelsLast", "same_pads", "sequential", "F32"]
 
 F32 = torch.float32
 
@@ -148,11 +144,16 @@ def child_name(segment: str) -> str:
     return segment + "~" if segment in _RESERVED else segment
 
 
-def arrange(steps: Sequence[tuple[str, Step]], channels_last: bool) -> list[tuple[str, nn.Module]]:
+def arrange(steps: Sequence[tuple[str, Step]], channels_last: bool,
+            ends: dict[str, tuple[int, bool]] | None = None) -> list[tuple[str, nn.Module]]:
     """Names and modules in forward order. Data enters and leaves in the spec's layout; for channels_last specs
     a permute is inserted only where the next step needs the other layout, so element-wise steps run in
     whichever layout the data is in and back-to-back convolutions, pools and batch norms share one permute
-    pair (each is a view; torch then runs its channels_last memory-format kernels)."""
+    pair (each is a view; torch then runs its channels_last memory-format kernels).
+
+    ``ends``, when given, receives for every segment the index (in the list returned) of the last module run for
+    it and whether its output is still channels-first there while the spec is channels_last (the report's
+    shapes are observed on those modules)."""
     out: list[tuple[str, nn.Module]] = []
     used: set[str] = set()
 
@@ -164,6 +165,10 @@ def arrange(steps: Sequence[tuple[str, Step]], channels_last: bool) -> list[tupl
         used.add(name)
         out.append((name, module))
 
+    def end(seg: str) -> None:
+        if ends is not None:
+            ends[seg] = (len(out) - 1, channels_last and state == CF)
+
     state, seg = SPEC, ""
     for seg, step in steps:
         if channels_last and step.need != ANY and state != ANY and step.need != state:
@@ -174,74 +179,12 @@ def arrange(steps: Sequence[tuple[str, Step]], channels_last: bool) -> list[tupl
             state = step.out
         elif step.need != ANY and state != ANY:
             state = step.need
+        end(seg)
     if channels_last and state == CF:
         emit(f"{seg}:to_spec", ToChannelsLast())
+        state = SPEC
+        end(seg)
     return out
-
-
-# --------------------------------------------------------------------------------------------- helpers
-def uninitialized(module: nn.Module) -> nn.Module:
-    for name, p in module._parameters.items():
-        if p is not None:
-            module._parameters[name] = UninitializedParameter(dtype=F32)
-    return module
-
-
-@contextlib.contextmanager
-def seeded(key: Any) -> Iterator[None]:
-    """torch's default init draws from the global CPU generator: seed it for the block, then restore it."""
-    if key is None:
-        yield
-        return
-    if isinstance(key, torch.Generator):
-        if key.device.type != "cpu":
-            raise SpecError(f"key: the torch backend expected an int seed or a CPU torch.Generator, received a "
-                            f"{key.device.type} generator")
-        seed_state = key.get_state()
-    else:
-        seed_state, seed = None, CompiledModel._int_key(key)
-    with torch.random.fork_rng(devices=[]):
-        if seed_state is not None:
-            torch.set_rng_state(seed_state)
-        else:
-            torch.manual_seed(seed)
-        yield
-
-
-def rehome(net: nn.Module, device: str) -> None:
-    """Move still-uninitialized parameters and buffers to ``device`` in place. ``Module.to`` cannot be used:
-    it turns an ``UninitializedParameter`` into a plain empty ``Parameter`` and the lazy hook then fails."""
-    for m in net.modules():
-        for k, p in m._parameters.items():
-            if isinstance(p, UninitializedParameter):
-                m._parameters[k] = UninitializedParameter(p.requires_grad, device=device, dtype=p.dtype)
-        for k, b in m._buffers.items():
-            if isinstance(b, UninitializedBuffer):
-                m._buffers[k] = UninitializedBuffer(b.requires_grad, device=device, dtype=b.dtype)
-            elif b is not None:
-                m._buffers[k] = b.to(device)
-
-
-def allocate(module: nn.Module, shape: tuple[int, ...], device: torch.device) -> None:
-    """Allocate a non-lazy module's uninitialized tensors (LayerNorm, Embedding) as ``shape``; torch's default
-    init follows unless they are meta (shapes only: materialize resets them)."""
-    for name, p in module._parameters.items():
-        if p is not None:
-            module._parameters[name] = nn.Parameter(torch.empty(shape, device=device, dtype=F32))
-    if device.type != "meta":
-        module.reset_parameters()  # type: ignore[operator]
-
-
-NP_DTYPES = {getattr(torch, t): np.dtype(t) for t in ("float16", "float32", "float64", "int8", "int16", "int32", "int64",
-                                                      "uint8", "uint16", "uint32", "uint64", "complex64", "complex128")
-             if hasattr(torch, t)}
-NP_DTYPES.update({torch.bool: np.dtype(bool), torch.bfloat16: np.dtype("float32")})  # numpy has no bfloat16
-READY = frozenset({torch.float32, torch.int64, torch.int32})
-
-
-def coerce(x: torch.Tensor) -> torch.Tensor:
-    """Floats as float32 (the model's dtype, as numpy inputs are converted); other integers as int64 indices."""
-    return x.float() if x.is_floating_point() else x.long()
 
 
 def sequential(named: list[tuple[str, nn.Module]]) -> nn.Sequential:

@@ -3,7 +3,8 @@ find every input-dependent dim in a dry run, exactly as in the d2l book's lazy-i
 
 The native model mirrors the spec tree: an ``nn.Sequential`` per Sequential/LazyModel (children named by the
 canonical segments, so ``state_dict`` keys are the canonical names), torch's own modules for the leaves, and
-two small modules for Residual and Concat (``_torch_modules.py``). Tied layers are the same module object.
+two small modules for Residual and Concat (``modules.py``; the walk is ``structure.py`` over ``adapters/tree.py``, the
+leaf table ``leaves.py``). Tied layers are the same module object.
 Every canonical layout is torch's own layout, so no weight is transposed.
 
 * Concrete ``apply_init``: dry run on CPU in eval mode under ``no_grad`` (so BatchNorm statistics are not
@@ -15,7 +16,7 @@ Every canonical layout is torch's own layout, so no weight is transposed.
   ``reset_parameters`` in the dry run's order, so it gives the concrete init's weights bit for bit.
 * Forward: the native module called directly (autograd on, as a hand-written torch model); ``.train()`` /
   ``.eval()`` only when the mode changes.
-* Sequence layers (``_torch_seq.py``): recurrent layers, attention, class token and position embedding are
+* Sequence layers (``sequence.py``): recurrent layers, attention, class token and position embedding are
   deferred by torch's own ``LazyModuleMixin`` and become plain ``nn.GRU``/``nn.Linear``/... modules, so only
   LayerNorm is ``source="reference"``. Varying (None) dims are dry-run on meta with the smallest stand-in
   size the rules accept (``_standin.py``).
@@ -32,190 +33,19 @@ from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import is_lazy
 
-from ..errors import BackendError, SpecError, UnsupportedLayerError, where
-from ..layers import (
-    GELU,
-    Activation,
-    AvgPool2D,
-    BatchNorm,
-    Conv1D,
-    Conv2D,
-    Dense,
-    Dropout,
-    Embedding,
-    Flatten,
-    GlobalAvgPool2D,
-    Identity,
-    LayerNorm,
-    Leaf,
-    MaxPool2D,
-    ReLU,
-    Sigmoid,
-    Softmax,
-    Tanh,
-)
-from ..shapes import Inference, Node
-from ..spec import Concat, Residual, Sequential
-from . import _torch_modules as tm
-from . import _torch_seq as ts
-from ._standin import stand_in
-from ._torch_modules import ANY, CF, SPEC, Step
-from .compiled import CompiledModel, NativeParam
+from ...errors import BackendError, SpecError, UnsupportedLayerError, where
+from ...layers import BatchNorm, Embedding, LayerNorm
+from ...shapes import Inference, Node
+from .. import tree
+from .._standin import stand_in
+from ..compiled import CompiledModel, NativeParam
+from . import fastpath
+from . import tensors as tt
+from .leaves import LAZY_BN, kernel_attrs, native_attr
+from .modules import F32, child_name
+from .structure import Observer, TorchBuilder, TorchRunner
 
 __all__ = ["TorchModel"]
-
-F32 = tm.F32
-_LAZY_BN = {2: nn.LazyBatchNorm1d, 3: nn.LazyBatchNorm1d, 4: nn.LazyBatchNorm2d, 5: nn.LazyBatchNorm3d}
-
-
-# --------------------------------------------------------------------------------------------- leaf builders
-def _act(name: str | None) -> list[Step]:
-    return [] if name is None else [tm.activation(name)]
-
-
-def _dense(layer: Dense, rank: int | None) -> list[Step]:
-    return [Step("", nn.LazyLinear(layer.units, bias=layer.use_bias, dtype=F32), SPEC)] + _act(layer.activation)
-
-
-def _conv(layer: Conv1D | Conv2D, rank: int | None) -> list[Step]:
-    steps, padding = [], layer.padding
-    if padding == "same" and any(s > 1 for s in layer.stride):  # torch's padding="same" refuses stride > 1
-        steps.append(Step("pad", tm.SamePad(layer.kernel_size, layer.stride, layer.dilation), CF))
-        padding = 0
-    elif padding == "same":  # stride 1: pads of d*(k-1) in total, whatever the size; odd pixel after
-        pads = layer.pads((None,) * len(layer.kernel_size))
-        if any(before != after for before, after in pads):  # torch's "same" would pad a copy and warn
-            flat = tuple(p for pair in reversed(pads) for p in pair)
-            steps.append(Step("pad", (nn.ZeroPad1d if isinstance(layer, Conv1D) else nn.ZeroPad2d)(flat), CF))
-            padding = 0
-    elif padding == "valid":
-        padding = 0
-    cls = nn.LazyConv1d if isinstance(layer, Conv1D) else nn.LazyConv2d
-    conv = cls(layer.channels, layer.kernel_size, stride=layer.stride, padding=padding, dilation=layer.dilation,
-               groups=layer.groups, bias=layer.use_bias, dtype=F32)
-    return steps + [Step("", conv, CF)] + _act(layer.activation)
-
-
-def _pool(layer: MaxPool2D | AvgPool2D, rank: int | None) -> list[Step]:
-    if isinstance(layer, MaxPool2D):  # pads with -inf, floor mode
-        return [Step("", nn.MaxPool2d(layer.pool_size, layer.strides, layer.padding), CF)]
-    return [Step("", nn.AvgPool2d(layer.pool_size, layer.strides, layer.padding, ceil_mode=False,
-                                  count_include_pad=True), CF)]
-
-
-def _global_pool(layer: GlobalAvgPool2D, rank: int | None) -> list[Step]:
-    return [Step("", nn.AdaptiveAvgPool2d(1), CF), Step("flatten", nn.Flatten(), CF, ANY)]
-
-
-def _batch_norm(layer: BatchNorm, rank: int | None) -> list[Step]:
-    # torch's BatchNorm classes differ only in the input rank they accept: the class is guessed from the spec
-    # here and fixed from the real rank in _native_init. momentum and the unbiased running variance are
-    # exactly the reference rule.
-    cls = _LAZY_BN.get(rank, nn.LazyBatchNorm1d)  # type: ignore[arg-type]
-    return [Step("", cls(eps=layer.eps, momentum=layer.momentum, dtype=F32), CF)]
-
-
-def _layer_norm(layer: LayerNorm, rank: int | None) -> list[Step]:
-    # torch has no lazy LayerNorm: its tensors stay uninitialized until _native_init sizes them from the rules
-    ln = tm.uninitialized(nn.LayerNorm(1, eps=layer.eps, dtype=F32))
-    ln.normalized_shape = (None,)  # type: ignore[assignment]  # shown as such until apply_init
-    return [Step("", ln, SPEC)]
-
-
-def _embedding(layer: Embedding, rank: int | None) -> list[Step]:
-    # both dims are in the spec, but the table is allocated (and drawn, under the key) only in _native_init;
-    # the stand-in _weight is an empty meta tensor, so nothing is drawn or allocated here
-    table = torch.empty((layer.num_embeddings, layer.dim), device="meta", dtype=F32)
-    return [Step("", tm.uninitialized(nn.Embedding(layer.num_embeddings, layer.dim, _weight=table)), SPEC, SPEC)]
-
-
-def _activation(layer: Any, rank: int | None) -> list[Step]:
-    step = tm.activation(layer.activation)
-    return [step._replace(tag="")]
-
-
-LEAVES: dict[type, Callable[[Any, int | None], list[Step]]] = {
-    Dense: _dense, Conv1D: _conv, Conv2D: _conv, MaxPool2D: _pool, AvgPool2D: _pool, GlobalAvgPool2D: _global_pool,
-    BatchNorm: _batch_norm, LayerNorm: _layer_norm, Embedding: _embedding,
-    Dropout: lambda layer, rank: [Step("", nn.Dropout(layer.rate), ANY)],
-    Flatten: lambda layer, rank: [Step("", nn.Flatten(), SPEC, ANY)],
-    Identity: lambda layer, rank: [Step("", nn.Identity(), ANY)],
-    Activation: _activation, ReLU: _activation, Sigmoid: _activation, Tanh: _activation, GELU: _activation,
-    Softmax: _activation,
-    **ts.SEQ_LEAVES,
-}
-
-
-def _rank_after(layer: Leaf, rank: int | None) -> int | None:
-    """The output rank where the spec alone fixes it (only used to pick a BatchNorm class before init)."""
-    if isinstance(layer, Conv1D):
-        return 3
-    if isinstance(layer, (Conv2D, MaxPool2D, AvgPool2D)):
-        return 4
-    if isinstance(layer, (GlobalAvgPool2D, Flatten)):
-        return 2
-    if isinstance(layer, Embedding):
-        return None if rank is None else rank + 1
-    return ts.rank_after(layer, rank)
-
-
-def _segment(node: Node) -> str:
-    return node.path.rsplit(".", 1)[-1]
-
-
-# --------------------------------------------------------------------------------------------- tree builder
-class _Builder:
-    def __init__(self, channels_last: bool) -> None:
-        self.channels_last = channels_last
-        self.first: dict[str, tuple[nn.Module, int | None]] = {}  # first occurrence path -> (module, out rank)
-
-    def steps(self, node: Node, rank: int | None) -> tuple[list[Step], int | None]:
-        target = node.tied_to or node
-        layer = target.layer
-        if node.tied_to is not None and not isinstance(layer, Leaf):
-            module, out = self.first[target.path]
-            return [Step("", module, SPEC, SPEC)], out
-        if not isinstance(layer, Leaf):
-            module, out = self.container(node, rank)
-            self.first[node.path] = (module, out)
-            return [Step("", module, SPEC, SPEC)], out
-        steps = leaf_steps(node, layer, rank)
-        if node.tied_to is not None:  # the same module object: parameters shared natively
-            main = self.first[target.path][0]
-            steps = [s._replace(module=main) if not s.tag else s for s in steps]
-        else:
-            self.first[node.path] = (next(s.module for s in steps if not s.tag), None)
-        return steps, _rank_after(layer, rank)
-
-    def container(self, node: Node, rank: int | None) -> tuple[nn.Module, int | None]:
-        layer, arrange = node.layer, tm.arrange
-        if isinstance(layer, Sequential):
-            named: list[tuple[str, Step]] = []
-            for child in node.children:
-                steps, rank = self.steps(child, rank)
-                named += [(_segment(child), s) for s in steps]
-            return tm.sequential(arrange(named, self.channels_last)), rank
-        if isinstance(layer, Residual):
-            body, out = self.steps(node.children[0], rank)
-            short = self.steps(node.children[1], rank)[0] if len(node.children) > 1 else []
-            act = tm.activation(layer.activation).module if layer.activation else None
-            return tm.Residual(arrange([("body", s) for s in body], self.channels_last),
-                               arrange([("shortcut", s) for s in short], self.channels_last), act), out
-        if isinstance(layer, Concat):
-            branches, outs = [], []
-            for child in node.children:
-                steps, r = self.steps(child, rank)
-                outs.append(r)
-                branches.append(arrange([(_segment(child), s) for s in steps], self.channels_last))
-            return tm.Concat(branches, -1 if self.channels_last else 1), outs[0]
-        raise UnsupportedLayerError(f"{where(node.path, layer, 'torch')}: no torch module for this container")
-
-
-def leaf_steps(node: Node, layer: Leaf, rank: int | None) -> list[Step]:
-    fn = LEAVES.get(type(layer))
-    if fn is None:
-        raise UnsupportedLayerError(f"{where(node.path, layer, 'torch')}: no torch module for this layer type")
-    return fn(layer, rank)
 
 
 # --------------------------------------------------------------------------------------------- the model
@@ -223,14 +53,19 @@ class TorchModel(CompiledModel[nn.Module]):
     """A spec compiled for PyTorch; ``native`` is the ``nn.Module`` (an ``nn.Sequential``)."""
 
     backend = "torch"
+    _built: tuple[nn.Module, TorchBuilder] | None = None  # the last native built, until its dry run
+    _observed: tuple[nn.Module | None, dict[str, tuple]] = (None, {})
 
     # ---------------------------------------------------------------- building and initializing
     def _new_native(self) -> nn.Module:
-        return _Builder(self.spec.data_format == "channels_last").container(self.root, None)[0]
+        builder = TorchBuilder(self.root, self.spec.data_format == "channels_last")
+        net = tree.build(self.root, builder)[0][0].module
+        self._built = (net, builder)  # the observer of its dry run needs where each position ends
+        return net
 
     def _module(self, net: nn.Module, path: str) -> nn.Module:
         for seg in path.split("."):
-            net = net._modules[tm.child_name(seg)]  # type: ignore[assignment]
+            net = net._modules[child_name(seg)]  # type: ignore[assignment]
         return net
 
     def _init_fn(self, init: Any) -> Callable[[nn.Module], Any] | None:
@@ -244,9 +79,7 @@ class TorchModel(CompiledModel[nn.Module]):
                             f"deferinit.init object), a function of a module (applied as net.apply(fn)) or a "
                             f"torch.nn.init function, received {init!r}")
         if getattr(getattr(init, "func", init), "__module__", "") == "torch.nn.init":
-            kernels = [(n.path, "weight") for n in self.root.leaves()
-                       if isinstance(n.layer, (Dense, Conv1D, Conv2D, Embedding))]
-            kernels += [(n.path, a) for n in self.root.leaves() for a in ts.kernel_attrs(n.layer)]
+            kernels = [(n.path, a) for n in self.root.leaves() for a in kernel_attrs(n.layer)]
             return lambda net: [init(self._module(net, p).get_parameter(a)) for p, a in kernels]
         return lambda net: net.apply(init)
 
@@ -260,6 +93,7 @@ class TorchModel(CompiledModel[nn.Module]):
 
     def _native_init(self, net: nn.Module, x: Any, inference: Inference, init: Any, key: Any,
                      abstract: bool) -> dict[str, NativeParam]:
+        observer = Observer(self._builder_of(net))
         init_fn = self._init_fn(init)
         # Shapes are inferred on meta when abstract, and also when the input has varying (None) dims: a CPU
         # dry run would need a stand-in size for them that every window fits; meta needs no memory for any.
@@ -267,9 +101,9 @@ class TorchModel(CompiledModel[nn.Module]):
         device = torch.device("meta" if on_meta else "cpu")
         leaves = {n.path: n for n in self.root.leaves()}
         modules = {path: self._module(net, path) for path in leaves}
-        with tm.seeded(key):
+        with tt.seeded(key):
             if on_meta:
-                tm.rehome(net, "meta")
+                tt.rehome(net, "meta")
             for node in self.root.walk():
                 target = node.tied_to or node
                 if isinstance(target.layer, BatchNorm):
@@ -279,12 +113,19 @@ class TorchModel(CompiledModel[nn.Module]):
                 if isinstance(layer, LayerNorm):
                     # torch has no lazy LayerNorm: its dim comes from the reference rules (source="reference")
                     module.normalized_shape = (inference.inputs[path][-1],)
-                    tm.allocate(module, module.normalized_shape, device)
+                    tt.allocate(module, module.normalized_shape, device)
                 elif isinstance(layer, Embedding):
-                    tm.allocate(module, (layer.num_embeddings, layer.dim), device)
+                    tt.allocate(module, (layer.num_embeddings, layer.dim), device)
             net.eval()  # the dry run must not update BatchNorm statistics
-            with torch.no_grad(), (torch.device("meta") if on_meta else contextlib.nullcontext()):
-                net(self._dry_input(x, inference, on_meta))
+            # the report's per-layer shapes are read off this dry run (forward hooks, removed right after)
+            handles = observer.attach()
+            try:
+                with torch.no_grad(), (torch.device("meta") if on_meta else contextlib.nullcontext()):
+                    net(self._dry_input(x, inference, on_meta))
+            finally:
+                for h in handles:
+                    h.remove()
+            self._observed = (net, observer.shapes)
             if not abstract:
                 if on_meta:
                     net.to_empty(device="cpu")
@@ -303,18 +144,34 @@ class TorchModel(CompiledModel[nn.Module]):
         for name in inference.params:
             owner, _, pname = name.rpartition(".")
             layer = leaves[owner].layer
-            attr = ts.native_attr(layer, pname)  # the canonical name, but for attention's d2l W_q.weight...
+            attr = native_attr(layer, pname)  # the canonical name, but for attention's d2l W_q.weight...
             t: Any = modules[owner]
             for part in attr.split("."):
                 t = getattr(t, part)
             if owner not in native_paths:
-                native_paths[owner] = ".".join(tm.child_name(s) for s in owner.split("."))
+                native_paths[owner] = ".".join(child_name(s) for s in owner.split("."))
             if init_fn is not None and not abstract:
                 self._check_init(name, t, inference.params[name].shape)
             # torch has no lazy LayerNorm: its dim came from the reference rules
             source = "reference" if isinstance(layer, LayerNorm) else "native"
             found[name] = NativeParam(f"{native_paths[owner]}.{attr}", tuple(t.shape), tuple(t.shape), source)
         return found
+
+    def _native_layer_shapes(self, native: nn.Module, x: Any, inference: Inference,
+                             abstract: bool) -> Mapping[str, tuple] | None:
+        """What the dry run of ``_native_init`` computed at every position (``structure.Observer``). On meta (abstract,
+        or None dims run at the stand-in size) a dim the reference leaves None is the stand-in's, not compared."""
+        seen, shapes = self._observed
+        self._observed = (None, {})
+        if seen is not native:
+            raise BackendError(f"{self._who()}: no dry run of this native model was observed")
+        return shapes
+
+    def _builder_of(self, net: nn.Module) -> TorchBuilder:
+        built, self._built = self._built, None
+        if built is None or built[0] is not net:
+            raise BackendError(f"{self._who()}: the native model to initialize is not the one last built")
+        return built[1]
 
     def _check_init(self, name: str, t: torch.Tensor, want: tuple) -> None:
         """A module function given as ``init`` may replace a tensor (``m.weight = nn.Parameter(...)``): it must
@@ -331,9 +188,9 @@ class TorchModel(CompiledModel[nn.Module]):
         rank = len(inference.inputs[node.path])
         module = self._module(net, target.path)
         if node.tied_to is None:
-            if type(module) is not _LAZY_BN[rank]:
-                module.__class__ = _LAZY_BN[rank]  # same state; the classes differ only in the rank they accept
-        elif _LAZY_BN[len(inference.inputs[target.path])] is not _LAZY_BN[rank]:
+            if type(module) is not LAZY_BN[rank]:
+                module.__class__ = LAZY_BN[rank]  # same state; the classes differ only in the rank they accept
+        elif LAZY_BN[len(inference.inputs[target.path])] is not LAZY_BN[rank]:
             raise UnsupportedLayerError(
                 f"{where(node.path, node.layer, 'torch')}: a BatchNorm shared between inputs of rank "
                 f"{len(inference.inputs[target.path])} (at '{target.path}') and rank {rank} cannot be one torch "
@@ -343,12 +200,12 @@ class TorchModel(CompiledModel[nn.Module]):
         if on_meta:
             dtype = F32 if np.dtype(inference.report.input_dtype).kind == "f" else torch.int64
             return torch.empty(stand_in(self.spec, inference, self.root), dtype=dtype, device="meta")
-        return tm.coerce(x).cpu() if x.dtype not in tm.READY else x.cpu()
+        return tt.coerce(x).cpu() if x.dtype not in tt.READY else x.cpu()
 
     def _materialize(self, init: Any, key: Any) -> None:
-        net = self._native
+        net: nn.Module = self._native  # type: ignore[assignment]
         init_fn = self._init_fn(init)
-        with tm.seeded(key):
+        with tt.seeded(key):
             net.to_empty(device="cpu")
             self._reset(net)
             if init_fn is not None:
@@ -397,7 +254,7 @@ class TorchModel(CompiledModel[nn.Module]):
 
     def _shape_dtype(self, x: Any) -> tuple[tuple, Any]:
         if isinstance(x, torch.Tensor):
-            return tuple(x.shape), tm.NP_DTYPES.get(x.dtype, np.dtype(object))
+            return tuple(x.shape), tt.NP_DTYPES.get(x.dtype, np.dtype(object))
         return super()._shape_dtype(x)
 
     def _to_native(self, x: Any) -> torch.Tensor:
@@ -421,9 +278,9 @@ class TorchModel(CompiledModel[nn.Module]):
         net = self._native
         if net.training != training:  # type: ignore[union-attr]
             net.train(training)  # type: ignore[union-attr]
-        if x.dtype not in tm.READY:
-            x = tm.coerce(x)
-        return net(x)  # type: ignore[misc]
+        if x.dtype not in tt.READY:
+            x = tt.coerce(x)
+        return fastpath.call(net, x)  # type: ignore[arg-type]
 
     def _tensor(self, name: str) -> torch.Tensor:
         owner, _, attr = self.report.params[name].native_name.rpartition(".")
@@ -452,32 +309,7 @@ class TorchModel(CompiledModel[nn.Module]):
         if net.training:  # type: ignore[union-attr]
             net.eval()  # type: ignore[union-attr]
         record: dict[str, np.ndarray] = {}
+        runner = TorchRunner(lambda path: self._module(net, path), self.spec.data_format == "channels_last")  # type: ignore[arg-type]
         with torch.no_grad():
-            self._run(net, self.root, x if x.dtype in tm.READY else tm.coerce(x), record)  # type: ignore[arg-type]
+            tree.run(self.root, x if x.dtype in tt.READY else tt.coerce(x), runner, record)
         return record
-
-    def _run(self, net: nn.Module, node: Node, x: torch.Tensor, record: dict | None) -> torch.Tensor:
-        target = node.tied_to or node
-        layer = target.layer
-        inner = record if node.tied_to is None else None
-        if isinstance(layer, Sequential):
-            for child in target.children:
-                x = self._run(net, child, x, inner)
-            y = x
-        elif isinstance(layer, Residual):
-            y = self._run(net, target.children[0], x, inner)
-            y = y + (self._run(net, target.children[1], x, inner) if len(target.children) > 1 else x)
-            y = tm.activation(layer.activation).module(y) if layer.activation else y
-        elif isinstance(layer, Concat):
-            y = torch.cat([self._run(net, c, x, inner) for c in target.children],
-                          -1 if self.spec.data_format == "channels_last" else 1)
-        else:
-            main = self._module(net, target.path)
-            steps = [s._replace(module=main) if not s.tag else s for s in leaf_steps(target, layer, None)]
-            y = x
-            for _, module in tm.arrange([("x", s) for s in steps], self.spec.data_format == "channels_last"):
-                y = module(y)
-        if record is not None and node.path:
-            record[node.path] = y.detach().to("cpu", F32).numpy()
-        return y
-

@@ -15,6 +15,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 import pytest
+import test_zoo_torch as book  # the d2l book's PyTorch building blocks (RNNLM, MultiHeadAttention, ViT...)
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,10 +23,9 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedBuffer, UninitializedParameter, is_lazy
 
 import deferinit as di
-import test_zoo_torch as book  # the d2l book's PyTorch building blocks (RNNLM, MultiHeadAttention, ViT...)
 from cases import BY_ID, CASES, Case
 from deferinit import ops, zoo
-from deferinit.adapters._torch_seq import (
+from deferinit.adapters.torch.sequence import (
     ClassTokenModule,
     LazyClassToken,
     LazyGRU,

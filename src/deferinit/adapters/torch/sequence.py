@@ -1,4 +1,4 @@
-"""torch modules and builders for the sequence layers (layers_seq.py), in the d2l book's PyTorch idiom.
+"""torch modules for the sequence layers (layers_seq.py; their builders are in ``leaves.py``), in the d2l book's PyTorch idiom.
 
 Every input-dependent dim is deferred with torch's own mechanism, ``LazyModuleMixin``: a module holds
 ``UninitializedParameter``/``UninitializedBuffer`` until the dry run's pre-forward hook calls its
@@ -19,10 +19,12 @@ becomes ``nn.Linear``). So no entry here is ``source="reference"``:
   (d2l needs ``num_hiddens`` up front).
 """
 
+# mypy: allow-subclassing-any
+# (torch is not installed in the lint session: nn.Module is Any there)
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,25 +32,12 @@ from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 
-from ..layers_seq import (
-    GRU,
-    LSTM,
-    RNN,
-    ClassToken,
-    MultiHeadAttention,
-    OneHot,
-    Permute,
-    PositionalEncoding,
-    PositionEmbedding,
-    Reshape,
-    Scale,
-    Take,
-)
-from ._torch_modules import ANY, F32, SPEC, Step
+from .modules import F32
 
-__all__ = ["SEQ_LEAVES", "native_attr", "kernel_attrs", "LazyRNN", "LazyGRU", "LazyLSTM", "MultiHeadAttentionModule",
+__all__ = ["LazyRNN", "LazyGRU", "LazyLSTM", "MultiHeadAttentionModule",
            "SinusoidalEncoding", "LazySinusoidalEncoding", "ClassTokenModule", "LazyClassToken",
-           "PositionEmbeddingModule", "LazyPositionEmbedding", "RecurrentOutput"]
+           "PositionEmbeddingModule", "LazyPositionEmbedding", "RecurrentOutput", "ReshapeModule", "PermuteModule",
+           "ScaleModule", "TakeModule", "OneHotModule"]
 
 
 # --------------------------------------------------------------------------------------------- recurrent
@@ -317,69 +306,3 @@ class OneHotModule(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}"
-
-
-# --------------------------------------------------------------------------------------------- builders
-_RECURRENT = {RNN: LazyRNN, GRU: LazyGRU, LSTM: LazyLSTM}
-
-
-def _recurrent(layer: Any, rank: int | None) -> list[Step]:
-    kw: dict[str, Any] = {"num_layers": layer.num_layers, "bias": layer.use_bias,
-                          "bidirectional": layer.bidirectional}
-    if layer.num_layers > 1:  # dropout acts between layers only: torch warns when it is given for one layer
-        kw["dropout"] = layer.dropout
-    if isinstance(layer, RNN):
-        kw["nonlinearity"] = layer.activation
-    return [Step("", _RECURRENT[type(layer)](layer.hidden_size, **kw), SPEC), Step("output", RecurrentOutput(), ANY)]
-
-
-def _reshape(layer: Reshape, rank: int | None) -> list[Step]:
-    return [Step("", ReshapeModule(layer.shape), SPEC, ANY if len(layer.shape) == 1 else SPEC)]
-
-
-SEQ_LEAVES: dict[type, Callable[[Any, int | None], list[Step]]] = {
-    RNN: _recurrent, GRU: _recurrent, LSTM: _recurrent,
-    MultiHeadAttention: lambda layer, rank: [Step("", MultiHeadAttentionModule(
-        layer.num_hiddens, layer.num_heads, layer.dropout, layer.use_bias), SPEC)],
-    PositionalEncoding: lambda layer, rank: [Step("", LazySinusoidalEncoding(layer.max_len), SPEC)],
-    ClassToken: lambda layer, rank: [Step("", LazyClassToken(), SPEC)],
-    PositionEmbedding: lambda layer, rank: [Step("", LazyPositionEmbedding(), SPEC)],
-    Reshape: _reshape,
-    Permute: lambda layer, rank: [Step("", PermuteModule(layer.dims), SPEC, SPEC)],
-    Scale: lambda layer, rank: [Step("", ScaleModule(layer.factor), ANY)],
-    Take: lambda layer, rank: [Step("", TakeModule(layer.index, layer.axis), SPEC, SPEC)],
-    OneHot: lambda layer, rank: [Step("", OneHotModule(layer.num_classes), SPEC, SPEC)],
-}
-
-_MHA_ATTRS = {"q": "W_q", "k": "W_k", "v": "W_v", "out": "W_o"}
-
-
-def native_attr(layer: Any, pname: str) -> str:
-    """The torch attribute path, below the layer's module, of canonical parameter ``pname``."""
-    if isinstance(layer, MultiHeadAttention):
-        proj, _, kind = pname.partition("_")
-        return f"{_MHA_ATTRS[proj]}.{kind}"
-    return pname
-
-
-def kernel_attrs(layer: Any) -> list[str]:
-    """Weight matrices a ``torch.nn.init`` function is applied to (d2l's ``init_seq2seq`` does the same for a
-    GRU: every ``weight*`` of ``_flat_weights_names``)."""
-    if isinstance(layer, MultiHeadAttention):
-        return [f"{m}.weight" for m in _MHA_ATTRS.values()]
-    if isinstance(layer, (RNN, GRU, LSTM)):
-        dirs = ("", "_reverse") if layer.bidirectional else ("",)
-        return [f"weight_{kind}_l{i}{sfx}" for i in range(layer.num_layers) for sfx in dirs for kind in ("ih", "hh")]
-    return []
-
-
-def rank_after(layer: Any, rank: int | None) -> int | None:
-    if isinstance(layer, (RNN, GRU, LSTM, MultiHeadAttention, PositionalEncoding, ClassToken, PositionEmbedding)):
-        return 3
-    if isinstance(layer, Reshape):
-        return len(layer.shape) + 1
-    if isinstance(layer, Take):
-        return None if rank is None else rank - 1
-    if isinstance(layer, OneHot):
-        return None if rank is None else rank + 1
-    return rank
