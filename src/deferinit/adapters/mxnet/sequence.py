@@ -38,6 +38,7 @@ from ...layers_seq import (
     Scale,
     Take,
 )
+from ...layouts import recurrent_names
 from . import modules
 
 __all__ = ["MultiHeadAttentionBlock", "PositionalEncodingBlock", "ClassTokenBlock", "PositionEmbeddingBlock"]
@@ -53,17 +54,20 @@ def _recurrent(layer: RNN | GRU | LSTM, fmt: str) -> Built:
     else:
         block = (rnn.GRU if isinstance(layer, GRU) else rnn.LSTM)(layer.hidden_size, **common)
     params = {}
-    for k in range(layer.num_layers):
-        for native, sfx in zip("lr", layer.directions):
-            params[f"weight_ih_l{k}{sfx}"] = getattr(block, f"{native}{k}_i2h_weight")
-            params[f"weight_hh_l{k}{sfx}"] = getattr(block, f"{native}{k}_h2h_weight")
-            for gate in ("ih", "hh"):
-                bias = getattr(block, f"{native}{k}_{gate[0]}2h_bias")
-                if layer.use_bias:
-                    params[f"bias_{gate}_l{k}{sfx}"] = bias
-                else:
-                    bias.grad_req = "null"  # stays at Gluon's zero init: no bias, and nothing to train
+    for name in recurrent_names(type(layer).__name__, layer.num_layers, layer.bidirectional):
+        param = getattr(block, _gluon_name(name))
+        if layer.use_bias or name.startswith("weight"):
+            params[name] = param
+        else:
+            param.grad_req = "null"  # stays at Gluon's zero init: no bias, and nothing to train
     return block, params
+
+
+def _gluon_name(name: str) -> str:
+    """The Gluon attribute of a canonical recurrent parameter: ``weight_ih_l0_reverse`` -> ``r0_i2h_weight``."""
+    kind, gate, rest = name.split("_", 2)  # "weight", "ih", "l0_reverse"
+    direction = "r" if rest.endswith("_reverse") else "l"
+    return f"{direction}{rest[1:].split('_')[0]}_{gate[0]}2h_{kind}"
 
 
 class MultiHeadAttentionBlock(gluon.HybridBlock):
