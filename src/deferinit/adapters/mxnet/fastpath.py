@@ -1,8 +1,9 @@
 """Per-call shortcuts on Gluon's private APIs, isolated behind one switch.
 
-``ENABLED`` is read once at import from ``DEFERINIT_FASTPATH`` (``0`` turns every shortcut off, and every call takes
-Gluon's public path: ``block(x)``). Today there is one shortcut: an inference call runs the inference graph's
-``CachedOp`` directly (:class:`Direct`). It touches Gluon 1.9's private cache attributes (``_cached_op``,
+``ENABLED`` comes from ``DEFERINIT_FASTPATH`` at import (``0`` turns every shortcut off, and every call takes
+Gluon's public path: ``block(x)``). It is read where a shortcut is set up (``graph.Graph`` makes the direct call
+after Gluon's first inference call), never per call. Today there is one shortcut: an inference call runs the
+inference graph's ``CachedOp`` directly (:class:`Direct`). It touches Gluon 1.9's private cache attributes (``_cached_op``,
 ``_cached_op_args``, ``_in_format``, ``_out_format``, ``Parameter._data``); MXNet 1.9.1 is the last 1.x release,
 so they will not move.
 """
@@ -66,8 +67,6 @@ class Direct:
 
 def call_inference(block: gluon.HybridBlock, x: Any) -> Any:
     """``block(x)`` in inference mode through :class:`Direct` where it applies; None where Gluon must do it."""
-    if not ENABLED:
-        return None
     direct = block.__dict__.get("_di_fast")
     if direct is None or block._forward_pre_hooks or block._forward_hooks or not block._active:
         return None

@@ -216,7 +216,7 @@ class Graph:
                 for i, (mean, var) in enumerate(stats):
                     new[2 * i].copyto(mean.data())
                     new[2 * i + 1].copyto(var.data())
-        elif key == fastpath.INFERENCE and d.get("_di_fast") is None:
+        elif key == fastpath.INFERENCE and d.get("_di_fast") is None and fastpath.ENABLED:
             d["_di_fast"] = fastpath.Direct.of(self)
         return out
 
