@@ -160,6 +160,33 @@ else:
 
 
 # >>> mxnet
+if "mxnet" in di.available_backends():
+    import warnings
+
+    with warnings.catch_warnings():  # MXNet 1.9 touches numpy aliases deprecated since numpy 1.20 at import
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from mxnet import gluon
+        from mxnet.gluon import nn
+
+    class MxGatedDense(gluon.HybridBlock):
+        """One Dense of ``2 * units`` (its input size left at 0 for Gluon to infer), then the gate."""
+
+        def __init__(self, units: int) -> None:
+            super().__init__()
+            self.units = units
+            with self.name_scope():
+                self.dense = nn.Dense(2 * units, flatten=False, in_units=0)
+
+        def hybrid_forward(self, F, x):  # type: ignore[no-untyped-def]
+            h = self.dense(x)
+            value = F.slice_axis(h, axis=-1, begin=0, end=self.units)
+            gate = F.slice_axis(h, axis=-1, begin=self.units, end=2 * self.units)
+            return value * F.sigmoid(gate)
+
+    @di.register_builder("mxnet", GatedDense)
+    def _gated_dense_mxnet(layer: GatedDense, data_format: str) -> tuple:
+        block = MxGatedDense(layer.units)
+        return block, {"weight": block.dense.weight, "bias": block.dense.bias}  # Gluon's (out, in): canonical
 # <<< mxnet
 
 

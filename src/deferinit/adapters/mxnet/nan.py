@@ -1,3 +1,4 @@
+# mypy: allow-subclassing-any
 """NaN in, NaN out on MXNet, as in the reference, PyTorch and JAX: the three places MXNet 1.9.1 loses a NaN.
 
 Measured (CPU, oneDNN), a NaN in the input:

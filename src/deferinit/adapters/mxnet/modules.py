@@ -1,3 +1,4 @@
+# mypy: allow-subclassing-any
 """Gluon blocks the MXNet adapter needs beyond ``gluon.nn``: containers, padding, a channels-last wrapper, and a
 BatchNorm whose running statistics follow PyTorch's rule.
 
@@ -11,106 +12,30 @@ operator for the normalization itself) and only replaces the averaging:
 * in training mode the operator also returns the batch mean and ``1 / sqrt(var + eps)``, from which the new running
   statistics are computed (all ``(C,)``-sized, in float64) and written back. Imperatively they are written at once;
   in a hybridized graph a parameter cannot be assigned, so the statistics become extra outputs of the cached graph
-  and :class:`_Graph` writes them after each call (two small copies per BatchNorm).
+  and ``graph.Graph`` writes them after each call (two small copies per BatchNorm).
 
-Gluon traces a hybridized block once and reuses that graph whatever the mode, so :class:`_Graph` keeps one cached
-graph per mode (training adds the statistics outputs) and, where TensorFlow-style ``"same"`` padding with a stride
-depends on the input size, per input shape. Once Gluon has built the inference graph, :func:`call_inference` calls
-its ``CachedOp`` directly (see :class:`_Direct`). It touches Gluon 1.9's private cache attributes; MXNet 1.9.1 is the
-last 1.x release, so they will not move.
+The graph cache of the containers (one graph per mode) is ``graph.Graph``; the direct inference call is
+``fastpath``.
 
 Two more MXNet 1.9.1 (oneDNN, CPU) faults are worked around here, each measured against finite differences or a
 float64 PyTorch gradient: a BatchNorm on 3-D data breaks the backward of a Conv1D before it (see
 ``BatchNorm._as_4d``), and the gradient through a max pool is wrong after an inference-mode forward (see
-:func:`inference_layers`).
+``graph.inference_layers``).
 """
 
 from __future__ import annotations
 
-import operator
-import threading
 import warnings
-from collections import OrderedDict
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from mxnet import autograd, gluon, symbol
 from mxnet.gluon import nn
 
-from . import _mxnet_nan as nan
+from . import nan
+from .graph import Graph, current, frozen, traced_rank
 
 __all__ = ["BatchNorm", "Dropout", "Sequential", "Residual", "Concat", "Pad", "ChannelsFirst", "activate",
-           "activation_block", "identity", "tracing", "inference_layers", "infer_parameter_shapes", "call_inference"]
-
-# ------------------------------------------------------------------------------------------ tracing context
-_LOCAL = threading.local()
-
-
-class _Trace:
-    """What one symbolic trace knows: the concrete input shapes, and the BatchNorm statistics to output."""
-
-    def __init__(self, inputs: dict[str, tuple]) -> None:
-        self.inputs = inputs
-        self.stats: dict[BatchNorm, tuple[Any, Any]] = {}  # insertion-ordered; a tied BN chains its updates
-
-
-@contextmanager
-def tracing(inputs: dict[str, tuple]) -> Iterator[_Trace]:
-    stack = _LOCAL.__dict__.setdefault("stack", [])
-    trace = _Trace(inputs)
-    stack.append(trace)
-    try:
-        yield trace
-    finally:
-        stack.pop()
-
-
-def _current() -> _Trace | None:
-    stack = getattr(_LOCAL, "stack", None)
-    return stack[-1] if stack else None
-
-
-def _frozen() -> bool:
-    return getattr(_LOCAL, "frozen", False)
-
-
-@contextmanager
-def inference_layers() -> Iterator[None]:
-    """BatchNorm and Dropout behave as in inference while MXNet runs in training mode. Gradients of the inference
-    model need it: after an inference-mode forward, MXNet 1.9.1's oneDNN max pooling has no workspace and its
-    backward routes the gradient wrongly (measured against finite differences), so such gradients are taken in a
-    training-mode pass with these two layers held at their inference behaviour (a graph of its own)."""
-    before = _frozen()
-    _LOCAL.frozen = True
-    try:
-        yield
-    finally:
-        _LOCAL.frozen = before
-
-
-def _traced_rank(x: Any) -> int | None:
-    """The rank of symbol ``x`` in the current trace (None outside one)."""
-    trace = _current()
-    if trace is None:
-        return None
-    shape = x.infer_shape_partial(**trace.inputs)[1][0]
-    return len(shape) if shape else None
-
-
-def infer_parameter_shapes(net: gluon.HybridBlock, shape: tuple) -> None:
-    """Gluon's own shape inference without allocating: trace ``net`` symbolically, run ``infer_shape`` and set each
-    Parameter's shape (what ``HybridBlock.infer_shape`` does, minus its need for an input NDArray). ``shape`` is
-    concrete: a varying dim gets a stand-in size (``_standin.py``), since MXNet reads its unknown-dim marker 0 as
-    "unknown" everywhere downstream and leaves a Flatten's output, a recurrent layer's or attention's input size,
-    and the weights behind them, unknown (measured: GRU weight_ih (96, 0) for a (2, None) token input)."""
-    shape = tuple(int(d) for d in shape)
-    with tracing({"data": shape}), autograd.predict_mode():
-        out = net(symbol.var("data"))
-    arg_shapes, _, aux_shapes = out.infer_shape_partial(data=shape)
-    found = dict(zip(out.list_arguments(), arg_shapes))
-    found.update(zip(out.list_auxiliary_states(), aux_shapes))
-    for param in net.collect_params().values():
-        param.shape = tuple(found[param.name])
+           "activation_block", "identity"]
 
 
 # ------------------------------------------------------------------------------------------ activations
@@ -143,13 +68,13 @@ def activation_block(name: str) -> gluon.HybridBlock:
 
 
 class Dropout(nn.Dropout):
-    """``nn.Dropout``, the identity under :func:`inference_layers`."""
+    """``nn.Dropout``, the identity under ``graph.inference_layers``."""
 
     def _alias(self) -> str:
         return "dropout"
 
     def hybrid_forward(self, F, x):  # type: ignore[no-untyped-def]
-        return F.identity(x) if _frozen() else super().hybrid_forward(F, x)
+        return F.identity(x) if frozen() else super().hybrid_forward(F, x)
 
 
 def identity() -> gluon.HybridBlock:
@@ -178,10 +103,10 @@ class BatchNorm(nn.BatchNorm):
         data = self._as_4d(F, x)
         back = (lambda y: y) if data is None else (lambda y: F.reshape_like(y, x))  # noqa: E731
         data = x if data is None else data
-        if not autograd.is_training() or _frozen():  # running statistics, also in the backward's formula
+        if not autograd.is_training() or frozen():  # running statistics, also in the backward's formula
             return back(F.BatchNorm(data, gamma, beta, running_mean, running_var, name="fwd",
                                     **dict(kwargs, use_global_stats=True)))
-        trace = _current() if F is symbol else None
+        trace = current() if F is symbol else None
         if F is symbol and trace is None:  # traced by a foreign hybridized block: nowhere to return the stats
             if not BatchNorm._warned:
                 BatchNorm._warned = True
@@ -207,7 +132,7 @@ class BatchNorm(nn.BatchNorm):
         of a Conv1D before it (its weight gradient fails ``Check failed: !is_view``, in a hand-built Gluon model
         too); the same values laid out as (N, C, L, 1) do not. Only 3-D: a reshape makes oneDNN reorder 4-D
         activations out of its blocked layout, which costs about as much as the BatchNorm itself."""
-        rank = x.ndim if F is not symbol else _traced_rank(x)
+        rank = x.ndim if F is not symbol else traced_rank(x)
         if rank != 3:
             return None
         if self._kwargs["axis"] == 1:
@@ -225,135 +150,16 @@ class BatchNorm(nn.BatchNorm):
         return F.BlockGrad(new_mean), F.BlockGrad(new_var)
 
 
-# ------------------------------------------------------------------------------------------ graph cache
-_GLUON_CACHE = ("_cached_graph", "_cached_op", "_cached_op_args", "_in_format", "_out_format")
-_MAX_GRAPHS = 8
-
-
-def _descendants(block: gluon.Block) -> Iterator[gluon.Block]:
-    for child in block._children.values():
-        yield child
-        yield from _descendants(child)
-
-
-class _Graph:
-    """Mixin for a HybridBlock: one Gluon cache per key (mode, and input shape where padding depends on it), and the
-    BatchNorm statistics outputs of training-mode graphs written back after each call."""
-
-    def _graph_key(self, args: tuple) -> tuple:
-        d = self.__dict__
-        if "_di_shaped" not in d:
-            blocks = _descendants(self)  # type: ignore[arg-type]
-            d["_di_shaped"] = any(getattr(b, "shape_dependent", False) for b in blocks)
-        mode = (bool(autograd.is_training()), _frozen())
-        return mode + (tuple(args[0].shape[1:]),) if d["_di_shaped"] else mode
-
-    def _get_graph(self, *args):  # type: ignore[no-untyped-def]
-        if not self._cached_graph:  # type: ignore[attr-defined]
-            with tracing({"data": tuple(args[0].shape)}) as trace:
-                inputs, out = super()._get_graph(*args)  # type: ignore[misc]
-            d = self.__dict__
-            d["_di_key"] = self._graph_key(args)
-            d["_di_stats"] = [(bn.running_mean, bn.running_var) for bn in trace.stats]
-            if trace.stats:
-                extra = [s for pair in trace.stats.values() for s in pair]
-                self._cached_graph = inputs, symbol.Group([out] + extra)
-                self._out_format = [self._out_format, [0] * len(extra)]
-        return self._cached_graph  # type: ignore[attr-defined]
-
-    def _call_cached_op(self, *args):  # type: ignore[no-untyped-def]
-        key = self._graph_key(args)
-        d = self.__dict__
-        if d.get("_di_key") != key:
-            store = d.setdefault("_di_store", OrderedDict())
-            if self._cached_graph and d.get("_di_key") is not None:  # type: ignore[attr-defined]
-                store[d["_di_key"]] = tuple(getattr(self, a) for a in _GLUON_CACHE) + (d.get("_di_stats", []),)
-                while len(store) > _MAX_GRAPHS:
-                    store.popitem(last=False)
-            saved = store.pop(key, None) or ((), None, [], None, None, [])
-            for name, value in zip(_GLUON_CACHE + ("_di_stats",), saved):
-                object.__setattr__(self, name, value)
-            d["_di_key"] = key
-        out = super()._call_cached_op(*args)  # type: ignore[misc]
-        stats = d.get("_di_stats")
-        if stats:
-            out, new = out
-            with autograd.pause():
-                for i, (mean, var) in enumerate(stats):
-                    new[2 * i].copyto(mean.data())
-                    new[2 * i + 1].copyto(var.data())
-        elif key == _INFERENCE and d.get("_di_fast") is None:
-            d["_di_fast"] = _Direct.of(self)
-        return out
-
-    def _clear_cached_op(self) -> None:
-        super()._clear_cached_op()  # type: ignore[misc]
-        for name in ("_di_store", "_di_key", "_di_stats", "_di_shaped", "_di_fast"):
-            self.__dict__.pop(name, None)
-
-
-# ------------------------------------------------------------------------------------------ direct inference call
-_INFERENCE = (False, False)  # the graph key of inference mode (not training, layers not frozen), shape-independent
-_DATA = operator.attrgetter("_data")
-
-
-class _Direct:
-    """The inference graph's ``CachedOp`` called directly, without Gluon's per-call Python glue.
-
-    Gluon's hybridized ``__call__`` spends about 10 to 30 us in Python on every call (hooks, context checks and
-    ``with ctx``, flattening the arguments, one ``Parameter.data()`` per parameter, regrouping the outputs) before
-    and after the C++ ``CachedOp`` it calls: as much as the whole forward of a small MLP. Once Gluon has built the
-    inference graph, this calls the same ``CachedOp`` with the same arguments itself. It stays valid while every
-    Parameter holds the same list of arrays (any re-initialization, ``cast`` or ``reset_ctx`` makes a new list;
-    ``set_data`` and optimizers write in place), and it is dropped with Gluon's cache (``hybridize``, ``cast``).
-    Only for one input, one output and one context, with no hooks on the block: anything else takes Gluon's path.
-    """
-
-    __slots__ = ("op", "position", "params", "datas", "arrays")
-
-    @classmethod
-    def of(cls, block: gluon.HybridBlock) -> "_Direct | None":
-        args = block._cached_op_args
-        inputs = [i for i, (is_arg, _) in enumerate(args) if is_arg]
-        params = [p for is_arg, p in args if not is_arg]
-        if (block._in_format != [0] or block._out_format != 0 or len(inputs) != 1 or block._callback
-                or any(p._data is None or len(p._data) != 1 for p in params)):
-            return None
-        direct = cls()
-        direct.op, direct.position, direct.params = block._cached_op, inputs[0], params
-        direct.datas = [p._data for p in params]
-        direct.arrays = [data[0] for data in direct.datas]
-        return direct
-
-    def __call__(self, x: Any) -> Any:
-        args = self.arrays.copy()
-        args.insert(self.position, x)
-        return self.op(*args)
-
-    def valid(self) -> bool:
-        return all(map(operator.is_, map(_DATA, self.params), self.datas))
-
-
-def call_inference(block: gluon.HybridBlock, x: Any) -> Any:
-    """``block(x)`` in inference mode through :class:`_Direct` where it applies; None where Gluon must do it."""
-    direct = block.__dict__.get("_di_fast")
-    if direct is None or block._forward_pre_hooks or block._forward_hooks or not block._active:
-        return None
-    if not direct.valid():
-        block.__dict__["_di_fast"] = None  # made again after Gluon's next inference call
-        return None
-    return direct(x)
-
 
 # ------------------------------------------------------------------------------------------ containers
-class Sequential(_Graph, nn.HybridSequential):
+class Sequential(Graph, nn.HybridSequential):
     """``nn.HybridSequential`` (a LazyModel or Sequential of the spec)."""
 
     def _alias(self) -> str:
         return "hybridsequential"
 
 
-class Residual(_Graph, gluon.HybridBlock):
+class Residual(Graph, gluon.HybridBlock):
     """``activation(body(x) + shortcut(x))``, the shortcut being the identity when absent."""
 
     def __init__(self, activation: str | None) -> None:
@@ -366,7 +172,7 @@ class Residual(_Graph, gluon.HybridBlock):
         return activate(F, self._activation, self.body(x) + short)
 
 
-class Concat(_Graph, nn.HybridSequential):
+class Concat(Graph, nn.HybridSequential):
     """Every child on the same input, concatenated along ``axis``."""
 
     def __init__(self, axis: int) -> None:
@@ -377,7 +183,7 @@ class Concat(_Graph, nn.HybridSequential):
         return F.concat(*[branch(x) for branch in self._children.values()], dim=self._axis)
 
 
-class ChannelsFirst(_Graph, gluon.HybridBlock):
+class ChannelsFirst(Graph, gluon.HybridBlock):
     """Runs a channels-first block on channels-last data. MXNet's CPU convolution takes NCW/NCHW only (an NHWC
     convolution fails inside oneDNN), so channels-last convolutions cost two transposes (a copy of the input and
     of the output each); pooling takes ``layout='NHWC'`` natively and needs none."""
@@ -407,7 +213,7 @@ class Pad(gluon.HybridBlock):
             return self._pads
         if F is not symbol:
             return self._pads(tuple(x.shape[2:]))
-        trace = _current()
+        trace = current()
         if trace is None:
             raise RuntimeError("padding='same' with a stride needs the input's spatial sizes: call the outermost "
                                "deferinit block with data, or trace it with deferinit's tracing(shapes)")

@@ -1,4 +1,6 @@
-"""Gluon builders for the sequence and token layers (``layers_seq``): batch-first ``(N, T, features)`` data.
+# mypy: allow-subclassing-any
+"""Gluon builders (registered on import, see ``leaves.py``) for the sequence and token layers (``layers_seq``):
+batch-first ``(N, T, features)`` data.
 
 Recurrent layers are Gluon's own ``rnn.RNN``/``GRU``/``LSTM`` (``layout='NTC'``, ``input_size=0``: the input size is
 deferred to Gluon). MXNet's fused RNN operator keeps PyTorch's (cuDNN's) gate order and GRU formula, and Gluon
@@ -21,7 +23,8 @@ from typing import Any, Callable
 from mxnet import gluon
 from mxnet.gluon import nn, rnn
 
-from ..layers_seq import (
+from ...extend import register_builder
+from ...layers_seq import (
     GRU,
     LSTM,
     RNN,
@@ -35,9 +38,10 @@ from ..layers_seq import (
     Scale,
     Take,
 )
-from . import _mxnet_blocks as blocks
+from ...layouts import recurrent_names
+from . import modules
 
-__all__ = ["SEQUENCE_LEAVES"]
+__all__ = ["MultiHeadAttentionBlock", "PositionalEncodingBlock", "ClassTokenBlock", "PositionEmbeddingBlock"]
 
 Built = tuple[gluon.HybridBlock, dict[str, Any]]
 
@@ -50,17 +54,20 @@ def _recurrent(layer: RNN | GRU | LSTM, fmt: str) -> Built:
     else:
         block = (rnn.GRU if isinstance(layer, GRU) else rnn.LSTM)(layer.hidden_size, **common)
     params = {}
-    for k in range(layer.num_layers):
-        for native, sfx in zip("lr", layer.directions):
-            params[f"weight_ih_l{k}{sfx}"] = getattr(block, f"{native}{k}_i2h_weight")
-            params[f"weight_hh_l{k}{sfx}"] = getattr(block, f"{native}{k}_h2h_weight")
-            for gate in ("ih", "hh"):
-                bias = getattr(block, f"{native}{k}_{gate[0]}2h_bias")
-                if layer.use_bias:
-                    params[f"bias_{gate}_l{k}{sfx}"] = bias
-                else:
-                    bias.grad_req = "null"  # stays at Gluon's zero init: no bias, and nothing to train
+    for name in recurrent_names(type(layer).__name__, layer.num_layers, layer.bidirectional):
+        param = getattr(block, _gluon_name(name))
+        if layer.use_bias or name.startswith("weight"):
+            params[name] = param
+        else:
+            param.grad_req = "null"  # stays at Gluon's zero init: no bias, and nothing to train
     return block, params
+
+
+def _gluon_name(name: str) -> str:
+    """The Gluon attribute of a canonical recurrent parameter: ``weight_ih_l0_reverse`` -> ``r0_i2h_weight``."""
+    kind, gate, rest = name.split("_", 2)  # "weight", "ih", "l0_reverse"
+    direction = "r" if rest.endswith("_reverse") else "l"
+    return f"{direction}{rest[1:].split('_')[0]}_{gate[0]}2h_{kind}"
 
 
 class MultiHeadAttentionBlock(gluon.HybridBlock):
@@ -72,7 +79,7 @@ class MultiHeadAttentionBlock(gluon.HybridBlock):
         with self.name_scope():
             self.q, self.k, self.v, self.out = (nn.Dense(num_hiddens, use_bias=use_bias, flatten=False, in_units=0,
                                                          prefix=f"{name}_") for name in ("q", "k", "v", "out"))
-            self.dropout = blocks.Dropout(dropout)
+            self.dropout = modules.Dropout(dropout)
 
     def _split(self, F: Any, t: Any) -> Any:  # (N, T, H) -> (N * heads, T, H / heads)
         t = F.transpose(F.reshape(t, shape=(0, 0, self._heads, -1)), axes=(0, 2, 1, 3))
@@ -142,11 +149,11 @@ def _with_weight(block: gluon.HybridBlock) -> Built:
     return block, {"weight": block.weight}
 
 
-def _lambda(fn: Callable[[Any, Any], Any]) -> Callable[[Any, str], Built]:
+def _lambda(fn: Callable[[Any, Any, Any], Any]) -> Callable[[Any, str], Built]:
     return lambda layer, fmt: (nn.HybridLambda(lambda F, x: fn(F, x, layer)), {})  # type: ignore[call-arg]
 
 
-SEQUENCE_LEAVES: dict[type, Callable[[Any, str], Built]] = {
+_BUILDERS: dict[type, Callable[[Any, str], Built]] = {
     RNN: _recurrent, GRU: _recurrent, LSTM: _recurrent, MultiHeadAttention: _attention,
     PositionalEncoding: lambda layer, fmt: (PositionalEncodingBlock(), {}),
     ClassToken: lambda layer, fmt: _with_weight(ClassTokenBlock()),
@@ -158,3 +165,5 @@ SEQUENCE_LEAVES: dict[type, Callable[[Any, str], Built]] = {
                                                              end=layer.index + 1), axis=layer.axis)),
     OneHot: _lambda(lambda F, x, layer: F.one_hot(x, depth=layer.num_classes)),
 }
+for _type, _builder in _BUILDERS.items():
+    register_builder("mxnet", _type)(_builder)
