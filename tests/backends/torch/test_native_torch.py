@@ -306,10 +306,14 @@ def test_a_key_neither_reads_nor_moves_the_global_rng() -> None:
     assert np.array_equal(_compiled(h, key=gen).export_weights()["0.weight"], a["0.weight"])
 
 
-def test_layer_norm_dim_is_marked_as_taken_from_the_reference_rules() -> None:
-    report = _compiled(BY_HAND["embedding"]).report
-    assert {n: p.source for n, p in report.params.items()} == {
-        "0.weight": "native", "1.weight": "reference", "1.bias": "reference", "3.weight": "native", "3.bias": "native"}
+def test_layer_norm_dim_is_torchs_own() -> None:
+    # torch ships no lazy LayerNorm; ours infers its size in the dry run as LazyLinear does, then becomes the
+    # plain nn.LayerNorm a hand-written model holds, so every shape in the report is torch's own
+    model = _compiled(BY_HAND["embedding"])
+    assert {n: p.source for n, p in model.report.params.items()} == {
+        "0.weight": "native", "1.weight": "native", "1.bias": "native", "3.weight": "native", "3.bias": "native"}
+    ln = model.native.get_submodule("1")
+    assert type(ln) is torch.nn.LayerNorm and ln.normalized_shape == (model.report.params["1.weight"].shape[0],)
 
 
 # ------------------------------------------------------------------------------------------ (b) outputs
@@ -751,9 +755,8 @@ def test_sequence_layers_equal_the_reference(case_id: str) -> None:
     model = di.compile(case.make(), "torch")
     report = model.apply_init(case.data(), init="xavier_uniform", key=3)
     assert report.diff(di.infer_shapes(case.make(), case.shape, dtype=case.dtype)) == []
-    # torch deferred every dim itself: only LayerNorm (no lazy form in torch) took its size from the rules
-    assert all(p.source == ("reference" if report.layers[n.rpartition(".")[0]].type == "LayerNorm" else "native")
-               for n, p in report.params.items())
+    # torch deferred every dim itself (LayerNorm through our LazyLayerNorm, torch having no lazy form of it)
+    assert all(p.source == "native" for p in report.params.values())
     ref = di.compile(case.make(), "numpy")
     ref.load_weights(model.export_weights(), input_shape=di.ShapeDtype(case.shape, case.dtype))
     x = case.data(seed=7, batch=3)

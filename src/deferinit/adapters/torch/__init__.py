@@ -17,8 +17,9 @@ Every canonical layout is torch's own layout, so no weight is transposed.
 * Forward: the native module called directly (autograd on, as a hand-written torch model); ``.train()`` /
   ``.eval()`` only when the mode changes.
 * Sequence layers (``sequence.py``): recurrent layers, attention, class token and position embedding are
-  deferred by torch's own ``LazyModuleMixin`` and become plain ``nn.GRU``/``nn.Linear``/... modules, so only
-  LayerNorm is ``source="reference"``. Varying (None) dims are dry-run on meta with the smallest stand-in
+  deferred by torch's own ``LazyModuleMixin`` and become plain ``nn.GRU``/``nn.Linear``/... modules; LayerNorm,
+  which torch ships no lazy form of, is ``modules.LazyLayerNorm`` written the same way, so every shape is
+  torch's own (``source="native"``). Varying (None) dims are dry-run on meta with the smallest stand-in
   size the rules accept (``_standin.py``).
 """
 
@@ -34,7 +35,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import is_lazy
 
 from ...errors import BackendError, SpecError, UnsupportedLayerError, where
-from ...layers import BatchNorm, Embedding, LayerNorm
+from ...layers import BatchNorm, Embedding
 from ...shapes import Inference, Node
 from .. import tree
 from .._standin import stand_in
@@ -110,11 +111,7 @@ class TorchModel(CompiledModel[nn.Module]):
                     self._fix_batch_norm(net, node, target, inference)
             for path, node in leaves.items():  # in plan order: the draws of a hand-written model's constructors
                 module, layer = modules[path], node.layer
-                if isinstance(layer, LayerNorm):
-                    # torch has no lazy LayerNorm: its dim comes from the reference rules (source="reference")
-                    module.normalized_shape = (inference.inputs[path][-1],)
-                    tt.allocate(module, module.normalized_shape, device)
-                elif isinstance(layer, Embedding):
+                if isinstance(layer, Embedding):
                     tt.allocate(module, (layer.num_embeddings, layer.dim), device)
             net.eval()  # the dry run must not update BatchNorm statistics
             # the report's per-layer shapes are read off this dry run (forward hooks, removed right after)
@@ -152,9 +149,7 @@ class TorchModel(CompiledModel[nn.Module]):
                 native_paths[owner] = ".".join(child_name(s) for s in owner.split("."))
             if init_fn is not None and not abstract:
                 self._check_init(name, t, inference.params[name].shape)
-            # torch has no lazy LayerNorm: its dim came from the reference rules
-            source = "reference" if isinstance(layer, LayerNorm) else "native"
-            found[name] = NativeParam(f"{native_paths[owner]}.{attr}", tuple(t.shape), tuple(t.shape), source)
+            found[name] = NativeParam(f"{native_paths[owner]}.{attr}", tuple(t.shape), tuple(t.shape))
         return found
 
     def _native_layer_shapes(self, native: nn.Module, x: Any, inference: Inference,

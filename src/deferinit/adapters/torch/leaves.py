@@ -63,7 +63,7 @@ from ...layers_seq import (
 from ...shapes import Node
 from . import modules as tm
 from . import sequence as ts
-from .modules import ANY, CF, F32, SPEC, Step
+from .modules import ANY, CF, F32, SPEC, LazyLayerNorm, Step
 from .tensors import uninitialized
 
 __all__ = ["leaf_steps", "rank_after", "native_attr", "kernel_attrs", "LAZY_BN"]
@@ -135,10 +135,8 @@ def _batch_norm(layer: BatchNorm, rank: int | None) -> list[Step]:
 
 @register("torch", LayerNorm)
 def _layer_norm(layer: LayerNorm, rank: int | None) -> list[Step]:
-    # torch has no lazy LayerNorm: its tensors stay uninitialized until _native_init sizes them from the rules
-    ln = uninitialized(nn.LayerNorm(1, eps=layer.eps, dtype=F32))
-    ln.normalized_shape = (None,)  # type: ignore[assignment]  # shown as such until apply_init
-    return [Step("", ln, SPEC)]
+    # torch has no lazy LayerNorm: ours (modules.LazyLayerNorm) infers its size in the dry run, as LazyLinear does
+    return [Step("", LazyLayerNorm(eps=layer.eps, dtype=F32), SPEC)]
 
 
 @register("torch", Embedding)

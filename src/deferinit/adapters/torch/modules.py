@@ -18,10 +18,12 @@ from typing import Any, NamedTuple, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parameter import UninitializedParameter
 
 from ...layers import conv_pads
 
-__all__ = ["Step", "CF", "SPEC", "ANY", "arrange", "child_name", "activation", "Residual", "Concat", "SamePad",
+__all__ = ["LazyLayerNorm", "Step", "CF", "SPEC", "ANY", "arrange", "child_name", "activation", "Residual", "Concat", "SamePad",
            "ToChannelsFirst", "ToChannelsLast", "same_pads", "sequential", "F32"]
 
 F32 = torch.float32
@@ -189,3 +191,31 @@ def arrange(steps: Sequence[tuple[str, Step]], channels_last: bool,
 
 def sequential(named: list[tuple[str, nn.Module]]) -> nn.Sequential:
     return nn.Sequential(OrderedDict(named))
+
+
+class LazyLayerNorm(LazyModuleMixin, nn.LayerNorm):
+    """``nn.LayerNorm`` whose normalized size torch infers from the first input, as ``nn.LazyLinear`` infers its
+    ``in_features``: torch ships no lazy LayerNorm, and without one its size came from deferinit's rules
+    (``source="reference"``). Written as torch's own lazy modules are: uninitialized parameters materialized by
+    ``initialize_parameters`` on the first call, then the module becomes a plain ``nn.LayerNorm``."""
+
+    cls_to_become = nn.LayerNorm
+    weight: UninitializedParameter
+    bias: UninitializedParameter
+
+    def __init__(self, eps: float = 1e-5, dtype: Any = None) -> None:
+        super().__init__(0, eps=eps, elementwise_affine=True, dtype=dtype)
+        self.weight = UninitializedParameter(dtype=dtype)
+        self.bias = UninitializedParameter(dtype=dtype)
+
+    def reset_parameters(self) -> None:
+        if not self.has_uninitialized_params() and self.normalized_shape != (0,):
+            super().reset_parameters()
+
+    def initialize_parameters(self, x: torch.Tensor) -> None:  # type: ignore[override]
+        if self.has_uninitialized_params():
+            with torch.no_grad():
+                self.normalized_shape = (int(x.shape[-1]),)
+                self.weight.materialize(self.normalized_shape)
+                self.bias.materialize(self.normalized_shape)
+                self.reset_parameters()
