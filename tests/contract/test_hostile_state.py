@@ -253,7 +253,7 @@ def test_load_weights_on_abstract_model_keeps_the_found_shapes(backend: str) -> 
 
 # ============================================================================================ weight values
 def _torch_values(kind: str, w: dict[str, np.ndarray]) -> tuple[dict, dict | None]:
-    torch = pytest.importorskip("torch")
+    import torch
     if kind == "parameter":
         return {n: torch.nn.Parameter(torch.from_numpy(v.copy())) for n, v in w.items()}, w
     if kind == "bfloat16":
@@ -263,8 +263,8 @@ def _torch_values(kind: str, w: dict[str, np.ndarray]) -> tuple[dict, dict | Non
 
 
 def _tensorflow_values(kind: str, w: dict[str, np.ndarray]) -> tuple[dict, dict | None]:
-    tf = pytest.importorskip("tensorflow")
-    keras = pytest.importorskip("keras")
+    import keras
+    import tensorflow as tf
     if kind == "bfloat16":
         vals = {n: tf.cast(tf.constant(v), tf.bfloat16) for n, v in w.items()}
         return vals, {n: tf.cast(t, tf.float32).numpy() for n, t in vals.items()}
@@ -276,7 +276,7 @@ def _tensorflow_values(kind: str, w: dict[str, np.ndarray]) -> tuple[dict, dict 
 
 
 def _jax_values(kind: str, w: dict[str, np.ndarray]) -> tuple[dict, dict | None]:
-    jax = pytest.importorskip("jax")
+    import jax
     if kind == "bfloat16":
         vals = {n: jax.numpy.asarray(v, jax.numpy.bfloat16) for n, v in w.items()}
         return vals, {n: np.asarray(t.astype(jax.numpy.float32)) for n, t in vals.items()}
@@ -284,16 +284,32 @@ def _jax_values(kind: str, w: dict[str, np.ndarray]) -> tuple[dict, dict | None]
 
 
 def _mxnet_values(kind: str, w: dict[str, np.ndarray]) -> tuple[dict, dict | None]:
-    mx = pytest.importorskip("mxnet")
+    import mxnet as mx
     return {n: mx.nd.array(v) for n, v in w.items()}, w
 
 
-VALUES = [("torch", "parameter"), ("torch", "bfloat16"), ("torch", "meta"), ("tensorflow", "bfloat16"),
-          ("tensorflow", "variable"), ("tensorflow", "uninitialized"), ("jax", "bfloat16"), ("jax", "shape_only"),
-          ("mxnet", "ndarray")]
+def _numpy_values(kind: str, w: dict[str, np.ndarray]) -> tuple[dict, dict | None]:
+    if kind == "float64":  # widened values load as float32, exactly as numpy rounds them
+        vals = {n: v.astype(np.float64) for n, v in w.items()}
+        return vals, {n: v.astype(np.float32) for n, v in vals.items()}
+    return {n: v.tolist() for n, v in w.items()}, w  # nested lists
 
 
-@pytest.mark.parametrize("framework_kind", VALUES, ids=[f"{f}-{k}" for f, k in VALUES])
+VALUES = [("numpy", "float64"), ("numpy", "lists"), ("torch", "parameter"), ("torch", "bfloat16"), ("torch", "meta"),
+          ("tensorflow", "bfloat16"), ("tensorflow", "variable"), ("tensorflow", "uninitialized"), ("jax", "bfloat16"),
+          ("jax", "shape_only"), ("mxnet", "ndarray")]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Each framework's tensor kinds in the runs that select it (its framework is then importable, or the run
+    failed at start-up): no skip stands in for a framework that is missing."""
+    if "framework_kind" in metafunc.fixturenames:
+        from conftest import _selected
+
+        kinds = [v for v in VALUES if v[0] in _selected(metafunc.config)]
+        metafunc.parametrize("framework_kind", kinds, ids=[f"{f}-{k}" for f, k in kinds])
+
+
 def test_weights_as_tensors_of_any_framework(backend: str, framework_kind: tuple[str, str]) -> None:
     """Real-valued tensors of any installed framework load exactly (bfloat16 widened to float32 as the framework
     itself widens it); values with no data are a WeightsError naming the parameter; never a raw error."""

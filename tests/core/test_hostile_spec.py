@@ -107,7 +107,7 @@ DOUBLING = "\n".join(["l0: &l0 [{type: Dense, units: 1}]"] + [
     ("layers: [&a {type: Sequential, layers: [*a]}]\n", "a collection that contains itself"),
 ], ids=["billion-laughs", "doubling", "self-reference"])
 def test_yaml_aliases_are_bounded(tmp_path: Path, text: str, match: str) -> None:
-    pytest.importorskip("yaml")
+    import yaml  # noqa: F401  (pyyaml is a test dependency of every session: missing is a failure)
     path = tmp_path / "bomb.yaml"
     path.write_text(text)
     assert len(text.encode()) < 1200
@@ -126,7 +126,7 @@ di.LazyModel.from_dict({"layers": [layer]})
 
 
 def test_yaml_anchors_for_repeated_settings_still_load(tmp_path: Path) -> None:
-    pytest.importorskip("yaml")
+    import yaml  # noqa: F401  (pyyaml is a test dependency of every session: missing is a failure)
     path = tmp_path / "anchors.yaml"
     path.write_text("layers:\n  - &conv {type: Conv2D, channels: 4, kernel_size: 3, padding: 1}\n  - *conv\n"
                     "  - {<<: *conv, channels: 8}\n")
@@ -263,7 +263,7 @@ def test_spec_data_nested_too_deep_is_refused_at_its_position(levels: int) -> No
 @pytest.mark.parametrize("suffix", [".json", ".yaml", ".toml"])
 def test_spec_files_nested_deeper_than_any_parser_can_go_are_refused(tmp_path: Path, suffix: str) -> None:
     if suffix == ".yaml":
-        pytest.importorskip("yaml")
+        import yaml  # noqa: F401  (pyyaml is a test dependency of every session: missing is a failure)
     n = 100_000
     body = "[" * n + "]" * n
     text = {".json": '{"layers": ' + body + "}", ".yaml": "layers: " + body + "\n", ".toml": "layers = " + body + "\n"}
@@ -330,7 +330,7 @@ def test_the_largest_size_is_accepted() -> None:
 ])
 def test_spec_files_with_huge_integers_are_spec_errors(tmp_path: Path, suffix: str, text: str) -> None:
     if suffix == ".yaml":
-        pytest.importorskip("yaml")
+        import yaml  # noqa: F401  (pyyaml is a test dependency of every session: missing is a failure)
     path = tmp_path / f"huge{suffix}"
     path.write_text(text)
     with pytest.raises(di.SpecError, match=r"huge\.(json|yaml|toml)"):
