@@ -85,3 +85,15 @@ CASES = [
 ]
 
 BY_ID = {c.id: c for c in CASES}
+
+# --- layers-a ---
+# the layers of deferinit.layers_extra and the new options of the pools, LayerNorm, GELU and the recurrent layers
+CASES += [
+    Case("activations_extra", lambda: di.LazyModel([
+        di.Dense(8), di.Scale(6.0), di.ReLU6(), di.Dense(8), di.SiLU(), di.Dense(8), di.Scale(4.0), di.HardSwish(),
+        di.Dense(8), di.Scale(4.0), di.HardSigmoid(), di.Dense(8), di.LeakyReLU(0.2), di.Dense(8, activation="leaky_relu"),
+        di.GELU(approximate="tanh"), di.Dense(8, activation="gelu_tanh"), di.Scale(6.0),
+        di.Dense(8, activation="relu6"), di.Dense(8, activation="hard_swish"), di.Activation("hard_sigmoid"),
+        di.Dense(3, activation="silu")]), (2, 5)),
+]
+BY_ID = {c.id: c for c in CASES}

@@ -8,9 +8,9 @@ import math
 from dataclasses import KW_ONLY, dataclass
 from typing import ClassVar
 
-from .errors import fmt_shape
+from .errors import SpecError, fmt_shape
 from .layers_base import Leaf, ParamSpec, RuleContext
-from .spec import ACTIVATIONS, Shape, check_activation, check_float, check_int
+from .spec import ACTIVATIONS, Shape, check_activation, check_float, check_int, show
 
 __all__ = ["BatchNorm", "LayerNorm", "Dropout", "Flatten", "Identity", "Activation", "ReLU", "Sigmoid", "Tanh",
            "GELU", "Softmax", "Embedding"]
@@ -126,10 +126,31 @@ def _named_activation(act: str, doc: str) -> type:
 ReLU = _named_activation("relu", "``max(x, 0)``.")
 Sigmoid = _named_activation("sigmoid", "``1 / (1 + exp(-x))``.")
 Tanh = _named_activation("tanh", "Hyperbolic tangent.")
-GELU = _named_activation("gelu", "The exact (erf) GELU, as PyTorch's default; Flax's tanh form is not used.")
 Softmax = _named_activation("softmax", "Softmax over the last axis.")
-for _cls, _n in ((ReLU, "ReLU"), (Sigmoid, "Sigmoid"), (Tanh, "Tanh"), (GELU, "GELU"), (Softmax, "Softmax")):
+for _cls, _n in ((ReLU, "ReLU"), (Sigmoid, "Sigmoid"), (Tanh, "Tanh"), (Softmax, "Softmax")):
     _cls.__name__ = _cls.__qualname__ = _n
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class GELU(Leaf):
+    """GELU: ``approximate="none"`` the exact erf form (PyTorch's default), ``"tanh"`` the tanh form
+    (PyTorch's ``approximate="tanh"``, Flax's default; the activation name ``"gelu_tanh"``)."""
+
+    _: KW_ONLY
+    approximate: str = "none"
+
+    def validate(self) -> None:
+        if self.approximate not in ("none", "tanh"):
+            raise SpecError(f"GELU: approximate must be 'none' or 'tanh'. Received: approximate={show(self.approximate)}")
+
+    @property
+    def activation(self) -> str:
+        return "gelu" if self.approximate == "none" else "gelu_tanh"
+
+    def infer(self, shape: Shape, ctx: RuleContext) -> tuple[Shape, dict[str, ParamSpec]]:
+        return shape, {}
+
+
 assert set(ACTIVATIONS) >= {"relu", "sigmoid", "tanh", "gelu", "softmax"}
 
 

@@ -273,3 +273,5 @@ def rank_after(layer: Leaf, rank: int | None) -> int | None:
     if isinstance(layer, (Embedding, OneHot)):
         return None if rank is None else rank + 1
     return rank
+
+from . import extra as extra  # noqa: E402  (registers the builders of deferinit.layers_extra)
