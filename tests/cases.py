@@ -97,3 +97,14 @@ CASES += [
         di.Dense(3, activation="silu")]), (2, 5)),
 ]
 BY_ID = {c.id: c for c in CASES}
+CASES += [
+    Case("recurrent_last", lambda: di.LazyModel([
+        di.Embedding(50, 6), di.LSTM(5, return_sequences=True), di.Take(-1), di.Dense(4)]), (2, 7), "int64"),
+    Case("recurrent_last_bidirectional", lambda: di.LazyModel([
+        di.Embedding(50, 6), di.GRU(5, bidirectional=True, num_layers=2, return_sequences=False),
+        di.Dense(4)]), (2, 7), "int64"),
+    Case("recurrent_last_rnn", lambda: di.LazyModel([
+        di.RNN(4, bidirectional=True, return_sequences=False), di.Dense(3)]), (3, 5, 2)),
+    Case("take_negative", lambda: di.LazyModel([di.Dense(4), di.Take(-2, axis=1), di.Dense(3)]), (2, 5, 3)),
+]
+BY_ID = {c.id: c for c in CASES}

@@ -13,7 +13,7 @@ import numpy as np
 from .ops import float_type
 
 __all__ = ["activation_extra", "relu6", "leaky_relu", "gelu_tanh", "pool2d", "pool_out", "adaptive_bins",
-           "adaptive_avg_pool2d", "group_norm", "layer_norm_axis"]
+           "adaptive_avg_pool2d", "group_norm", "layer_norm_axis", "last_step"]
 
 
 def relu6(x: np.ndarray) -> np.ndarray:
@@ -117,3 +117,11 @@ def layer_norm_axis(x: np.ndarray, axis: int, weight: np.ndarray, bias: np.ndarr
     y = (x - mean) / np.sqrt(var + eps) * weight.reshape(shape) + bias.reshape(shape)
     out: np.ndarray = y.astype(float_type(x, weight))
     return out
+
+
+def last_step(y: np.ndarray, directions: int) -> np.ndarray:
+    """``(N, T, H * directions) -> (N, H * directions)``: the forward direction's output at the last step and the
+    backward direction's at the first (its last), as Keras's ``return_sequences=False``."""
+    h = y.shape[-1] // directions
+    parts = [y[:, -1, :h]] + ([y[:, 0, h:]] if directions == 2 else [])
+    return np.ascontiguousarray(np.concatenate(parts, axis=-1))

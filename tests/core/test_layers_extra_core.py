@@ -78,3 +78,37 @@ def test_cases_round_trip_through_spec_files(case_id: str, tmp_path) -> None:  #
     shape = BY_ID[case_id].shape
     dtype = BY_ID[case_id].dtype
     assert di.infer_shapes(again, shape, dtype=dtype).to_dict() == di.infer_shapes(spec, shape, dtype=dtype).to_dict()
+
+
+def test_return_sequences_false_is_the_last_step_per_direction_by_hand() -> None:
+    # h_t = relu(x_t + h_{t-1}) forward (a running sum); the reverse direction forgets (W_hh = 0): its last step,
+    # at t = 0, is relu(x_0)
+    x = np.array([[[1.0], [2.0], [3.0]]], np.float32)
+    one, zero = np.ones((1, 1), np.float32), np.zeros((1, 1), np.float32)
+    w = {"0.weight_ih_l0": one, "0.weight_hh_l0": one, "0.weight_ih_l0_reverse": one,
+         "0.weight_hh_l0_reverse": zero}
+    w.update({f"0.bias_{k}_l0{s}": np.zeros(1, np.float32) for k in ("ih", "hh") for s in ("", "_reverse")})
+    layer = di.RNN(1, activation="relu", bidirectional=True, return_sequences=False)
+    np.testing.assert_array_equal(run([layer], x, w), [[6.0, 1.0]])
+    seq = run([di.RNN(1, activation="relu", bidirectional=True)], x, w)
+    np.testing.assert_array_equal(seq[0], [[1, 1], [3, 2], [6, 3]])
+    assert di.infer_shapes(di.LazyModel([layer]), (None, None, 1)).output_shape == (None, 2)
+
+
+def test_take_negative_indices() -> None:
+    x = np.arange(12, dtype=np.float32).reshape(1, 4, 3)
+    np.testing.assert_array_equal(run([di.Take(-1)], x), [[9, 10, 11]])
+    np.testing.assert_array_equal(run([di.Take(-4)], x), [[0, 1, 2]])
+    np.testing.assert_array_equal(run([di.Take(-1, axis=2)], x), [[2, 5, 8, 11]])
+
+
+@pytest.mark.parametrize("index", [4, -5])
+def test_take_out_of_range_names_the_layer(index: int) -> None:
+    with pytest.raises(di.ShapeMismatchError) as info:
+        di.infer_shapes(di.LazyModel([di.Take(index, name="pick")]), (2, 4, 3))
+    assert "pick" in str(info.value) and "(2, 4, 3)" in str(info.value)
+
+
+def test_return_sequences_must_be_a_bool() -> None:
+    with pytest.raises(di.SpecError, match="return_sequences"):
+        di.LSTM(4, return_sequences="no")

@@ -1,14 +1,19 @@
+# mypy: allow-subclassing-any
 """The torch builders of :mod:`deferinit.layers_extra` (imported at the end of ``leaves.py``), torch's own
 modules wherever torch has one."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
 from torch import nn
 
 from ... import extend
 from ...layers_extra import HardSigmoid, HardSwish, LeakyReLU, ReLU6, SiLU
-from .leaves import _activation
-from .modules import ANY, Step
+from ...layers_seq import GRU, LSTM, RNN
+from .leaves import _activation, _recurrent
+from .modules import ANY, SPEC, Step
 
 register = extend.register_builder
 register("torch", ReLU6, SiLU, HardSwish, HardSigmoid)(_activation)
@@ -17,3 +22,26 @@ register("torch", ReLU6, SiLU, HardSwish, HardSigmoid)(_activation)
 @register("torch", LeakyReLU)
 def _leaky_relu(layer: LeakyReLU, rank: int | None) -> list[Step]:
     return [Step("", nn.LeakyReLU(layer.negative_slope), ANY)]
+
+
+class LastStep(nn.Module):
+    """``(N, T, H * directions) -> (N, H * directions)``: the forward direction's last step and the backward
+    direction's first (its last), as Keras's ``return_sequences=False``."""
+
+    def __init__(self, directions: int) -> None:
+        super().__init__()
+        self.directions = directions
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        if self.directions == 1:
+            return y[:, -1]
+        h = y.shape[-1] // 2
+        return torch.cat([y[:, -1, :h], y[:, 0, h:]], dim=-1)
+
+
+@register("torch", RNN, GRU, LSTM)
+def _recurrent_last(layer: Any, rank: int | None) -> list[Step]:
+    steps = _recurrent(layer, rank)
+    if layer.return_sequences:
+        return steps
+    return steps + [Step("last", LastStep(len(layer.directions)), SPEC, ANY)]
