@@ -108,3 +108,19 @@ CASES += [
     Case("take_negative", lambda: di.LazyModel([di.Dense(4), di.Take(-2, axis=1), di.Dense(3)]), (2, 5, 3)),
 ]
 BY_ID = {c.id: c for c in CASES}
+CASES += [
+    Case("pools_extra", lambda: di.LazyModel([
+        di.Conv2D(4, 3, padding=1), di.MaxPool2D(3, stride=2, padding=1, ceil_mode=True),
+        di.AvgPool2D(2, stride=2, padding=1, ceil_mode=True),
+        di.AvgPool2D(3, stride=2, padding=1, count_include_pad=False),
+        di.AvgPool2D(2, stride=3, padding=1, ceil_mode=True, count_include_pad=False), di.AdaptiveAvgPool2D((3, 2)),
+        di.Flatten(), di.Dense(3)]), (2, 3, 23, 21)),
+    Case("adaptive_pool", lambda: di.LazyModel([
+        di.Conv2D(4, 3), di.AdaptiveAvgPool2D(3), di.Conv2D(3, 1), di.AdaptiveAvgPool2D((4, 5)), di.Flatten(),
+        di.Dense(2)]), (2, 3, 12, 9)),
+    Case("pools_extra_channels_last", lambda: di.LazyModel([
+        di.Conv2D(4, 3), di.MaxPool2D(2, ceil_mode=True), di.AvgPool2D(3, stride=2, padding=1, ceil_mode=True,
+                                                                      count_include_pad=False),
+        di.AdaptiveAvgPool2D((2, 3)), di.Flatten(), di.Dense(3)], data_format="channels_last"), (2, 12, 11, 3)),
+]
+BY_ID = {c.id: c for c in CASES}

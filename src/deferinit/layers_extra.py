@@ -20,7 +20,7 @@ from .layers_norm import _named_activation
 from .spec import Shape, check_float, check_int, check_tuple
 
 __all__ = ["ReLU6", "SiLU", "HardSwish", "HardSigmoid", "LeakyReLU", "AdaptiveAvgPool2D", "GroupNorm",
-           "LayerScale", "DropPath", "EXTRA_LAYERS", "fill_role"]
+           "LayerScale", "DropPath", "EXTRA_LAYERS", "fill_role", "pool_out"]
 
 ReLU6 = _named_activation("relu6", "``min(max(x, 0), 6)``.")
 SiLU = _named_activation("silu", "``x * sigmoid(x)`` (Swish with beta 1).")
@@ -89,6 +89,16 @@ class GroupNorm(Leaf):
             raise ctx.mismatch(f"a channel count divisible by num_groups={self.num_groups}", f"{c} channels",
                                "choose num_groups dividing the channels")
         return shape, {"weight": ParamSpec((c,), role="scale"), "bias": ParamSpec((c,), role="shift")}
+
+
+def pool_out(size: int, k: int, s: int, p: int, ceil_mode: bool) -> int:
+    """PyTorch's pooled size: floor or ceil of ``(size + 2p - k) / s`` plus one; in ceil mode a last window that
+    would start in the right padding is dropped."""
+    span = size + 2 * p - k
+    out = (-(-span // s) if ceil_mode else span // s) + 1
+    if ceil_mode and (out - 1) * s >= size + p:
+        out -= 1
+    return out
 
 
 def fill_role(value: float) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .layers_extra import pool_out
 from .ops import float_type
 
 __all__ = ["activation_extra", "relu6", "leaky_relu", "gelu_tanh", "pool2d", "pool_out", "adaptive_bins",
@@ -49,16 +50,6 @@ def activation_extra(name: str, x: np.ndarray) -> np.ndarray:
     raise ValueError(name)  # pragma: no cover - names are validated by the spec
 
 
-def pool_out(size: int, k: int, s: int, p: int, ceil_mode: bool) -> int:
-    """PyTorch's pooled size: floor or ceil of ``(size + 2p - k) / s`` plus one; in ceil mode a last window that
-    would start in the right padding is dropped."""
-    span = size + 2 * p - k
-    out = (-(-span // s) if ceil_mode else span // s) + 1
-    if ceil_mode and (out - 1) * s >= size + p:
-        out -= 1
-    return out
-
-
 def pool2d(x: np.ndarray, kind: str, size: tuple[Any, ...], stride: tuple[Any, ...], padding: tuple[Any, ...],
            ceil_mode: bool, count_include_pad: bool) -> np.ndarray:
     """2-D max or average pooling of channels-first ``x`` with PyTorch's semantics, window by window: a window
@@ -80,6 +71,21 @@ def pool2d(x: np.ndarray, kind: str, size: tuple[Any, ...], stride: tuple[Any, .
                 count = (h1 - h0) * (w1 - w0) if count_include_pad else win.shape[2] * win.shape[3]
                 out[:, :, i, j] = win.sum(axis=(2, 3), dtype=np.float64) / count
     return out
+
+
+def pool_divisor(spatial: tuple[int, int], size: tuple[Any, ...], stride: tuple[Any, ...],
+                 padding: tuple[Any, ...], ceil_mode: bool, count_include_pad: bool) -> np.ndarray:
+    """``(out_h, out_w)`` float64: what each average pooling window divides by, as :func:`pool2d`."""
+    outs = [pool_out(d, size[i], stride[i], padding[i], ceil_mode) for i, d in enumerate(spatial)]
+    per_axis = []
+    for i, d in enumerate(spatial):
+        counts = []
+        for o in range(outs[i]):
+            lo = o * stride[i] - padding[i]
+            hi = min(lo + size[i], d + padding[i])
+            counts.append(hi - lo if count_include_pad else min(hi, d) - max(lo, 0))
+        per_axis.append(np.array(counts, np.float64))
+    return np.outer(per_axis[0], per_axis[1])
 
 
 def adaptive_bins(size: int, out: int) -> list[tuple[int, int]]:

@@ -112,3 +112,47 @@ def test_take_out_of_range_names_the_layer(index: int) -> None:
 def test_return_sequences_must_be_a_bool() -> None:
     with pytest.raises(di.SpecError, match="return_sequences"):
         di.LSTM(4, return_sequences="no")
+
+
+def test_pools_ceil_mode_and_count_include_pad_by_hand() -> None:
+    row = np.array([[[[1.0, 2.0, 3.0, 4.0]]]], np.float32)
+    # ceil mode: a second window [2, 5) hangs past the row: it averages 3 and 4, divided by 2 either way
+    for include in (True, False):
+        layer = di.AvgPool2D((1, 3), stride=(1, 2), ceil_mode=True, count_include_pad=include)
+        np.testing.assert_array_equal(run([layer], row), [[[[2.0, 3.5]]]])
+    np.testing.assert_array_equal(run([di.AvgPool2D((1, 3), stride=(1, 2))], row), [[[[2.0]]]])
+    np.testing.assert_array_equal(run([di.MaxPool2D((1, 3), stride=(1, 2), ceil_mode=True)], row), [[[[3.0, 4.0]]]])
+    # padding 1: the padded zero is counted (1 + 2 + 0) / 3, or not (1 + 2) / 2
+    pad = dict(stride=(1, 2), padding=(0, 1))
+    np.testing.assert_allclose(run([di.AvgPool2D((1, 3), **pad)], row), [[[[1.0, 3.0]]]])
+    np.testing.assert_allclose(run([di.AvgPool2D((1, 3), count_include_pad=False, **pad)], row), [[[[1.5, 3.0]]]])
+    # ceil mode with padding: a window that would start in the right padding is dropped (PyTorch's rule):
+    # 3 + 2 - 2 = 3 -> ceil(3 / 2) + 1 = 3 windows, the third starting at 4 = 3 + 1: two remain
+    ones = np.ones((1, 1, 3, 3), np.float32)
+    y = run([di.AvgPool2D(2, stride=2, padding=1, ceil_mode=True)], ones)
+    np.testing.assert_allclose(y, [[[[0.25, 0.5], [0.5, 1.0]]]])
+    assert di.infer_shapes(di.LazyModel([di.MaxPool2D(2, stride=2, padding=1, ceil_mode=True)]),
+                           (1, 1, 3, 3)).output_shape == (1, 1, 2, 2)
+
+
+@pytest.mark.parametrize("make", [lambda: di.MaxPool2D(2, ceil_mode=1), lambda: di.AvgPool2D(2, count_include_pad="no")])
+def test_pool_flags_must_be_bools(make) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(di.SpecError, match="Pool2D"):
+        make()
+
+
+def test_adaptive_avg_pool_bins_by_hand() -> None:
+    # 5 -> 3 bins: [0, 2), [1, 4), [3, 5) (floor(i*5/3), ceil((i+1)*5/3))
+    row = np.array([[[[1.0, 2.0, 3.0, 4.0, 5.0]]]], np.float32)
+    np.testing.assert_allclose(run([di.AdaptiveAvgPool2D((1, 3))], row), [[[[1.5, 3.0, 4.5]]]])
+    # 2 -> 3 bins: [0, 1), [0, 2), [1, 2): bins overlap when the output is larger
+    np.testing.assert_allclose(run([di.AdaptiveAvgPool2D((1, 3))], row[..., :2]), [[[[1.0, 1.5, 2.0]]]])
+    assert di.infer_shapes(di.LazyModel([di.AdaptiveAvgPool2D(7)]), (None, 3, None, None)).output_shape == \
+        (None, 3, 7, 7)
+
+
+def test_adaptive_avg_pool_errors() -> None:
+    with pytest.raises(di.SpecError, match="AdaptiveAvgPool2D.*output_size"):
+        di.AdaptiveAvgPool2D(0)
+    with pytest.raises(di.ShapeMismatchError, match="'gap'"):
+        di.infer_shapes(di.LazyModel([di.AdaptiveAvgPool2D(2, name="gap")]), (2, 3, 8))

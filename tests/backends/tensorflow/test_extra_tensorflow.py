@@ -33,3 +33,14 @@ X = (np.random.default_rng(0).standard_normal((3, 11)) * 5).astype(np.float32)
 ])
 def test_activations_match_keras(layer: di.Layer, native) -> None:  # type: ignore[no-untyped-def]
     np.testing.assert_allclose(run([layer], X), np.asarray(native(X)), rtol=1e-6, atol=1e-6)
+
+
+def test_adaptive_avg_pool_is_keras_own_layer_with_pytorchs_bins() -> None:
+    x = np.random.default_rng(3).standard_normal((2, 3, 7, 10)).astype(np.float32)
+    model = di.compile(di.LazyModel([di.AdaptiveAvgPool2D((3, 4))]), "tensorflow")
+    model.apply_init(x)
+    assert any(isinstance(layer, keras.layers.AdaptiveAveragePooling2D) for layer in model.native.layers)
+    # bins [0, 3), [2, 5), [4, 7) on the rows, [0, 3), [2, 5), [5, 8), [7, 10) on the columns
+    rows, cols = [(0, 3), (2, 5), (4, 7)], [(0, 3), (2, 5), (5, 8), (7, 10)]
+    want = np.array([[x[:, :, a:b, c:d].mean(axis=(2, 3)) for c, d in cols] for a, b in rows]).transpose(2, 3, 0, 1)
+    np.testing.assert_allclose(model.to_numpy(model(x)), want, rtol=1e-5, atol=1e-6)

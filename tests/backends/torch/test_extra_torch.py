@@ -10,12 +10,13 @@ from torch import nn
 import deferinit as di
 
 
-def run(layers: list, x: np.ndarray, weights: dict | None = None, **kw) -> np.ndarray:  # type: ignore[no-untyped-def,type-arg]
-    model = di.compile(di.LazyModel(layers, **kw), "torch")
+def run(layers: list, x: np.ndarray, weights: dict | None = None, backend: str = "torch", **kw) -> np.ndarray:  # type: ignore[no-untyped-def,type-arg]
+    model = di.compile(di.LazyModel(layers, **kw), backend)
     model.apply_init(x)
     if weights:
         model.load_weights({**model.export_weights(), **weights})
-    return np.asarray(model.to_numpy(model(x)))
+    y = model(x)
+    return np.asarray(model.to_numpy(y) if hasattr(model, "to_numpy") else y)
 
 
 def native(module: nn.Module, x: np.ndarray) -> np.ndarray:
@@ -53,3 +54,26 @@ def test_return_sequences_false_is_torchs_final_hidden_state(kind: str, bidirect
     h_n = (out[1][0] if kind == "LSTM" else out[1]).numpy()
     want = np.concatenate([h_n[-2], h_n[-1]], axis=-1) if bidirectional else h_n[-1]
     np.testing.assert_allclose(model.to_numpy(model(x)), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("size, k, s, p", [(7, 2, 2, 1), (8, 3, 3, 1), (9, 3, 2, 1), (6, 2, 3, 0), (10, 4, 3, 2)])
+@pytest.mark.parametrize("ceil_mode", [False, True])
+@pytest.mark.parametrize("which", ["numpy", "torch"])
+def test_pools_match_torch(size: int, k: int, s: int, p: int, ceil_mode: bool, which: str) -> None:
+    # the reference kernel (numpy) and the torch backend, each against torch's own pooling modules
+    x = np.random.default_rng(size).standard_normal((2, 3, size, size + 1)).astype(np.float32)
+    np.testing.assert_allclose(run([di.MaxPool2D(k, stride=s, padding=p, ceil_mode=ceil_mode)], x, backend=which),
+                               native(nn.MaxPool2d(k, s, p, ceil_mode=ceil_mode), x))
+    for include in (True, False):
+        got = run([di.AvgPool2D(k, stride=s, padding=p, ceil_mode=ceil_mode, count_include_pad=include)], x,
+                  backend=which)
+        want = native(nn.AvgPool2d(k, s, p, ceil_mode=ceil_mode, count_include_pad=include), x)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("out", [1, (3, 4), (5, 2), (7, 10), (9, 12)])
+@pytest.mark.parametrize("which", ["numpy", "torch"])
+def test_adaptive_avg_pool_matches_torch(out, which: str) -> None:  # type: ignore[no-untyped-def]
+    x = np.random.default_rng(3).standard_normal((2, 3, 7, 10)).astype(np.float32)
+    np.testing.assert_allclose(run([di.AdaptiveAvgPool2D(out)], x, backend=which),
+                               native(nn.AdaptiveAvgPool2d(out), x), rtol=1e-5, atol=1e-6)

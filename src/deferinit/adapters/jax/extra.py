@@ -8,15 +8,20 @@ import dataclasses
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ...extend import register_builder
-from ...layers_extra import HardSigmoid, HardSwish, LeakyReLU, ReLU6, SiLU
+from ...layers import AvgPool2D, MaxPool2D
+from ...layers_extra import AdaptiveAvgPool2D, HardSigmoid, HardSwish, LeakyReLU, ReLU6, SiLU, pool_out
 from ...layers_seq import GRU, LSTM, RNN
+from ...ops_extra import adaptive_bins, pool_divisor
 from ...shapes import Node
 from . import params as T
 from . import sequence as seq
 from .leaves import _activation
+from .leaves import _pool as _pool_floor
 
 register_builder("jax", ReLU6, SiLU, HardSwish, HardSigmoid)(_activation)
 
@@ -65,3 +70,68 @@ def _recurrent_last(node: Node, cf: bool, name: str) -> T.Made:
         return module, out
     fields = {f.name: getattr(module, f.name) for f in dataclasses.fields(module) if f.init and f.name != "parent"}
     return _last_class(type(module), len(layer.directions))(**fields), out
+
+
+class PoolExtra(nn.Module):
+    """PyTorch's ceil mode and ``count_include_pad=False``: Flax's own ``max_pool``/``avg_pool`` over the input
+    padded by ``p`` before and ``p + e`` after (``e`` the ceil-mode overhang; ``max_pool`` pads with -inf), the
+    output cut to PyTorch's size; an average is Flax's (over the whole window) times the window's size, divided
+    by what PyTorch divides by (a constant of the static spatial size)."""
+
+    kind: str = "max"
+    window: tuple = (2, 2)
+    strides: tuple = (2, 2)
+    padding: tuple = (0, 0)
+    ceil_mode: bool = False
+    count_include_pad: bool = True
+    channels_first: bool = True
+
+    def __call__(self, x: Any, train: bool = False) -> Any:
+        xl = jnp.transpose(x, (0, 2, 3, 1)) if self.channels_first else x
+        sizes = xl.shape[1:3]
+        outs, pads = [], []
+        for n, k, s, p in zip(sizes, self.window, self.strides, self.padding):
+            o = pool_out(n, k, s, p, self.ceil_mode)
+            outs.append(o)
+            pads.append((p, p + max((o - 1) * s + k - (n + 2 * p), 0)))
+        if self.kind == "max":
+            y = nn.max_pool(xl, self.window, self.strides, tuple(pads))[:, :outs[0], :outs[1]]
+        else:
+            y = nn.avg_pool(xl, self.window, self.strides, tuple(pads), count_include_pad=True)[:, :outs[0], :outs[1]]
+            divisor = pool_divisor(sizes, self.window, self.strides, self.padding, self.ceil_mode,
+                                   self.count_include_pad)
+            y = y * jnp.asarray((float(np.prod(self.window)) / divisor)[None, :, :, None], y.dtype)
+        return jnp.transpose(y, (0, 3, 1, 2)) if self.channels_first else y
+
+
+@register_builder("jax", MaxPool2D, AvgPool2D)
+def _pool(node: Node, cf: bool, name: str) -> T.Made:
+    layer: Any = node.layer
+    include = getattr(layer, "count_include_pad", True)
+    if not layer.ceil_mode and include:
+        return _pool_floor(node, cf, name)
+    return PoolExtra("max" if isinstance(layer, MaxPool2D) else "avg", tuple(layer.pool_size), tuple(layer.strides),
+                     tuple(layer.padding), layer.ceil_mode, include, cf, name=name), {}
+
+
+class AdaptiveAvgPool(nn.Module):
+    """PyTorch's adaptive average pooling: the mean of each bin ``[floor(i * n / out), ceil((i + 1) * n / out))``
+    (Flax has no adaptive pooling; the bins are static slices of the traced shape)."""
+
+    output_size: tuple = (1, 1)
+    channels_first: bool = True
+
+    def __call__(self, x: Any, train: bool = False) -> Any:
+        ha, wa = (2, 3) if self.channels_first else (1, 2)
+        rows = []
+        for h0, h1 in adaptive_bins(x.shape[ha], self.output_size[0]):
+            band = jax.lax.slice_in_dim(x, h0, h1, axis=ha)
+            rows.append(jnp.stack([jnp.mean(jax.lax.slice_in_dim(band, w0, w1, axis=wa), axis=(ha, wa))
+                                   for w0, w1 in adaptive_bins(x.shape[wa], self.output_size[1])], axis=-1))
+        y = jnp.stack(rows, axis=-2)  # (N, C, h, w)
+        return y if self.channels_first else jnp.transpose(y, (0, 2, 3, 1))
+
+
+@register_builder("jax", AdaptiveAvgPool2D)
+def _adaptive_avg_pool(node: Node, cf: bool, name: str) -> T.Made:
+    return AdaptiveAvgPool(tuple(node.layer.output_size), cf, name=name), {}  # type: ignore[attr-defined]

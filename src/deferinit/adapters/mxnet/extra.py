@@ -10,9 +10,10 @@ from mxnet import gluon
 from mxnet.gluon import nn
 
 from ...extend import register_builder
-from ...layers_extra import HardSigmoid, HardSwish, LeakyReLU, ReLU6, SiLU
+from ...layers import AvgPool2D, MaxPool2D
+from ...layers_extra import AdaptiveAvgPool2D, HardSigmoid, HardSwish, LeakyReLU, ReLU6, SiLU
 from ...layers_seq import GRU, LSTM, RNN
-from . import sequence
+from . import nan, sequence
 from .leaves import Built, _activation
 
 register_builder("mxnet", ReLU6, SiLU, HardSwish, HardSigmoid)(_activation)
@@ -50,3 +51,68 @@ def _recurrent_last(layer: Any, fmt: str) -> Built:
     if layer.return_sequences:
         return block, params
     return LastStep(block, len(layer.directions)), params
+
+
+class CeilCrop(gluon.HybridBlock):
+    """Gluon's ceil-mode pooling (``pooling_convention="full"``), whose windows and divisors are PyTorch's, cut to
+    PyTorch's size: MXNet keeps a last window that starts in the right padding, PyTorch drops it. PyTorch's size
+    is ``1 + floor((n + m) / s)``, ``m = min(2p - k + s - 1, p - 1)``: the length of a stride-``s`` slice of the
+    input padded by ``m + 1`` before (or started at ``-(m + 1)``), which ``slice_like`` copies."""
+
+    def __init__(self, pool: gluon.HybridBlock, kernel: tuple, stride: tuple, padding: tuple, fmt: str) -> None:
+        super().__init__()
+        with self.name_scope():
+            self.pool = pool
+        self.axes = (2, 3) if fmt == "channels_first" else (1, 2)
+        self.stride = tuple(stride)
+        self.m = tuple(min(2 * p - k + s - 1, p - 1) for k, s, p in zip(kernel, stride, padding))
+
+    def hybrid_forward(self, F, x):  # type: ignore[no-untyped-def]
+        y = self.pool(x)
+        ref = x
+        for axis, s, m in zip(self.axes, self.stride, self.m):
+            if m + 1 > 0:  # pad the axis before by m + 1 (a concat of zeros: F.pad wants every axis at once)
+                zeros = F.zeros_like(F.slice_axis(ref, axis=axis, begin=0, end=1))
+                ref = F.concat(*([zeros] * (m + 1) + [ref]), dim=axis)
+                start = 0
+            else:
+                start = -(m + 1)
+            ref = F.slice_axis(ref, axis=axis, begin=start, end=None)
+            begin, end, step = [None] * 4, [None] * 4, [1] * 4
+            step[axis] = s
+            ref = F.slice(ref, begin=tuple(begin), end=tuple(end), step=tuple(step))
+        return F.slice_like(y, ref, axes=self.axes)
+
+
+@register_builder("mxnet", MaxPool2D, AvgPool2D)
+def _pool(layer: Any, fmt: str) -> Built:
+    include = getattr(layer, "count_include_pad", True)
+    common = dict(strides=layer.strides, padding=layer.padding, layout="NCHW" if fmt == "channels_first" else "NHWC",
+                  ceil_mode=layer.ceil_mode)
+    if isinstance(layer, MaxPool2D):
+        pool = nan.MaxPool2D(layer.pool_size, **common)
+    else:
+        pool = nn.AvgPool2D(layer.pool_size, count_include_pad=include, **common)
+    if not layer.ceil_mode:
+        return pool, {}
+    return CeilCrop(pool, layer.pool_size, layer.strides, layer.padding, fmt), {}
+
+
+class AdaptiveAvgPool(gluon.HybridBlock):
+    """MXNet's own ``contrib.AdaptiveAvgPooling2D`` (PyTorch's bins; channels-first only, so channels-last data is
+    transposed around it)."""
+
+    def __init__(self, output_size: tuple, fmt: str) -> None:
+        super().__init__()
+        self.output_size, self.channels_last = tuple(output_size), fmt == "channels_last"
+
+    def hybrid_forward(self, F, x):  # type: ignore[no-untyped-def]
+        if self.channels_last:
+            x = F.transpose(x, axes=(0, 3, 1, 2))
+        y = F.contrib.AdaptiveAvgPooling2D(x, output_size=self.output_size)
+        return F.transpose(y, axes=(0, 2, 3, 1)) if self.channels_last else y
+
+
+@register_builder("mxnet", AdaptiveAvgPool2D)
+def _adaptive_avg_pool(layer: AdaptiveAvgPool2D, fmt: str) -> Built:
+    return AdaptiveAvgPool(layer.output_size, fmt), {}

@@ -8,10 +8,11 @@ import numpy as np
 
 from ... import ops_extra
 from ...extend import builder_for, register_builder
-from ...layers_extra import HardSigmoid, HardSwish, LeakyReLU, ReLU6, SiLU
+from ...layers import AvgPool2D, MaxPool2D
+from ...layers_extra import AdaptiveAvgPool2D, HardSigmoid, HardSwish, LeakyReLU, ReLU6, SiLU
 from ...layers_seq import GRU, LSTM, RNN
 from ...shapes import Node
-from .leaves import _activation
+from .leaves import _activation, _from_cf, _to_cf
 from .modules import NumpyNet
 
 register_builder("numpy", ReLU6, SiLU, HardSwish, HardSigmoid)(_activation)
@@ -31,3 +32,24 @@ def _recurrent(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.n
     layer: Any = node.layer
     y: np.ndarray = _recurrent_all(net, node, x, training)  # type: ignore[misc]
     return y if layer.return_sequences else ops_extra.last_step(y, len(layer.directions))
+
+
+_pool_floor = builder_for("numpy", MaxPool2D)
+assert _pool_floor is not None
+
+
+@register_builder("numpy", MaxPool2D, AvgPool2D)
+def _pool(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
+    layer: Any = node.layer
+    include = getattr(layer, "count_include_pad", True)
+    if not layer.ceil_mode and include:
+        y: np.ndarray = _pool_floor(net, node, x, training)  # type: ignore[misc]
+        return y
+    kind = "max" if isinstance(layer, MaxPool2D) else "avg"
+    return _from_cf(net, ops_extra.pool2d(_to_cf(net, x), kind, layer.pool_size, layer.strides, layer.padding,
+                                          layer.ceil_mode, include))
+
+
+@register_builder("numpy", AdaptiveAvgPool2D)
+def _adaptive_avg_pool(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
+    return _from_cf(net, ops_extra.adaptive_avg_pool2d(_to_cf(net, x), cast(Any, node.layer).output_size))

@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from ... import extend
-from ...layers_extra import HardSigmoid, HardSwish, LeakyReLU, ReLU6, SiLU
+from ...layers import AvgPool2D, MaxPool2D
+from ...layers_extra import AdaptiveAvgPool2D, HardSigmoid, HardSwish, LeakyReLU, ReLU6, SiLU
 from ...shapes import Node
 
 # isort: off
@@ -14,7 +15,9 @@ from . import backend  # noqa: F401  first: it checks and sets KERAS_BACKEND bef
 import keras
 # isort: on
 
+from . import extra_layers as el
 from .leaves import _activation
+from .leaves import _pool as _pool_floor
 
 register = extend.register_builder
 register("tensorflow", ReLU6, SiLU, HardSwish, HardSigmoid)(_activation)
@@ -23,3 +26,21 @@ register("tensorflow", ReLU6, SiLU, HardSwish, HardSigmoid)(_activation)
 @register("tensorflow", LeakyReLU)
 def _leaky_relu(node: Node, fmt: str) -> Any:
     return keras.layers.LeakyReLU(negative_slope=node.layer.negative_slope, name=node.path)  # type: ignore[attr-defined]
+
+
+@register("tensorflow", MaxPool2D, AvgPool2D)
+def _pool(node: Node, fmt: str) -> Any:
+    s: Any = node.layer
+    include = getattr(s, "count_include_pad", True)
+    if not s.ceil_mode and include:
+        return _pool_floor(node, fmt)
+    cls = el.MaxPool2DExtra if isinstance(s, MaxPool2D) else el.AvgPool2DExtra
+    return cls(pool_size=s.pool_size, strides=s.strides, pads=s.padding, ceil_mode=s.ceil_mode,
+               count_include_pad=include, data_format=fmt, name=node.path)
+
+
+@register("tensorflow", AdaptiveAvgPool2D)
+def _adaptive_avg_pool(node: Node, fmt: str) -> Any:
+    # Keras's own: its bins are PyTorch's (checked in tests/backends/tensorflow/test_extra_tensorflow.py)
+    return el.AdaptiveAvgPool2D(tuple(node.layer.output_size), data_format=fmt,  # type: ignore[attr-defined]
+                                name=node.path)

@@ -10,10 +10,11 @@ import torch
 from torch import nn
 
 from ... import extend
-from ...layers_extra import HardSigmoid, HardSwish, LeakyReLU, ReLU6, SiLU
+from ...layers import AvgPool2D, MaxPool2D
+from ...layers_extra import AdaptiveAvgPool2D, HardSigmoid, HardSwish, LeakyReLU, ReLU6, SiLU
 from ...layers_seq import GRU, LSTM, RNN
 from .leaves import _activation, _recurrent
-from .modules import ANY, SPEC, Step
+from .modules import ANY, CF, SPEC, Step
 
 register = extend.register_builder
 register("torch", ReLU6, SiLU, HardSwish, HardSigmoid)(_activation)
@@ -45,3 +46,16 @@ def _recurrent_last(layer: Any, rank: int | None) -> list[Step]:
     if layer.return_sequences:
         return steps
     return steps + [Step("last", LastStep(len(layer.directions)), SPEC, ANY)]
+
+
+@register("torch", MaxPool2D, AvgPool2D)
+def _pool(layer: Any, rank: int | None) -> list[Step]:
+    if isinstance(layer, MaxPool2D):  # pads with -inf
+        return [Step("", nn.MaxPool2d(layer.pool_size, layer.strides, layer.padding, ceil_mode=layer.ceil_mode), CF)]
+    return [Step("", nn.AvgPool2d(layer.pool_size, layer.strides, layer.padding, ceil_mode=layer.ceil_mode,
+                                  count_include_pad=layer.count_include_pad), CF)]
+
+
+@register("torch", AdaptiveAvgPool2D)
+def _adaptive_avg_pool(layer: AdaptiveAvgPool2D, rank: int | None) -> list[Step]:
+    return [Step("", nn.AdaptiveAvgPool2d(tuple(layer.output_size)), CF)]

@@ -1,0 +1,51 @@
+"""deferinit.layers_extra and the new options on every selected backend, against the reference kernels (each
+checked against hand-derived numbers in tests/core/test_layers_extra_core.py and against torch's own modules in
+tests/backends/torch/test_extra_torch.py), over more geometries than the shared cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import deferinit as di
+
+
+def run(backend: str, layers: list, x: np.ndarray, **kw) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def,type-arg]
+    """The backend's output and the reference's, with the backend's own initial weights."""
+    model = di.compile(di.LazyModel(layers, **kw), backend)
+    model.apply_init(x)
+    weights = model.export_weights()
+    y = model(x)
+    y = np.asarray(model.to_numpy(y) if hasattr(model, "to_numpy") else y)
+    ref = di.compile(di.LazyModel(layers, **kw), "numpy")
+    ref.load_weights(weights, input_shape=x.shape)
+    return y, np.asarray(ref(x))
+
+
+POOLS = [(7, 2, 2, 1), (8, 3, 3, 1), (9, 3, 2, 1), (6, 2, 3, 0), (10, 4, 3, 2)]
+
+
+@pytest.mark.parametrize("size, k, s, p", POOLS)
+@pytest.mark.parametrize("fmt", ["channels_first", "channels_last"])
+def test_pools_match_the_reference(backend: str, size: int, k: int, s: int, p: int, fmt: str) -> None:
+    x = np.random.default_rng(size).standard_normal((2, size, size + 1, 3)).astype(np.float32)
+    if fmt == "channels_first":
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    for layer in (di.MaxPool2D(k, stride=s, padding=p, ceil_mode=True),
+                  di.AvgPool2D(k, stride=s, padding=p, ceil_mode=True),
+                  di.AvgPool2D(k, stride=s, padding=p, ceil_mode=True, count_include_pad=False),
+                  di.AvgPool2D(k, stride=s, padding=p, count_include_pad=False)):
+        y, want = run(backend, [layer], x, data_format=fmt)
+        assert y.shape == want.shape, layer
+        np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6, err_msg=repr(layer))
+
+
+@pytest.mark.parametrize("out", [1, (3, 4), (5, 2), (7, 10), (9, 12)])
+@pytest.mark.parametrize("fmt", ["channels_first", "channels_last"])
+def test_adaptive_avg_pool_matches_the_reference(backend: str, out, fmt: str) -> None:  # type: ignore[no-untyped-def]
+    x = np.random.default_rng(3).standard_normal((2, 7, 10, 3)).astype(np.float32)
+    if fmt == "channels_first":
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    y, want = run(backend, [di.AdaptiveAvgPool2D(out)], x, data_format=fmt)
+    assert y.shape == want.shape
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)
