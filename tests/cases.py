@@ -124,3 +124,13 @@ CASES += [
         di.AdaptiveAvgPool2D((2, 3)), di.Flatten(), di.Dense(3)], data_format="channels_last"), (2, 12, 11, 3)),
 ]
 BY_ID = {c.id: c for c in CASES}
+CASES += [
+    Case("groupnorm", lambda: di.LazyModel([
+        di.Conv2D(8, 3, padding=1), di.GroupNorm(4), di.ReLU(), di.Conv2D(6, 3), di.GroupNorm(3, eps=1e-3),
+        di.Conv2D(4, 1), di.GroupNorm(1), di.GroupNorm(4), di.Flatten(), di.Dense(6), di.GroupNorm(2),
+        di.Dense(3)]), (2, 3, 8, 7)),
+    Case("groupnorm_channels_last", lambda: di.LazyModel([
+        di.Conv2D(6, 3), di.GroupNorm(3), di.Conv2D(4, 1), di.GroupNorm(2),
+        di.GlobalAvgPool2D(), di.Dense(2)], data_format="channels_last"), (2, 7, 8, 3)),
+]
+BY_ID = {c.id: c for c in CASES}

@@ -49,3 +49,12 @@ def test_adaptive_avg_pool_matches_the_reference(backend: str, out, fmt: str) ->
     y, want = run(backend, [di.AdaptiveAvgPool2D(out)], x, data_format=fmt)
     assert y.shape == want.shape
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)
+
+
+def test_group_norm_groups_not_dividing_channels_is_refused_before_the_framework(backend: str) -> None:
+    model = di.compile(di.LazyModel([di.Conv2D(6, 1), di.GroupNorm(4, name="gn")]), backend)
+    with pytest.raises(di.ShapeMismatchError) as info:
+        model.apply_init(np.zeros((2, 3, 5, 5), np.float32))
+    assert "'gn'" in str(info.value) and "num_groups=4" in str(info.value)
+    with pytest.raises(di.NotInitializedError):
+        model.report  # nothing half-initialized

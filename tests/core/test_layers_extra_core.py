@@ -156,3 +156,27 @@ def test_adaptive_avg_pool_errors() -> None:
         di.AdaptiveAvgPool2D(0)
     with pytest.raises(di.ShapeMismatchError, match="'gap'"):
         di.infer_shapes(di.LazyModel([di.AdaptiveAvgPool2D(2, name="gap")]), (2, 3, 8))
+
+
+def test_group_norm_by_hand() -> None:
+    x = np.array([[[[0.0, 2.0]], [[4.0, 6.0]]]], np.float32)  # (1, 2, 1, 2): channel 0 = [0, 2], channel 1 = [4, 6]
+    w = {"0.weight": np.array([2.0, 3.0], np.float32), "0.bias": np.array([0.0, 1.0], np.float32)}
+    eps = 1e-5
+    per_channel = run([di.GroupNorm(2)], x, w)  # each channel alone: mean 1 / 5, variance 1
+    z = np.array([-1.0, 1.0]) / np.sqrt(1 + eps)
+    np.testing.assert_allclose(per_channel[0, :, 0], [2 * z, 3 * z + 1], rtol=1e-5)
+    together = run([di.GroupNorm(1)], x, w)  # one group: mean 3, variance (9 + 1 + 1 + 9) / 4 = 5
+    z = (np.array([0.0, 2.0, 4.0, 6.0]) - 3) / np.sqrt(5 + eps)
+    np.testing.assert_allclose(together[0, :, 0].ravel(), [2 * z[0], 2 * z[1], 3 * z[2] + 1, 3 * z[3] + 1], rtol=1e-5)
+
+
+def test_group_norm_errors() -> None:
+    with pytest.raises(di.SpecError, match="GroupNorm.*num_groups"):
+        di.GroupNorm(0)
+    with pytest.raises(di.SpecError, match="GroupNorm.*eps"):
+        di.GroupNorm(2, eps=0)
+    with pytest.raises(TypeError):
+        di.GroupNorm(2, 1e-3)  # type: ignore[misc]
+    with pytest.raises(di.ShapeMismatchError) as info:
+        di.infer_shapes(di.LazyModel([di.Conv2D(6, 1), di.GroupNorm(4, name="gn")]), (2, 3, 5, 5))
+    assert "'gn'" in str(info.value) and "num_groups=4" in str(info.value) and "6 channels" in str(info.value)

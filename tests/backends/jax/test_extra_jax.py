@@ -32,3 +32,17 @@ def test_activations_match_flax(layer: di.Layer, native) -> None:  # type: ignor
     np.testing.assert_allclose(run([layer], X), np.asarray(native(jnp.asarray(X))), rtol=1e-6, atol=1e-6)
 
 
+
+
+@pytest.mark.parametrize("fmt", ["channels_first", "channels_last"])
+def test_group_norm_is_flax_group_norm(fmt: str) -> None:
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((2, 5, 4, 6)) * 3 + 1).astype(np.float32)  # channels last
+    gamma, beta = rng.standard_normal(6).astype(np.float32), rng.standard_normal(6).astype(np.float32)
+    ref = nn.GroupNorm(num_groups=3, epsilon=1e-3, use_fast_variance=False)
+    want = np.asarray(ref.apply({"params": {"scale": gamma, "bias": beta}}, jnp.asarray(x)))
+    if fmt == "channels_first":
+        x, want = x.transpose(0, 3, 1, 2), want.transpose(0, 3, 1, 2)
+    got = run([di.GroupNorm(3, eps=1e-3)], np.ascontiguousarray(x), {"0.weight": gamma, "0.bias": beta},
+              data_format=fmt)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

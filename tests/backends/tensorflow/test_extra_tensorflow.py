@@ -44,3 +44,17 @@ def test_adaptive_avg_pool_is_keras_own_layer_with_pytorchs_bins() -> None:
     rows, cols = [(0, 3), (2, 5), (4, 7)], [(0, 3), (2, 5), (5, 8), (7, 10)]
     want = np.array([[x[:, :, a:b, c:d].mean(axis=(2, 3)) for c, d in cols] for a, b in rows]).transpose(2, 3, 0, 1)
     np.testing.assert_allclose(model.to_numpy(model(x)), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("fmt", ["channels_first", "channels_last"])
+def test_group_norm_is_keras_group_normalization(fmt: str) -> None:
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((2, 6, 5, 4)) * 3 + 1).astype(np.float32)
+    gamma, beta = rng.standard_normal(6).astype(np.float32), rng.standard_normal(6).astype(np.float32)
+    if fmt == "channels_last":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    ref = keras.layers.GroupNormalization(3, axis=1 if fmt == "channels_first" else -1, epsilon=1e-3)
+    ref.build(x.shape)
+    ref.set_weights([gamma, beta])
+    got = run([di.GroupNorm(3, eps=1e-3)], x, {"0.weight": gamma, "0.bias": beta}, data_format=fmt)
+    np.testing.assert_allclose(got, np.asarray(ref(x)), rtol=1e-5, atol=1e-5)

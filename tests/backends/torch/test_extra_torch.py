@@ -77,3 +77,16 @@ def test_adaptive_avg_pool_matches_torch(out, which: str) -> None:  # type: igno
     x = np.random.default_rng(3).standard_normal((2, 3, 7, 10)).astype(np.float32)
     np.testing.assert_allclose(run([di.AdaptiveAvgPool2D(out)], x, backend=which),
                                native(nn.AdaptiveAvgPool2d(out), x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape, groups", [((2, 6, 5, 4), 3), ((2, 6, 5), 2), ((3, 4), 4), ((2, 8, 3, 3), 1)])
+@pytest.mark.parametrize("which", ["numpy", "torch"])
+def test_group_norm_matches_torch(shape: tuple, groups: int, which: str) -> None:
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal(shape) * 3 + 1).astype(np.float32)
+    c = shape[1]
+    w = {"0.weight": rng.standard_normal(c).astype(np.float32), "0.bias": rng.standard_normal(c).astype(np.float32)}
+    ref = nn.GroupNorm(groups, c, eps=1e-3)
+    ref.load_state_dict({k[2:]: torch.from_numpy(v) for k, v in w.items()})
+    np.testing.assert_allclose(run([di.GroupNorm(groups, eps=1e-3)], x, w, backend=which), native(ref, x),
+                               rtol=1e-5, atol=1e-5)

@@ -14,7 +14,7 @@ import numpy as np
 
 from ...extend import register_builder
 from ...layers import AvgPool2D, MaxPool2D
-from ...layers_extra import AdaptiveAvgPool2D, HardSigmoid, HardSwish, LeakyReLU, ReLU6, SiLU, pool_out
+from ...layers_extra import AdaptiveAvgPool2D, GroupNorm, HardSigmoid, HardSwish, LeakyReLU, ReLU6, SiLU, pool_out
 from ...layers_seq import GRU, LSTM, RNN
 from ...ops_extra import adaptive_bins, pool_divisor
 from ...shapes import Node
@@ -135,3 +135,26 @@ class AdaptiveAvgPool(nn.Module):
 @register_builder("jax", AdaptiveAvgPool2D)
 def _adaptive_avg_pool(node: Node, cf: bool, name: str) -> T.Made:
     return AdaptiveAvgPool(tuple(node.layer.output_size), cf, name=name), {}  # type: ignore[attr-defined]
+
+
+class GroupNormModule(nn.GroupNorm):
+    """Flax's own ``nn.GroupNorm`` (channels last: channels-first data is transposed around it);
+    ``use_fast_variance=False`` as for LayerNorm: ``E[x^2] - E[x]^2`` loses digits the reference keeps."""
+
+    channels_first: bool = True
+
+    def __call__(self, x: Any, train: bool = False) -> Any:  # type: ignore[override]
+        if not self.channels_first or x.ndim == 2:
+            return super().__call__(x)
+        to_last = (0,) + tuple(range(2, x.ndim)) + (1,)
+        to_first = (0, x.ndim - 1) + tuple(range(1, x.ndim - 1))
+        return jnp.transpose(super().__call__(jnp.transpose(x, to_last)), to_first)
+
+
+@register_builder("jax", GroupNorm)
+def _group_norm(node: Node, cf: bool, name: str) -> T.Made:
+    layer: Any = node.layer
+    m = GroupNormModule(num_groups=layer.num_groups, epsilon=layer.eps, use_fast_variance=False, channels_first=cf,
+                        name=name)
+    return m, {"weight": T.One(T.Leaf("params", "scale", m.scale_init)),
+               "bias": T.One(T.Leaf("params", "bias", m.bias_init))}

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from mxnet import gluon
+from mxnet import gluon, symbol
 from mxnet.gluon import nn
 
 from ...extend import register_builder
 from ...layers import AvgPool2D, MaxPool2D
-from ...layers_extra import AdaptiveAvgPool2D, HardSigmoid, HardSwish, LeakyReLU, ReLU6, SiLU
+from ...layers_extra import AdaptiveAvgPool2D, GroupNorm, HardSigmoid, HardSwish, LeakyReLU, ReLU6, SiLU
 from ...layers_seq import GRU, LSTM, RNN
 from . import nan, sequence
+from .graph import traced_rank
 from .leaves import Built, _activation
 
 register_builder("mxnet", ReLU6, SiLU, HardSwish, HardSigmoid)(_activation)
@@ -116,3 +117,37 @@ class AdaptiveAvgPool(gluon.HybridBlock):
 @register_builder("mxnet", AdaptiveAvgPool2D)
 def _adaptive_avg_pool(layer: AdaptiveAvgPool2D, fmt: str) -> Built:
     return AdaptiveAvgPool(layer.output_size, fmt), {}
+
+
+class GroupNormBlock(gluon.HybridBlock):
+    """MXNet's ``GroupNorm`` operator with a unit scale and zero shift per group, then the spec's per-channel
+    ``gamma``/``beta`` (Gluon's ``nn.GroupNorm`` holds them per group); their size is deferred to Gluon's shape
+    inference. Channels-last data is transposed around it; (N, C) data is normalized as (N, C, 1)."""
+
+    def __init__(self, num_groups: int, eps: float, fmt: str) -> None:
+        super().__init__()
+        self.num_groups, self.eps, self.channels_last = num_groups, eps, fmt == "channels_last"
+        with self.name_scope():
+            self.gamma = self.params.get("gamma", shape=(0,), init="ones", allow_deferred_init=True)
+            self.beta = self.params.get("beta", shape=(0,), init="zeros", allow_deferred_init=True)
+
+    def hybrid_forward(self, F, x, gamma, beta):  # type: ignore[no-untyped-def]
+        rank = x.ndim if F is not symbol else (traced_rank(x) or 4)
+        last = self.channels_last and rank > 2
+        if last:
+            x = F.transpose(x, axes=(0, rank - 1) + tuple(range(1, rank - 1)))
+        like = F.sum(x, axis=1, exclude=True)  # (C,)
+        gamma = F._internal._identity_with_attr_like_rhs(gamma, like)
+        beta = F._internal._identity_with_attr_like_rhs(beta, like)
+        data = F.reshape(x, shape=(0, 0, -1))  # (N, C, L): any rank, (N, C) included
+        g = self.num_groups
+        y = F.GroupNorm(data, F.ones(shape=(g,)), F.zeros(shape=(g,)), num_groups=g, eps=self.eps)
+        y = F.broadcast_add(F.broadcast_mul(y, F.reshape(gamma, shape=(1, -1, 1))), F.reshape(beta, shape=(1, -1, 1)))
+        y = F.reshape_like(y, x)
+        return F.transpose(y, axes=(0,) + tuple(range(2, rank)) + (1,)) if last else y
+
+
+@register_builder("mxnet", GroupNorm)
+def _group_norm(layer: GroupNorm, fmt: str) -> Built:
+    block = GroupNormBlock(layer.num_groups, layer.eps, fmt)
+    return block, {"weight": block.gamma, "bias": block.beta}

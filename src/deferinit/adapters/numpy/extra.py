@@ -9,7 +9,7 @@ import numpy as np
 from ... import ops_extra
 from ...extend import builder_for, register_builder
 from ...layers import AvgPool2D, MaxPool2D
-from ...layers_extra import AdaptiveAvgPool2D, HardSigmoid, HardSwish, LeakyReLU, ReLU6, SiLU
+from ...layers_extra import AdaptiveAvgPool2D, GroupNorm, HardSigmoid, HardSwish, LeakyReLU, ReLU6, SiLU
 from ...layers_seq import GRU, LSTM, RNN
 from ...shapes import Node
 from .leaves import _activation, _from_cf, _to_cf
@@ -53,3 +53,10 @@ def _pool(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarra
 @register_builder("numpy", AdaptiveAvgPool2D)
 def _adaptive_avg_pool(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
     return _from_cf(net, ops_extra.adaptive_avg_pool2d(_to_cf(net, x), cast(Any, node.layer).output_size))
+
+
+@register_builder("numpy", GroupNorm)
+def _group_norm(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
+    layer: Any = node.layer
+    return _from_cf(net, ops_extra.group_norm(_to_cf(net, x), layer.num_groups, net.params[node.param_name("weight")],
+                                              net.params[node.param_name("bias")], layer.eps))

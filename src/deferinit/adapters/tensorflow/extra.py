@@ -7,7 +7,7 @@ from typing import Any
 
 from ... import extend
 from ...layers import AvgPool2D, MaxPool2D
-from ...layers_extra import AdaptiveAvgPool2D, HardSigmoid, HardSwish, LeakyReLU, ReLU6, SiLU
+from ...layers_extra import AdaptiveAvgPool2D, GroupNorm, HardSigmoid, HardSwish, LeakyReLU, ReLU6, SiLU
 from ...shapes import Node
 
 # isort: off
@@ -16,6 +16,7 @@ import keras
 # isort: on
 
 from . import extra_layers as el
+from . import params
 from .leaves import _activation
 from .leaves import _pool as _pool_floor
 
@@ -44,3 +45,15 @@ def _adaptive_avg_pool(node: Node, fmt: str) -> Any:
     # Keras's own: its bins are PyTorch's (checked in tests/backends/tensorflow/test_extra_tensorflow.py)
     return el.AdaptiveAvgPool2D(tuple(node.layer.output_size), data_format=fmt,  # type: ignore[attr-defined]
                                 name=node.path)
+
+
+# where the canonical parameters live (no kernel initializer: norm scales start at one, shifts at zero)
+params.PARAMS[GroupNorm] = (("weight", "gamma", params.SAME), ("bias", "beta", params.SAME))
+
+
+@register("tensorflow", GroupNorm)
+def _group_norm(node: Node, fmt: str) -> Any:
+    s: Any = node.layer
+    # Keras's own; the channel axis: 1 for channels_first (and for (N, C) data either way), last otherwise
+    return keras.layers.GroupNormalization(s.num_groups, axis=1 if fmt == "channels_first" else -1, epsilon=s.eps,
+                                           name=node.path)

@@ -8,13 +8,15 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parameter import UninitializedParameter
 
 from ... import extend
 from ...layers import AvgPool2D, MaxPool2D
-from ...layers_extra import AdaptiveAvgPool2D, HardSigmoid, HardSwish, LeakyReLU, ReLU6, SiLU
+from ...layers_extra import AdaptiveAvgPool2D, GroupNorm, HardSigmoid, HardSwish, LeakyReLU, ReLU6, SiLU
 from ...layers_seq import GRU, LSTM, RNN
 from .leaves import _activation, _recurrent
-from .modules import ANY, CF, SPEC, Step
+from .modules import ANY, CF, F32, SPEC, Step
 
 register = extend.register_builder
 register("torch", ReLU6, SiLU, HardSwish, HardSigmoid)(_activation)
@@ -59,3 +61,34 @@ def _pool(layer: Any, rank: int | None) -> list[Step]:
 @register("torch", AdaptiveAvgPool2D)
 def _adaptive_avg_pool(layer: AdaptiveAvgPool2D, rank: int | None) -> list[Step]:
     return [Step("", nn.AdaptiveAvgPool2d(tuple(layer.output_size)), CF)]
+
+
+class LazyGroupNorm(LazyModuleMixin, nn.GroupNorm):
+    """``nn.GroupNorm`` whose channel count torch infers from the first input (as ``modules.LazyLayerNorm``):
+    uninitialized parameters materialized on the first call, then the module becomes a plain ``nn.GroupNorm``."""
+
+    cls_to_become = nn.GroupNorm
+    weight: UninitializedParameter
+    bias: UninitializedParameter
+
+    def __init__(self, num_groups: int, eps: float = 1e-5, dtype: Any = None) -> None:
+        super().__init__(num_groups, 0, eps=eps, affine=True, dtype=dtype)
+        self.weight = UninitializedParameter(dtype=dtype)
+        self.bias = UninitializedParameter(dtype=dtype)
+
+    def reset_parameters(self) -> None:
+        if not self.has_uninitialized_params() and self.num_channels != 0:
+            super().reset_parameters()
+
+    def initialize_parameters(self, x: torch.Tensor) -> None:  # type: ignore[override]
+        if self.has_uninitialized_params():
+            with torch.no_grad():
+                self.num_channels = int(x.shape[1])
+                self.weight.materialize((self.num_channels,))
+                self.bias.materialize((self.num_channels,))
+                self.reset_parameters()
+
+
+@register("torch", GroupNorm)
+def _group_norm(layer: GroupNorm, rank: int | None) -> list[Step]:
+    return [Step("", LazyGroupNorm(layer.num_groups, eps=layer.eps, dtype=F32), CF)]
