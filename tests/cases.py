@@ -134,3 +134,13 @@ CASES += [
         di.GlobalAvgPool2D(), di.Dense(2)], data_format="channels_last"), (2, 7, 8, 3)),
 ]
 BY_ID = {c.id: c for c in CASES}
+CASES += [
+    Case("layernorm_axis", lambda: di.LazyModel([
+        di.Conv2D(6, 3, padding=1), di.LayerNorm(axis="channels"), di.Conv2D(4, 1), di.LayerNorm(axis=1, eps=1e-6),
+        di.LayerNorm(axis=2), di.LayerNorm(axis=-2), di.LayerNorm(), di.Flatten(), di.Dense(5),
+        di.LayerNorm(axis="channels"), di.Dense(3)]), (2, 3, 5, 7)),
+    Case("layernorm_axis_channels_last", lambda: di.LazyModel([
+        di.Conv2D(6, 3), di.LayerNorm(axis="channels"), di.LayerNorm(axis=1), di.Conv2D(4, 1),
+        di.GlobalAvgPool2D(), di.Dense(2)], data_format="channels_last"), (2, 7, 8, 3)),
+]
+BY_ID = {c.id: c for c in CASES}

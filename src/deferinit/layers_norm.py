@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import KW_ONLY, dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from .errors import SpecError, fmt_shape
 from .layers_base import Leaf, ParamSpec, RuleContext
@@ -42,18 +42,33 @@ class BatchNorm(Leaf):
 
 @dataclass(frozen=True, eq=False, repr=False)
 class LayerNorm(Leaf):
-    """Layer normalization over the last axis, with a learned scale and shift."""
+    """Layer normalization over one axis, with a learned scale and shift along it: ``axis=-1`` the last (the
+    default), an int, or ``"channels"``: the data format's channel axis (ConvNeXt's LayerNorm2d on channels-first
+    images, without a Permute)."""
 
     _: KW_ONLY
     eps: float = 1e-5
+    axis: Any = -1
 
     def validate(self) -> None:
         check_float("LayerNorm", "eps", self.eps, 0.0, math.inf, lo_open=True, hi_open=True)
+        if self.axis != "channels" and (not isinstance(self.axis, int) or isinstance(self.axis, bool)):
+            raise SpecError(f"LayerNorm: axis must be an int or 'channels'. Received: axis={show(self.axis)}")
+
+    def resolved_axis(self, rank: int, data_format: str) -> int:
+        """The normalized axis, from 0, of a rank-``rank`` input (assumed valid: the rule checks it)."""
+        if self.axis == "channels":
+            return 1 if (data_format == "channels_first" or rank == 2) else rank - 1
+        return int(self.axis) % rank
 
     def infer(self, shape: Shape, ctx: RuleContext) -> tuple[Shape, dict[str, ParamSpec]]:
         if len(shape) < 2:
             raise ctx.mismatch("an input of rank >= 2 (batch, ..., features)", f"shape {fmt_shape(shape)}")
-        c = ctx.known(shape, -1, "the normalized (last) axis")
+        if self.axis != "channels" and not (-len(shape) <= self.axis < len(shape) and self.axis % len(shape)):
+            raise ctx.mismatch(f"an axis other than the batch axis for axis={self.axis}",
+                               f"shape {fmt_shape(shape)} (rank {len(shape)})")
+        axis = self.resolved_axis(len(shape), ctx.data_format)
+        c = ctx.known(shape, axis, "the normalized axis")
         return shape, {"weight": ParamSpec((c,), role="scale"), "bias": ParamSpec((c,), role="shift")}
 
 

@@ -180,3 +180,30 @@ def test_group_norm_errors() -> None:
     with pytest.raises(di.ShapeMismatchError) as info:
         di.infer_shapes(di.LazyModel([di.Conv2D(6, 1), di.GroupNorm(4, name="gn")]), (2, 3, 5, 5))
     assert "'gn'" in str(info.value) and "num_groups=4" in str(info.value) and "6 channels" in str(info.value)
+
+
+def test_layer_norm_over_the_channel_axis_by_hand() -> None:
+    x = np.array([[[[0.0, 2.0]], [[4.0, 6.0]]]], np.float32)  # (1, 2, 1, 2): each pixel holds (0, 4) or (2, 6)
+    s = np.sqrt(4 + 1e-5)  # per pixel: mean +2 off each value, variance 4
+    want = np.array([[[[-2 / s, -2 / s]], [[2 / s, 2 / s]]]])
+    np.testing.assert_allclose(run([di.LayerNorm(axis="channels")], x), want, rtol=1e-6)
+    np.testing.assert_allclose(run([di.LayerNorm(axis=1)], x), want, rtol=1e-6)
+    # channels_last: the same data, channels at the end
+    xl = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    np.testing.assert_allclose(run([di.LayerNorm(axis="channels")], xl, data_format="channels_last"),
+                               want.transpose(0, 2, 3, 1), rtol=1e-6)
+    report = di.infer_shapes(di.LazyModel([di.LayerNorm(axis="channels")]), (2, 3, 4, 5))
+    assert report.params["0.weight"].shape == (3,)
+
+
+@pytest.mark.parametrize("axis", [0, 4, -5])
+def test_layer_norm_axis_out_of_range_or_batch_names_the_layer(axis: int) -> None:
+    with pytest.raises(di.ShapeMismatchError) as info:
+        di.infer_shapes(di.LazyModel([di.LayerNorm(axis=axis, name="ln")]), (2, 3, 4, 5))
+    assert "'ln'" in str(info.value) and f"axis={axis}" in str(info.value)
+
+
+@pytest.mark.parametrize("axis", ["chan", 1.0, True, None])
+def test_layer_norm_axis_must_be_an_int_or_channels(axis) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(di.SpecError, match="LayerNorm: axis"):
+        di.LayerNorm(axis=axis)

@@ -90,3 +90,24 @@ def test_group_norm_matches_torch(shape: tuple, groups: int, which: str) -> None
     ref.load_state_dict({k[2:]: torch.from_numpy(v) for k, v in w.items()})
     np.testing.assert_allclose(run([di.GroupNorm(groups, eps=1e-3)], x, w, backend=which), native(ref, x),
                                rtol=1e-5, atol=1e-5)
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """torchvision's ConvNeXt ``LayerNorm2d`` (torchvision/models/convnext.py), ported by hand: permute to
+    channels last, ``F.layer_norm`` over the channels, permute back."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = nn.functional.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("which", ["numpy", "torch"])
+def test_layer_norm_channels_is_convnexts_layernorm2d(which: str) -> None:
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((2, 6, 5, 4)) * 2 + 1).astype(np.float32)
+    w = {"0.weight": rng.standard_normal(6).astype(np.float32), "0.bias": rng.standard_normal(6).astype(np.float32)}
+    ref = LayerNorm2d(6, eps=1e-6)
+    ref.load_state_dict({k[2:]: torch.from_numpy(v) for k, v in w.items()})
+    got = run([di.LayerNorm(axis="channels", eps=1e-6)], x, w, backend=which)
+    np.testing.assert_allclose(got, native(ref, x), rtol=1e-5, atol=1e-5)

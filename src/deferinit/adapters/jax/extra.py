@@ -13,11 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from ...extend import register_builder
-from ...layers import AvgPool2D, MaxPool2D
+from ...layers import AvgPool2D, LayerNorm, MaxPool2D
 from ...layers_extra import AdaptiveAvgPool2D, GroupNorm, HardSigmoid, HardSwish, LeakyReLU, ReLU6, SiLU, pool_out
 from ...layers_seq import GRU, LSTM, RNN
 from ...ops_extra import adaptive_bins, pool_divisor
 from ...shapes import Node
+from . import modules as M
 from . import params as T
 from . import sequence as seq
 from .leaves import _activation
@@ -156,5 +157,16 @@ def _group_norm(node: Node, cf: bool, name: str) -> T.Made:
     layer: Any = node.layer
     m = GroupNormModule(num_groups=layer.num_groups, epsilon=layer.eps, use_fast_variance=False, channels_first=cf,
                         name=name)
+    return m, {"weight": T.One(T.Leaf("params", "scale", m.scale_init)),
+               "bias": T.One(T.Leaf("params", "bias", m.bias_init))}
+
+
+@register_builder("jax", LayerNorm)
+def _layer_norm(node: Node, cf: bool, name: str) -> T.Made:
+    # Flax's own LayerNorm over one axis: reduction and feature axes both that axis ("channels": 1 for
+    # channels-first data, which is also the last of (N, C) data)
+    layer: Any = node.layer
+    axis = layer.axis if layer.axis != "channels" else (1 if cf else -1)
+    m = M.LayerNorm(epsilon=layer.eps, use_fast_variance=False, reduction_axes=axis, feature_axes=axis, name=name)
     return m, {"weight": T.One(T.Leaf("params", "scale", m.scale_init)),
                "bias": T.One(T.Leaf("params", "bias", m.bias_init))}

@@ -10,7 +10,7 @@ from mxnet import gluon, symbol
 from mxnet.gluon import nn
 
 from ...extend import register_builder
-from ...layers import AvgPool2D, MaxPool2D
+from ...layers import AvgPool2D, LayerNorm, MaxPool2D
 from ...layers_extra import AdaptiveAvgPool2D, GroupNorm, HardSigmoid, HardSwish, LeakyReLU, ReLU6, SiLU
 from ...layers_seq import GRU, LSTM, RNN
 from . import nan, sequence
@@ -151,3 +151,10 @@ class GroupNormBlock(gluon.HybridBlock):
 def _group_norm(layer: GroupNorm, fmt: str) -> Built:
     block = GroupNormBlock(layer.num_groups, layer.eps, fmt)
     return block, {"weight": block.gamma, "bias": block.beta}
+
+
+@register_builder("mxnet", LayerNorm)
+def _layer_norm(layer: LayerNorm, fmt: str) -> Built:
+    axis = layer.axis if layer.axis != "channels" else (1 if fmt == "channels_first" else -1)  # (N, C): 1 is -1
+    ln = nn.LayerNorm(axis=axis, epsilon=layer.eps, in_channels=0)
+    return ln, {"weight": ln.gamma, "bias": ln.beta}

@@ -8,7 +8,7 @@ import numpy as np
 
 from ... import ops_extra
 from ...extend import builder_for, register_builder
-from ...layers import AvgPool2D, MaxPool2D
+from ...layers import AvgPool2D, LayerNorm, MaxPool2D
 from ...layers_extra import AdaptiveAvgPool2D, GroupNorm, HardSigmoid, HardSwish, LeakyReLU, ReLU6, SiLU
 from ...layers_seq import GRU, LSTM, RNN
 from ...shapes import Node
@@ -60,3 +60,11 @@ def _group_norm(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.
     layer: Any = node.layer
     return _from_cf(net, ops_extra.group_norm(_to_cf(net, x), layer.num_groups, net.params[node.param_name("weight")],
                                               net.params[node.param_name("bias")], layer.eps))
+
+
+@register_builder("numpy", LayerNorm)
+def _layer_norm(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
+    layer: Any = node.layer
+    return ops_extra.layer_norm_axis(x, layer.resolved_axis(x.ndim, net.data_format),
+                                     net.params[node.param_name("weight")], net.params[node.param_name("bias")],
+                                     layer.eps)

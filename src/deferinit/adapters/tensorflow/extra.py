@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ... import extend
-from ...layers import AvgPool2D, MaxPool2D
+from ...layers import AvgPool2D, LayerNorm, MaxPool2D
 from ...layers_extra import AdaptiveAvgPool2D, GroupNorm, HardSigmoid, HardSwish, LeakyReLU, ReLU6, SiLU
 from ...shapes import Node
 
@@ -57,3 +57,10 @@ def _group_norm(node: Node, fmt: str) -> Any:
     # Keras's own; the channel axis: 1 for channels_first (and for (N, C) data either way), last otherwise
     return keras.layers.GroupNormalization(s.num_groups, axis=1 if fmt == "channels_first" else -1, epsilon=s.eps,
                                            name=node.path)
+
+
+@register("tensorflow", LayerNorm)
+def _layer_norm(node: Node, fmt: str) -> Any:
+    s: Any = node.layer
+    axis = s.axis if s.axis != "channels" else (1 if fmt == "channels_first" else -1)  # (N, C): 1 is -1
+    return keras.layers.LayerNormalization(axis=axis, epsilon=s.eps, name=node.path)

@@ -12,11 +12,11 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter
 
 from ... import extend
-from ...layers import AvgPool2D, MaxPool2D
+from ...layers import AvgPool2D, LayerNorm, MaxPool2D
 from ...layers_extra import AdaptiveAvgPool2D, GroupNorm, HardSigmoid, HardSwish, LeakyReLU, ReLU6, SiLU
 from ...layers_seq import GRU, LSTM, RNN
 from .leaves import _activation, _recurrent
-from .modules import ANY, CF, F32, SPEC, Step
+from .modules import ANY, CF, F32, SPEC, LazyLayerNorm, Step
 
 register = extend.register_builder
 register("torch", ReLU6, SiLU, HardSwish, HardSigmoid)(_activation)
@@ -92,3 +92,28 @@ class LazyGroupNorm(LazyModuleMixin, nn.GroupNorm):
 @register("torch", GroupNorm)
 def _group_norm(layer: GroupNorm, rank: int | None) -> list[Step]:
     return [Step("", LazyGroupNorm(layer.num_groups, eps=layer.eps, dtype=F32), CF)]
+
+
+class MoveAxis(nn.Module):
+    """``x.movedim(source, destination)``: a view, around torch's last-axis LayerNorm."""
+
+    def __init__(self, source: int, destination: int) -> None:
+        super().__init__()
+        self.source, self.destination = source, destination
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.movedim(self.source, self.destination)
+
+    def extra_repr(self) -> str:
+        return f"source={self.source}, destination={self.destination}"
+
+
+@register("torch", LayerNorm)
+def _layer_norm(layer: LayerNorm, rank: int | None) -> list[Step]:
+    # torch's LayerNorm normalizes the last axis: another axis is moved there and back (views); "channels" is
+    # axis 1 of channels-first data, whatever the spec's format
+    norm = LazyLayerNorm(eps=layer.eps, dtype=F32)
+    if layer.axis == -1:
+        return [Step("", norm, SPEC)]
+    axis, need = (1, CF) if layer.axis == "channels" else (int(layer.axis), SPEC)
+    return [Step("to_last", MoveAxis(axis, -1), need), Step("", norm, ANY), Step("back", MoveAxis(-1, axis), ANY)]
