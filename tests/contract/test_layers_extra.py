@@ -58,3 +58,23 @@ def test_group_norm_groups_not_dividing_channels_is_refused_before_the_framework
     assert "'gn'" in str(info.value) and "num_groups=4" in str(info.value)
     with pytest.raises(di.NotInitializedError):
         model.report  # nothing half-initialized
+
+
+@pytest.mark.parametrize("init", [None, "xavier_uniform", "normal"])
+@pytest.mark.parametrize("fmt", ["channels_first", "channels_last"])
+def test_layer_scale_starts_at_init_value_whatever_the_initializer(backend: str, init, fmt: str) -> None:  # type: ignore[no-untyped-def]
+    x = np.random.default_rng(6).standard_normal((2, 5, 4, 3)).astype(np.float32)
+    if fmt == "channels_first":
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    model = di.compile(di.LazyModel([di.Conv2D(6, 1), di.LayerScale(0.125), di.LayerScale()], data_format=fmt),
+                       backend)
+    model.apply_init(x, init=init, key=1)
+    weights = model.export_weights()
+    np.testing.assert_array_equal(weights["1.weight"], np.full(6, 0.125, np.float32))
+    np.testing.assert_array_equal(weights["2.weight"], np.full(6, 1e-6, np.float32))
+    assert model.report.params["1.weight"].trainable
+    y = model(x)
+    y = np.asarray(model.to_numpy(y) if hasattr(model, "to_numpy") else y)
+    ref = di.compile(di.LazyModel([di.Conv2D(6, 1)], data_format=fmt), "numpy")
+    ref.load_weights({k: v for k, v in weights.items() if k.startswith("0.")}, input_shape=x.shape)
+    np.testing.assert_allclose(y, np.asarray(ref(x)) * np.float32(0.125 * 1e-6), rtol=1e-5, atol=1e-12)

@@ -207,3 +207,28 @@ def test_layer_norm_axis_out_of_range_or_batch_names_the_layer(axis: int) -> Non
 def test_layer_norm_axis_must_be_an_int_or_channels(axis) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(di.SpecError, match="LayerNorm: axis"):
         di.LayerNorm(axis=axis)
+
+
+def test_layer_scale_by_hand() -> None:
+    x = np.array([[[[1.0, 2.0]], [[3.0, 4.0]]]], np.float32)  # (1, 2, 1, 2)
+    np.testing.assert_allclose(run([di.LayerScale(0.5)], x), x * 0.5)
+    w = {"0.weight": np.array([2.0, -1.0], np.float32)}
+    np.testing.assert_array_equal(run([di.LayerScale()], x, w), [[[[2.0, 4.0]], [[-3.0, -4.0]]]])
+    xl = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(run([di.LayerScale()], xl, w, data_format="channels_last"),
+                                  [[[[2.0, -3.0], [4.0, -4.0]]]])
+    params = di.infer_shapes(di.LazyModel([di.LayerScale(0.1)]), (None, 7, 3, 3)).params
+    assert params["0.weight"].shape == (7,)
+    from deferinit.init import generate
+    from deferinit.layers import ParamSpec
+    from deferinit.layers_extra import fill_role
+
+    spec = {"weight": ParamSpec((7,), role=fill_role(0.1))}
+    np.testing.assert_array_equal(generate(spec, di.init.XavierUniform(), 0)["weight"], np.full(7, 0.1, np.float32))
+
+
+def test_layer_scale_errors() -> None:
+    with pytest.raises(di.SpecError, match="LayerScale.*init_value"):
+        di.LayerScale("1e-6")
+    with pytest.raises(di.ShapeMismatchError, match="'ls'"):
+        di.infer_shapes(di.LazyModel([di.LayerScale(name="ls")]), (3,))

@@ -14,7 +14,17 @@ import numpy as np
 
 from ...extend import register_builder
 from ...layers import AvgPool2D, LayerNorm, MaxPool2D
-from ...layers_extra import AdaptiveAvgPool2D, GroupNorm, HardSigmoid, HardSwish, LeakyReLU, ReLU6, SiLU, pool_out
+from ...layers_extra import (
+    AdaptiveAvgPool2D,
+    GroupNorm,
+    HardSigmoid,
+    HardSwish,
+    LayerScale,
+    LeakyReLU,
+    ReLU6,
+    SiLU,
+    pool_out,
+)
 from ...layers_seq import GRU, LSTM, RNN
 from ...ops_extra import adaptive_bins, pool_divisor
 from ...shapes import Node
@@ -170,3 +180,25 @@ def _layer_norm(node: Node, cf: bool, name: str) -> T.Made:
     m = M.LayerNorm(epsilon=layer.eps, use_fast_variance=False, reduction_axes=axis, feature_axes=axis, name=name)
     return m, {"weight": T.One(T.Leaf("params", "scale", m.scale_init)),
                "bias": T.One(T.Leaf("params", "bias", m.bias_init))}
+
+
+class LayerScaleModule(nn.Module):
+    """``x * scale`` along the channel axis, ``scale (C,)`` starting at ``init_value`` (Flax has no LayerScale)."""
+
+    init_value: float = 1e-6
+    channels_first: bool = True
+
+    @nn.compact
+    def __call__(self, x: Any, train: bool = False) -> Any:
+        axis = 1 if self.channels_first or x.ndim == 2 else x.ndim - 1
+        scale = self.param("scale", nn.initializers.constant(self.init_value), (x.shape[axis],), jnp.float32)
+        shape = [1] * x.ndim
+        shape[axis] = -1
+        return x * scale.reshape(shape)
+
+
+@register_builder("jax", LayerScale)
+def _layer_scale(node: Node, cf: bool, name: str) -> T.Made:
+    value = node.layer.init_value  # type: ignore[attr-defined]
+    return LayerScaleModule(value, cf, name=name), {
+        "weight": T.One(T.Leaf("params", "scale", nn.initializers.constant(value)))}

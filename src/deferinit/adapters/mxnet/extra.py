@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import mxnet as mx
 from mxnet import gluon, symbol
 from mxnet.gluon import nn
 
 from ...extend import register_builder
 from ...layers import AvgPool2D, LayerNorm, MaxPool2D
-from ...layers_extra import AdaptiveAvgPool2D, GroupNorm, HardSigmoid, HardSwish, LeakyReLU, ReLU6, SiLU
+from ...layers_extra import AdaptiveAvgPool2D, GroupNorm, HardSigmoid, HardSwish, LayerScale, LeakyReLU, ReLU6, SiLU
 from ...layers_seq import GRU, LSTM, RNN
 from . import nan, sequence
 from .graph import traced_rank
@@ -158,3 +159,29 @@ def _layer_norm(layer: LayerNorm, fmt: str) -> Built:
     axis = layer.axis if layer.axis != "channels" else (1 if fmt == "channels_first" else -1)  # (N, C): 1 is -1
     ln = nn.LayerNorm(axis=axis, epsilon=layer.eps, in_channels=0)
     return ln, {"weight": ln.gamma, "bias": ln.beta}
+
+
+class LayerScaleBlock(gluon.HybridBlock):
+    """``x * gamma`` along the channel axis, ``gamma (C,)`` starting at ``init_value`` (its own initializer, which
+    Gluon keeps over a model-wide one); the size is deferred to Gluon's shape inference."""
+
+    def __init__(self, init_value: float, fmt: str) -> None:
+        super().__init__()
+        self.channels_last = fmt == "channels_last"
+        with self.name_scope():
+            self.gamma = self.params.get("gamma", shape=(0,), init=mx.init.Constant(init_value),
+                                         allow_deferred_init=True)
+
+    def hybrid_forward(self, F, x, gamma):  # type: ignore[no-untyped-def]
+        if self.channels_last:  # (N, ..., C): broadcast on the last axis; (N, C) either way
+            gamma = F._internal._identity_with_attr_like_rhs(gamma, F.sum(x, axis=-1, exclude=True))
+            return F.broadcast_mul(x, gamma)
+        gamma = F._internal._identity_with_attr_like_rhs(gamma, F.sum(x, axis=1, exclude=True))
+        y = F.broadcast_mul(F.reshape(x, shape=(0, 0, -1)), F.reshape(gamma, shape=(1, -1, 1)))
+        return F.reshape_like(y, x)
+
+
+@register_builder("mxnet", LayerScale)
+def _layer_scale(layer: LayerScale, fmt: str) -> Built:
+    block = LayerScaleBlock(layer.init_value, fmt)
+    return block, {"weight": block.gamma}

@@ -6,13 +6,13 @@ from typing import Any, cast
 
 import numpy as np
 
-from ... import ops_extra
+from ... import ops, ops_extra
 from ...extend import builder_for, register_builder
 from ...layers import AvgPool2D, LayerNorm, MaxPool2D
-from ...layers_extra import AdaptiveAvgPool2D, GroupNorm, HardSigmoid, HardSwish, LeakyReLU, ReLU6, SiLU
+from ...layers_extra import AdaptiveAvgPool2D, GroupNorm, HardSigmoid, HardSwish, LayerScale, LeakyReLU, ReLU6, SiLU
 from ...layers_seq import GRU, LSTM, RNN
 from ...shapes import Node
-from .leaves import _activation, _from_cf, _to_cf
+from .leaves import _activation, _channel_axis, _from_cf, _to_cf
 from .modules import NumpyNet
 
 register_builder("numpy", ReLU6, SiLU, HardSwish, HardSigmoid)(_activation)
@@ -68,3 +68,11 @@ def _layer_norm(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.
     return ops_extra.layer_norm_axis(x, layer.resolved_axis(x.ndim, net.data_format),
                                      net.params[node.param_name("weight")], net.params[node.param_name("bias")],
                                      layer.eps)
+
+
+@register_builder("numpy", LayerScale)
+def _layer_scale(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
+    shape = [1] * x.ndim
+    shape[_channel_axis(net, x.ndim)] = -1
+    y: np.ndarray = x * net.params[node.param_name("weight")].reshape(shape)
+    return y.astype(ops.float_type(x, y))

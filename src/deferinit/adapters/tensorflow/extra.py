@@ -7,7 +7,7 @@ from typing import Any
 
 from ... import extend
 from ...layers import AvgPool2D, LayerNorm, MaxPool2D
-from ...layers_extra import AdaptiveAvgPool2D, GroupNorm, HardSigmoid, HardSwish, LeakyReLU, ReLU6, SiLU
+from ...layers_extra import AdaptiveAvgPool2D, GroupNorm, HardSigmoid, HardSwish, LayerScale, LeakyReLU, ReLU6, SiLU
 from ...shapes import Node
 
 # isort: off
@@ -64,3 +64,12 @@ def _layer_norm(node: Node, fmt: str) -> Any:
     s: Any = node.layer
     axis = s.axis if s.axis != "channels" else (1 if fmt == "channels_first" else -1)  # (N, C): 1 is -1
     return keras.layers.LayerNormalization(axis=axis, epsilon=s.eps, name=node.path)
+
+
+params.PARAMS[LayerScale] = (("weight", "scale", params.SAME),)
+
+
+@register("tensorflow", LayerScale)
+def _layer_scale(node: Node, fmt: str) -> Any:
+    return el.LayerScale(node.layer.init_value, axis=1 if fmt == "channels_first" else -1,  # type: ignore[attr-defined]
+                         name=node.path)

@@ -18,7 +18,7 @@ from ...layers_extra import pool_out
 from ...ops_extra import adaptive_bins, pool_divisor
 from .modules import _pad, spatial_axes
 
-__all__ = ["MaxPool2DExtra", "AvgPool2DExtra", "AdaptiveAvgPool2D"]
+__all__ = ["MaxPool2DExtra", "AvgPool2DExtra", "AdaptiveAvgPool2D", "LayerScale"]
 
 
 class _PoolExtraMixin:
@@ -97,3 +97,28 @@ class AdaptiveAvgPool2D(keras.layers.AdaptiveAveragePooling2D):  # type: ignore[
             rows.append(ops.stack(cols, axis=-1))
         y = ops.stack(rows, axis=-2)  # (N, C, oh, ow)
         return y if self.data_format == "channels_first" else ops.transpose(y, (0, 2, 3, 1))
+
+
+class LayerScale(keras.layers.Layer):  # type: ignore[misc]
+    """``x * scale`` along the channel axis, ``scale (C,)`` starting at ``init_value`` (Keras has no LayerScale
+    layer; keras-hub's ConvNeXt writes this one the same way)."""
+
+    def __init__(self, init_value: float, axis: int = -1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.init_value, self.axis = init_value, axis
+
+    def build(self, input_shape: Any) -> None:
+        channels = input_shape[self.axis]
+        self.scale = self.add_weight(name="scale", shape=(channels,),
+                                     initializer=keras.initializers.Constant(self.init_value), trainable=True)
+
+    def call(self, x: Any) -> Any:
+        if self.axis in (-1, len(x.shape) - 1):
+            return x * self.scale
+        return x * ops.reshape(self.scale, (1, -1) + (1,) * (len(x.shape) - 2))
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return input_shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "init_value": self.init_value, "axis": self.axis}

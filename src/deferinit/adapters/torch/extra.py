@@ -13,7 +13,7 @@ from torch.nn.parameter import UninitializedParameter
 
 from ... import extend
 from ...layers import AvgPool2D, LayerNorm, MaxPool2D
-from ...layers_extra import AdaptiveAvgPool2D, GroupNorm, HardSigmoid, HardSwish, LeakyReLU, ReLU6, SiLU
+from ...layers_extra import AdaptiveAvgPool2D, GroupNorm, HardSigmoid, HardSwish, LayerScale, LeakyReLU, ReLU6, SiLU
 from ...layers_seq import GRU, LSTM, RNN
 from .leaves import _activation, _recurrent
 from .modules import ANY, CF, F32, SPEC, LazyLayerNorm, Step
@@ -117,3 +117,49 @@ def _layer_norm(layer: LayerNorm, rank: int | None) -> list[Step]:
         return [Step("", norm, SPEC)]
     axis, need = (1, CF) if layer.axis == "channels" else (int(layer.axis), SPEC)
     return [Step("to_last", MoveAxis(axis, -1), need), Step("", norm, ANY), Step("back", MoveAxis(-1, axis), ANY)]
+
+
+class LayerScaleModule(nn.Module):
+    """``x * weight`` along the channel axis (channels-first data), ``weight (C,)`` starting at ``init_value``."""
+
+    def __init__(self, channels: int, init_value: float, dtype: Any = None) -> None:
+        super().__init__()
+        self.init_value = init_value
+        self.weight = nn.Parameter(torch.empty(channels, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.weight.fill_(self.init_value)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight.reshape((1, -1) + (1,) * (x.ndim - 2))
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, init_value={self.init_value}"
+
+
+class LazyLayerScale(LazyModuleMixin, LayerScaleModule):
+    """:class:`LayerScaleModule` whose channel count torch infers from the first input."""
+
+    cls_to_become = LayerScaleModule
+    weight: UninitializedParameter
+
+    def __init__(self, init_value: float, dtype: Any = None) -> None:
+        super().__init__(0, init_value, dtype=dtype)
+        self.weight = UninitializedParameter(dtype=dtype)
+
+    def reset_parameters(self) -> None:
+        if not self.has_uninitialized_params() and self.weight.shape[0] != 0:
+            super().reset_parameters()
+
+    def initialize_parameters(self, x: torch.Tensor) -> None:  # type: ignore[override]
+        if self.has_uninitialized_params():
+            with torch.no_grad():
+                self.weight.materialize((int(x.shape[1]),))
+                self.reset_parameters()
+
+
+@register("torch", LayerScale)
+def _layer_scale(layer: LayerScale, rank: int | None) -> list[Step]:
+    return [Step("", LazyLayerScale(layer.init_value, dtype=F32), CF)]
