@@ -148,10 +148,12 @@ CASES += [
     Case("layerscale_droppath", lambda: di.LazyModel([
         di.Conv2D(6, 3, padding=1),
         di.Residual(di.Sequential([di.Conv2D(6, 3, padding=1, groups=6), di.LayerNorm(axis="channels"),
-                                   di.Conv2D(12, 1, activation="gelu"), di.Conv2D(6, 1), di.LayerScale(0.5)])),
+                                   di.Conv2D(12, 1, activation="gelu"), di.Conv2D(6, 1), di.LayerScale(0.5),
+                                   di.DropPath(0.2)])),
         di.LayerScale(), di.GlobalAvgPool2D(), di.LayerScale(2.0), di.Dense(3)]), (2, 3, 6, 5)),
     Case("layerscale_channels_last", lambda: di.LazyModel([
-        di.Conv2D(6, 3), di.LayerScale(0.25), di.Conv2D(4, 1), di.LayerScale(3.0), di.Flatten(), di.Dense(2)],
+        di.Conv2D(6, 3), di.LayerScale(0.25), di.DropPath(0.5), di.Conv2D(4, 1), di.LayerScale(3.0), di.Flatten(),
+        di.Dense(2)],
         data_format="channels_last"), (2, 7, 8, 3)),
 ]
 BY_ID = {c.id: c for c in CASES}

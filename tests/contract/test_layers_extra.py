@@ -78,3 +78,20 @@ def test_layer_scale_starts_at_init_value_whatever_the_initializer(backend: str,
     ref = di.compile(di.LazyModel([di.Conv2D(6, 1)], data_format=fmt), "numpy")
     ref.load_weights({k: v for k, v in weights.items() if k.startswith("0.")}, input_shape=x.shape)
     np.testing.assert_allclose(y, np.asarray(ref(x)) * np.float32(0.125 * 1e-6), rtol=1e-5, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(64, 3, 2, 2), (64, 5), (64, 4, 3)])
+def test_drop_path_drops_whole_samples_in_training_only(backend: str, shape: tuple) -> None:
+    x = (np.random.default_rng(7).random(shape) + 0.5).astype(np.float32)  # no zeros of its own
+    model = di.compile(di.LazyModel([di.DropPath(0.25)]), backend)
+    model.apply_init(x, key=3)
+    y = model(x)
+    np.testing.assert_array_equal(np.asarray(model.to_numpy(y) if hasattr(model, "to_numpy") else y), x)
+    y = model(x, training=True)
+    y = np.asarray(model.to_numpy(y) if hasattr(model, "to_numpy") else y).reshape(shape[0], -1)
+    flat = x.reshape(shape[0], -1)
+    dropped = np.all(y == 0, axis=1)
+    kept = np.all(np.isclose(y, flat / 0.75, rtol=1e-6), axis=1)
+    assert np.all(dropped | kept)  # per sample: all of it dropped or all of it kept and scaled
+    assert 4 <= dropped.sum() <= 32  # 16 expected of 64 (binomial, p = 0.25: outside this with chance < 1e-4)
+    assert model.report.params == {}

@@ -232,3 +232,10 @@ def test_layer_scale_errors() -> None:
         di.LayerScale("1e-6")
     with pytest.raises(di.ShapeMismatchError, match="'ls'"):
         di.infer_shapes(di.LazyModel([di.LayerScale(name="ls")]), (3,))
+
+
+def test_drop_path_errors_and_fields() -> None:
+    for bad in (1.0, -0.1, "0.1"):
+        with pytest.raises(di.SpecError, match="DropPath.*rate"):
+            di.DropPath(bad)
+    assert di.DropPath(0.1, name="dp").to_dict() == {"type": "DropPath", "rate": 0.1, "name": "dp"}

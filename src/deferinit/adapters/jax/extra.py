@@ -16,6 +16,7 @@ from ...extend import register_builder
 from ...layers import AvgPool2D, LayerNorm, MaxPool2D
 from ...layers_extra import (
     AdaptiveAvgPool2D,
+    DropPath,
     GroupNorm,
     HardSigmoid,
     HardSwish,
@@ -202,3 +203,19 @@ def _layer_scale(node: Node, cf: bool, name: str) -> T.Made:
     value = node.layer.init_value  # type: ignore[attr-defined]
     return LayerScaleModule(value, cf, name=name), {
         "weight": T.One(T.Leaf("params", "scale", nn.initializers.constant(value)))}
+
+
+class DropPathModule(nn.Module):
+    """Stochastic depth as Flax's own ``nn.Dropout`` with its mask broadcast over every axis but the batch: one
+    keep/drop per sample, kept samples scaled by ``1 / (1 - rate)``; the identity in inference."""
+
+    rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: Any, train: bool = False) -> Any:
+        return nn.Dropout(self.rate, broadcast_dims=tuple(range(1, x.ndim)), deterministic=not train)(x)
+
+
+@register_builder("jax", DropPath)
+def _drop_path(node: Node, cf: bool, name: str) -> T.Made:
+    return DropPathModule(node.layer.rate, name=name), {}  # type: ignore[attr-defined]

@@ -12,10 +12,10 @@ from mxnet.gluon import nn
 
 from ...extend import register_builder
 from ...layers import AvgPool2D, LayerNorm, MaxPool2D
-from ...layers_extra import AdaptiveAvgPool2D, GroupNorm, HardSigmoid, HardSwish, LayerScale, LeakyReLU, ReLU6, SiLU
+from ...layers_extra import AdaptiveAvgPool2D, DropPath, GroupNorm, HardSigmoid, HardSwish, LayerScale, LeakyReLU, ReLU6, SiLU
 from ...layers_seq import GRU, LSTM, RNN
-from . import nan, sequence
-from .graph import traced_rank
+from . import modules, nan, sequence
+from .graph import frozen, traced_rank
 from .leaves import Built, _activation
 
 register_builder("mxnet", ReLU6, SiLU, HardSwish, HardSigmoid)(_activation)
@@ -185,3 +185,22 @@ class LayerScaleBlock(gluon.HybridBlock):
 def _layer_scale(layer: LayerScale, fmt: str) -> Built:
     block = LayerScaleBlock(layer.init_value, fmt)
     return block, {"weight": block.gamma}
+
+
+class DropPathBlock(modules.Dropout):
+    """Stochastic depth as Gluon's own Dropout with its mask shared along axis 1 of the input seen as
+    ``(N, everything else)``: one keep/drop per sample; the identity in inference (and under
+    ``graph.inference_layers``, as ``modules.Dropout``)."""
+
+    def __init__(self, rate: float) -> None:
+        super().__init__(rate, axes=(1,))
+
+    def hybrid_forward(self, F, x):  # type: ignore[no-untyped-def]
+        if frozen():
+            return F.identity(x)
+        return F.reshape_like(super().hybrid_forward(F, F.reshape(x, shape=(0, -1))), x)
+
+
+@register_builder("mxnet", DropPath)
+def _drop_path(layer: DropPath, fmt: str) -> Built:
+    return DropPathBlock(layer.rate), {}

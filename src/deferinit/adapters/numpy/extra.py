@@ -9,7 +9,7 @@ import numpy as np
 from ... import ops, ops_extra
 from ...extend import builder_for, register_builder
 from ...layers import AvgPool2D, LayerNorm, MaxPool2D
-from ...layers_extra import AdaptiveAvgPool2D, GroupNorm, HardSigmoid, HardSwish, LayerScale, LeakyReLU, ReLU6, SiLU
+from ...layers_extra import AdaptiveAvgPool2D, DropPath, GroupNorm, HardSigmoid, HardSwish, LayerScale, LeakyReLU, ReLU6, SiLU
 from ...layers_seq import GRU, LSTM, RNN
 from ...shapes import Node
 from .leaves import _activation, _channel_axis, _from_cf, _to_cf
@@ -76,3 +76,12 @@ def _layer_scale(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np
     shape[_channel_axis(net, x.ndim)] = -1
     y: np.ndarray = x * net.params[node.param_name("weight")].reshape(shape)
     return y.astype(ops.float_type(x, y))
+
+
+@register_builder("numpy", DropPath)
+def _drop_path(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
+    rate = cast(Any, node.layer).rate
+    if not training or rate == 0:
+        return x
+    keep = (net.rng.random(x.shape[0]) >= rate).reshape((-1,) + (1,) * (x.ndim - 1))
+    return (x * keep / np.float32(1 - rate)).astype(x.dtype)

@@ -7,7 +7,7 @@ from typing import Any
 
 from ... import extend
 from ...layers import AvgPool2D, LayerNorm, MaxPool2D
-from ...layers_extra import AdaptiveAvgPool2D, GroupNorm, HardSigmoid, HardSwish, LayerScale, LeakyReLU, ReLU6, SiLU
+from ...layers_extra import AdaptiveAvgPool2D, DropPath, GroupNorm, HardSigmoid, HardSwish, LayerScale, LeakyReLU, ReLU6, SiLU
 from ...shapes import Node
 
 # isort: off
@@ -73,3 +73,8 @@ params.PARAMS[LayerScale] = (("weight", "scale", params.SAME),)
 def _layer_scale(node: Node, fmt: str) -> Any:
     return el.LayerScale(node.layer.init_value, axis=1 if fmt == "channels_first" else -1,  # type: ignore[attr-defined]
                          name=node.path)
+
+
+@register("tensorflow", DropPath)
+def _drop_path(node: Node, fmt: str) -> Any:
+    return el.DropPath(node.layer.rate, name=node.path)  # type: ignore[attr-defined]

@@ -18,7 +18,7 @@ from ...layers_extra import pool_out
 from ...ops_extra import adaptive_bins, pool_divisor
 from .modules import _pad, spatial_axes
 
-__all__ = ["MaxPool2DExtra", "AvgPool2DExtra", "AdaptiveAvgPool2D", "LayerScale"]
+__all__ = ["MaxPool2DExtra", "AvgPool2DExtra", "AdaptiveAvgPool2D", "LayerScale", "DropPath"]
 
 
 class _PoolExtraMixin:
@@ -122,3 +122,12 @@ class LayerScale(keras.layers.Layer):  # type: ignore[misc]
 
     def get_config(self) -> dict:
         return {**super().get_config(), "init_value": self.init_value, "axis": self.axis}
+
+
+class DropPath(keras.layers.Dropout):  # type: ignore[misc]
+    """Stochastic depth as Keras's own Dropout with one mask value per sample: ``noise_shape`` ``(None, 1, ...)``
+    (the batch dim filled in by Keras at each call), set once the input's rank is known."""
+
+    def build(self, input_shape: Any) -> None:
+        self.noise_shape = (None,) + (1,) * (len(input_shape) - 1)
+        super().build(input_shape)

@@ -13,7 +13,7 @@ from torch.nn.parameter import UninitializedParameter
 
 from ... import extend
 from ...layers import AvgPool2D, LayerNorm, MaxPool2D
-from ...layers_extra import AdaptiveAvgPool2D, GroupNorm, HardSigmoid, HardSwish, LayerScale, LeakyReLU, ReLU6, SiLU
+from ...layers_extra import AdaptiveAvgPool2D, DropPath, GroupNorm, HardSigmoid, HardSwish, LayerScale, LeakyReLU, ReLU6, SiLU
 from ...layers_seq import GRU, LSTM, RNN
 from .leaves import _activation, _recurrent
 from .modules import ANY, CF, F32, SPEC, LazyLayerNorm, Step
@@ -163,3 +163,27 @@ class LazyLayerScale(LazyModuleMixin, LayerScaleModule):
 @register("torch", LayerScale)
 def _layer_scale(layer: LayerScale, rank: int | None) -> list[Step]:
     return [Step("", LazyLayerScale(layer.init_value, dtype=F32), CF)]
+
+
+class DropPathModule(nn.Module):
+    """Stochastic depth, torchvision's ``StochasticDepth(p, mode="row")``: in training each sample is zeroed with
+    probability ``rate`` and the others scaled by ``1 / (1 - rate)``; the identity in inference (torch has no
+    module for it; torchvision's, ported)."""
+
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.rate == 0.0:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1.0 - self.rate)
+        return x * keep.div_(1.0 - self.rate)
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate}"
+
+
+@register("torch", DropPath)
+def _drop_path(layer: DropPath, rank: int | None) -> list[Step]:
+    return [Step("", DropPathModule(layer.rate), ANY)]
