@@ -239,3 +239,24 @@ def test_drop_path_errors_and_fields() -> None:
         with pytest.raises(di.SpecError, match="DropPath.*rate"):
             di.DropPath(bad)
     assert di.DropPath(0.1, name="dp").to_dict() == {"type": "DropPath", "rate": 0.1, "name": "dp"}
+
+
+def test_readme_layer_table_names_the_new_layers_and_options() -> None:
+    from pathlib import Path
+
+    from deferinit.layers_extra import EXTRA_LAYERS
+
+    table = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for cls in EXTRA_LAYERS:
+        assert f"`{cls.__name__}" in table, cls.__name__
+    for option in ("ceil_mode=False", "count_include_pad=True", "return_sequences=True", '"channels"',
+                   '"gelu_tanh"', '"hard_swish"', '"hard_sigmoid"', '"relu6"', '"leaky_relu"', "Take(-1)"):
+        assert option in table, option
+
+
+def test_new_options_are_keyword_only() -> None:
+    for make in (lambda: di.MaxPool2D(2, 2, 0, True), lambda: di.AvgPool2D(2, 2, 0, False, False),
+                 lambda: di.LSTM(4, 1, False, True, 0.0, False), lambda: di.LayerNorm(1e-5, 1),
+                 lambda: di.AdaptiveAvgPool2D(2, 2), lambda: di.LayerScale(1e-6, 1), lambda: di.DropPath(0.1, 1)):
+        with pytest.raises(TypeError):
+            make()
