@@ -95,3 +95,20 @@ def test_drop_path_drops_whole_samples_in_training_only(backend: str, shape: tup
     assert np.all(dropped | kept)  # per sample: all of it dropped or all of it kept and scaled
     assert 4 <= dropped.sum() <= 32  # 16 expected of 64 (binomial, p = 0.25: outside this with chance < 1e-4)
     assert model.report.params == {}
+
+
+NAN_LAYERS = [di.ReLU6(), di.SiLU(), di.HardSwish(), di.HardSigmoid(), di.LeakyReLU(0.2), di.GELU(approximate="tanh"),
+              di.MaxPool2D(3, stride=2, padding=1, ceil_mode=True), di.AvgPool2D(2, ceil_mode=True,
+                                                                                count_include_pad=False),
+              di.AdaptiveAvgPool2D(3), di.GroupNorm(2), di.LayerNorm(axis="channels"), di.LayerScale(0.5),
+              di.DropPath(0.3)]
+
+
+@pytest.mark.parametrize("layer", NAN_LAYERS, ids=[type(la).__name__ for la in NAN_LAYERS])
+def test_nan_in_nan_out_where_the_reference_has_it(backend: str, layer: di.Layer) -> None:
+    x = np.random.default_rng(8).standard_normal((2, 4, 7, 6)).astype(np.float32)
+    x[0, 1, 2, 3] = np.nan
+    y, want = run(backend, [layer], x)
+    assert want.shape == y.shape and np.isnan(want).any()
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(want))
+    np.testing.assert_allclose(np.nan_to_num(y), np.nan_to_num(want), rtol=1e-5, atol=1e-6)
