@@ -85,3 +85,75 @@ CASES = [
 ]
 
 BY_ID = {c.id: c for c in CASES}
+
+# --- layers-a ---
+# the layers of deferinit.layers_extra and the new options of the pools, LayerNorm, GELU and the recurrent layers
+CASES += [
+    Case("activations_extra", lambda: di.LazyModel([
+        di.Dense(8), di.Scale(6.0), di.ReLU6(), di.Dense(8), di.SiLU(), di.Dense(8), di.Scale(4.0), di.HardSwish(),
+        di.Dense(8), di.Scale(4.0), di.HardSigmoid(), di.Dense(8), di.LeakyReLU(0.2), di.Dense(8, activation="leaky_relu"),
+        di.GELU(approximate="tanh"), di.Dense(8, activation="gelu_tanh"), di.Scale(6.0),
+        di.Dense(8, activation="relu6"), di.Dense(8, activation="hard_swish"), di.Activation("hard_sigmoid"),
+        di.Dense(3, activation="silu")]), (2, 5)),
+]
+BY_ID = {c.id: c for c in CASES}
+CASES += [
+    Case("recurrent_last", lambda: di.LazyModel([
+        di.Embedding(50, 6), di.LSTM(5, return_sequences=True), di.Take(-1), di.Dense(4)]), (2, 7), "int64"),
+    Case("recurrent_last_bidirectional", lambda: di.LazyModel([
+        di.Embedding(50, 6), di.GRU(5, bidirectional=True, num_layers=2, return_sequences=False),
+        di.Dense(4)]), (2, 7), "int64"),
+    Case("recurrent_last_rnn", lambda: di.LazyModel([
+        di.RNN(4, bidirectional=True, return_sequences=False), di.Dense(3)]), (3, 5, 2)),
+    Case("take_negative", lambda: di.LazyModel([di.Dense(4), di.Take(-2, axis=1), di.Dense(3)]), (2, 5, 3)),
+]
+BY_ID = {c.id: c for c in CASES}
+CASES += [
+    Case("pools_extra", lambda: di.LazyModel([
+        di.Conv2D(4, 3, padding=1), di.MaxPool2D(3, stride=2, padding=1, ceil_mode=True),
+        di.AvgPool2D(2, stride=2, padding=1, ceil_mode=True),
+        di.AvgPool2D(3, stride=2, padding=1, count_include_pad=False),
+        di.AvgPool2D(2, stride=3, padding=1, ceil_mode=True, count_include_pad=False), di.AdaptiveAvgPool2D((3, 2)),
+        di.Flatten(), di.Dense(3)]), (2, 3, 23, 21)),
+    Case("adaptive_pool", lambda: di.LazyModel([
+        di.Conv2D(4, 3), di.AdaptiveAvgPool2D(3), di.Conv2D(3, 1), di.AdaptiveAvgPool2D((4, 5)), di.Flatten(),
+        di.Dense(2)]), (2, 3, 12, 9)),
+    Case("pools_extra_channels_last", lambda: di.LazyModel([
+        di.Conv2D(4, 3), di.MaxPool2D(2, ceil_mode=True), di.AvgPool2D(3, stride=2, padding=1, ceil_mode=True,
+                                                                      count_include_pad=False),
+        di.AdaptiveAvgPool2D((2, 3)), di.Flatten(), di.Dense(3)], data_format="channels_last"), (2, 12, 11, 3)),
+]
+BY_ID = {c.id: c for c in CASES}
+CASES += [
+    Case("groupnorm", lambda: di.LazyModel([
+        di.Conv2D(8, 3, padding=1), di.GroupNorm(4), di.ReLU(), di.Conv2D(6, 3), di.GroupNorm(3, eps=1e-3),
+        di.Conv2D(4, 1), di.GroupNorm(1), di.GroupNorm(4), di.Flatten(), di.Dense(6), di.GroupNorm(2),
+        di.Dense(3)]), (2, 3, 8, 7)),
+    Case("groupnorm_channels_last", lambda: di.LazyModel([
+        di.Conv2D(6, 3), di.GroupNorm(3), di.Conv2D(4, 1), di.GroupNorm(2),
+        di.GlobalAvgPool2D(), di.Dense(2)], data_format="channels_last"), (2, 7, 8, 3)),
+]
+BY_ID = {c.id: c for c in CASES}
+CASES += [
+    Case("layernorm_axis", lambda: di.LazyModel([
+        di.Conv2D(6, 3, padding=1), di.LayerNorm(axis="channels"), di.Conv2D(4, 1), di.LayerNorm(axis=1, eps=1e-6),
+        di.LayerNorm(axis=2), di.LayerNorm(axis=-2), di.LayerNorm(), di.Flatten(), di.Dense(5),
+        di.LayerNorm(axis="channels"), di.Dense(3)]), (2, 3, 5, 7)),
+    Case("layernorm_axis_channels_last", lambda: di.LazyModel([
+        di.Conv2D(6, 3), di.LayerNorm(axis="channels"), di.LayerNorm(axis=1), di.Conv2D(4, 1),
+        di.Flatten(), di.Dense(2)], data_format="channels_last"), (2, 7, 8, 3)),
+]
+BY_ID = {c.id: c for c in CASES}
+CASES += [
+    Case("layerscale_droppath", lambda: di.LazyModel([
+        di.Conv2D(6, 3, padding=1),
+        di.Residual(di.Sequential([di.Conv2D(6, 3, padding=1, groups=6), di.LayerNorm(axis="channels"),
+                                   di.Conv2D(12, 1, activation="gelu"), di.Conv2D(6, 1), di.LayerScale(0.5),
+                                   di.DropPath(0.2)])),
+        di.LayerScale(), di.GlobalAvgPool2D(), di.LayerScale(2.0), di.Dense(3)]), (2, 3, 6, 5)),
+    Case("layerscale_channels_last", lambda: di.LazyModel([
+        di.Conv2D(6, 3), di.LayerScale(0.25), di.DropPath(0.5), di.Conv2D(4, 1), di.LayerScale(3.0), di.Flatten(),
+        di.Dense(2)],
+        data_format="channels_last"), (2, 7, 8, 3)),
+]
+BY_ID = {c.id: c for c in CASES}

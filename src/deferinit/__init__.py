@@ -45,6 +45,17 @@ from .layers import (
     Softmax,
     Tanh,
 )
+from .layers_extra import (
+    AdaptiveAvgPool2D,
+    DropPath,
+    GroupNorm,
+    HardSigmoid,
+    HardSwish,
+    LayerScale,
+    LeakyReLU,
+    ReLU6,
+    SiLU,
+)
 from .layers_seq import (
     GRU,
     LSTM,
@@ -109,6 +120,7 @@ __all__ = [
     "Flatten", "Identity", "Activation", "ReLU", "Sigmoid", "Tanh", "GELU", "Softmax", "Embedding",
     "RNN", "GRU", "LSTM", "MultiHeadAttention", "PositionalEncoding", "ClassToken", "PositionEmbedding", "Reshape",
     "Permute", "Scale", "Take", "OneHot",
+    "ReLU6", "SiLU", "HardSwish", "HardSigmoid", "LeakyReLU", "AdaptiveAvgPool2D", "GroupNorm", "LayerScale", "DropPath",
     "infer_shapes", "compile", "register_layer", "register_builder", "backends", "available_backends", "CompiledModel", "ShapeDtype",
     "ShapeReport", "ParamInfo", "LayerInfo", "load_spec", "save_spec", "save_weights", "load_weights", "init", "parity",
     "DeferInitError", "SpecError", "ShapeMismatchError", "DTypeError", "BackendUnavailableError",

@@ -4,7 +4,8 @@ Values are drawn in NumPy, in the canonical layout, from a generator seeded by `
 each canonical parameter name, so they do not depend on the backend, on the order in which a framework
 creates its variables, or on which other parameters exist. Adapters then load them into the native
 model. Only weights with role ``kernel`` or ``embedding`` are drawn; biases and shifts start at zero,
-norm scales at one, running means at zero and running variances at one.
+norm scales at one, running means at zero and running variances at one; a role ``fill=<value>``
+(LayerScale's weight) starts at that value.
 
 Fans follow PyTorch's convention: for a weight ``(out, in, *kernel)``, ``fan_in = in * prod(kernel)`` and
 ``fan_out = out * prod(kernel)``; an embedding ``(num, dim)`` has ``fan_in = num``, ``fan_out = dim``.
@@ -148,6 +149,8 @@ def generate(params: Mapping[str, Any], init: Initializer, key: int) -> dict[str
     for name, p in params.items():
         if p.role in _FIXED:
             out[name] = np.full(p.shape, _FIXED[p.role], dtype=np.float32)
+        elif p.role.startswith("fill="):  # a value the layer fixes (LayerScale's init_value)
+            out[name] = np.full(p.shape, float(p.role[5:]), dtype=np.float32)
         else:
             out[name] = init(p.shape, key=key, name=name, role=p.role)
     return out

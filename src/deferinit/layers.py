@@ -162,9 +162,13 @@ class _Pool2D(Leaf):
     _: KW_ONLY
     stride: Any = None
     padding: Any = 0
+    ceil_mode: bool = False
 
     def validate(self) -> None:
         name = _layer_name(self)
+        for field in ("ceil_mode", "count_include_pad"):
+            if not isinstance(getattr(self, field, False), bool):
+                raise SpecError(f"{name}: {field} must be True or False. Received: {field}={getattr(self, field)!r}")
         object.__setattr__(self, "pool_size", check_tuple(name, "pool_size", self.pool_size, 2))
         if self.stride is not None:
             object.__setattr__(self, "stride", check_tuple(name, "stride", self.stride, 2))
@@ -184,6 +188,10 @@ class _Pool2D(Leaf):
         out = list(shape)
         for i, axis in enumerate(ctx.spatial_axes(4)):
             out[axis] = _window_out(ctx, shape, axis, self.pool_size[i], self.strides[i], 1, self.padding[i])
+            if self.ceil_mode and out[axis] is not None:  # PyTorch's ceil mode (see layers_extra.pool_out)
+                from .layers_extra import pool_out
+
+                out[axis] = pool_out(shape[axis], self.pool_size[i], self.strides[i], self.padding[i], True)
         return tuple(out), {}
 
     def buffers(self, shape: Shape, out: Shape, data_format: str) -> tuple[Buffer, ...]:
@@ -192,12 +200,16 @@ class _Pool2D(Leaf):
 
 @dataclass(frozen=True, eq=False, repr=False)
 class MaxPool2D(_Pool2D):
-    """Max pooling (padding counts as -inf); ``stride`` defaults to ``pool_size``."""
+    """Max pooling (padding counts as -inf); ``stride`` defaults to ``pool_size``; ``ceil_mode`` as PyTorch's."""
 
 
 @dataclass(frozen=True, eq=False, repr=False)
 class AvgPool2D(_Pool2D):
-    """Average pooling; padded zeros are counted in the average (PyTorch's ``count_include_pad=True``)."""
+    """Average pooling with PyTorch's ``ceil_mode`` and ``count_include_pad`` (by default padded zeros are counted
+    in the average; a ceil-mode window hanging past the padding is not)."""
+
+    _: KW_ONLY
+    count_include_pad: bool = True
 
 
 @dataclass(frozen=True, eq=False, repr=False)

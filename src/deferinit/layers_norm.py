@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import KW_ONLY, dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from .errors import fmt_shape
+from .errors import SpecError, fmt_shape
 from .layers_base import Leaf, ParamSpec, RuleContext
-from .spec import ACTIVATIONS, Shape, check_activation, check_float, check_int
+from .spec import ACTIVATIONS, Shape, check_activation, check_float, check_int, show
 
 __all__ = ["BatchNorm", "LayerNorm", "Dropout", "Flatten", "Identity", "Activation", "ReLU", "Sigmoid", "Tanh",
            "GELU", "Softmax", "Embedding"]
@@ -42,18 +42,33 @@ class BatchNorm(Leaf):
 
 @dataclass(frozen=True, eq=False, repr=False)
 class LayerNorm(Leaf):
-    """Layer normalization over the last axis, with a learned scale and shift."""
+    """Layer normalization over one axis, with a learned scale and shift along it: ``axis=-1`` the last (the
+    default), an int, or ``"channels"``: the data format's channel axis (ConvNeXt's LayerNorm2d on channels-first
+    images, without a Permute)."""
 
     _: KW_ONLY
     eps: float = 1e-5
+    axis: Any = -1
 
     def validate(self) -> None:
         check_float("LayerNorm", "eps", self.eps, 0.0, math.inf, lo_open=True, hi_open=True)
+        if self.axis != "channels" and (not isinstance(self.axis, int) or isinstance(self.axis, bool)):
+            raise SpecError(f"LayerNorm: axis must be an int or 'channels'. Received: axis={show(self.axis)}")
+
+    def resolved_axis(self, rank: int, data_format: str) -> int:
+        """The normalized axis, from 0, of a rank-``rank`` input (assumed valid: the rule checks it)."""
+        if self.axis == "channels":
+            return 1 if (data_format == "channels_first" or rank == 2) else rank - 1
+        return int(self.axis) % rank
 
     def infer(self, shape: Shape, ctx: RuleContext) -> tuple[Shape, dict[str, ParamSpec]]:
         if len(shape) < 2:
             raise ctx.mismatch("an input of rank >= 2 (batch, ..., features)", f"shape {fmt_shape(shape)}")
-        c = ctx.known(shape, -1, "the normalized (last) axis")
+        if self.axis != "channels" and not (-len(shape) <= self.axis < len(shape) and self.axis % len(shape)):
+            raise ctx.mismatch(f"an axis other than the batch axis for axis={self.axis}",
+                               f"shape {fmt_shape(shape)} (rank {len(shape)})")
+        axis = self.resolved_axis(len(shape), ctx.data_format)
+        c = ctx.known(shape, axis, "the normalized axis")
         return shape, {"weight": ParamSpec((c,), role="scale"), "bias": ParamSpec((c,), role="shift")}
 
 
@@ -126,10 +141,31 @@ def _named_activation(act: str, doc: str) -> type:
 ReLU = _named_activation("relu", "``max(x, 0)``.")
 Sigmoid = _named_activation("sigmoid", "``1 / (1 + exp(-x))``.")
 Tanh = _named_activation("tanh", "Hyperbolic tangent.")
-GELU = _named_activation("gelu", "The exact (erf) GELU, as PyTorch's default; Flax's tanh form is not used.")
 Softmax = _named_activation("softmax", "Softmax over the last axis.")
-for _cls, _n in ((ReLU, "ReLU"), (Sigmoid, "Sigmoid"), (Tanh, "Tanh"), (GELU, "GELU"), (Softmax, "Softmax")):
+for _cls, _n in ((ReLU, "ReLU"), (Sigmoid, "Sigmoid"), (Tanh, "Tanh"), (Softmax, "Softmax")):
     _cls.__name__ = _cls.__qualname__ = _n
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class GELU(Leaf):
+    """GELU: ``approximate="none"`` the exact erf form (PyTorch's default), ``"tanh"`` the tanh form
+    (PyTorch's ``approximate="tanh"``, Flax's default; the activation name ``"gelu_tanh"``)."""
+
+    _: KW_ONLY
+    approximate: str = "none"
+
+    def validate(self) -> None:
+        if self.approximate not in ("none", "tanh"):
+            raise SpecError(f"GELU: approximate must be 'none' or 'tanh'. Received: approximate={show(self.approximate)}")
+
+    @property
+    def activation(self) -> str:
+        return "gelu" if self.approximate == "none" else "gelu_tanh"
+
+    def infer(self, shape: Shape, ctx: RuleContext) -> tuple[Shape, dict[str, ParamSpec]]:
+        return shape, {}
+
+
 assert set(ACTIVATIONS) >= {"relu", "sigmoid", "tanh", "gelu", "softmax"}
 
 

@@ -37,6 +37,7 @@ class _Recurrent(Leaf):
     bidirectional: bool = False
     use_bias: bool = True
     dropout: float = 0.0
+    return_sequences: bool = True
 
     gates: ClassVar[int] = 1
 
@@ -45,7 +46,7 @@ class _Recurrent(Leaf):
         check_int(name, "hidden_size", self.hidden_size)
         check_int(name, "num_layers", self.num_layers)
         check_float(name, "dropout", self.dropout, 0.0, 1.0, lo_open=False, hi_open=True)
-        for field in ("bidirectional", "use_bias"):
+        for field in ("bidirectional", "use_bias", "return_sequences"):
             if not isinstance(getattr(self, field), bool):
                 raise SpecError(f"{name}: {field} must be True or False. Received: {field}={show(getattr(self, field))}")
 
@@ -66,6 +67,8 @@ class _Recurrent(Leaf):
                 if self.use_bias:
                     params[f"bias_ih_l{layer}{sfx}"] = ParamSpec((g,), role="bias")
                     params[f"bias_hh_l{layer}{sfx}"] = ParamSpec((g,), role="bias")
+        if not self.return_sequences:  # the last step's output per direction, as Keras's return_sequences=False
+            return (shape[0], h * len(self.directions)), params
         return (shape[0], shape[1], h * len(self.directions)), params
 
     def buffers(self, shape: Shape, out: Shape, data_format: str) -> tuple[Buffer, ...]:
@@ -259,7 +262,7 @@ class Scale(Leaf):
 
 @dataclass(frozen=True, eq=False, repr=False)
 class Take(Leaf):
-    """Selects one index along an axis (``X[:, 0]`` for a class token): the axis disappears."""
+    """Selects one index along an axis (``X[:, 0]`` for a class token; ``-1`` the last): the axis disappears."""
 
     index: int
     _: KW_ONLY
@@ -267,14 +270,17 @@ class Take(Leaf):
     accepts: ClassVar[str] = "any"
 
     def validate(self) -> None:
-        check_int("Take", "index", self.index, minimum=0)
+        check_int("Take", "index", self.index, minimum=-MAX_INT)
         check_int("Take", "axis", self.axis)
 
     def infer(self, shape: Shape, ctx: RuleContext) -> tuple[Shape, dict[str, ParamSpec]]:
         if len(shape) <= self.axis:
             raise ctx.mismatch(f"an input with axis {self.axis}", f"shape {fmt_shape(shape)}")
-        if shape[self.axis] is not None and self.index >= shape[self.axis]:
-            raise ctx.mismatch(f"more than {self.index} entries on axis {self.axis}", f"shape {fmt_shape(shape)}")
+        size = shape[self.axis]
+        if size is not None and not -size <= self.index < size:
+            need = self.index + 1 if self.index >= 0 else -self.index
+            raise ctx.mismatch(f"more than {need - 1} entries on axis {self.axis} (index {self.index})",
+                               f"shape {fmt_shape(shape)}")
         return shape[:self.axis] + shape[self.axis + 1:], {}
 
 

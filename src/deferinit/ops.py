@@ -55,7 +55,9 @@ def activation(name: str | None, x: np.ndarray) -> np.ndarray:
         return softmax(x, -1)
     if name == "silu":
         return (x.astype(np.float64) / (1.0 + np.exp(-x.astype(np.float64)))).astype(x.dtype)
-    raise ValueError(name)  # pragma: no cover - names are validated by the spec
+    from .ops_extra import activation_extra
+
+    return activation_extra(name, x)  # pragma: no cover - names are validated by the spec
 
 
 def _windows(x: np.ndarray, kernel: tuple[Any, ...], stride: tuple[Any, ...], dilation: tuple[Any, ...]) -> np.ndarray:

@@ -90,9 +90,10 @@ def make_artifact(spec: LazyModel, backend: str, x: Any = None, *, input_shape: 
         grads = {k: _sample(k, np.asarray(v, dtype=np.float32)) for k, v in model.gradients(x).items()}
     train_out, train_state = None, {}
     from .layers import Dropout
+    from .layers_extra import DropPath
     from .shapes import plan
 
-    if any(isinstance(n.layer, Dropout) and n.layer.rate > 0 for n in plan(spec).walk()):
+    if any(isinstance(n.layer, (Dropout, DropPath)) and n.layer.rate > 0 for n in plan(spec).walk()):
         training = False  # dropout masks come from each framework's own random stream: not comparable
     if training:
         model.load_weights(weights)

@@ -25,7 +25,8 @@ from .errors import SpecError
 __all__ = ["Layer", "Container", "Sequential", "LazyModel", "Residual", "Concat", "ACTIVATIONS", "DATA_FORMATS",
            "MAX_DEPTH", "MAX_INT", "show", "segments"]
 
-ACTIVATIONS = ("relu", "sigmoid", "tanh", "gelu", "softmax", "silu")
+ACTIVATIONS = ("relu", "sigmoid", "tanh", "gelu", "softmax", "silu", "relu6", "hard_swish", "hard_sigmoid",
+               "leaky_relu", "gelu_tanh")
 DATA_FORMATS = ("channels_first", "channels_last")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")  # matched with fullmatch: '$' would accept a trailing newline
 

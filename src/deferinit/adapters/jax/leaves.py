@@ -124,3 +124,5 @@ register_builder("jax", Dropout)(_simple(lambda node, cf, name: M.Dropout(node.l
 register_builder("jax", Flatten)(_simple(lambda node, cf, name: M.Flatten(name=name)))
 register_builder("jax", Identity)(_simple(lambda node, cf, name: M.Identity(name=name)))
 register_builder("jax", Activation, ReLU, Sigmoid, Tanh, GELU, Softmax)(_activation)
+
+from . import extra as extra  # noqa: E402  (registers the builders of deferinit.layers_extra)

@@ -59,7 +59,9 @@ def activate(name: str | None, x: Any) -> Any:
         return nn.softmax(x, axis=-1)
     if name == "silu":
         return nn.silu(x)
-    raise ValueError(name)  # pragma: no cover - names are validated by the spec
+    from .activations import activate_extra
+
+    return activate_extra(name, x)  # pragma: no cover - names are validated by the spec
 
 
 def _to_last(x: Any) -> Any:

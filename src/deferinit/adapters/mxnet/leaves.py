@@ -160,3 +160,5 @@ def _flatten(layer: Flatten, fmt: str) -> Built:
 @register_builder("mxnet", Identity)
 def _identity(layer: Identity, fmt: str) -> Built:
     return modules.identity(), {}
+
+from . import extra as extra  # noqa: E402  (registers the builders of deferinit.layers_extra)

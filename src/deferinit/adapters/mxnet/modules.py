@@ -51,7 +51,9 @@ def activate(F: Any, name: str | None, x: Any) -> Any:
         return x * F.sigmoid(x)
     if name in ("relu", "softmax"):  # the Activation and softmax operators drop NaN
         return getattr(nan, name)(F, x)
-    raise ValueError(name)  # pragma: no cover - names are validated by the spec
+    from .activations import activate_extra
+
+    return activate_extra(F, name, x)  # pragma: no cover - names are validated by the spec
 
 
 def activation_block(name: str) -> gluon.HybridBlock:
@@ -64,7 +66,9 @@ def activation_block(name: str) -> gluon.HybridBlock:
         return nn.Swish(beta=1.0)
     if name in ("relu", "softmax"):  # the Activation and softmax operators drop NaN
         return nan.ReLU() if name == "relu" else nn.HybridLambda(nan.softmax)
-    raise ValueError(name)  # pragma: no cover
+    from .activations import extra_block
+
+    return extra_block(name)  # pragma: no cover
 
 
 class Dropout(nn.Dropout):

@@ -161,8 +161,8 @@ _BUILDERS: dict[type, Callable[[Any, str], Built]] = {
     Reshape: _lambda(lambda F, x, layer: F.reshape(x, shape=(0,) + layer.shape)),
     Permute: _lambda(lambda F, x, layer: F.transpose(x, axes=(0,) + layer.dims)),
     Scale: _lambda(lambda F, x, layer: x * layer.factor),
-    Take: _lambda(lambda F, x, layer: F.squeeze(F.slice_axis(x, axis=layer.axis, begin=layer.index,
-                                                             end=layer.index + 1), axis=layer.axis)),
+    Take: _lambda(lambda F, x, layer: F.squeeze(F.slice_axis(x, axis=layer.axis, begin=layer.index,  # -1: to the end
+                                                             end=layer.index + 1 or None), axis=layer.axis)),
     OneHot: _lambda(lambda F, x, layer: F.one_hot(x, depth=layer.num_classes)),
 }
 for _type, _builder in _BUILDERS.items():

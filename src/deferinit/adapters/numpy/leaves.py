@@ -233,3 +233,5 @@ def _scale(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarr
 @register_builder("numpy", Take)
 def _take(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
     return np.take(x, cast(Any, node.layer).index, axis=cast(Any, node.layer).axis)
+
+from . import extra as extra  # noqa: E402  (registers the builders of deferinit.layers_extra)

@@ -210,3 +210,5 @@ def _take(node: Node, fmt: str) -> Any:
 @register("tensorflow", OneHot)
 def _one_hot(node: Node, fmt: str) -> Any:
     return ks.OneHot(spec(node).num_classes, name=node.path)
+
+from . import extra as extra  # noqa: E402  (registers the builders of deferinit.layers_extra)

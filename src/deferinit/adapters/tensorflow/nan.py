@@ -40,7 +40,9 @@ def softmax(x: Any, axis: int = -1) -> Any:
 
 def activation(name: str | None) -> Any:
     """What to give a Keras layer's ``activation=``: the name, or the NaN-keeping function for relu and softmax."""
-    return {"relu": relu, "softmax": softmax}.get(name, name)  # type: ignore[arg-type]
+    from .activations import EXTRA
+
+    return {"relu": relu, "softmax": softmax, **EXTRA}.get(name, name)  # type: ignore[arg-type]
 
 
 class MaxPool2D(kl.MaxPool2D):

@@ -34,9 +34,11 @@ def recurrent(s: Any, name: str) -> Any:
     order differs ((z, r, h) for (r, z, n)); LSTM gates (i, f, c, o) are PyTorch's (i, f, g, o)."""
     kind = {RNN: "simple_rnn", GRU: "gru", LSTM: "lstm"}[type(s)]
 
-    def one(layer_name: str) -> Any:
-        # inside Bidirectional, Keras names the two directions forward_<kind> and backward_<kind>
-        common = dict(use_bias=s.use_bias, return_sequences=True, name=kind if s.bidirectional else layer_name)
+    def one(layer_name: str, top: bool = True) -> Any:
+        # inside Bidirectional, Keras names the two directions forward_<kind> and backward_<kind>; the top layer
+        # returns the last step only where the spec says so (Keras's own return_sequences=False)
+        common = dict(use_bias=s.use_bias, return_sequences=s.return_sequences or not top,
+                      name=kind if s.bidirectional else layer_name)
         if isinstance(s, GRU):
             rnn = keras.layers.GRU(s.hidden_size, reset_after=True, recurrent_activation="sigmoid", **common)
         elif isinstance(s, LSTM):
@@ -53,7 +55,7 @@ def recurrent(s: Any, name: str) -> Any:
     for i in range(s.num_layers):
         if i and s.dropout:
             stack.append(keras.layers.Dropout(s.dropout, name=f"dropout{i}"))
-        stack.append(one(f"l{i}"))
+        stack.append(one(f"l{i}", i == s.num_layers - 1))
     return Seq(stack, name=name)
 
 

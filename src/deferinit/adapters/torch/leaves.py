@@ -264,7 +264,9 @@ def rank_after(layer: Leaf, rank: int | None) -> int | None:
         return 4
     if isinstance(layer, (GlobalAvgPool2D, Flatten)):
         return 2
-    if isinstance(layer, (RNN, GRU, LSTM, MultiHeadAttention, PositionalEncoding, ClassToken, PositionEmbedding)):
+    if isinstance(layer, (RNN, GRU, LSTM)):
+        return 3 if layer.return_sequences else 2
+    if isinstance(layer, (MultiHeadAttention, PositionalEncoding, ClassToken, PositionEmbedding)):
         return 3
     if isinstance(layer, Reshape):
         return len(layer.shape) + 1
@@ -273,3 +275,5 @@ def rank_after(layer: Leaf, rank: int | None) -> int | None:
     if isinstance(layer, (Embedding, OneHot)):
         return None if rank is None else rank + 1
     return rank
+
+from . import extra as extra  # noqa: E402  (registers the builders of deferinit.layers_extra)

@@ -83,7 +83,10 @@ class SamePad(nn.Module):
         return f"kernel={self.kernel}, stride={self.stride}, dilation={self.dilation}"
 
 
-_ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU}
+_ACTIVATIONS: dict[str, Any] = {
+    "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU, "relu6": nn.ReLU6,
+    "hard_swish": nn.Hardswish, "hard_sigmoid": nn.Hardsigmoid, "leaky_relu": nn.LeakyReLU,  # slope 0.01
+    "gelu_tanh": lambda: nn.GELU(approximate="tanh")}
 
 
 def activation(name: str) -> Step:

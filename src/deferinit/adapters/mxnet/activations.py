@@ -1,0 +1,36 @@
+"""The activations beyond the basic set on MXNet: relu6 as ``clip(x, 0, 6)``, hard_sigmoid as MXNet's
+``hard_sigmoid(x, alpha=1/6, beta=0.5)`` (= ``relu6(x + 3) / 6``), hard_swish as ``x`` times it, leaky_relu as
+``LeakyReLU(act_type="leaky", slope=0.01)`` and gelu_tanh written out (MXNet 1.9's LeakyReLU has only the erf
+gelu). All keep NaN (measured: clip, hard_sigmoid and LeakyReLU return NaN for NaN)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from mxnet import gluon
+from mxnet.gluon import nn
+
+__all__ = ["activate_extra", "extra_block"]
+
+_C = math.sqrt(2.0 / math.pi)
+
+
+def activate_extra(F: Any, name: str, x: Any) -> Any:
+    if name == "relu6":
+        return F.clip(x, 0.0, 6.0)
+    if name == "hard_sigmoid":
+        return F.hard_sigmoid(x, alpha=1.0 / 6.0, beta=0.5)
+    if name == "hard_swish":
+        return x * F.hard_sigmoid(x, alpha=1.0 / 6.0, beta=0.5)
+    if name == "leaky_relu":
+        return F.LeakyReLU(x, act_type="leaky", slope=0.01)
+    if name == "gelu_tanh":
+        return 0.5 * x * (1.0 + F.tanh(_C * (x + 0.044715 * x * x * x)))
+    raise ValueError(name)  # pragma: no cover - names are validated by the spec
+
+
+def extra_block(name: str) -> gluon.HybridBlock:
+    if name == "leaky_relu":
+        return nn.LeakyReLU(0.01)
+    return nn.HybridLambda(lambda F, x: activate_extra(F, name, x))
