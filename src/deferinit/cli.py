@@ -205,8 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_spec_arguments(shapes)
     shapes.add_argument("--input", required=True, type=shape_arg, metavar="SHAPE",
                         help="input shape, e.g. 2,20 or 1,1,28,28 (None for a varying dim)")
-    shapes.add_argument("--backend", default="numpy", help="numpy (default, framework-free), torch, tensorflow, "
-                                                           "jax or mxnet")
+    from .registry import BUILTINS, REFERENCE
+
+    shapes.add_argument("--backend", default=REFERENCE, help=f"{REFERENCE} (default, framework-free) or one of "
+                                                             f"{', '.join(n for n in BUILTINS if n != REFERENCE)}")
     shapes.add_argument("--concrete", action="store_true",
                         help="let the framework allocate and initialize real weights (default: shapes only, "
                              "abstract init, no parameter memory)")

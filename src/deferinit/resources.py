@@ -164,6 +164,8 @@ class Footprint:
 
 
 def _concrete(shape: Shape) -> Shape:
+    if None not in shape:  # the rules' shapes are ints already: the usual case costs no new tuple
+        return shape
     return tuple(1 if d is None else int(d) for d in shape)  # None dims are 1 in the dummy apply_init builds
 
 
@@ -267,12 +269,13 @@ def check_sizes(who: str, fp: Footprint, *, max_elements: int | None = None, max
                 note: str = "", after: str = "nothing was allocated") -> None:
     """Every tensor within what frameworks index: 2**63 bytes for all, and a backend's own narrower limits."""
     for t in fp.tensors:
-        if t.nbytes > INDEX_LIMIT:
+        elements = math.prod(t.shape)
+        if elements * t.itemsize > INDEX_LIMIT:
             raise ResourceError(f"{who}: {t.describe()} has {_count(t.elements)} elements, beyond what any framework "
                                 f"can index (2**63 bytes); {after}. Check the sizes in the spec and the input shape")
         if t.resident:  # numpy tables (or none at all, on MXNet): the framework's own limits do not apply
             continue
-        if max_elements is not None and t.elements > max_elements:
+        if max_elements is not None and elements > max_elements:
             raise ResourceError(f"{who}: {t.describe()} has {t.elements:,} elements, more than the {max_elements:,} "
                                 f"this backend takes in one tensor ({note}); {after}. Use a smaller batch or layer")
         if max_dim is not None and any(d > max_dim for d in t.shape):
@@ -280,15 +283,16 @@ def check_sizes(who: str, fp: Footprint, *, max_elements: int | None = None, max
                                 f"this backend takes ({note}); {after}. Use a smaller layer")
 
 
-def check_fits(who: str, need: int, doing: str, fp: Footprint, parts: str, fraction: float, after: str,
-               advice: str | Callable[[], str]) -> None:
-    """Refuse ``need`` bytes when more than ``fraction`` of the memory available now (``advice`` may be a function,
-    called only for the message)."""
+def check_fits(who: str, need: int, doing: str | Callable[[], str], fp: Footprint, parts: str | Callable[[], str],
+               fraction: float, after: str, advice: str | Callable[[], str]) -> None:
+    """Refuse ``need`` bytes when more than ``fraction`` of the memory available now (``doing``, ``parts`` and
+    ``advice`` may be functions, called only for the message: apply_init on a small model pays for no words)."""
     if need < SMALL:
         return
     have = available_memory()
     if have is None or need <= fraction * have:
         return
+    doing, parts = doing() if callable(doing) else doing, parts() if callable(parts) else parts
     raise ResourceError(f"{who}: {doing} would need {fmt_bytes(need)} ({parts}; the largest: {fp.largest.describe()}) "
                         f"but only {fmt_bytes(have)} of memory is available (the limit is {fraction:.0%} of it); "
                         f"{after}. {advice() if callable(advice) else advice}")

@@ -44,18 +44,19 @@ class Node:
 
 def plan(spec: Layer) -> Node:
     """Resolve dotted paths (position, or ``name=``) and ties for a spec."""
-    first: dict[int, Node] = {}
+    return _plan(spec, "", {})
 
-    def build(layer: Layer, path: str) -> Node:
-        seen = first.get(id(layer))
-        if seen is not None:
-            return Node(path, layer, [], tied_to=seen)
-        node = Node(path, layer)
-        first[id(layer)] = node
-        node.children = [build(child, f"{path}.{seg}" if path else seg) for seg, child in layer.children]
-        return node
 
-    return build(spec, "")
+def _plan(layer: Layer, path: str, first: dict[int, Node]) -> Node:
+    # a module-level function, not a recursive closure: a closure that calls itself is a reference cycle, and
+    # every apply_init would leave its tree to the garbage collector
+    seen = first.get(id(layer))
+    if seen is not None:
+        return Node(path, layer, [], tied_to=seen)
+    node = Node(path, layer)
+    first[id(layer)] = node
+    node.children = [_plan(child, f"{path}.{seg}" if path else seg, first) for seg, child in layer.children]
+    return node
 
 
 def _is_int(d: Any) -> bool:
@@ -83,6 +84,8 @@ def as_dtype(dtype: Any) -> Any:
     """A numpy dtype from a numpy one, a name, or a framework's (``torch.float32``, ``tf.int64``)."""
     import numpy as np
 
+    if isinstance(dtype, np.dtype):
+        return dtype
     for candidate in (dtype, getattr(dtype, "as_numpy_dtype", None), str(dtype).rsplit(".", 1)[-1]):
         try:
             if candidate is not None:

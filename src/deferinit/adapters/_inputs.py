@@ -47,6 +47,24 @@ def as_array(x: Any, backend: str) -> np.ndarray:
     """A numpy array of the input, or a DeferInitError saying what was received."""
     if not (isinstance(x, np.ndarray) or isinstance(x, (list, tuple, int, float, np.number))):
         raise DTypeError(f"the model input expected a numpy array or a {backend} tensor, received {type(x).__name__}")
+    if type(x) is np.ndarray:  # already an array (not a subclass): no conversion, no warning to silence
+        arr = x
+    else:
+        arr = _from_python(x)
+    if arr.dtype == object:
+        where = _ragged(x) if isinstance(x, (list, tuple)) else None
+        if where is not None:
+            raise ShapeMismatchError(f"the model input expected a rectangular array, received a ragged nested "
+                                     f"{type(x).__name__} ({where})")
+        bad = next((e for e in arr.flat if not isinstance(e, (float, np.number, bool))), None)
+        what = (f"an integer beyond int64: {str(bad)[:40]}" if isinstance(bad, int) else
+                f"{type(bad).__name__} values" if bad is not None else "Python objects")
+        raise DTypeError(f"the model input expected a numeric array, received a {type(x).__name__} of objects ({what})")
+    return arr
+
+
+def _from_python(x: Any) -> np.ndarray:
+    """``np.asarray`` of a list, tuple or scalar; a ragged or unconvertible one is a DeferInitError."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # numpy 1.23's VisibleDeprecationWarning for ragged lists
@@ -58,15 +76,6 @@ def as_array(x: Any, backend: str) -> np.ndarray:
                                      f"{type(x).__name__} ({where})") from None
         raise DTypeError(f"the model input expected a numeric array, received a {type(x).__name__} numpy cannot "
                          f"convert ({str(exc).splitlines()[0][:120]})") from None
-    if arr.dtype == object:
-        where = _ragged(x) if isinstance(x, (list, tuple)) else None
-        if where is not None:
-            raise ShapeMismatchError(f"the model input expected a rectangular array, received a ragged nested "
-                                     f"{type(x).__name__} ({where})")
-        bad = next((e for e in arr.flat if not isinstance(e, (float, np.number, bool))), None)
-        what = (f"an integer beyond int64: {str(bad)[:40]}" if isinstance(bad, int) else
-                f"{type(bad).__name__} values" if bad is not None else "Python objects")
-        raise DTypeError(f"the model input expected a numeric array, received a {type(x).__name__} of objects ({what})")
     return arr
 
 

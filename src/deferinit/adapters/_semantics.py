@@ -46,35 +46,37 @@ class IdCheck:
 def id_checks(root: Node) -> tuple[IdCheck, ...]:
     """Every Embedding/OneHot position that receives the model input's integers, in the order of the walk."""
     found: list[IdCheck] = []
-
-    def walk(node: Node, path: str, route: tuple[Leaf, ...] | None) -> tuple[Leaf, ...] | None:
-        """The route of the ids after ``node``, or None once they have become floats."""
-        if route is None:
-            return None
-        target = node.tied_to or node
-        layer = target.layer
-        if isinstance(layer, Leaf):
-            if layer.accepts == "int":
-                size = getattr(layer, "num_embeddings", getattr(layer, "num_classes", None))
-                found.append(IdCheck(path, type(layer).__name__, int(size), route))  # type: ignore[arg-type]
-                return None
-            if layer.accepts != "any":
-                return None
-            return route + (layer,) if isinstance(layer, _MOVES) else route
-        # a tied container has no subtree of its own: walk the first use's, named at this position
-        children = [(child, path + child.path[len(target.path):]) for child in target.children]
-        if isinstance(layer, Sequential):
-            for child, child_path in children:
-                route = walk(child, child_path, route)
-            return route
-        if isinstance(layer, (Residual, Concat)):
-            for child, child_path in children:
-                walk(child, child_path, route)
-        return None
-
-    walk(root, root.path, ())
+    _route(root, root.path, (), found)
     return tuple(IdCheck(c.path, c.kind, c.size, c.route if any(isinstance(m, Take) for m in c.route) else ())
                  for c in found)
+
+
+def _route(node: Node, path: str, route: tuple[Leaf, ...] | None, found: list[IdCheck]
+           ) -> tuple[Leaf, ...] | None:
+    """The route of the ids after ``node``, or None once they have become floats (module level: a recursive
+    closure is a reference cycle)."""
+    if route is None:
+        return None
+    target = node.tied_to or node
+    layer = target.layer
+    if isinstance(layer, Leaf):
+        if layer.accepts == "int":
+            size = getattr(layer, "num_embeddings", getattr(layer, "num_classes", None))
+            found.append(IdCheck(path, type(layer).__name__, int(size), route))  # type: ignore[arg-type]
+            return None
+        if layer.accepts != "any":
+            return None
+        return route + (layer,) if isinstance(layer, _MOVES) else route
+    # a tied container has no subtree of its own: walk the first use's, named at this position
+    children = [(child, path + child.path[len(target.path):]) for child in target.children]
+    if isinstance(layer, Sequential):
+        for child, child_path in children:
+            route = _route(child, child_path, route, found)
+        return route
+    if isinstance(layer, (Residual, Concat)):
+        for child, child_path in children:
+            _route(child, child_path, route, found)
+    return None
 
 
 def _move(layer: Leaf, ids: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ def weight_array(value: Any, name: str, who: str) -> np.ndarray:
             raise _no_data(name, who, "an uninitialized Keras variable")
         elif module == "jax" and type(value).__name__ == "ShapeDtypeStruct":
             raise _no_data(name, who, "a jax.ShapeDtypeStruct")
-        elif module == "mxnet" and hasattr(value, "asnumpy"):
+        elif hasattr(value, "asnumpy") and callable(value.asnumpy):  # an NDArray (MXNet's): np.asarray gives objects
             arr = value.asnumpy()
         elif module in ("tensorflow", "keras") and hasattr(value, "numpy"):
             arr = np.asarray(value.numpy())

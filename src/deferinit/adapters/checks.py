@@ -6,7 +6,6 @@ Framework-free: this module imports no framework.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, Mapping, TypeVar
 
 import numpy as np
@@ -166,20 +165,25 @@ class Checks(Contract[N]):
         frameworks crash rather than fail cleanly when memory runs out (see resources.py)."""
         fp, who, abstract = footprint(inference), self._who(), doing.startswith("abstract")
         check_sizes(who, fp)  # 2**63 bytes first, then what fits here, then the backend's own narrower limits
-        tables = f"tables {fmt_bytes(fp.tables)}, counted twice while they are built" if fp.tables else "no tables"
-        if abstract:
-            need, parts = (2 * fp.tables if self.abstract_tables else 0), tables
-        elif doing == "materialize":
-            need, parts = fp.params + 2 * fp.tables, f"parameters {fmt_bytes(fp.params)}, {tables}"
-        else:
-            need, parts = fp.init, f"parameters {fmt_bytes(fp.params)}, {tables}, a dry-run forward {fmt_bytes(fp.peak)}"
-        if fp.largest.what.startswith("parameter"):
-            advice = "Use apply_init(..., abstract=True) or deferinit.infer_shapes for shapes alone"
-        elif fp.largest.what == "output" or not fp.tables:
-            advice = "Use a smaller dummy input (batch 1: the batch does not change the parameters)"
-        else:
-            advice = "Make the table smaller (max_len: it covers every position up to it)"
-        check_fits(who, need, f"{doing} on input {fmt_shape(inference.report.input_shape)}", fp, parts,
+        need = (2 * fp.tables if self.abstract_tables else 0) if abstract else \
+            fp.params + 2 * fp.tables if doing == "materialize" else fp.init
+
+        def parts() -> str:  # the message's words, built only when it is raised
+            tables = f"tables {fmt_bytes(fp.tables)}, counted twice while they are built" if fp.tables else "no tables"
+            if abstract:
+                return tables
+            if doing == "materialize":
+                return f"parameters {fmt_bytes(fp.params)}, {tables}"
+            return f"parameters {fmt_bytes(fp.params)}, {tables}, a dry-run forward {fmt_bytes(fp.peak)}"
+
+        def advice() -> str:
+            if fp.largest.what.startswith("parameter"):
+                return "Use apply_init(..., abstract=True) or deferinit.infer_shapes for shapes alone"
+            if fp.largest.what == "output" or not fp.tables:
+                return "Use a smaller dummy input (batch 1: the batch does not change the parameters)"
+            return "Make the table smaller (max_len: it covers every position up to it)"
+
+        check_fits(who, need, lambda: f"{doing} on input {fmt_shape(inference.report.input_shape)}", fp, parts,
                    self.memory_fraction, "nothing was allocated", advice)
         check_sizes(who, fp, max_elements=None if abstract else self.max_elements, max_dim=self.max_dim,
                     note=self.size_note)
@@ -223,8 +227,9 @@ class Checks(Contract[N]):
                                      source=got.source)
         layers, output = ref.layers, ref.output_shape
         if layer_shapes is not None:
-            layers = {path: replace(info, output_shape=self._native_shape(layer_shapes, path, info), source="native")
-                      for path, info in ref.layers.items()}
+            layers = {path: LayerInfo(path=info.path, type=info.type, params=info.params, tied_to=info.tied_to,
+                                      output_shape=self._native_shape(layer_shapes, path, info), source="native")
+                      for path, info in ref.layers.items()}  # LayerInfo(...) is cheaper than replace() (a model of 100 layers)
             output = self._native_shape(layer_shapes, "", None, ref.output_shape)
         return ShapeReport(backend=self.backend, input_shape=ref.input_shape, output_shape=output,
                            params=params, layers=layers, input_dtype=ref.input_dtype, data_format=ref.data_format)
@@ -241,6 +246,8 @@ class Checks(Contract[N]):
             raise BackendError(f"{self._who()}: the framework's dry run gave no output shape for {what}; the "
                                f"adapter must observe every layer position (the reference gives {fmt_shape(want)})")
         got = tuple(got)
+        if got == want:  # the usual case: every dim known and equal
+            return want
         if len(got) != len(want) or any(w is not None and g != w for g, w in zip(got, want)):
             raise BackendError(f"{self._who()}: the framework computed {fmt_shape(got)} at {what} where the "
                                f"reference rules give {fmt_shape(want)}")

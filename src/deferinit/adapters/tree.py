@@ -79,27 +79,29 @@ def build(root: Node, builder: Builder[M]) -> tuple[M, dict[str, M]]:
     """Build the native tree of a plan: returns the root's object and ``{path: object}`` for every position
     (a tied position maps to what :meth:`Builder.tie` returned for it)."""
     built: dict[str, M] = {}
+    return _make(root, builder, built), built
 
-    def make(node: Node) -> M:
-        if node.tied_to is not None:
-            obj = builder.tie(node, built[node.tied_to.path])
+
+def _make(node: Node, builder: Builder[M], built: dict[str, M]) -> M:
+    # module-level, not a recursive closure: a closure that calls itself is a reference cycle, which would keep
+    # every native object built alive until a garbage-collector pass (one per few apply_init, measured)
+    if node.tied_to is not None:
+        obj = builder.tie(node, built[node.tied_to.path])
+    else:
+        how = kind(node)
+        if how == "leaf":
+            obj = builder.leaf(node)
         else:
-            how = kind(node)
-            if how == "leaf":
-                obj = builder.leaf(node)
+            with builder.enter(node):
+                kids = [(segment(c), _make(c, builder, built)) for c in node.children]
+            if how == "residual":
+                obj = builder.residual(node, kids[0][1], kids[1][1] if len(kids) > 1 else None)
+            elif how == "concat":
+                obj = builder.concat(node, kids)
             else:
-                with builder.enter(node):
-                    kids = [(segment(c), make(c)) for c in node.children]
-                if how == "residual":
-                    obj = builder.residual(node, kids[0][1], kids[1][1] if len(kids) > 1 else None)
-                elif how == "concat":
-                    obj = builder.concat(node, kids)
-                else:
-                    obj = builder.sequential(node, kids)
-        built[node.path] = obj
-        return obj
-
-    return make(root), built
+                obj = builder.sequential(node, kids)
+    built[node.path] = obj
+    return obj
 
 
 class Runner(Generic[T]):
@@ -130,30 +132,30 @@ def run(root: Node, x: T, runner: Runner[T], record: dict[str, Any] | None = Non
     """Evaluate the tree position by position with ``runner``; when ``record`` is given, store
     ``runner.record(output)`` under every position's path (tied positions included, their insides not: a tied
     subtree's positions are recorded under the first occurrence)."""
+    return _go(root, x, runner, record)
 
-    def go(node: Node, x: T, rec: dict[str, Any] | None) -> T:
-        target = node.tied_to or node
-        inner = rec if node.tied_to is None else None
-        how = kind(target)
-        if how == "leaf":
-            y = runner.leaf(target, x)
-        elif how == "sequential":
-            y = x
-            for child in target.children:
-                y = go(child, y, inner)
-        elif how == "residual":
-            body = go(target.children[0], x, inner)
-            y = runner.add(body, go(target.children[1], x, inner) if len(target.children) > 1 else x)
-            act = getattr(target.layer, "activation", None)
-            y = runner.activation(act, y) if act else y
-        else:
-            outs = [go(c, x, inner) for c in target.children]
-            y = runner.concat(outs, runner.channel_axis(len(_shape(outs[0]))))
-        if rec is not None and node.path:
-            rec[node.path] = runner.record(y)
-        return y
 
-    return go(root, x, record)
+def _go(node: Node, x: T, runner: Runner[T], rec: dict[str, Any] | None) -> T:
+    target = node.tied_to or node
+    inner = rec if node.tied_to is None else None
+    how = kind(target)
+    if how == "leaf":
+        y = runner.leaf(target, x)
+    elif how == "sequential":
+        y = x
+        for child in target.children:
+            y = _go(child, y, runner, inner)
+    elif how == "residual":
+        body = _go(target.children[0], x, runner, inner)
+        y = runner.add(body, _go(target.children[1], x, runner, inner) if len(target.children) > 1 else x)
+        act = getattr(target.layer, "activation", None)
+        y = runner.activation(act, y) if act else y
+    else:
+        outs = [_go(c, x, runner, inner) for c in target.children]
+        y = runner.concat(outs, runner.channel_axis(len(_shape(outs[0]))))
+    if rec is not None and node.path:
+        rec[node.path] = runner.record(y)
+    return y
 
 
 def _shape(x: Any) -> tuple:

@@ -36,7 +36,7 @@ import numpy as np
 from ...errors import DTypeError, SpecError
 from ...shapes import Inference, Node
 from ..compiled import CompiledModel, NativeParam
-from . import fastpath
+from . import fastpath, structure
 from . import leaves as _leaves  # noqa: F401  (registers the built-in builders)
 from . import modules as M
 from . import params as T
@@ -64,7 +64,7 @@ class FlaxModel(CompiledModel[nn.Module]):
 
     # ---------------------------------------------------------------- construction and init
     def _new_native(self) -> nn.Module:
-        module, built = T.build(self.root, self.spec.data_format)
+        module, built = structure.build(self.root, self.spec.data_format)
         # Flax modules are frozen dataclasses; the state rides on the instance so that the variables travel
         # with their module when the base class swaps models or restores the previous one after a failure
         object.__setattr__(module, "_deferinit_state", T.State(built))

@@ -1,7 +1,8 @@
 # mypy: disable-error-code="misc, untyped-decorator"
 # (Flax is untyped where the lint session installs no framework: its Module is Any to subclass and decorate)
-"""The glue under the jax adapter: the module tree built from a plan, where each canonical parameter lives in
-Flax's variable dict, layout translation, and the per-model state (variables, compiled functions).
+"""The glue under the jax adapter: where each canonical parameter lives in
+Flax's variable dict (the module tree itself is built by ``structure.py``), layout translation, and the
+per-model state (variables, compiled functions).
 
 A canonical parameter is held by one Flax variable (a Dense ``kernel``, transposed) or by several: Flax's
 recurrent cells keep one Dense per gate (``cell/ir/kernel``, ``cell/iz/kernel``...), which stack into
@@ -24,13 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ...errors import UnsupportedLayerError, where
-from ...extend import builder_for, builders
-from ...shapes import Node
-from ...spec import Concat, Residual, Sequential
-from . import modules as M
-
-__all__ = ["Leaf", "Layout", "One", "Gates", "Flat", "Made", "Built", "State", "build", "get", "put", "count_leaves"]
+__all__ = ["Leaf", "Layout", "One", "Gates", "Flat", "Made", "Built", "State", "get", "put", "count_leaves"]
 
 
 @dataclass(frozen=True)
@@ -184,62 +179,6 @@ class Built:
     routes: dict[str, tuple] = field(default_factory=dict)            # canonical position -> (field, index)s
     variables: dict[str, tuple[tuple[str, ...], Layout]] = field(default_factory=dict)  # canonical param -> where
     leaves: dict[tuple[str, ...], Leaf] = field(default_factory=dict)  # every Flax variable, by its full keys
-
-
-def child_names(node: Node) -> list[str]:
-    """Flax names of a container's children: ``layers_<i>`` as nn.Sequential, or the spec's ``name=``."""
-    if isinstance(node.layer, Residual):
-        return [seg for seg, _ in node.layer.children]  # body, shortcut
-    taken = {c.layer.name for c in node.children if c.layer.name is not None}
-    names = []
-    for i, child in enumerate(node.children):
-        own = child.layer.name
-        # A tie's second use in one container has its position as its segment, and Flax's apply takes a top-level
-        # module named 'params' for variables passed as {'params': {'params': ...}} by mistake: both get layers_<i>
-        if own is not None and (child.path.rsplit(".", 1)[-1] != own or (not node.path and own == "params")):
-            own = None
-        name = own if own is not None else f"layers_{i}"
-        while own is None and name in taken:  # a user named a sibling 'layers_<i>'
-            name += "_"
-        taken.add(name)
-        names.append(name)
-    return names
-
-
-def build(root: Node, data_format: str) -> tuple[nn.Module, Built]:
-    """The Flax module tree of a plan; each leaf's builder (``extend.builder_for("jax", type)``, see ``leaves.py``)
-    returns the module and ``{canonical parameter: Layout}``."""
-    cf = data_format == "channels_first"
-    built = Built()
-
-    def make(node: Node, name: str | None, native: tuple[str, ...], route: tuple) -> nn.Module:
-        built.routes[node.path] = route
-        if node.tied_to is not None:
-            return M.Tied(built.routes[node.tied_to.path], name=name)
-        layer = node.layer
-        if isinstance(layer, (Sequential, Residual, Concat)):
-            names = child_names(node)
-            steps = [("body", None), ("shortcut", None)] if isinstance(layer, Residual) else \
-                [("layers", i) for i in range(len(node.children))]
-            kids = tuple(make(c, n, native + (n,), route + (s,)) for c, n, s in zip(node.children, names, steps))
-            paths = tuple(c.path for c in node.children)
-            if isinstance(layer, Residual):
-                return M.Residual(kids[0], kids[1] if len(kids) > 1 else None, layer.activation, paths, name=name)
-            if isinstance(layer, Concat):
-                return M.Concat(kids, cf, paths, name=name)
-            return M.Sequential(kids, paths, name=name)
-        builder = builder_for("jax", type(layer))
-        if builder is None:
-            raise UnsupportedLayerError(f"{where(node.path, layer, 'jax')}: no Flax module is known for this layer "
-                                        f"type; supported: {', '.join(sorted(t.__name__ for t in builders('jax')))}")
-        module, layouts = builder(node, cf, name)  # type: ignore[arg-type]
-        for pname, layout in layouts.items():
-            built.variables[node.param_name(pname)] = (native, layout)
-            for leaf in layout.leaves:
-                built.leaves[leaf.keys(native)] = leaf
-        return module
-
-    return make(root, None, (), ()), built
 
 
 # ------------------------------------------------------------------------------------------- helpers

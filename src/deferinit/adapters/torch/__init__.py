@@ -118,7 +118,7 @@ class TorchModel(CompiledModel[nn.Module]):
             handles = observer.attach()
             try:
                 with torch.no_grad(), (torch.device("meta") if on_meta else contextlib.nullcontext()):
-                    net(self._dry_input(x, inference, on_meta))
+                    observer.finish(net(self._dry_input(x, inference, on_meta)))
             finally:
                 for h in handles:
                     h.remove()
@@ -132,9 +132,10 @@ class TorchModel(CompiledModel[nn.Module]):
                         init_fn(net)
         left = []
         for prefix, m in net.named_modules():
-            if isinstance(m, LazyModuleMixin):
-                left.append(prefix)
-            left += [f"{prefix}.{k}" for k, t in (*m._parameters.items(), *m._buffers.items()) if is_lazy(t)]
+            if isinstance(m, LazyModuleMixin) or any(map(is_lazy, m._parameters.values())) or \
+                    any(map(is_lazy, m._buffers.values())):  # names only for the message
+                left += [prefix] if isinstance(m, LazyModuleMixin) else []
+                left += [f"{prefix}.{k}" for k, t in (*m._parameters.items(), *m._buffers.items()) if is_lazy(t)]
         if left:
             raise BackendError(f"{self._who()}: the dry run left uninitialized modules or tensors: {left}")
         found, native_paths = {}, {}

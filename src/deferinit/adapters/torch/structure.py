@@ -142,20 +142,19 @@ class Observer:
     """Forward hooks, attached for the dry run only, that record every position's output shape as torch
     computed it. A module object can run at several positions (ties), so a firing is told apart by the
     container position it runs in (a stack kept by the containers' pre-hooks) and by which occurrence of the
-    module in that container's forward it is."""
+    module in that container's forward it is. The root itself is not hooked (a hook on every call of a small
+    model is measurable): its frame is the stack's first, and its output is the dry run's return (``finish``)."""
 
     def __init__(self, builder: TorchBuilder) -> None:
         self.slots = {(parent, id(m), k): (path, cf) for path, (parent, m, k, cf) in builder.ends.items()}
         self.root = builder.containers[""]
         self.modules = {id(m): m for _, m, _, _ in builder.ends.values()}
-        self.modules.update({id(m): m for m in builder.containers.values()})
+        self.modules.update({id(m): m for m in builder.containers.values() if m is not self.root})
         self.container_ids = {id(m) for m in builder.containers.values()}
         self.shapes: dict[str, tuple] = {}
         self._stack: list[tuple[str | None, dict[int, int]]] = []
 
     def _slot(self, module: nn.Module) -> tuple[str, bool] | None:
-        if not self._stack:
-            return ("", False) if module is self.root else None
         parent, counts = self._stack[-1]
         k = counts[id(module)]
         counts[id(module)] = k + 1
@@ -180,10 +179,14 @@ class Observer:
             self.shapes[slot[0]] = shape[:1] + shape[2:] + shape[1:2] if slot[1] and len(shape) > 2 else shape
 
     def attach(self) -> list[Any]:
-        self._stack.clear()
+        self._stack[:] = [("", defaultdict(int))]  # the root's frame: its children are its direct modules
         handles = []
         for i, m in self.modules.items():
             if i in self.container_ids:
                 handles.append(m.register_forward_pre_hook(self._pre))
             handles.append(m.register_forward_hook(self._post))
         return handles
+
+    def finish(self, out: Any) -> None:
+        """The model's output, as the dry run returned it (containers end in the spec's layout)."""
+        self.shapes[""] = tuple(int(d) for d in out.shape)
