@@ -25,6 +25,7 @@ from .errors import (
     WeightsError,
 )
 from .extend import register_builder, register_layer
+from .graph import Input, add, concat, multiply
 from .layers import (
     GELU,
     Activation,
@@ -109,6 +110,7 @@ __all__ = [
     "Flatten", "Identity", "Activation", "ReLU", "Sigmoid", "Tanh", "GELU", "Softmax", "Embedding",
     "RNN", "GRU", "LSTM", "MultiHeadAttention", "PositionalEncoding", "ClassToken", "PositionEmbedding", "Reshape",
     "Permute", "Scale", "Take", "OneHot",
+    "Input", "add", "multiply", "concat",
     "infer_shapes", "compile", "register_layer", "register_builder", "backends", "available_backends", "CompiledModel", "ShapeDtype",
     "ShapeReport", "ParamInfo", "LayerInfo", "load_spec", "save_spec", "save_weights", "load_weights", "init", "parity",
     "DeferInitError", "SpecError", "ShapeMismatchError", "DTypeError", "BackendUnavailableError",

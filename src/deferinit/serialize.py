@@ -64,6 +64,8 @@ def _plain(value: Any, seen: dict[int, str], path: str) -> Any:
         return _to_dict(value, seen, path)
     if isinstance(value, (tuple, list)):
         return [_plain(v, seen, f"{path}.{i}") for i, v in enumerate(value)]
+    if isinstance(value, Mapping):  # a graph spec's inputs and nodes: a copy, so the spec stays immutable
+        return {k: _plain(v, seen, path) for k, v in value.items()}
     return value
 
 
@@ -194,6 +196,10 @@ def model_from_dict(data: Any, *, where: str = "spec") -> LazyModel:
     if "layers" not in data:
         raise SpecError(f"{where}: expected a 'layers' list, received keys {', '.join(map(show, sorted(data, key=str)))}")
     check_expansion(data, where)
+    if "nodes" in data:  # a graph spec (LazyModel(inputs=, outputs=))
+        from .graph_io import graph_from_dict
+
+        return graph_from_dict(data, where, _from)
     model = _from({"type": "LazyModel", **data}, "", {}, where)
     assert isinstance(model, LazyModel)
     return model
