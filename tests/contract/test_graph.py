@@ -1,0 +1,99 @@
+"""Graph specs (``LazyModel(inputs=, outputs=)``) on every selected backend: shapes as the reference rules give,
+the forward pass as the NumPy reference computes it with the same weights (itself checked by hand in
+tests/core/test_graph_core.py), portable init identical everywhere, and the error contract. A backend that has
+no graph model yet is asserted to refuse graph specs by name (an UnsupportedLayerError), never skipped."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import deferinit as di
+from deferinit.adapters.graph_models import GRAPH_MODELS
+
+
+def _encoder_block():
+    tokens, lens = di.Input(name="tokens", dtype="int64"), di.Input(name="valid_lens", dtype="int64")
+    emb = di.Embedding(30, 8)
+    h = emb(tokens)
+    a = di.MultiHeadAttention(8, 2)(h, h, h, valid_lens=lens)
+    h = di.LayerNorm()(di.add(h, a))
+    ffn = di.Dense(8, name="ffn")
+    out = di.LayerNorm()(di.add(h, ffn(di.ReLU()(ffn(h)))))  # ffn called twice: one Dense, tied
+    return di.LazyModel(inputs=[tokens, lens], outputs=[out, a])
+
+
+def _squeeze_excite():
+    x = di.Input(name="image")
+    s = di.Sigmoid()(di.Reshape((4, 1, 1))(di.Dense(4)(di.Flatten()(di.GlobalAvgPool2D()(x)))))
+    return di.LazyModel(inputs=x, outputs=di.concat([di.multiply(x, s), di.Conv2D(2, 3, padding="same")(x)]))
+
+
+CASES = {"encoder": (_encoder_block, lambda rng: (rng.integers(0, 30, (2, 5)), np.array([2, 5]))),
+         "encoder_2d_lens": (_encoder_block, lambda rng: (rng.integers(0, 30, (2, 5)),
+                                                          np.array([[1, 2, 3, 4, 5], [5, 4, 3, 2, 1]]))),
+         "squeeze_excite": (_squeeze_excite, lambda rng: (rng.standard_normal((2, 4, 6, 6)).astype(np.float32),))}
+
+
+def _compile(spec, backend):
+    if backend not in GRAPH_MODELS:
+        with pytest.raises(di.UnsupportedLayerError, match=backend):
+            di.compile(spec, backend)
+        return None
+    return di.compile(spec, backend)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_graph_matches_reference(backend: str, case: str) -> None:
+    make, data = CASES[case]
+    spec, xs = make(), data(np.random.default_rng(0))
+    model = _compile(spec, backend)
+    if model is None:
+        return
+    report = model.apply_init(xs, init="xavier_uniform", key=3)
+    rules = di.infer_shapes(spec, [x.shape for x in xs])
+    assert report.backend == backend
+    assert {n: p.shape for n, p in report.params.items()} == {n: p.shape for n, p in rules.params.items()}
+    assert report.output_shape == rules.output_shape
+    ref = di.compile(spec, "numpy")
+    ref.apply_init(xs, init="xavier_uniform", key=3)
+    weights = model.export_weights()
+    for name, value in ref.export_weights().items():  # portable init: the same numbers on every backend
+        np.testing.assert_array_equal(weights[name], value)
+    rng = np.random.default_rng(1)
+    other = {n: rng.standard_normal(w.shape).astype(np.float32) * 0.5 for n, w in weights.items()}
+    model.load_weights(other)
+    ref.load_weights(other)
+    got, want = model(xs), ref(xs)
+    got, want = (got, want) if isinstance(want, tuple) else ((got,), (want,))
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(model.to_numpy(g), w, rtol=2e-4, atol=2e-4)
+
+
+def test_tied_layer_is_one_parameter_set(backend: str) -> None:
+    spec = _encoder_block()
+    model = _compile(spec, backend)
+    if model is None:
+        return
+    report = model.apply_init((np.zeros((2, 5), np.int64), np.array([5, 5])), init="xavier_uniform", key=0)
+    assert [n for n in report.params if n.startswith("ffn.")] == ["ffn.weight", "ffn.bias"]
+    assert report.total_params == 30 * 8 + 4 * 64 + 16 + (64 + 8) + 16
+
+
+def test_error_contract_names_the_input(backend: str) -> None:
+    spec = _encoder_block()
+    model = _compile(spec, backend)
+    if model is None:
+        return
+    tokens, lens = np.zeros((2, 5), np.int64), np.array([5, 5])
+    with pytest.raises(di.ShapeMismatchError, match="tokens, valid_lens"):
+        model.apply_init((tokens,), init="xavier_uniform", key=0)
+    with pytest.raises(di.DTypeError, match="'tokens'"):
+        model.apply_init((tokens.astype(np.float32), lens), init="xavier_uniform", key=0)
+    assert not model.initialized  # nothing half-initialized
+    model.apply_init((tokens, lens), init="xavier_uniform", key=0)
+    with pytest.raises(di.DTypeError, match="'valid_lens'"):
+        model((tokens, lens.astype(np.float32)))
+    with pytest.raises(di.ShapeMismatchError, match="valid_lens"):
+        model((tokens, np.array([1, 2, 3])))
