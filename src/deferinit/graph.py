@@ -83,6 +83,8 @@ def call_layer(layer: Layer, args: tuple[Any, ...], kwargs: dict[str, Any]) -> S
         raise SpecError(f"{kind}: called with {len(args)} positional argument(s) and keyword(s) {sorted(kwargs)}; "
                         f"expected {want}")
     tensors = tuple(_tensor(f"{kind} argument {i}", a) for i, a in enumerate(args))
+    if allowed and len(tensors) == 1 and kwargs.get("valid_lens") is not None:
+        tensors = tensors * 3  # self-attention with a mask: queries, keys and values are the one input
     attrs: dict[str, Any] = {}
     if kwargs.get("valid_lens") is not None:
         lens = _tensor(f"{kind} valid_lens", kwargs["valid_lens"])

@@ -97,3 +97,49 @@ def test_error_contract_names_the_input(backend: str) -> None:
         model((tokens, lens.astype(np.float32)))
     with pytest.raises(di.ShapeMismatchError, match="valid_lens"):
         model((tokens, np.array([1, 2, 3])))
+
+
+CAUSAL_BACKENDS = ("numpy", "torch")
+
+
+def _causal_list_spec():
+    return di.LazyModel([di.Embedding(12, 8), di.MultiHeadAttention(8, 2, causal=True), di.Dense(5)])
+
+
+def test_causal_attention_ignores_the_future(backend: str) -> None:
+    """GPT-2's mask: changing the tokens after position i leaves outputs 0..i unchanged (a property of the mask,
+    whatever the weights); and every backend matches the reference with the same weights."""
+    spec = _causal_list_spec()
+    if backend not in CAUSAL_BACKENDS:
+        with pytest.raises(di.UnsupportedLayerError, match="causal"):
+            di.compile(spec, backend)
+        return
+    model = di.compile(spec, backend)
+    tokens = np.array([[1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1]])
+    model.apply_init(tokens, init="xavier_uniform", key=0)
+    y = model.to_numpy(model(tokens))
+    later = tokens.copy()
+    later[:, 3:] = 0
+    y2 = model.to_numpy(model(later))
+    np.testing.assert_allclose(y[:, :3], y2[:, :3], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(y[:, 3:], y2[:, 3:])
+    ref = di.compile(spec, "numpy")
+    ref.load_weights(model.export_weights(), input_shape=di.ShapeDtype(tokens.shape, "int64"))
+    np.testing.assert_allclose(y, ref(tokens), rtol=2e-4, atol=2e-5)
+
+
+def test_causal_cross_attention_in_a_graph(backend: str) -> None:
+    q, kv = di.Input(name="queries"), di.Input(name="memory")
+    spec = di.LazyModel(inputs=[q, kv], outputs=di.MultiHeadAttention(4, 2, causal=True)(q, kv, kv))
+    model = _compile(spec, backend)
+    if model is None:
+        return
+    rng = np.random.default_rng(4)
+    xs = (rng.standard_normal((2, 3, 4)).astype(np.float32), rng.standard_normal((2, 3, 4)).astype(np.float32))
+    model.apply_init(xs, init="xavier_uniform", key=1)
+    ref = di.compile(spec, "numpy")
+    ref.apply_init(xs, init="xavier_uniform", key=1)
+    np.testing.assert_allclose(model.to_numpy(model(xs)), ref(xs), rtol=2e-4, atol=2e-5)
+    first = ref(xs)[:, 0]  # query 0 sees key 0 only: softmax over one score is 1, the output is W_o W_v m_0
+    w = ref.export_weights()
+    np.testing.assert_allclose(first, xs[1][:, 0] @ w["0.v_weight"].T @ w["0.out_weight"].T, rtol=1e-4, atol=1e-5)
