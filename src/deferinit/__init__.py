@@ -46,6 +46,7 @@ from .layers import (
     Softmax,
     Tanh,
 )
+from .layers_graph import Attend
 from .layers_seq import (
     GRU,
     LSTM,
@@ -110,7 +111,7 @@ __all__ = [
     "Flatten", "Identity", "Activation", "ReLU", "Sigmoid", "Tanh", "GELU", "Softmax", "Embedding",
     "RNN", "GRU", "LSTM", "MultiHeadAttention", "PositionalEncoding", "ClassToken", "PositionEmbedding", "Reshape",
     "Permute", "Scale", "Take", "OneHot",
-    "Input", "add", "multiply", "concat",
+    "Input", "add", "multiply", "concat", "Attend",
     "infer_shapes", "compile", "register_layer", "register_builder", "backends", "available_backends", "CompiledModel", "ShapeDtype",
     "ShapeReport", "ParamInfo", "LayerInfo", "load_spec", "save_spec", "save_weights", "load_weights", "init", "parity",
     "DeferInitError", "SpecError", "ShapeMismatchError", "DTypeError", "BackendUnavailableError",

@@ -23,6 +23,20 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _attend(item: Mapping[str, Any], seg: str, refs: dict[str, Layer], where: str) -> Layer:
+    from .layers_graph import Attend
+
+    ref = item.get("embedding")
+    target = refs.get(str(ref.get("ref"))) if isinstance(ref, Mapping) and set(ref) == {"ref"} else None
+    if target is None or set(item) - {"type", "name", "embedding"}:
+        raise SpecError(f"{where} at '{seg}': an Attend needs 'embedding': {{'ref': <the path of an earlier "
+                        f"Embedding>}} (and optionally 'name'), received {show(dict(item))}")
+    try:
+        return Attend(target, name=item.get("name"))  # type: ignore[arg-type]
+    except SpecError as exc:
+        raise SpecError(f"{where} at '{seg}': {exc}") from None
+
+
 def graph_from_dict(data: Mapping[str, Any], where: str, read_layer: Callable[..., Layer]) -> GraphModel:
     unknown = sorted(set(data) - _KEYS, key=str)
     if unknown:
@@ -38,7 +52,9 @@ def graph_from_dict(data: Mapping[str, Any], where: str, read_layer: Callable[..
     for i, item in enumerate(items):  # the segments of spec.segments(), known before each item is built
         name = item.get("name") if isinstance(item, Mapping) else None
         seg = name if isinstance(name, str) and name not in taken else str(i)
-        layer = read_layer(item, seg, refs, where, 2)
+        layer = _attend(item, seg, refs, where) if isinstance(item, Mapping) and item.get("type") == "Attend" \
+            else read_layer(item, seg, refs, where, 2)
+        refs[seg] = layer
         layers.append(layer)
         taken.add(seg)
     for key in ("inputs", "nodes", "outputs"):

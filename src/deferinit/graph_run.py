@@ -62,6 +62,7 @@ def masked_attention(q_in: np.ndarray, k_in: np.ndarray, v_in: np.ndarray, param
 def reference_forward(spec: GraphModel, inputs: Sequence[Any], params: Mapping[str, np.ndarray]) -> Any:
     """Outputs of ``spec`` for ``inputs`` (one array per input) with canonical ``params``, in float32 with NumPy:
     one array, or a tuple for several outputs."""
+    from .adapters.numpy import graph_module as _kernels  # noqa: F401  (registers Attend's kernel)
     from .adapters.numpy.leaves import _own
     from .adapters.numpy.modules import NumpyNet, _Runner
     from .adapters.tree import run

@@ -143,3 +143,18 @@ def test_causal_cross_attention_in_a_graph(backend: str) -> None:
     first = ref(xs)[:, 0]  # query 0 sees key 0 only: softmax over one score is 1, the output is W_o W_v m_0
     w = ref.export_weights()
     np.testing.assert_allclose(first, xs[1][:, 0] @ w["0.v_weight"].T @ w["0.out_weight"].T, rtol=1e-4, atol=1e-5)
+
+
+def test_tied_head_is_reported_once_and_matches_reference(backend: str) -> None:
+    tokens = di.Input(name="tokens", dtype="int64")
+    emb = di.Embedding(13, 6, name="wte")
+    spec = di.LazyModel(inputs=tokens, outputs=di.Attend(emb)(di.LayerNorm()(emb(tokens))))
+    model = _compile(spec, backend)
+    if model is None:
+        return
+    x = np.array([[1, 5, 12], [0, 0, 7]])
+    report = model.apply_init(x, init="normal", key=2)
+    assert list(report.params) == ["wte.weight", "1.weight", "1.bias"] and report.output_shape == (2, 3, 13)
+    ref = di.compile(spec, "numpy")
+    ref.apply_init(x, init="normal", key=2)
+    np.testing.assert_allclose(model.to_numpy(model(x)), ref(x), rtol=2e-4, atol=2e-5)

@@ -174,3 +174,35 @@ def test_file_graphs_are_checked_too():
     data["outputs"] = 1
     with pytest.raises(di.SpecError, match="node 1 \\(layer\\) is dangling"):
         di.LazyModel.from_dict(data)
+
+
+def _tied_lm():
+    tokens = di.Input(name="tokens", dtype="int64")
+    emb = di.Embedding(7, 3)
+    return emb, di.LazyModel(inputs=tokens, outputs=di.Attend(emb)(di.Tanh()(emb(tokens))))
+
+
+def test_attend_reuses_the_embedding_table():
+    emb, spec = _tied_lm()
+    report = di.infer_shapes(spec, (2, 4))
+    assert report.output_shape == (2, 4, 7)
+    assert list(report.params) == ["0.weight"] and report.total_params == 21  # the table, once
+    table = np.arange(21, dtype=np.float32).reshape(7, 3) / 10
+    tokens = np.array([[0, 6, 2, 2], [1, 1, 5, 3]])
+    got = reference_forward(spec, [tokens], {"0.weight": table})
+    np.testing.assert_allclose(got, np.tanh(table[tokens]) @ table.T, rtol=1e-6)
+    assert di.LazyModel.from_dict(spec.to_dict()) == spec
+    again = di.LazyModel.from_dict(spec.to_dict())
+    assert again.layers[2].embedding is again.layers[0]  # the reference is the same object again
+
+
+def test_attend_checks_its_input_and_refuses_list_specs():
+    emb = di.Embedding(7, 3)
+    with pytest.raises(di.SpecError, match="Attend: embedding"):
+        di.Attend(di.Dense(3))
+    x = di.Input(name="tokens", dtype="int64")
+    spec = di.LazyModel(inputs=x, outputs=di.Attend(emb)(di.Dense(4)(emb(x))))
+    with pytest.raises(di.ShapeMismatchError, match="embedding's dim 3"):
+        di.infer_shapes(spec, (2, 4))
+    with pytest.raises(di.UnsupportedLayerError, match="graph spec"):
+        di.compile(di.LazyModel([emb, di.Attend(emb)]), "numpy")

@@ -8,10 +8,20 @@ from typing import Any, Mapping
 import numpy as np
 
 from ...errors import SpecError
+from ...extend import register_builder
 from ...graph_run import reference_forward
+from ...layers_graph import Attend, embedding_path
+from ...shapes import Node
 from ..graph_compiled import GraphCompiled
 
 __all__ = ["NumpyGraphModel"]
+
+
+@register_builder("numpy", Attend)
+def _attend(net: Any, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
+    layer: Any = node.layer
+    table = net.params[f"{embedding_path(net.root, layer)}.weight"]
+    return np.matmul(x, table.T).astype(np.float32)  # type: ignore[no-any-return]
 
 
 class NumpyGraphModel(GraphCompiled[dict]):

@@ -20,14 +20,16 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import is_lazy
 
 from ...errors import BackendError
+from ...extend import register_builder
 from ...graph import GraphModel
 from ...layers import Embedding
+from ...layers_graph import Attend, embedding_path
 from ...shapes import Node
 from .. import tree
 from ..graph_compiled import GraphCompiled
 from . import tensors as tt
 from .leaves import kernel_attrs, native_attr
-from .modules import F32, child_name
+from .modules import F32, SPEC, Step, child_name
 from .structure import TorchBuilder, TorchRunner
 
 __all__ = ["GraphNet", "TorchGraphModel", "masked_attention"]
@@ -52,6 +54,23 @@ def masked_attention(m: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Te
     return m.W_o(m.transpose_output(torch.bmm(m.dropout(weights), values)))  # type: ignore[no-any-return]
 
 
+class TiedProjection(nn.Module):
+    """``x @ table.T`` with the table of an embedding module elsewhere in the net (not a submodule of this one,
+    so ``state_dict`` and ``parameters()`` hold it once, under the embedding)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table: Any = None  # a function returning the embedding's weight, set by GraphNet
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.table().T  # type: ignore[no-any-return]
+
+
+@register_builder("torch", Attend)
+def _attend(layer: Attend, rank: int | None) -> list[Step]:
+    return [Step("", TiedProjection(), SPEC)]
+
+
 class GraphNet(nn.Module):
     """The native module of a graph spec: ``forward(*inputs)`` returns one tensor, or a tuple for several outputs."""
 
@@ -62,6 +81,10 @@ class GraphNet(nn.Module):
         built = tree.build(root, TorchBuilder(root, self.channels_last))[0][0].module
         for name, module in built.named_children():
             self.add_module(name, module)
+        for node in root.leaves():
+            if isinstance(node.layer, Attend):
+                emb = self.module_at(embedding_path(root, node.layer))
+                self.module_at(node.path).table = lambda emb=emb: emb.weight
 
     def module_at(self, path: str) -> nn.Module:
         net: nn.Module = self
