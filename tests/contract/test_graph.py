@@ -158,3 +158,19 @@ def test_tied_head_is_reported_once_and_matches_reference(backend: str) -> None:
     ref = di.compile(spec, "numpy")
     ref.apply_init(x, init="normal", key=2)
     np.testing.assert_allclose(model.to_numpy(model(x)), ref(x), rtol=2e-4, atol=2e-5)
+
+
+def test_causal_self_attention_in_a_graph(backend: str) -> None:
+    x = di.Input(name="x")
+    spec = di.LazyModel(inputs=x, outputs=di.MultiHeadAttention(4, 2, causal=True)(x))
+    model = _compile(spec, backend)
+    if model is None:
+        return
+    xs = np.random.default_rng(5).standard_normal((2, 4, 4)).astype(np.float32)
+    model.apply_init(xs, init="xavier_uniform", key=1)
+    ref = di.compile(spec, "numpy")
+    ref.apply_init(xs, init="xavier_uniform", key=1)
+    y = ref(xs)
+    np.testing.assert_allclose(model.to_numpy(model(xs)), y, rtol=2e-4, atol=2e-5)
+    w = ref.export_weights()  # position 0 attends to itself only
+    np.testing.assert_allclose(y[:, 0], xs[:, 0] @ w["0.v_weight"].T @ w["0.out_weight"].T, rtol=1e-4, atol=1e-5)

@@ -12,7 +12,8 @@ __all__ = ["graph_model_class"]
 
 #: backend name -> (module, class) of its graph model
 GRAPH_MODELS = {"torch": ("deferinit.adapters.torch.graph_module", "TorchGraphModel"),
-                "numpy": ("deferinit.adapters.numpy.graph_module", "NumpyGraphModel")}
+                "numpy": ("deferinit.adapters.numpy.graph_module", "NumpyGraphModel"),
+                "tensorflow": ("deferinit.adapters.tensorflow.graph_module", "KerasGraphModel")}
 
 
 def graph_model_class(backend_class: Any, backend: str) -> Any:
