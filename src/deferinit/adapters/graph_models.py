@@ -13,7 +13,8 @@ __all__ = ["graph_model_class"]
 #: backend name -> (module, class) of its graph model
 GRAPH_MODELS = {"torch": ("deferinit.adapters.torch.graph_module", "TorchGraphModel"),
                 "numpy": ("deferinit.adapters.numpy.graph_module", "NumpyGraphModel"),
-                "tensorflow": ("deferinit.adapters.tensorflow.graph_module", "KerasGraphModel")}
+                "tensorflow": ("deferinit.adapters.tensorflow.graph_module", "KerasGraphModel"),
+                "mxnet": ("deferinit.adapters.mxnet.graph_module", "GluonGraphModel")}
 
 
 def graph_model_class(backend_class: Any, backend: str) -> Any:
