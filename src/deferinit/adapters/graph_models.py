@@ -14,7 +14,8 @@ __all__ = ["graph_model_class"]
 GRAPH_MODELS = {"torch": ("deferinit.adapters.torch.graph_module", "TorchGraphModel"),
                 "numpy": ("deferinit.adapters.numpy.graph_module", "NumpyGraphModel"),
                 "tensorflow": ("deferinit.adapters.tensorflow.graph_module", "KerasGraphModel"),
-                "mxnet": ("deferinit.adapters.mxnet.graph_module", "GluonGraphModel")}
+                "mxnet": ("deferinit.adapters.mxnet.graph_module", "GluonGraphModel"),
+                "jax": ("deferinit.adapters.jax.graph_module", "FlaxGraphModel")}
 
 
 def graph_model_class(backend_class: Any, backend: str) -> Any:
