@@ -174,3 +174,16 @@ def test_causal_self_attention_in_a_graph(backend: str) -> None:
     np.testing.assert_allclose(model.to_numpy(model(xs)), y, rtol=2e-4, atol=2e-5)
     w = ref.export_weights()  # position 0 attends to itself only
     np.testing.assert_allclose(y[:, 0], xs[:, 0] @ w["0.v_weight"].T @ w["0.out_weight"].T, rtol=1e-4, atol=1e-5)
+
+
+def test_framework_failure_is_a_deferinit_error(backend: str) -> None:
+    tokens = di.Input(name="tokens", dtype="int64")
+    spec = di.LazyModel(inputs=tokens, outputs=di.Embedding(4, 2)(tokens))
+    model = _compile(spec, backend)
+    if model is None:
+        return
+    model.apply_init(np.array([[0, 1, 3]]), init="xavier_uniform", key=0)
+    try:  # an index past the table: some frameworks raise, others clip (JAX, Gluon) or read garbage
+        model(np.array([[0, 9, 1]]))
+    except di.DeferInitError:
+        pass

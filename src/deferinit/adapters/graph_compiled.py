@@ -17,7 +17,7 @@ from typing import Any, Generic, Mapping, TypeVar
 import numpy as np
 
 from .. import init as init_mod
-from ..errors import DeferInitError, DTypeError, NotInitializedError, ShapeMismatchError, WeightsError
+from ..errors import BackendError, DeferInitError, DTypeError, NotInitializedError, ShapeMismatchError, WeightsError
 from ..graph import GraphModel
 from ..graph_shapes import infer_graph
 from ..report import ParamInfo, ShapeReport
@@ -120,7 +120,8 @@ class GraphCompiled(Generic[N]):
         portable = init_mod.get(init)
         seed = _int_key(key) if portable is not None else key
         native = self._new_native()
-        self._dry_run(native, [self._to_native(a) for a in arrays], None if portable is not None else init)
+        self._guard("apply_init", lambda: self._dry_run(native, [self._to_native(a) for a in arrays],
+                                                        None if portable is not None else init))
         params = {}
         for name, p in inference.report.params.items():
             native_name, native_shape = self._native_param(native, name)
@@ -143,8 +144,18 @@ class GraphCompiled(Generic[N]):
             infer_graph(self.spec, arrays, backend=self.backend, root=self.root,
                         fixed={n: p.shape for n, p in report.params.items()})
             self._checked.add(sig)
-        outs = self._run(self.native, [self._to_native(a) for a in arrays], training)
+        outs = self._guard("forward", lambda: self._run(self.native, [self._to_native(a) for a in arrays], training))
         return tuple(outs) if self.spec.multi_output else outs[0]
+
+    def _guard(self, doing: str, fn: Any) -> Any:
+        """The framework's own failure (an index past an Embedding's table...) as a BackendError naming the backend."""
+        try:
+            return fn()
+        except (DeferInitError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            raise BackendError(f"{self._who()}: {doing} failed in the framework: {type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0][:300] if str(exc) else ''}") from exc
 
     def export_weights(self) -> dict[str, np.ndarray]:
         _ = self.report
