@@ -130,8 +130,11 @@ class GraphModel(LazyModel):
     nodes: Any = ()
     outputs: Any = ()
 
-    def __init__(self, layers: Sequence[Layer] | None = None, *, inputs: Any, outputs: Any, nodes: Any = None,
-                 name: str | None = None, data_format: str = "channels_first") -> None:
+    def __init__(self, layers: Sequence[Layer] | None = None, *, inputs: Any = None, outputs: Any = None,
+                 nodes: Any = None, name: str | None = None, data_format: str = "channels_first") -> None:
+        if inputs is None or outputs is None:
+            raise SpecError(f"LazyModel: a graph spec needs both inputs= and outputs= (one tensor or a list each). "
+                            f"Received: inputs={show(inputs)}, outputs={show(outputs)}")
         if nodes is None:
             layers, inputs, nodes, outputs = _trace(inputs, outputs)
         for key, value in (("layers", layers if layers is not None else ()), ("inputs", inputs), ("nodes", nodes),

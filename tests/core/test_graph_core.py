@@ -206,3 +206,11 @@ def test_attend_checks_its_input_and_refuses_list_specs():
         di.infer_shapes(spec, (2, 4))
     with pytest.raises(di.UnsupportedLayerError, match="graph spec"):
         di.compile(di.LazyModel([emb, di.Attend(emb)]), "numpy")
+
+
+def test_graph_needs_inputs_and_outputs():
+    x = di.Input(name="x")
+    with pytest.raises(di.SpecError, match="both inputs= and outputs="):
+        di.LazyModel(inputs=x)
+    with pytest.raises(di.SpecError, match="inputs\\[0\\] must be a di.Input"):
+        di.LazyModel(inputs=di.Dense(2)(x), outputs=x)
