@@ -25,6 +25,7 @@ from .errors import (
     WeightsError,
 )
 from .extend import register_builder, register_layer
+from .graph import Input, add, concat, multiply
 from .layers import (
     GELU,
     Activation,
@@ -56,6 +57,7 @@ from .layers_extra import (
     ReLU6,
     SiLU,
 )
+from .layers_graph import Attend
 from .layers_seq import (
     GRU,
     LSTM,
@@ -121,6 +123,7 @@ __all__ = [
     "RNN", "GRU", "LSTM", "MultiHeadAttention", "PositionalEncoding", "ClassToken", "PositionEmbedding", "Reshape",
     "Permute", "Scale", "Take", "OneHot",
     "ReLU6", "SiLU", "HardSwish", "HardSigmoid", "LeakyReLU", "AdaptiveAvgPool2D", "GroupNorm", "LayerScale", "DropPath",
+    "Input", "add", "multiply", "concat", "Attend",
     "infer_shapes", "compile", "register_layer", "register_builder", "backends", "available_backends", "CompiledModel", "ShapeDtype",
     "ShapeReport", "ParamInfo", "LayerInfo", "load_spec", "save_spec", "save_weights", "load_weights", "init", "parity",
     "DeferInitError", "SpecError", "ShapeMismatchError", "DTypeError", "BackendUnavailableError",

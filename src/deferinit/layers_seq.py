@@ -108,14 +108,17 @@ class LSTM(_Recurrent):
 
 @dataclass(frozen=True, eq=False, repr=False)
 class MultiHeadAttention(Leaf):
-    """Multi-head self-attention as in d2l: queries, keys and values are the input; ``q``, ``k``, ``v`` and
-    ``out`` projections of ``num_hiddens`` units, scaled dot-product attention per head."""
+    """Multi-head attention as in d2l: ``q``, ``k``, ``v`` and ``out`` projections of ``num_hiddens`` units,
+    scaled dot-product attention per head. In a list spec it is self-attention on its one input; in a graph
+    spec it is called ``mha(queries, keys, values, valid_lens=lens)``, ``valid_lens`` masking keys as d2l's
+    ``masked_softmax``. ``causal=True`` masks future positions (GPT-2's decoder)."""
 
     num_hiddens: int
     num_heads: int
     _: KW_ONLY
     use_bias: bool = False
     dropout: float = 0.0
+    causal: bool = False
 
     def validate(self) -> None:
         check_int("MultiHeadAttention", "num_hiddens", self.num_hiddens)
@@ -123,6 +126,8 @@ class MultiHeadAttention(Leaf):
         check_float("MultiHeadAttention", "dropout", self.dropout, 0.0, 1.0, lo_open=False, hi_open=True)
         if not isinstance(self.use_bias, bool):
             raise SpecError(f"MultiHeadAttention: use_bias must be True or False. Received: use_bias={show(self.use_bias)}")
+        if not isinstance(self.causal, bool):
+            raise SpecError(f"MultiHeadAttention: causal must be True or False. Received: causal={show(self.causal)}")
         if self.num_hiddens % self.num_heads:
             raise SpecError(f"MultiHeadAttention: num_heads must divide num_hiddens. Received: "
                             f"num_hiddens={self.num_hiddens}, num_heads={self.num_heads}")

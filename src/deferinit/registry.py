@@ -122,4 +122,8 @@ def compile(spec: Any, backend: str = "numpy") -> Any:
 
         raise SpecError(f"compile: expected a deferinit.LazyModel, received {type(spec).__name__}")
     cls = load_backend(backend)
+    if hasattr(spec, "nodes"):  # a graph spec (deferinit.graph): the backend's graph model, where it has one
+        from .adapters.graph_models import graph_model_class
+
+        return graph_model_class(cls, backend)(spec)
     return cls(spec)

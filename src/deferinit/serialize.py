@@ -36,6 +36,7 @@ from .layers import (
     Softmax,
     Tanh,
 )
+from .layers_graph import Attend
 from .layers_seq import SEQUENCE_LAYERS
 from .spec import MAX_DEPTH, Concat, Container, Layer, LazyModel, Residual, Sequential, show
 from .spec_files import check_expansion, read_spec_data
@@ -51,6 +52,7 @@ LAYER_TYPES: dict[str, type[Layer]] = {cls.__name__: cls for cls in (
     Dense, Conv1D, Conv2D, MaxPool2D, AvgPool2D, GlobalAvgPool2D, BatchNorm, LayerNorm, Dropout, Flatten, Identity,
     Activation, ReLU, Sigmoid, Tanh, GELU, Softmax, Embedding, *SEQUENCE_LAYERS, Sequential, Residual, Concat,
     LazyModel)}
+LAYER_TYPES["Attend"] = Attend  # graph specs' tied output projection (layers_graph.py)
 
 
 def register_layer(cls: type[Layer]) -> type[Layer]:
@@ -64,6 +66,8 @@ def _plain(value: Any, seen: dict[int, str], path: str) -> Any:
         return _to_dict(value, seen, path)
     if isinstance(value, (tuple, list)):
         return [_plain(v, seen, f"{path}.{i}") for i, v in enumerate(value)]
+    if isinstance(value, Mapping):  # a graph spec's inputs and nodes: a copy, so the spec stays immutable
+        return {k: _plain(v, seen, path) for k, v in value.items()}
     return value
 
 
@@ -194,6 +198,10 @@ def model_from_dict(data: Any, *, where: str = "spec") -> LazyModel:
     if "layers" not in data:
         raise SpecError(f"{where}: expected a 'layers' list, received keys {', '.join(map(show, sorted(data, key=str)))}")
     check_expansion(data, where)
+    if "nodes" in data:  # a graph spec (LazyModel(inputs=, outputs=))
+        from .graph_io import graph_from_dict
+
+        return graph_from_dict(data, where, _from)
     model = _from({"type": "LazyModel", **data}, "", {}, where)
     assert isinstance(model, LazyModel)
     return model

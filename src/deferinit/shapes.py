@@ -224,6 +224,10 @@ def infer(spec: LazyModel, input_shape: Any, *, dtype: Any = None, backend: str 
         from .errors import SpecError
 
         raise SpecError(f"expected a deferinit.LazyModel, received {type(spec).__name__}")
+    if hasattr(spec, "nodes"):  # a graph spec (deferinit.graph): one shape per input
+        from .graph_shapes import infer_graph
+
+        return infer_graph(spec, input_shape, dtype=dtype, backend=backend, fixed=fixed, root=root)  # type: ignore[arg-type]
     if hasattr(input_shape, "shape") and hasattr(input_shape, "dtype") and not isinstance(input_shape, tuple):
         # an array, a framework tensor or a ShapeDtype: its shape, and its dtype unless one is given
         dtype = input_shape.dtype if dtype is None else dtype

@@ -137,6 +137,12 @@ class Layer:
     def validate(self) -> None:
         """Check the fields; raise :class:`SpecError`. Subclasses extend this."""
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Called on symbolic tensors (``di.Input``), a layer builds a graph spec: see :mod:`deferinit.graph`."""
+        from .graph import call_layer
+
+        return call_layer(self, args, kwargs)
+
     @property
     def children(self) -> tuple[tuple[str, "Layer"], ...]:
         """``(segment, child)`` pairs for containers; empty for leaf layers."""
@@ -255,6 +261,13 @@ class LazyModel(Sequential):
 
     _: KW_ONLY
     data_format: str = "channels_first"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "LazyModel":
+        if cls is LazyModel and ("inputs" in kwargs or "outputs" in kwargs):  # the graph form
+            from .graph import GraphModel
+
+            return object.__new__(GraphModel)
+        return object.__new__(cls)
 
     def validate(self) -> None:
         super().validate()

@@ -47,6 +47,19 @@ __all__ = ["CompiledModel", "NativeParam", "ShapeDtype", "available_memory"]
 N = TypeVar("N")
 
 
+def _refuse_causal(backend: str, root: Any) -> None:
+    """``MultiHeadAttention(causal=True)`` in list specs runs on the backends that mask it; elsewhere it is refused
+    by name rather than computed unmasked."""
+    for node in root.leaves():
+        if type(node.layer).__name__ == "Attend":
+            raise UnsupportedLayerError(f"layer '{node.path}' (Attend) on backend {backend}: Attend reuses an "
+                                        f"embedding's table, which list specs cannot pass along; use a graph spec "
+                                        f"(LazyModel(inputs=, outputs=))")
+        if getattr(node.layer, "causal", False) is True and backend not in ("numpy", "torch"):
+            raise UnsupportedLayerError(f"layer '{node.path}' (MultiHeadAttention) on backend {backend}: causal=True "
+                                        f"is not supported on this backend yet (numpy and torch mask it)")
+
+
 class CompiledModel(Checks[N]):
     """A spec compiled for one backend. Create with :func:`deferinit.compile`.
 
@@ -60,6 +73,7 @@ class CompiledModel(Checks[N]):
             raise SpecError(f"compile: expected a deferinit.LazyModel, received {type(spec).__name__}")
         self.spec = spec
         self.root = plan(spec)
+        _refuse_causal(self.backend, self.root)
         self._native = None
         self._report = None
         self._inference = None

@@ -186,6 +186,10 @@ def _attention(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.n
 
         raise UnsupportedLayerError(f"layer '{node.path}' (MultiHeadAttention) on backend numpy: attention dropout "
                                     f"in training mode has no reference")
+    if layer.causal:
+        from ...graph_run import masked_attention
+
+        return masked_attention(x, x, x, _own(net, node), layer.num_heads, layer.use_bias, causal=True)
     return ops.attention(x, _own(net, node), layer.num_heads, layer.use_bias)
 
 

@@ -187,7 +187,7 @@ def _recurrent(layer: Any, rank: int | None) -> list[Step]:
 @register("torch", MultiHeadAttention)
 def _attention(layer: MultiHeadAttention, rank: int | None) -> list[Step]:
     return [Step("", ts.MultiHeadAttentionModule(layer.num_hiddens, layer.num_heads, layer.dropout,
-                                                 layer.use_bias), SPEC)]
+                                                 layer.use_bias, causal=layer.causal), SPEC)]
 
 
 @register("torch", PositionalEncoding)

@@ -100,9 +100,10 @@ class MultiHeadAttentionModule(nn.Module):
     """d2l's ``MultiHeadAttention`` used as self-attention (no ``valid_lens``: d2l's ``masked_softmax`` is then a
     plain softmax over the last axis); the attention dropout is d2l's ``DotProductAttention.dropout``."""
 
-    def __init__(self, num_hiddens: int, num_heads: int, dropout: float = 0.0, bias: bool = False) -> None:
+    def __init__(self, num_hiddens: int, num_heads: int, dropout: float = 0.0, bias: bool = False,
+                 causal: bool = False) -> None:
         super().__init__()
-        self.num_heads = num_heads
+        self.num_heads, self.causal = num_heads, causal
         # d2l divides by math.sqrt(queries.shape[-1]): the same number, known here (and torch.fx can trace it)
         self.scale = math.sqrt(num_hiddens // num_heads)
         self.W_q = nn.LazyLinear(num_hiddens, bias=bias, dtype=F32)
@@ -126,6 +127,9 @@ class MultiHeadAttentionModule(nn.Module):
         keys = self.transpose_qkv(self.W_k(X))
         values = self.transpose_qkv(self.W_v(X))
         scores = torch.bmm(queries, keys.transpose(1, 2)) / self.scale
+        if self.causal:  # GPT-2: position i attends to positions <= i (masked as d2l's masked_softmax, -1e6)
+            steps = torch.arange(scores.shape[1], device=scores.device)
+            scores = scores.masked_fill(steps[None, :] > steps[:, None], -1e6)
         weights = F.softmax(scores, dim=-1)
         return self.W_o(self.transpose_output(torch.bmm(self.dropout(weights), values)))
 

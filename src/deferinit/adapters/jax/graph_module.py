@@ -1,0 +1,165 @@
+# mypy: disable-error-code="misc, untyped-decorator"
+# (Flax is untyped where the lint session installs no framework: its Module is Any to subclass and decorate)
+"""Graph specs on JAX (Flax linen): :class:`GraphModule`, a Flax module whose ``__call__(*inputs)`` runs the graph.
+
+Its submodules are the list specs' own Flax modules (``structure.build``), adopted under the same names, so the
+variable tree and every canonical <-> Flax layout are the list specs'; Flax's ``init`` finds the shapes from the
+inputs (its own deferred initialization). Attention called with separate queries, keys and values is Flax's
+``MultiHeadDotProductAttention`` with ``inputs_k``, ``inputs_v`` and a ``mask`` (True where a query may attend:
+masked scores get Flax's large negative, which weighs them exactly 0 as d2l's -1e6 does). ``Attend`` is Flax's
+own ``nn.Embed.attend`` on the embedding module.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ...errors import SpecError
+from ...extend import register_builder
+from ...graph_run import key_mask
+from ...layers_graph import Attend, embedding_path
+from ...shapes import Node
+from ..graph_compiled import GraphCompiled
+from . import params as T
+from . import structure
+
+__all__ = ["GraphModule", "FlaxGraphModel"]
+
+
+class _NoModule(nn.Module):
+    """The position of an ``Attend``: no variables; the graph calls the embedding's ``attend`` instead."""
+
+    def __call__(self, x: Any, train: bool = False) -> Any:
+        raise RuntimeError("Attend runs through its embedding")  # pragma: no cover
+
+
+@register_builder("jax", Attend)
+def _attend(node: Node, cf: bool, name: str) -> T.Made:
+    return _NoModule(name=name), {}
+
+
+class GraphModule(nn.Module):
+    layers: tuple = ()
+    graph: Any = None  # (spec, root): plain data, read only
+    preserve_adopted_names: ClassVar[bool] = True
+
+    def __call__(self, *inputs: Any) -> Any:
+        spec, root = self.graph
+        slots = list(inputs)
+        for node in spec.nodes:
+            args = [slots[a] for a in node["args"]]
+            if node["op"] == "layer":
+                k = node["layer"]
+                layer = root.children[k].layer
+                if isinstance(layer, Attend):
+                    emb = self.layers[[c.path for c in root.children].index(embedding_path(root, layer))]
+                    out = emb.attend(args[0])
+                    slots.append(out)
+                    continue
+                if len(args) == 1 and getattr(layer, "causal", False):
+                    args = args * 3
+                if len(args) > 1:
+                    q, kk, v = args[:3]
+                    keep = key_mask(q.shape[0], q.shape[1], kk.shape[1],
+                                    np.asarray(args[3]) if node.get("valid_lens") else None,
+                                    bool(getattr(layer, "causal", False)))
+                    mask = None if keep is None else jnp.asarray(keep)[:, None]
+                    out = nn.MultiHeadDotProductAttention.__call__(self.layers[k], q, kk, v, mask=mask,
+                                                                   deterministic=True)
+                else:
+                    out = self.layers[k](args[0], False)
+            elif node["op"] == "add":
+                out = args[0]
+                for a in args[1:]:
+                    out = out + a
+            elif node["op"] == "multiply":
+                out = args[0]
+                for a in args[1:]:
+                    out = out * a
+            else:
+                axis, rank = node.get("axis"), args[0].ndim
+                if axis is None:
+                    axis = 1 if spec.data_format == "channels_first" or rank == 2 else rank - 1
+                out = jnp.concatenate(args, axis=axis)
+            slots.append(out)
+        return [slots[o] for o in (spec.outputs if spec.multi_output else [spec.outputs])]
+
+
+def _st(native: Any) -> dict[str, Any]:
+    return native._deferinit_graph  # type: ignore[no-any-return]
+
+
+class FlaxGraphModel(GraphCompiled[Any]):
+    """``native`` is the :class:`GraphModule`; ``variables`` what its ``apply`` takes:
+    ``model.native.apply(model.variables, tokens, lens)`` is ``model((tokens, lens))`` (a list of outputs)."""
+
+    backend = "jax"
+
+    @property
+    def variables(self) -> dict:
+        _ = self.report
+        return _st(self.native)["variables"]  # type: ignore[no-any-return]
+
+    def _new_native(self) -> Any:
+        module, built = structure.build(self.root, self.spec.data_format)
+        native = GraphModule(layers=module.layers, graph=(self.spec, self.root))
+        # Flax modules are frozen dataclasses: the variables ride on the instance, as in list specs
+        object.__setattr__(native, "_deferinit_graph", {"built": built, "variables": None})
+        return native
+
+    def _to_native(self, x: np.ndarray) -> Any:
+        return jnp.asarray(x)
+
+    def to_numpy(self, y: Any) -> np.ndarray:
+        return np.asarray(y)
+
+    def _dry_run(self, native: Any, xs: list[Any], init: Any) -> None:
+        if init is not None:
+            raise SpecError(f"init: graph specs on jax take None or a portable initializer so far, received {init!r}")
+        key = self._key if isinstance(self._key, (int, np.integer)) else 0
+        _st(native)["variables"] = native.init(jax.random.PRNGKey(int(key)), *xs)
+
+    _key: Any = None
+
+    def apply_init(self, dummy_inputs: Any, init: Any = None, key: Any = None) -> Any:
+        self._key = key
+        try:
+            return super().apply_init(dummy_inputs, init=init, key=key)
+        finally:
+            self._key = None
+
+    def _native_param(self, native: Any, name: str) -> tuple[str, tuple[int, ...]]:
+        path, layout = _st(native)["built"].variables[name]
+        shapes = [tuple(T.get(_st(native)["variables"], leaf.keys(path)).shape) for leaf in layout.leaves]
+        return layout.native_name(path), tuple(layout.canonical_shape(shapes))
+
+    def _run(self, native: Any, xs: list[Any], training: bool) -> list[Any]:
+        return native.apply(_st(native)["variables"], *xs)  # type: ignore[no-any-return]
+
+    def _get(self, native: Any) -> dict[str, np.ndarray]:
+        out = {}
+        for name in self.report.params:
+            path, layout = _st(native)["built"].variables[name]
+            parts = [np.asarray(T.get(_st(native)["variables"], leaf.keys(path))) for leaf in layout.leaves]
+            out[name] = np.ascontiguousarray(layout.canonical(parts), dtype=np.float32)
+        return out
+
+    def _set(self, native: Any, weights: Mapping[str, np.ndarray]) -> None:
+        variables = _st(native)["variables"]
+        shares: dict[tuple, np.ndarray] = {}  # a variable two canonical parameters share holds their sum
+        for name, value in weights.items():
+            path, layout = _st(native)["built"].variables[name]
+            keys = [leaf.keys(path) for leaf in layout.leaves]
+            shapes = [tuple(T.get(variables, k).shape) for k in keys]
+            for k, part in zip(keys, layout.native(np.asarray(value, np.float32), shapes)):
+                shares[k] = part if k not in shares else shares[k] + part
+        new = jax.tree_util.tree_map(lambda a: a, dict(variables))
+        new = {c: dict(v) for c, v in new.items()}
+        for k, value in shares.items():
+            T.put(new, k, jnp.asarray(np.ascontiguousarray(value, dtype=np.float32)))
+        _st(native)["variables"] = new

@@ -1,0 +1,148 @@
+"""Graph specs on Keras 3 (TensorFlow): :class:`GraphLayer`, a Keras layer whose ``run(inputs)`` runs the graph.
+
+Its layers are the list specs' Keras layers (built by the one structural walk with this backend's builder and
+held by one container, so Keras tracks their variables); each builds itself on its first call, Keras's own
+deferred initialization. Attention called with separate queries, keys and values is Keras's
+``MultiHeadAttention`` with ``key=`` and an ``attention_mask`` (True where a query may attend), which is d2l's
+``masked_softmax`` up to the masked value (Keras adds -1e9, d2l sets -1e6: both weigh masked keys exactly 0).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from ...errors import SpecError
+from ...extend import register_builder
+from ...graph import GraphModel
+from ...graph_run import key_mask
+from ...layers_graph import Attend, embedding_path
+from ...shapes import Node
+from .. import tree
+from ..graph_compiled import GraphCompiled
+from . import _Builder, _Runner, _Table
+
+# isort: off
+import keras
+import tensorflow as tf
+from .params import variable_slots
+# isort: on
+
+__all__ = ["GraphLayer", "KerasGraphModel"]
+
+
+class TiedProjection(keras.layers.Layer):  # type: ignore[misc]
+    """``x @ table.T`` with the embedding table of another layer (its variable is that layer's, not this one's)."""
+
+    table: Any = None
+
+    def call(self, x: Any) -> Any:
+        return keras.ops.matmul(x, keras.ops.transpose(self.table()))
+
+
+@register_builder("tensorflow", Attend)
+def _attend(node: Node, fmt: str) -> Any:
+    return TiedProjection(name=node.path)
+
+
+class GraphLayer(keras.layers.Layer):  # type: ignore[misc]
+    def __init__(self, spec: GraphModel, root: Node, **kwargs: Any) -> None:
+        super().__init__(name=kwargs.pop("name", "graph_model"), **kwargs)
+        self.body, layers = tree.build(root, _Builder("graph_model", spec.data_format))
+        table = _Table()
+        table.layers = layers
+        self._deferinit_table = table  # a plain object: Keras leaves it untracked
+        self._deferinit_spec, self._deferinit_root = spec, root
+        for node in root.leaves():
+            if isinstance(node.layer, Attend):
+                emb = layers[embedding_path(root, node.layer)]
+                layers[node.path].table = lambda emb=emb: emb.embeddings
+
+    def run(self, inputs: list[Any]) -> list[Any]:
+        spec, root, table = self._deferinit_spec, self._deferinit_root, self._deferinit_table
+        runner = _Runner(table, spec.data_format)
+        slots = list(inputs)
+        for node in spec.nodes:
+            args = [slots[a] for a in node["args"]]
+            if node["op"] == "layer":
+                pnode = root.children[node["layer"]]
+                if len(args) == 1 and getattr(pnode.layer, "causal", False):
+                    args = args * 3  # causal self-attention: the Keras layer alone would not mask it
+                if len(args) > 1:
+                    out = self._attention(table.layers[pnode.path], pnode, args, bool(node.get("valid_lens")))
+                else:
+                    out = tree.run(pnode, args[0], runner)
+            elif node["op"] == "add":
+                out = args[0]
+                for a in args[1:]:
+                    out = keras.ops.add(out, a)
+            elif node["op"] == "multiply":
+                out = args[0]
+                for a in args[1:]:
+                    out = keras.ops.multiply(out, a)
+            else:
+                axis = node.get("axis")
+                out = keras.ops.concatenate(args, axis=runner.channel_axis(len(args[0].shape)) if axis is None else axis)
+            slots.append(out)
+        return [slots[o] for o in (spec.outputs if spec.multi_output else [spec.outputs])]
+
+    @staticmethod
+    def _attention(layer: Any, pnode: Node, args: list[Any], lens: bool) -> Any:
+        q, k, v = args[:3]
+        if not layer.built:
+            keras.layers.MultiHeadAttention.build(layer, tuple(q.shape), tuple(v.shape), tuple(k.shape))
+            layer.built = True  # Keras's __call__ marks it; built by hand here, so marked by hand
+        keep = key_mask(int(q.shape[0]), int(q.shape[1]), int(k.shape[1]), args[3].numpy() if lens else None,
+                        bool(getattr(pnode.layer, "causal", False)))
+        mask = None if keep is None else tf.constant(keep)
+        return keras.layers.MultiHeadAttention.call(layer, q, v, key=k, attention_mask=mask, training=False)
+
+
+class KerasGraphModel(GraphCompiled[GraphLayer]):
+    backend = "tensorflow"
+
+    def _new_native(self) -> GraphLayer:
+        return GraphLayer(self.spec, self.root)
+
+    def _to_native(self, x: np.ndarray) -> Any:
+        return tf.convert_to_tensor(x)
+
+    def to_numpy(self, y: Any) -> np.ndarray:
+        return y.numpy() if hasattr(y, "numpy") else np.asarray(y)
+
+    def _dry_run(self, native: GraphLayer, xs: list[Any], init: Any) -> None:
+        if init is not None:
+            raise SpecError(f"init: graph specs on tensorflow take None or a portable initializer so far, "
+                            f"received {init!r}")
+        native.run(xs)  # Keras's build on first call: the d2l dry run
+
+    def _slots(self, native: GraphLayer) -> dict[str, tuple[Any, Any]]:
+        table = native._deferinit_table
+        return {node.param_name(p): (var, layout) for node in self.root.leaves()
+                for p, var, layout in variable_slots(node.layer, table.layers[node.path])}
+
+    def _native_param(self, native: GraphLayer, name: str) -> tuple[str, tuple[int, ...]]:
+        var, layout = self._slots(native)[name]
+        return var.path, tuple(layout.canonical_shape(tuple(int(d) for d in var.shape)))
+
+    def _run(self, native: GraphLayer, xs: list[Any], training: bool) -> list[Any]:
+        return native.run(xs)
+
+    def _get(self, native: GraphLayer) -> dict[str, np.ndarray]:
+        slots = self._slots(native)
+        return {n: np.ascontiguousarray(slots[n][1].canonical(slots[n][0].numpy()), dtype=np.float32)
+                for n in self.report.params}
+
+    def _set(self, native: GraphLayer, weights: Mapping[str, np.ndarray]) -> None:
+        slots = self._slots(native)
+        values: dict[int, list[Any]] = {}  # a variable may hold several parameters (an LSTM's folded biases)
+        for name, value in weights.items():
+            var, layout = slots[name]
+            part = layout.native(np.asarray(value, dtype=np.float32), tuple(var.shape))
+            if id(var) in values:
+                values[id(var)][1] = values[id(var)][1] + part
+            else:
+                values[id(var)] = [var, part]
+        for var, value in values.values():
+            var.assign(np.ascontiguousarray(value, dtype=np.float32))

@@ -1,0 +1,194 @@
+"""Graph specs on PyTorch: :class:`GraphNet`, an ``nn.Module`` whose ``forward(*inputs)`` runs the graph.
+
+Its children are the spec's layers, built by the list specs' walk (``structure.TorchBuilder``), named by their
+canonical segments, so ``state_dict`` keys are the canonical names (attention's d2l ``W_q``... aside, as in list
+specs); the lazy modules are torch's own and find their shapes in the dry run of ``apply_init``. A layer called
+twice is one module: torch shares its parameters. Attention called with separate queries, keys and values masks
+keys as d2l's ``masked_softmax`` does (``-1e6`` before the softmax).
+"""
+
+# mypy: allow-subclassing-any
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parameter import is_lazy
+
+from ...errors import BackendError
+from ...extend import register_builder
+from ...graph import GraphModel
+from ...layers import Embedding
+from ...layers_graph import Attend, embedding_path
+from ...shapes import Node
+from .. import tree
+from ..graph_compiled import GraphCompiled
+from . import tensors as tt
+from .leaves import kernel_attrs, native_attr
+from .modules import F32, SPEC, Step, child_name
+from .structure import TorchBuilder, TorchRunner
+
+__all__ = ["GraphNet", "TorchGraphModel", "masked_attention"]
+
+
+def masked_attention(m: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens: torch.Tensor | None,
+                     causal: bool) -> torch.Tensor:
+    """d2l's ``MultiHeadAttention.forward`` with ``valid_lens`` (``(N,)`` or ``(N, Tq)``) and a causal mask."""
+    queries, keys, values = m.transpose_qkv(m.W_q(q)), m.transpose_qkv(m.W_k(k)), m.transpose_qkv(m.W_v(v))
+    scores = torch.bmm(queries, keys.transpose(1, 2)) / m.scale
+    if lens is not None or causal:
+        n, tq, tk = q.shape[0], q.shape[1], k.shape[1]
+        keys_at = torch.arange(tk, device=scores.device)
+        keep = torch.ones((n, tq, tk), dtype=torch.bool, device=scores.device)
+        if lens is not None:
+            per_query = lens[:, None].expand(n, tq) if lens.dim() == 1 else lens
+            keep = keep & (keys_at[None, None, :] < per_query[:, :, None])
+        if causal:
+            keep = keep & (keys_at[None, None, :] <= torch.arange(tq, device=scores.device)[None, :, None])
+        scores = scores.masked_fill(~keep.repeat_interleave(m.num_heads, dim=0), -1e6)
+    weights = F.softmax(scores, dim=-1)
+    return m.W_o(m.transpose_output(torch.bmm(m.dropout(weights), values)))  # type: ignore[no-any-return]
+
+
+class TiedProjection(nn.Module):
+    """``x @ table.T`` with the table of an embedding module elsewhere in the net (not a submodule of this one,
+    so ``state_dict`` and ``parameters()`` hold it once, under the embedding)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table: Any = None  # a function returning the embedding's weight, set by GraphNet
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.table().T  # type: ignore[no-any-return]
+
+
+@register_builder("torch", Attend)
+def _attend(layer: Attend, rank: int | None) -> list[Step]:
+    return [Step("", TiedProjection(), SPEC)]
+
+
+class GraphNet(nn.Module):
+    """The native module of a graph spec: ``forward(*inputs)`` returns one tensor, or a tuple for several outputs."""
+
+    def __init__(self, spec: GraphModel, root: Node) -> None:
+        super().__init__()
+        self.spec, self.root = spec, root
+        self.channels_last = spec.data_format == "channels_last"
+        built = tree.build(root, TorchBuilder(root, self.channels_last))[0][0].module
+        for name, module in built.named_children():
+            self.add_module(name, module)
+        for node in root.leaves():
+            if isinstance(node.layer, Attend):
+                emb = self.module_at(embedding_path(root, node.layer))
+                self.module_at(node.path).table = lambda emb=emb: emb.weight
+
+    def module_at(self, path: str) -> nn.Module:
+        net: nn.Module = self
+        for seg in path.split("."):
+            net = net._modules[child_name(seg)]  # type: ignore[assignment]
+        return net
+
+    def forward(self, *inputs: torch.Tensor) -> Any:
+        runner = TorchRunner(self.module_at, self.channels_last)
+        slots = list(inputs)
+        for node in self.spec.nodes:
+            args = [slots[a] for a in node["args"]]
+            if node["op"] == "layer":
+                pnode = self.root.children[node["layer"]]
+                if len(args) > 1:
+                    lens = args[3] if node.get("valid_lens") else None
+                    out = masked_attention(self.module_at(pnode.path), args[0], args[1], args[2], lens,
+                                           bool(getattr(pnode.layer, "causal", False)))
+                else:
+                    out = tree.run(pnode, args[0], runner)
+            elif node["op"] == "add":
+                out = args[0]
+                for a in args[1:]:
+                    out = out + a
+            elif node["op"] == "multiply":
+                out = args[0]
+                for a in args[1:]:
+                    out = out * a
+            else:
+                axis = node.get("axis")
+                out = torch.cat(args, runner.channel_axis(args[0].dim()) if axis is None else axis)
+            slots.append(out)
+        outs = self.spec.outputs if self.spec.multi_output else [self.spec.outputs]
+        result = tuple(slots[o] for o in outs)
+        return result if self.spec.multi_output else result[0]
+
+
+class TorchGraphModel(GraphCompiled[GraphNet]):
+    backend = "torch"
+
+    def _new_native(self) -> GraphNet:
+        return GraphNet(self.spec, self.root)
+
+    def _to_native(self, x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(x))
+
+    def to_numpy(self, y: Any) -> np.ndarray:
+        return y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+
+    def _dry_run(self, native: GraphNet, xs: list[Any], init: Any) -> None:
+        with tt.seeded(self._key):
+            for node in self.root.leaves():  # torch ships no lazy Embedding: allocated first, as by a constructor
+                if isinstance(node.layer, Embedding):
+                    tt.allocate(native.module_at(node.path), (node.layer.num_embeddings, node.layer.dim),
+                                torch.device("cpu"))
+            native.eval()
+            with torch.no_grad():
+                native(*xs)
+            if init is not None:
+                with torch.no_grad():
+                    if getattr(getattr(init, "func", init), "__module__", "") == "torch.nn.init":
+                        for node in self.root.leaves():
+                            for attr in kernel_attrs(node.layer):
+                                init(native.module_at(node.path).get_parameter(attr))
+                    else:
+                        native.apply(init)
+        left = [p for p, m in native.named_modules() if isinstance(m, LazyModuleMixin)]
+        left += [n for n, t in native.named_parameters() if is_lazy(t)]
+        if left:
+            raise BackendError(f"{self._who()}: the dry run left uninitialized modules or tensors: {left}")
+
+    _key: Any = None
+
+    def apply_init(self, dummy_inputs: Any, init: Any = None, key: Any = None) -> Any:
+        self._key = key
+        try:
+            return super().apply_init(dummy_inputs, init=init, key=key)
+        finally:
+            self._key = None
+
+    def _tensor(self, native: GraphNet, name: str) -> torch.Tensor:
+        owner, _, pname = name.rpartition(".")
+        node = next(c for c in self.root.walk() if c.path == owner)
+        t: Any = native.module_at(owner)
+        for part in native_attr(node.layer, pname).split("."):
+            t = getattr(t, part)
+        return t  # type: ignore[no-any-return]
+
+    def _native_param(self, native: GraphNet, name: str) -> tuple[str, tuple[int, ...]]:
+        owner, _, pname = name.rpartition(".")
+        node = next(c for c in self.root.walk() if c.path == owner)
+        native_name = ".".join(child_name(s) for s in owner.split(".")) + "." + native_attr(node.layer, pname)
+        return native_name, tuple(self._tensor(native, name).shape)
+
+    def _run(self, native: GraphNet, xs: list[Any], training: bool) -> list[Any]:
+        if native.training != training:
+            native.train(training)
+        out = native(*xs)
+        return list(out) if self.spec.multi_output else [out]
+
+    def _get(self, native: GraphNet) -> dict[str, np.ndarray]:
+        return {n: self._tensor(native, n).detach().to("cpu", F32).numpy() for n in self.report.params}
+
+    def _set(self, native: GraphNet, weights: Mapping[str, np.ndarray]) -> None:
+        with torch.no_grad():
+            for name, value in weights.items():
+                self._tensor(native, name).copy_(torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)))
