@@ -157,3 +157,24 @@ CASES += [
         data_format="channels_last"), (2, 7, 8, 3)),
 ]
 BY_ID = {c.id: c for c in CASES}
+# --- merges ---
+# Add and Multiply (deferinit.merges): squeeze-and-excitation's broadcast product, a three-way sum, a merge inside
+# a Residual, and the channels-last layout
+CASES += [
+    Case("merges", lambda: di.LazyModel([
+        di.Conv2D(6, 3, padding=1),
+        di.Multiply([di.Identity(), di.Sequential([di.AdaptiveAvgPool2D(1), di.Conv2D(3, 1, activation="relu"),
+                                                   di.Conv2D(6, 1), di.Sigmoid()])], name="se"),
+        di.Add([di.Conv2D(6, 1), di.Identity(), di.Sequential([di.Conv2D(6, 3, padding=1), di.BatchNorm()])]),
+        di.Residual(di.Multiply([di.Conv2D(6, 1, activation="tanh"), di.Conv2D(6, 1, activation="sigmoid")])),
+        di.GlobalAvgPool2D(), di.Dense(3)]), (2, 3, 7, 6)),
+    Case("merges_dense", lambda: di.LazyModel([
+        di.Dense(8), di.Add([di.Dense(8, activation="tanh"), di.Dense(8)]),
+        di.Multiply([di.Dense(8, activation="sigmoid"), di.Identity(), di.Dense(1)]), di.Dense(3)]), (3, 5)),
+    Case("merges_channels_last", lambda: di.LazyModel([
+        di.Conv2D(4, 3),
+        di.Multiply([di.Identity(), di.Sequential([di.AdaptiveAvgPool2D(1), di.Conv2D(4, 1, activation="sigmoid")])]),
+        di.Add([di.Conv2D(4, 1), di.Identity()]), di.Flatten(), di.Dense(2)],
+        data_format="channels_last"), (2, 7, 6, 3)),
+]
+BY_ID = {c.id: c for c in CASES}

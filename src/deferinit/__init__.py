@@ -72,6 +72,7 @@ from .layers_seq import (
     Scale,
     Take,
 )
+from .merges import Add, Multiply
 from .registry import available_backends, backends, compile
 from .report import LayerInfo, ParamInfo, ShapeReport
 from .serialize import load_spec, save_spec
@@ -117,7 +118,7 @@ sys.modules[__name__].__class__ = _Package
 __version__ = "0.1.0"
 
 __all__ = [
-    "LazyModel", "Layer", "Sequential", "Residual", "Concat",
+    "LazyModel", "Layer", "Sequential", "Residual", "Concat", "Add", "Multiply",
     "Dense", "Conv1D", "Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "BatchNorm", "LayerNorm", "Dropout",
     "Flatten", "Identity", "Activation", "ReLU", "Sigmoid", "Tanh", "GELU", "Softmax", "Embedding",
     "RNN", "GRU", "LSTM", "MultiHeadAttention", "PositionalEncoding", "ClassToken", "PositionEmbedding", "Reshape",

@@ -28,6 +28,7 @@ from typing import Any, Callable, NamedTuple
 
 from .errors import ResourceError, fmt_shape, where
 from .layers import Leaf
+from .merges import Merge
 from .shapes import Inference, Node
 from .spec import Concat, Residual, Sequential, Shape
 
@@ -225,7 +226,7 @@ class _Estimate:
                 short_out = self.out_bytes(short)
             peak = max(peak, held + short_out + self.out_bytes(node))
             self.saved += self.out_bytes(node)
-        elif isinstance(layer, Concat):
+        elif isinstance(layer, (Concat, Merge)):  # every branch's output is held until the merge
             peak = held = 0
             for child in node.children:
                 peak = max(peak, held + self.peak(child))

@@ -38,6 +38,7 @@ from .layers import (
 )
 from .layers_graph import Attend
 from .layers_seq import SEQUENCE_LAYERS
+from .merges import Add, Multiply
 from .spec import MAX_DEPTH, Concat, Container, Layer, LazyModel, Residual, Sequential, show
 from .spec_files import check_expansion, read_spec_data
 
@@ -51,7 +52,7 @@ VERSION = 1
 LAYER_TYPES: dict[str, type[Layer]] = {cls.__name__: cls for cls in (
     Dense, Conv1D, Conv2D, MaxPool2D, AvgPool2D, GlobalAvgPool2D, BatchNorm, LayerNorm, Dropout, Flatten, Identity,
     Activation, ReLU, Sigmoid, Tanh, GELU, Softmax, Embedding, *SEQUENCE_LAYERS, Sequential, Residual, Concat,
-    LazyModel)}
+    Add, Multiply, LazyModel)}
 LAYER_TYPES["Attend"] = Attend  # graph specs' tied output projection (layers_graph.py)
 
 

@@ -12,6 +12,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from .errors import DTypeError, ShapeMismatchError, fmt_shape, where
 from .layers import Leaf, ParamSpec, RuleContext, check_kind
+from .merges import Merge
 from .report import LayerInfo, ParamInfo, ShapeReport
 from .spec import Concat, Container, Layer, LazyModel, Residual, Sequential, Shape, show
 
@@ -213,6 +214,10 @@ class _Walk:
             channels = [o[axis] for o, _ in outs]
             total = None if any(c is None for c in channels) else sum(channels)
             return first[:axis] + (total,) + first[axis + 1:], "float"
+        if isinstance(layer, Merge):
+            outs = [self.run(child, shape, kind, record) for child in node.children]
+            ctx = RuleContext(node.path, layer, self.data_format)
+            return merged_shape(ctx, [o for o, _ in outs]), "float"
         raise TypeError(f"unknown container {type(layer).__name__}")  # pragma: no cover - spec.py is closed
 
 
@@ -255,3 +260,24 @@ def infer_shapes(spec: LazyModel, input_shape: Sequence[int | None] | Any, *, dt
     its dtype unless ``dtype`` is given. ``dtype=None`` is otherwise the spec's own: int64 when the first
     layer takes token ids (``Embedding``, ``OneHot``), float32 otherwise."""
     return infer(spec, input_shape, dtype=dtype).report
+
+
+def merged_shape(ctx: RuleContext, outs: list[Shape]) -> Shape:
+    """The output shape of an element-wise merge (``Add``, ``Multiply``): one rank, each size equal or 1 across
+    the branches (NumPy broadcasting); an unknown size stays unknown unless another branch fixes it."""
+    first, out = outs[0], list(outs[0])
+    for i, o in enumerate(outs[1:], 1):
+        fits = len(o) == len(first) and all(a == b or a == 1 or b == 1 or a is None or b is None
+                                            for a, b in zip(o, out))
+        if not fits:
+            raise ctx.mismatch(f"branch outputs of one rank whose sizes are equal or 1 on every axis (to "
+                               f"{type(ctx.layer).__name__.lower()} them element-wise); branch 0 gives "
+                               f"{fmt_shape(first)}", f"branch {i} output {fmt_shape(o)}")
+        out = [_broadcast_dim(a, b) for a, b in zip(out, o)]
+    return tuple(out)
+
+
+def _broadcast_dim(a: Any, b: Any) -> Any:
+    if a == 1 or a is None:
+        return a if b == 1 else b
+    return a

@@ -25,6 +25,7 @@ import numpy as np
 from ..errors import ShapeMismatchError, fmt_shape, where
 from ..layers import BatchNorm, Flatten, Leaf
 from ..layers_seq import Permute, Reshape, Take
+from ..merges import Merge
 from ..shapes import Inference, Node
 from ..spec import Concat, Residual, Sequential
 
@@ -73,7 +74,7 @@ def _route(node: Node, path: str, route: tuple[Leaf, ...] | None, found: list[Id
         for child, child_path in children:
             route = _route(child, child_path, route, found)
         return route
-    if isinstance(layer, (Residual, Concat)):
+    if isinstance(layer, (Residual, Concat, Merge)):
         for child, child_path in children:
             _route(child, child_path, route, found)
     return None

@@ -16,6 +16,7 @@ from typing import Any, ContextManager, Generic, TypeVar
 
 from ..errors import UnsupportedLayerError, where
 from ..layers import Leaf
+from ..merges import Merge, combine
 from ..shapes import Node
 from ..spec import Concat, Residual, Sequential
 
@@ -31,12 +32,14 @@ def segment(node: Node) -> str:
 
 
 def kind(node: Node) -> str:
-    """``sequential``, ``residual``, ``concat`` or ``leaf``: which constructor a node needs."""
+    """``sequential``, ``residual``, ``concat``, ``merge`` or ``leaf``: which constructor a node needs."""
     layer = (node.tied_to or node).layer
     if isinstance(layer, Residual):
         return "residual"
     if isinstance(layer, Concat):
         return "concat"
+    if isinstance(layer, Merge):
+        return "merge"
     if isinstance(layer, Sequential):  # LazyModel included
         return "sequential"
     if isinstance(layer, Leaf):
@@ -70,6 +73,10 @@ class Builder(Generic[M]):
     def concat(self, node: Node, branches: list[tuple[str, M]]) -> M:
         raise self.unsupported(node)
 
+    def merge(self, node: Node, branches: list[tuple[str, M]]) -> M:
+        """``Add`` / ``Multiply`` (``node.layer.op``): every branch on the same input, merged element-wise."""
+        raise self.unsupported(node)
+
     def unsupported(self, node: Node) -> UnsupportedLayerError:
         return UnsupportedLayerError(f"{where(node.path, node.layer, self.backend)}: no native form for this "
                                      f"{type(node.layer).__name__}")
@@ -98,6 +105,8 @@ def _make(node: Node, builder: Builder[M], built: dict[str, M]) -> M:
                 obj = builder.residual(node, kids[0][1], kids[1][1] if len(kids) > 1 else None)
             elif how == "concat":
                 obj = builder.concat(node, kids)
+            elif how == "merge":
+                obj = builder.merge(node, kids)
             else:
                 obj = builder.sequential(node, kids)
     built[node.path] = obj
@@ -120,6 +129,11 @@ class Runner(Generic[T]):
 
     def concat(self, xs: list[T], axis: int) -> T:
         raise NotImplementedError
+
+    def merge(self, op: str, xs: list[T]) -> T:
+        """``Add`` / ``Multiply``: by default Python's ``+`` / ``*``, which broadcast in every framework's eager
+        tensors."""
+        return combine(op, xs)  # type: ignore[no-any-return]
 
     def channel_axis(self, rank: int) -> int:
         return 1
@@ -150,6 +164,8 @@ def _go(node: Node, x: T, runner: Runner[T], rec: dict[str, Any] | None) -> T:
         y = runner.add(body, _go(target.children[1], x, runner, inner) if len(target.children) > 1 else x)
         act = getattr(target.layer, "activation", None)
         y = runner.activation(act, y) if act else y
+    elif how == "merge":
+        y = runner.merge(target.layer.op, [_go(c, x, runner, inner) for c in target.children])  # type: ignore[attr-defined]
     else:
         outs = [_go(c, x, runner, inner) for c in target.children]
         y = runner.concat(outs, runner.channel_axis(len(_shape(outs[0]))))

@@ -25,7 +25,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["activate", "Sequential", "Residual", "Concat", "Tied", "Dense", "Conv", "Pool", "GlobalAvgPool",
+from ...merges import combine
+
+__all__ = ["activate", "Sequential", "Residual", "Concat", "Merge", "Tied", "Dense", "Conv", "Pool", "GlobalAvgPool",
            "BatchNorm", "LayerNorm", "Dropout", "Flatten", "Identity", "Activation", "Embed", "recording"]
 
 #: while set (by the adapter's ``intermediates``), containers store each child position's output here
@@ -109,6 +111,18 @@ class Concat(nn.Module):
         outs = [_record(self.paths, i, layer(x, train)) for i, layer in enumerate(self.layers)]
         rank = outs[0].ndim
         return jnp.concatenate(outs, axis=1 if self.channels_first or rank == 2 else rank - 1)
+
+
+class Merge(nn.Module):
+    """``Add`` / ``Multiply``: every branch on the same input, summed or multiplied (jax.numpy broadcasting)."""
+
+    layers: tuple = ()
+    op: str = "add"
+    paths: tuple = ()
+    preserve_adopted_names: ClassVar[bool] = True
+
+    def __call__(self, x: Any, train: bool = False) -> Any:
+        return combine(self.op, [_record(self.paths, i, layer(x, train)) for i, layer in enumerate(self.layers)])
 
 
 class Tied(nn.Module):

@@ -98,3 +98,7 @@ class FlaxBuilder(tree.Builder[nn.Module]):
 
     def concat(self, node: Node, branches: list[tuple[str, nn.Module]]) -> nn.Module:
         return M.Concat(tuple(m for _, m in branches), self.cf, self._paths(node), name=self.names[node.path])
+
+    def merge(self, node: Node, branches: list[tuple[str, nn.Module]]) -> nn.Module:
+        return M.Merge(tuple(m for _, m in branches), node.layer.op, self._paths(node),  # type: ignore[attr-defined]
+                       name=self.names[node.path])

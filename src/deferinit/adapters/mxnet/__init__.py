@@ -30,6 +30,7 @@ with warnings.catch_warnings():  # MXNet 1.9 touches numpy aliases deprecated si
 
 from ...errors import UnsupportedLayerError, where
 from ...extend import builder_for, builders
+from ...merges import combine
 from ...shapes import Inference, Node
 from .. import tree
 from .._standin import stand_in
@@ -68,6 +69,8 @@ class _Builder(tree.Builder[gluon.HybridBlock]):
             block: gluon.HybridBlock = modules.Residual(node.layer.activation)  # type: ignore[attr-defined]
         elif how == "concat":
             block = modules.Concat(1 if self.fmt == "channels_first" else -1)
+        elif how == "merge":
+            block = modules.Merge(node.layer.op)  # type: ignore[attr-defined]
         else:
             block = modules.Sequential()
         self._open[node.path] = block
@@ -89,6 +92,9 @@ class _Builder(tree.Builder[gluon.HybridBlock]):
         return block
 
     def concat(self, node: Node, branches: list[tuple[str, gluon.HybridBlock]]) -> gluon.HybridBlock:
+        return self.sequential(node, branches)
+
+    def merge(self, node: Node, branches: list[tuple[str, gluon.HybridBlock]]) -> gluon.HybridBlock:
         return self.sequential(node, branches)
 
     def residual(self, node: Node, body: gluon.HybridBlock, shortcut: gluon.HybridBlock | None) -> gluon.HybridBlock:
@@ -122,6 +128,9 @@ class _Runner(tree.Runner[Any]):
 
     def concat(self, xs: list[Any], axis: int) -> Any:
         return mx.nd.concat(*xs, dim=axis)
+
+    def merge(self, op: str, xs: list[Any]) -> Any:
+        return combine(op, xs, mx.nd.broadcast_add, mx.nd.broadcast_mul)
 
     def channel_axis(self, rank: int) -> int:
         return 1 if self.fmt == "channels_first" else rank - 1

@@ -31,10 +31,11 @@ from typing import Any, Callable
 from mxnet import autograd, gluon, symbol
 from mxnet.gluon import nn
 
+from ...merges import combine
 from . import nan
 from .graph import Graph, current, frozen, traced_rank
 
-__all__ = ["BatchNorm", "Dropout", "Sequential", "Residual", "Concat", "Pad", "ChannelsFirst", "activate",
+__all__ = ["BatchNorm", "Dropout", "Sequential", "Residual", "Concat", "Merge", "Pad", "ChannelsFirst", "activate",
            "activation_block", "identity"]
 
 
@@ -185,6 +186,18 @@ class Concat(Graph, nn.HybridSequential):
 
     def hybrid_forward(self, F, x):  # type: ignore[no-untyped-def]
         return F.concat(*[branch(x) for branch in self._children.values()], dim=self._axis)
+
+
+class Merge(Graph, nn.HybridSequential):
+    """``Add`` / ``Multiply``: every child on the same input, summed or multiplied with MXNet's broadcasting
+    operators (plain ``+``/``*`` do not broadcast on symbols)."""
+
+    def __init__(self, op: str) -> None:
+        super().__init__()
+        self._op = op
+
+    def hybrid_forward(self, F, x):  # type: ignore[no-untyped-def]
+        return combine(self._op, [branch(x) for branch in self._children.values()], F.broadcast_add, F.broadcast_mul)
 
 
 class ChannelsFirst(Graph, gluon.HybridBlock):

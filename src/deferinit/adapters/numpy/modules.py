@@ -8,6 +8,7 @@ import numpy as np
 
 from ...errors import UnsupportedLayerError
 from ...extend import builder_for
+from ...merges import combine
 from ...shapes import Node
 from ..tree import Runner, run
 
@@ -57,6 +58,11 @@ class _Runner(Runner[np.ndarray]):
 
     def concat(self, xs: list[np.ndarray], axis: int) -> np.ndarray:
         return np.concatenate(xs, axis=axis)
+
+    def merge(self, op: str, xs: list[np.ndarray]) -> np.ndarray:
+        from ... import ops
+
+        return np.asarray(combine(op, xs)).astype(ops.float_type(*xs))
 
     def channel_axis(self, rank: int) -> int:
         return 1 if self.net.data_format == "channels_first" or rank == 2 else rank - 1

@@ -46,6 +46,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ...errors import SpecError
+from ...merges import combine
 from ...shapes import Inference, Node
 from .. import tree
 from ..compiled import CompiledModel, NativeParam
@@ -113,6 +114,10 @@ class _Builder(tree.Builder[Any]):
         return kc.Concat([b for _, b in branches], axis=1 if self.fmt == "channels_first" else -1,
                          positions=_positions(node), name=self._name(node))
 
+    def merge(self, node: Node, branches: list[tuple[str, Any]]) -> Any:
+        return kc.Merge([b for _, b in branches], node.layer.op,  # type: ignore[attr-defined]
+                        positions=_positions(node), name=self._name(node))
+
 
 class _Runner(tree.Runner[Any]):
     """Keras's tensor operations for the intermediates walk (inference mode)."""
@@ -131,6 +136,9 @@ class _Runner(tree.Runner[Any]):
 
     def concat(self, xs: list[Any], axis: int) -> Any:
         return keras.ops.concatenate(xs, axis=axis)
+
+    def merge(self, op: str, xs: list[Any]) -> Any:
+        return combine(op, xs, keras.ops.add, keras.ops.multiply)
 
     def channel_axis(self, rank: int) -> int:
         return 1 if self.fmt == "channels_first" else rank - 1

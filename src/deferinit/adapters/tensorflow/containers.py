@@ -17,13 +17,15 @@ from typing import Any, Callable, Iterator
 from . import backend  # noqa: F401  first: it checks and sets KERAS_BACKEND before keras is imported
 import keras
 from keras import ops
+
+from ...merges import combine
 # isort: on
 
 from contextlib import contextmanager
 
 from .modules import build_child, call_layer
 
-__all__ = ["Seq", "Residual", "Concat", "Positions", "Recorder", "recording"]
+__all__ = ["Seq", "Residual", "Concat", "Merge", "Positions", "Recorder", "recording"]
 
 
 class Positions:
@@ -183,3 +185,20 @@ class Concat(keras.layers.Layer):  # type: ignore[misc]
     def call(self, x: Any, training: Any = None) -> Any:
         return self.combine([_observe(self.positions, i, lambda: call_layer(b, x, training))  # noqa: B023
                              for i, b in enumerate(self.branches)])
+
+
+class Merge(Concat):
+    """``Add`` / ``Multiply``: every branch on the same input, summed or multiplied element-wise (Keras ops
+    broadcast size-1 dims, as the spec's rule does)."""
+
+    def __init__(self, branches: list, op: str, positions: Positions | None = None, **kwargs: Any) -> None:
+        super().__init__(branches, 0, positions, **kwargs)
+        self.op = op
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        shapes = [_observe(self.positions, i, lambda: tuple(b.compute_output_shape(tuple(input_shape))))  # noqa: B023
+                  for i, b in enumerate(self.branches)]
+        return tuple(next((d for d in dims if d != 1), 1) if None not in dims else None for dims in zip(*shapes))
+
+    def combine(self, outs: list) -> Any:
+        return combine(self.op, outs, ops.add, ops.multiply)

@@ -23,8 +23,8 @@ from torch.nn.parameter import UninitializedParameter
 
 from ...layers import conv_pads
 
-__all__ = ["LazyLayerNorm", "Step", "CF", "SPEC", "ANY", "arrange", "child_name", "activation", "Residual", "Concat", "SamePad",
-           "ToChannelsFirst", "ToChannelsLast", "same_pads", "sequential", "F32"]
+__all__ = ["LazyLayerNorm", "Step", "CF", "SPEC", "ANY", "arrange", "child_name", "activation", "Residual", "Concat", "Merge",
+           "SamePad", "ToChannelsFirst", "ToChannelsLast", "same_pads", "sequential", "F32"]
 
 F32 = torch.float32
 
@@ -140,9 +140,29 @@ class Concat(nn.Module):
         return f"dim={self.dim}"
 
 
+class Merge(Concat):
+    """``Add`` / ``Multiply``: runs each branch on the same input and sums or multiplies the results (torch's own
+    broadcasting: ``(N, C, H, W) * (N, C, 1, 1)``)."""
+
+    def __init__(self, branches: list[list[tuple[str, nn.Module]]], op: str) -> None:
+        super().__init__(branches, 0)
+        self.op = op
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mods = self._modules
+        ys = [_run(mods, names, x) for names in self._branches]
+        y = ys[0]
+        for z in ys[1:]:
+            y = y + z if self.op == "add" else y * z
+        return y
+
+    def extra_repr(self) -> str:
+        return f"op={self.op!r}"
+
+
 # A spec segment may be any identifier, including names a torch container already uses ("forward", "eval",
 # "training", "dim"...), which add_module refuses; those (only those) get a "~" that spec names cannot contain.
-_RESERVED = frozenset(dir(nn.Sequential())) | frozenset(dir(Concat([], 1))) | frozenset(dir(Residual([], [], None)))
+_RESERVED = frozenset(dir(nn.Sequential())) | frozenset(dir(Merge([], "add"))) | frozenset(dir(Residual([], [], None)))
 
 
 def child_name(segment: str) -> str:

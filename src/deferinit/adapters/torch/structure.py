@@ -111,6 +111,12 @@ class TorchBuilder(tree.Builder[list[Step]]):
                                      for (seg, steps), c in zip(branches, node.children)])
         return self._container(node, tm.Concat(named, -1 if self.channels_last else 1), self.out[node.children[0].path])
 
+    def merge(self, node: Node, branches: list[tuple[str, list[Step]]]) -> list[Step]:
+        named = self._arrange(node, [([(seg, s) for s in steps], [(seg, c)])
+                                     for (seg, steps), c in zip(branches, node.children)])
+        return self._container(node, tm.Merge(named, node.layer.op),  # type: ignore[attr-defined]
+                               self.out[node.children[0].path])
+
 
 class TorchRunner(tree.Runner[torch.Tensor]):
     """The plan position by position (each in the spec's layout) with the native modules."""
