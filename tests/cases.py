@@ -178,3 +178,10 @@ CASES += [
         data_format="channels_last"), (2, 7, 6, 3)),
 ]
 BY_ID = {c.id: c for c in CASES}
+# --- position table ---
+# PositionEmbedding(max_len=): a (1, max_len, D) table of which an input of T steps gets the first T rows
+CASES += [
+    Case("position_table", lambda: di.LazyModel([
+        di.Embedding(50, 8), di.PositionEmbedding(max_len=12), di.LayerNorm(), di.Dense(3)]), (2, 7), "int64"),
+]
+BY_ID = {c.id: c for c in CASES}

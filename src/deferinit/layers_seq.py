@@ -190,15 +190,25 @@ class ClassToken(Leaf):
 
 @dataclass(frozen=True, eq=False, repr=False)
 class PositionEmbedding(Leaf):
-    """Adds a learned position embedding of shape ``(1, T, D)``; both T and D are deferred."""
+    """Adds a learned position embedding of shape ``(1, T, D)``; both T and D are deferred (d2l's ViT). With
+    ``max_len``, the table is ``(1, max_len, D)`` and an input of ``T <= max_len`` steps gets its first ``T`` rows
+    (GPT-2's and BERT's learned positions: ``wpe`` of 1024 x 768 whatever the sequence length)."""
 
+    _: KW_ONLY
+    max_len: int | None = None
     fan_names: ClassVar[dict[int, str]] = {1: "steps", 2: "features"}
+
+    def validate(self) -> None:
+        check_int("PositionEmbedding", "max_len", self.max_len, optional=True)
 
     def infer(self, shape: Shape, ctx: RuleContext) -> tuple[Shape, dict[str, ParamSpec]]:
         _need_sequence(ctx, shape)
-        t = ctx.known(shape, 1, "the number of steps")
         d = ctx.known(shape, 2, "the features")
-        return shape, {"weight": ParamSpec((1, t, d), role="embedding")}
+        if self.max_len is None:
+            return shape, {"weight": ParamSpec((1, ctx.known(shape, 1, "the number of steps"), d), role="embedding")}
+        if shape[1] is not None and shape[1] > self.max_len:
+            raise ctx.mismatch(f"at most max_len={self.max_len} steps", f"{shape[1]} steps")
+        return shape, {"weight": ParamSpec((1, self.max_len, d), role="embedding")}
 
 
 @dataclass(frozen=True, eq=False, repr=False)

@@ -258,11 +258,15 @@ POSITION_INIT = nn.initializers.normal()
 
 
 class PositionEmbeddingModule(nn.Module):
-    """d2l's JAX ``pos_embed``: ``self.param('pos_embed', normal(), (1, T, D))``, T and D from the input."""
+    """d2l's JAX ``pos_embed``: ``self.param('pos_embed', normal(), (1, T, D))``, T and D from the input; with
+    ``max_len`` a ``(1, max_len, D)`` table whose first T rows are added."""
+
+    max_len: int | None = None
 
     @nn.compact
     def __call__(self, x: Any, train: bool = False) -> Any:
-        return x + self.param("pos_embed", POSITION_INIT, (1, x.shape[1], x.shape[2]), jnp.float32)
+        table = self.param("pos_embed", POSITION_INIT, (1, self.max_len or x.shape[1], x.shape[2]), jnp.float32)
+        return x + table[:, :x.shape[1]]
 
 
 def _class_token(node: Node, cf: bool, name: str) -> T.Made:
@@ -270,8 +274,9 @@ def _class_token(node: Node, cf: bool, name: str) -> T.Made:
 
 
 def _position_embedding(node: Node, cf: bool, name: str) -> T.Made:
-    return PositionEmbeddingModule(name=name), {"weight": T.One(T.Leaf("params", "pos_embed", POSITION_INIT,
-                                                                       kernel=True))}
+    max_len = getattr(node.layer, "max_len", None)
+    return PositionEmbeddingModule(max_len, name=name), {"weight": T.One(T.Leaf("params", "pos_embed", POSITION_INIT,
+                                                                                 kernel=True))}
 
 
 # --------------------------------------------------------------------------------------------- stateless

@@ -133,16 +133,23 @@ class ClassTokenBlock(gluon.HybridBlock):
 
 
 class PositionEmbeddingBlock(gluon.HybridBlock):
-    """Adds a learned ``(1, T, D)`` embedding; T and D are deferred."""
+    """Adds a learned ``(1, T, D)`` embedding; T and D are deferred. With ``max_len`` the table is
+    ``(1, max_len, D)`` (D deferred: Gluon infers it from a ``(1, max_len, D)`` tensor made of the input's first
+    step) and its first T rows are added (``slice_like``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_len: int | None = None) -> None:
         super().__init__()
+        self._max_len = max_len
         with self.name_scope():
-            self.weight = self.params.get("weight", shape=(1, 0, 0), allow_deferred_init=True)
+            self.weight = self.params.get("weight", shape=(1, max_len or 0, 0), allow_deferred_init=True)
 
     def hybrid_forward(self, F, x, weight):  # type: ignore[no-untyped-def]
-        weight = F._internal._identity_with_attr_like_rhs(weight, F.slice_axis(x, axis=0, begin=0, end=1))
-        return F.broadcast_add(x, weight)
+        first = F.slice_axis(x, axis=0, begin=0, end=1)
+        if self._max_len is None:
+            return F.broadcast_add(x, F._internal._identity_with_attr_like_rhs(weight, first))
+        like = F.broadcast_axis(F.slice_axis(first, axis=1, begin=0, end=1), axis=1, size=self._max_len)
+        weight = F._internal._identity_with_attr_like_rhs(weight, like)
+        return F.broadcast_add(x, F.slice_like(weight, x, axes=(1,)))
 
 
 def _with_weight(block: gluon.HybridBlock) -> Built:
@@ -157,7 +164,7 @@ _BUILDERS: dict[type, Callable[[Any, str], Built]] = {
     RNN: _recurrent, GRU: _recurrent, LSTM: _recurrent, MultiHeadAttention: _attention,
     PositionalEncoding: lambda layer, fmt: (PositionalEncodingBlock(), {}),
     ClassToken: lambda layer, fmt: _with_weight(ClassTokenBlock()),
-    PositionEmbedding: lambda layer, fmt: _with_weight(PositionEmbeddingBlock()),
+    PositionEmbedding: lambda layer, fmt: _with_weight(PositionEmbeddingBlock(layer.max_len)),
     Reshape: _lambda(lambda F, x, layer: F.reshape(x, shape=(0,) + layer.shape)),
     Permute: _lambda(lambda F, x, layer: F.transpose(x, axes=(0,) + layer.dims)),
     Scale: _lambda(lambda F, x, layer: x * layer.factor),

@@ -216,7 +216,7 @@ def _positional_encoding(net: NumpyNet, node: Node, x: np.ndarray, training: boo
 
 @register_builder("numpy", PositionEmbedding)
 def _position_embedding(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
-    return x + net.params[node.param_name("weight")]
+    return x + net.params[node.param_name("weight")][:, :x.shape[1]]
 
 
 @register_builder("numpy", Reshape)

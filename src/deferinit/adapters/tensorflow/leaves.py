@@ -184,7 +184,7 @@ def _class_token(node: Node, fmt: str) -> Any:
 
 @register("tensorflow", PositionEmbedding)
 def _position_embedding(node: Node, fmt: str) -> Any:
-    return ks.PositionEmbedding(name=node.path)
+    return ks.PositionEmbedding(max_len=node.layer.max_len, name=node.path)  # type: ignore[attr-defined]
 
 
 @register("tensorflow", Reshape)

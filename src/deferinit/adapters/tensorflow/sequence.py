@@ -138,17 +138,19 @@ class PositionEmbedding(keras.layers.Layer):  # type: ignore[misc]
     Its default initializer is the standard normal of d2l's ``torch.randn`` (Keras's ``RandomNormal``
     defaults to a standard deviation of 0.05)."""
 
-    def __init__(self, embeddings_initializer: Any = None, **kwargs: Any) -> None:
+    def __init__(self, embeddings_initializer: Any = None, max_len: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.max_len = max_len
         self.embeddings_initializer = keras.initializers.get(
             embeddings_initializer or keras.initializers.RandomNormal(stddev=1.0))
 
     def build(self, input_shape: Any) -> None:
-        self.embeddings = self.add_weight(shape=(1, int(input_shape[1]), int(input_shape[2])),
+        self.embeddings = self.add_weight(shape=(1, self.max_len or int(input_shape[1]), int(input_shape[2])),
                                           initializer=self.embeddings_initializer, name="pos_embedding")
 
     def call(self, x: Any) -> Any:
-        return ops.add(x, ops.cast(self.embeddings, x.dtype))
+        table = self.embeddings if self.max_len is None else self.embeddings[:, :ops.shape(x)[1]]
+        return ops.add(x, ops.cast(table, x.dtype))
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         return input_shape

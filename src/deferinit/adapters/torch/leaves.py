@@ -202,7 +202,7 @@ def _class_token(layer: ClassToken, rank: int | None) -> list[Step]:
 
 @register("torch", PositionEmbedding)
 def _position_embedding(layer: PositionEmbedding, rank: int | None) -> list[Step]:
-    return [Step("", ts.LazyPositionEmbedding(), SPEC)]
+    return [Step("", ts.LazyPositionEmbedding(layer.max_len), SPEC)]
 
 
 @register("torch", Reshape)

@@ -226,20 +226,22 @@ class PositionEmbeddingModule(nn.Module):
         nn.init.normal_(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.weight
+        # a max_len table (GPT-2's wpe) is longer than the input: its first T rows (no copy when T is all of it)
+        return x + (self.weight if self.weight.shape[1] == x.shape[1] else self.weight[:, :x.shape[1]])
 
 
 class LazyPositionEmbedding(LazyModuleMixin, PositionEmbeddingModule):
     cls_to_become = PositionEmbeddingModule
 
-    def __init__(self) -> None:
+    def __init__(self, max_len: int | None = None) -> None:
         super().__init__(0, 0)
         self.weight = UninitializedParameter(dtype=F32)
+        self.max_len = max_len
 
     def initialize_parameters(self, x: torch.Tensor) -> None:
         if self.has_uninitialized_params():
             with torch.no_grad():
-                self.weight.materialize((1, x.shape[1], x.shape[2]))
+                self.weight.materialize((1, self.max_len or x.shape[1], x.shape[2]))
                 self.reset_parameters()
 
     def reset_parameters(self) -> None:
