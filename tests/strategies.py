@@ -15,7 +15,7 @@ ACTS = st.sampled_from([None, "relu", "tanh", "sigmoid", "gelu", "silu"])
 @st.composite
 def conv_block(draw, depth: int = 0):  # type: ignore[no-untyped-def]
     """A layer that maps (N, C, H, W) to (N, C', H', W') with H', W' >= 1 for H, W >= 8."""
-    kind = draw(st.sampled_from(["conv", "conv", "bn", "pool", "act", "residual", "concat"] if depth < 2
+    kind = draw(st.sampled_from(["conv", "conv", "bn", "pool", "act", "residual", "concat", "merge"] if depth < 2
                                 else ["conv", "bn", "act"]))
     if kind == "conv":
         groups = draw(st.sampled_from([1, 1, 2]))
@@ -41,6 +41,12 @@ def conv_block(draw, depth: int = 0):  # type: ignore[no-untyped-def]
         body = di.Sequential([di.Conv2D(c, 3, padding=1), draw(conv_block(depth + 1).filter(
             lambda layer: isinstance(layer, (di.BatchNorm, di.Activation))))])
         return di.Residual(body, shortcut=di.Conv2D(c, 1), activation=draw(st.sampled_from([None, "relu"])))
+    if kind == "merge":  # Add / Multiply: branches of one channel count, or squeeze-and-excitation's broadcast
+        c = draw(st.integers(1, 4))
+        gate = di.Sequential([di.AdaptiveAvgPool2D(1), di.Conv2D(c, 1, activation="sigmoid")])
+        branches = [di.Conv2D(c, draw(st.sampled_from([1, 3])), padding="same"),
+                    gate if draw(st.booleans()) else di.Conv2D(c, 1, activation=draw(ACTS))]
+        return draw(st.sampled_from([di.Add, di.Multiply]))(branches)
     branches = [di.Conv2D(draw(st.integers(1, 3)), draw(st.sampled_from([1, 3])), padding="same")
                 for _ in range(draw(st.integers(2, 3)))]
     return di.Concat(branches)
