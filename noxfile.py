@@ -32,8 +32,8 @@ ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow", "PYTHONHASHSE
 
 def _header(backend: str, key: str) -> list[str]:
     """A ``# key: value ...`` line at the top of backends/<backend>.txt: ``env`` (``shared``: may share the parity
-    virtualenv with the other shared backends; ``own``: needs one of its own) and ``python`` (the versions it
-    installs on; none: any Python that runs nox)."""
+    virtualenv with the other shared backends; ``own``: needs one of its own), ``python`` (the versions it
+    installs on; none: any Python that runs nox) and ``tests`` (requirements only its test session installs)."""
     for line in (ROOT / "backends" / f"{backend}.txt").read_text().splitlines():
         if not line.startswith("#"):
             break
@@ -90,7 +90,7 @@ def tests(session: nox.Session, backend: str) -> None:
 
     The virtualenv uses the Python that backends/<backend>.txt names when nox's own is not one of them."""
     _need_python(session, backend)
-    install(session, f"backends/{backend}.txt")
+    install(session, f"backends/{backend}.txt", *_header(backend, "tests"))
     session.run("python", "-m", "pytest", "--backend", backend, *session.posargs, env=ENV)
 
 

@@ -17,7 +17,7 @@ import math
 import re
 import reprlib
 from dataclasses import KW_ONLY, dataclass
-from typing import Any, ClassVar, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 from typing import Sequence as Seq
 
 from .errors import SpecError
@@ -261,6 +261,10 @@ class LazyModel(Sequential):
 
     _: KW_ONLY
     data_format: str = "channels_first"
+
+    if TYPE_CHECKING:  # for type checkers only (the dataclass writes the real one): the graph form's keywords
+        def __init__(self, layers: Seq[Layer] = (), *, name: str | None = None, data_format: str = "channels_first",
+                     inputs: Any = None, outputs: Any = None) -> None: ...
 
     def __new__(cls, *args: Any, **kwargs: Any) -> "LazyModel":
         if cls is LazyModel and ("inputs" in kwargs or "outputs" in kwargs):  # the graph form

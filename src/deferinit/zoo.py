@@ -44,7 +44,7 @@ from .spec import Concat, Layer, LazyModel, Residual, Sequential
 
 __all__ = ["mlp", "lenet", "bn_lenet", "alexnet", "vgg", "vgg11", "nin", "googlenet", "inception", "resnet18",
            "residual_block", "resnext_block", "densenet", "dense_block", "transition_block", "regnetx32", "anynet",
-           "rnn_lm", "transformer_encoder", "vit", "BOOK_INPUTS", "INT_INPUTS", "MODELS", "parity_specs"]
+           "rnn_lm", "transformer_encoder", "vit", "gpt2", "bert_base", "BOOK_INPUTS", "INT_INPUTS", "MODELS", "parity_specs"]
 
 
 def mlp(num_hiddens: int = 256, num_outputs: int = 10) -> LazyModel:
@@ -268,3 +268,6 @@ def parity_specs() -> dict[str, Any]:
         shape = (2,) + BOOK_INPUTS[name][1:]  # batch 2: BatchNorm's training step needs more than one value
         out[f"zoo_{name}"] = (make(), shape, "int64" if name in INT_INPUTS else "float32")
     return out
+
+
+from .zoo_text import bert_base, gpt2  # noqa: E402  (graph specs: deferinit.graph imports the layers above)
