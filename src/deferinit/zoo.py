@@ -44,7 +44,7 @@ from .spec import Concat, Layer, LazyModel, Residual, Sequential
 
 __all__ = ["mlp", "lenet", "bn_lenet", "alexnet", "vgg", "vgg11", "nin", "googlenet", "inception", "resnet18",
            "residual_block", "resnext_block", "densenet", "dense_block", "transition_block", "regnetx32", "anynet",
-           "rnn_lm", "transformer_encoder", "vit", "gpt2", "bert_base", "BOOK_INPUTS", "INT_INPUTS", "MODELS", "parity_specs"]
+           "rnn_lm", "transformer_encoder", "vit", "gpt2", "bert_base", "transformer", "BOOK_INPUTS", "INT_INPUTS", "MODELS", "parity_specs"]
 
 
 def mlp(num_hiddens: int = 256, num_outputs: int = 10) -> LazyModel:
@@ -270,4 +270,4 @@ def parity_specs() -> dict[str, Any]:
     return out
 
 
-from .zoo_text import bert_base, gpt2  # noqa: E402  (graph specs: deferinit.graph imports the layers above)
+from .zoo_text import bert_base, gpt2, transformer  # noqa: E402  (graph specs: deferinit.graph imports the layers above)

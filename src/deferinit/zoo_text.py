@@ -17,13 +17,52 @@ Dropout is left out: the references apply it only in training, and inference out
 
 from __future__ import annotations
 
-from .graph import Input, add
-from .layers import Dense, Embedding, LayerNorm
+from .graph import Input, SymbolicTensor, add
+from .layers import Dense, Dropout, Embedding, LayerNorm
 from .layers_graph import Attend
-from .layers_seq import MultiHeadAttention, PositionEmbedding, Take
+from .layers_seq import MultiHeadAttention, PositionalEncoding, PositionEmbedding, Scale, Take
 from .spec import LazyModel
 
-__all__ = ["gpt2", "bert_base"]
+__all__ = ["gpt2", "bert_base", "transformer"]
+
+
+def transformer(src_vocab_size: int, tgt_vocab_size: int, num_hiddens: int = 256, ffn_num_hiddens: int = 64,
+                num_heads: int = 4, num_blks: int = 2, dropout: float = 0.2, use_bias: bool = False) -> LazyModel:
+    """d2l's encoder-decoder Transformer (chapter "The Transformer Architecture", PyTorch), with the chapter's
+    defaults (the vocabulary sizes are the data's). Inputs ``src`` (int64 ``(N, Ts)``), ``src_valid_lens``
+    (int64 ``(N,)``: the encoder's keys and the decoder's cross-attention keys past each length are masked) and
+    ``tgt`` (int64 ``(N, Tt)``, the decoder input); output the logits ``(N, Tt, tgt_vocab_size)``. The decoder's
+    self-attention is causal: the book's training-mode ``dec_valid_lens = arange(1, Tt + 1)``, i.e. the whole
+    target sequence at once (teacher forcing), not the step-by-step cache of prediction."""
+    src = Input(name="src", dtype="int64")
+    lens = Input(name="src_valid_lens", dtype="int64")
+    tgt = Input(name="tgt", dtype="int64")
+
+    def embed(ids: SymbolicTensor, vocab: int, name: str) -> SymbolicTensor:  # X * sqrt(d), sinusoids, dropout
+        x = Scale(float(num_hiddens) ** 0.5, name=f"{name}_scale")(Embedding(vocab, num_hiddens, name=f"{name}_embedding")(ids))
+        return Dropout(dropout, name=f"{name}_pos_dropout")(PositionalEncoding(name=f"{name}_pos_encoding")(x))
+
+    def add_norm(x: SymbolicTensor, y: SymbolicTensor, name: str) -> SymbolicTensor:  # d2l's AddNorm: ln(dropout(Y) + X)
+        return LayerNorm(name=f"{name}_ln")(add(Dropout(dropout, name=f"{name}_dropout")(y), x))
+
+    def ffn(x: SymbolicTensor, name: str) -> SymbolicTensor:
+        return Dense(num_hiddens, name=f"{name}_dense2")(Dense(ffn_num_hiddens, activation="relu", name=f"{name}_dense1")(x))
+
+    def attention(name: str, causal: bool = False) -> MultiHeadAttention:
+        return MultiHeadAttention(num_hiddens, num_heads, use_bias=use_bias, dropout=dropout, causal=causal, name=name)
+
+    x = embed(src, src_vocab_size, "enc")
+    for i in range(num_blks):
+        b = f"enc{i}"
+        x = add_norm(x, attention(f"{b}_attention")(x, x, x, valid_lens=lens), f"{b}_addnorm1")
+        x = add_norm(x, ffn(x, f"{b}_ffn"), f"{b}_addnorm2")
+    y = embed(tgt, tgt_vocab_size, "dec")
+    for i in range(num_blks):
+        b = f"dec{i}"
+        y = add_norm(y, attention(f"{b}_attention1", causal=True)(y, y, y), f"{b}_addnorm1")
+        y = add_norm(y, attention(f"{b}_attention2")(y, x, x, valid_lens=lens), f"{b}_addnorm2")
+        y = add_norm(y, ffn(y, f"{b}_ffn"), f"{b}_addnorm3")
+    return LazyModel(inputs=[src, lens, tgt], outputs=Dense(tgt_vocab_size, name="dec_dense")(y))
 
 
 def gpt2(n_layer: int = 12, *, vocab_size: int = 50257, n_positions: int = 1024, n_embd: int = 768, n_head: int = 12,

@@ -1,4 +1,4 @@
-"""zoo.gpt2 and zoo.bert_base (graph specs) on every selected framework: the framework's outputs equal the NumPy
+"""zoo.gpt2, zoo.bert_base and zoo.transformer (graph specs) on every selected framework: the framework's outputs equal the NumPy
 reference's with the same weights (the reference itself equals ``transformers``' GPT-2 and BERT: see
 tests/backends/torch/test_zoo_text_torch.py), and the framework's own arrays add up to the counts derived by
 hand below at full width."""
@@ -67,3 +67,13 @@ def test_full_width_counts_from_the_framework_s_arrays(framework: str) -> None:
     total = sum(a.size for a in bert.export_weights().values())
     # embeddings (30522 + 512 + 2) x 768 + LayerNorm, one layer (the GPT-2 block's sizes, in another order), pooler
     assert total == (30522 + 512 + 2) * 768 + 1536 + BLOCK + 768 * 768 + 768
+
+
+def test_transformer_equals_reference(framework: str) -> None:
+    spec = zoo.transformer(29, 31, num_hiddens=16, ffn_num_hiddens=8, num_heads=4, dropout=0.0)
+    rng = np.random.default_rng(2)
+    src, tgt, lens = rng.integers(0, 29, size=(2, 6)), rng.integers(0, 31, size=(2, 5)), np.array([6, 2], np.int64)
+    ref, model = _same_weights(framework, spec, (src, lens, tgt))
+    (want,), (got,) = _outs(ref, ref((src, lens, tgt))), _outs(model, model((src, lens, tgt)))
+    assert got.shape == (2, 5, 31)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
