@@ -44,7 +44,8 @@ from .spec import Concat, Layer, LazyModel, Residual, Sequential
 
 __all__ = ["mlp", "lenet", "bn_lenet", "alexnet", "vgg", "vgg11", "nin", "googlenet", "inception", "resnet18",
            "residual_block", "resnext_block", "densenet", "dense_block", "transition_block", "regnetx32", "anynet",
-           "rnn_lm", "transformer_encoder", "vit", "gpt2", "bert_base", "transformer", "BOOK_INPUTS", "INT_INPUTS", "MODELS", "parity_specs"]
+           "rnn_lm", "transformer_encoder", "vit", "gpt2", "bert_base", "transformer", "BOOK_INPUTS", "INT_INPUTS", "MODELS",
+           "parity_specs"]
 
 
 def mlp(num_hiddens: int = 256, num_outputs: int = 10) -> LazyModel:

@@ -17,7 +17,9 @@ Dropout is left out: the references apply it only in training, and inference out
 
 from __future__ import annotations
 
-from .graph import Input, SymbolicTensor, add
+from typing import Any
+
+from .graph import Input, add
 from .layers import Dense, Dropout, Embedding, LayerNorm
 from .layers_graph import Attend
 from .layers_seq import MultiHeadAttention, PositionalEncoding, PositionEmbedding, Scale, Take
@@ -38,14 +40,14 @@ def transformer(src_vocab_size: int, tgt_vocab_size: int, num_hiddens: int = 256
     lens = Input(name="src_valid_lens", dtype="int64")
     tgt = Input(name="tgt", dtype="int64")
 
-    def embed(ids: SymbolicTensor, vocab: int, name: str) -> SymbolicTensor:  # X * sqrt(d), sinusoids, dropout
+    def embed(ids: Any, vocab: int, name: str) -> Any:  # X * sqrt(d), sinusoids, dropout
         x = Scale(float(num_hiddens) ** 0.5, name=f"{name}_scale")(Embedding(vocab, num_hiddens, name=f"{name}_embedding")(ids))
         return Dropout(dropout, name=f"{name}_pos_dropout")(PositionalEncoding(name=f"{name}_pos_encoding")(x))
 
-    def add_norm(x: SymbolicTensor, y: SymbolicTensor, name: str) -> SymbolicTensor:  # d2l's AddNorm: ln(dropout(Y) + X)
+    def add_norm(x: Any, y: Any, name: str) -> Any:  # d2l's AddNorm: ln(dropout(Y) + X)
         return LayerNorm(name=f"{name}_ln")(add(Dropout(dropout, name=f"{name}_dropout")(y), x))
 
-    def ffn(x: SymbolicTensor, name: str) -> SymbolicTensor:
+    def ffn(x: Any, name: str) -> Any:
         return Dense(num_hiddens, name=f"{name}_dense2")(Dense(ffn_num_hiddens, activation="relu", name=f"{name}_dense1")(x))
 
     def attention(name: str, causal: bool = False) -> MultiHeadAttention:
