@@ -44,7 +44,8 @@ from .spec import Concat, Layer, LazyModel, Residual, Sequential
 
 __all__ = ["mlp", "lenet", "bn_lenet", "alexnet", "vgg", "vgg11", "nin", "googlenet", "inception", "resnet18",
            "residual_block", "resnext_block", "densenet", "dense_block", "transition_block", "regnetx32", "anynet",
-           "rnn_lm", "transformer_encoder", "vit", "gpt2", "bert_base", "transformer", "BOOK_INPUTS", "INT_INPUTS", "MODELS",
+           "rnn_lm", "transformer_encoder", "vit", "gpt2", "bert_base", "transformer", "resnet50", "mobilenet_v2", "efficientnet_b0",
+           "densenet121", "vgg16_bn", "convnext_tiny", "lstm_classifier", "BOOK_INPUTS", "INT_INPUTS", "MODELS",
            "parity_specs"]
 
 
@@ -272,3 +273,12 @@ def parity_specs() -> dict[str, Any]:
 
 
 from .zoo_text import bert_base, gpt2, transformer  # noqa: E402  (graph specs: deferinit.graph imports the layers above)
+from .zoo_vision import (  # noqa: E402
+    convnext_tiny,
+    densenet121,
+    efficientnet_b0,
+    lstm_classifier,
+    mobilenet_v2,
+    resnet50,
+    vgg16_bn,
+)

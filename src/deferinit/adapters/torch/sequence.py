@@ -221,13 +221,15 @@ class PositionEmbeddingModule(nn.Module):
     def __init__(self, num_steps: int = 0, num_hiddens: int = 0) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(1, num_steps, num_hiddens))
+        self.max_len: int | None = None
 
     def reset_parameters(self) -> None:
         nn.init.normal_(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # a max_len table (GPT-2's wpe) is longer than the input: its first T rows (no copy when T is all of it)
-        return x + (self.weight if self.weight.shape[1] == x.shape[1] else self.weight[:, :x.shape[1]])
+        # a max_len table (GPT-2's wpe) is longer than the input: its first T rows. Decided by the module's own
+        # setting, not by the data, so torch.fx traces it
+        return x + (self.weight if self.max_len is None else self.weight[:, :x.shape[1]])
 
 
 class LazyPositionEmbedding(LazyModuleMixin, PositionEmbeddingModule):
