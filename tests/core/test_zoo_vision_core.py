@@ -34,3 +34,18 @@ def test_lstm_classifier_count_by_hand() -> None:
     r = di.infer_shapes(spec, (2, 30))
     lstm = 2 * (4 * 128 * (64 + 128) + 2 * 4 * 128)  # two directions, weight_ih, weight_hh and torch's two biases
     assert r.trainable_params == 5000 * 64 + lstm + (2 * 128 * 4 + 4) and r.output_shape == (2, 4)
+
+
+# the spec files of the architectures beyond the book (README's second zoo table), with the arguments they were saved with
+FILES = {"resnet50": zoo.resnet50, "mobilenet_v2": zoo.mobilenet_v2, "efficientnet_b0": zoo.efficientnet_b0,
+         "densenet121": zoo.densenet121, "vgg16_bn": zoo.vgg16_bn, "convnext_tiny": zoo.convnext_tiny,
+         "lstm_classifier": lambda: zoo.lstm_classifier(10000), "gpt2": zoo.gpt2, "bert_base": zoo.bert_base,
+         "transformer": lambda: zoo.transformer(194, 214)}
+
+
+@pytest.mark.parametrize("name", sorted(FILES))
+def test_example_spec_files_match_the_zoo(name: str) -> None:
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "zoo" / f"{name}.json"
+    assert di.load_spec(path) == FILES[name](), f"regenerate {path} with di.save_spec"
