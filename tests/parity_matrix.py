@@ -24,7 +24,7 @@ from deferinit.parity import compare_artifacts, load_artifact, make_artifact, sa
 from deferinit.registry import framework_backends  # noqa: E402
 
 NAMED = ["mlp", "lenet", "residual", "concat", "batchnorm", "channels_last", "tied", "conv_options", "conv1d",
-         "embedding", "dense_options", "named", "nested_model"]
+         "embedding", "dense_options", "named", "nested_model", "merges", "merges_channels_last", "position_table"]
 RANDOM = 12
 # spec name -> (atol, rtol, gradient atol) for nets whose gradients sum over millions of float32 terms in
 # different orders (oneDNN, XLA, BLAS): outputs still pass the defaults; measured gradient gaps are up to

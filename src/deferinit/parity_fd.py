@@ -165,7 +165,10 @@ def finite_difference_checks(ref: Artifact, arts: Sequence[Artifact]) -> dict[st
             # the error is its distance from there, relative, with the rounding bound as its floor.
             lo, hi = min(below, above), max(below, above)
             miss = max(lo - projection, projection - hi, 0.0)
-            err = miss / (max(abs(projection), abs(lo), abs(hi)) + rounding / FD_RTOL)
+            scale = max(abs(projection), abs(lo), abs(hi)) + rounding / FD_RTOL
+            # a loss flat in this direction to the last bit (both differences, the rounding floor and the
+            # projection all exactly 0) agrees; 0/0 is not an error
+            err = miss / scale if scale > 0 else (0.0 if miss == 0 else float("inf"))
             if math.isnan(lo) or math.isnan(hi) or math.isnan(projection):
                 err = float("nan")
             check = checks[art.backend]
