@@ -115,7 +115,45 @@ def test_training_updates_batch_stats_like_the_reference() -> None:
 
 
 def test_layer_without_an_nnx_module_is_refused_by_name() -> None:
-    m = NnxModel(di.LazyModel([L.Embedding(10, 4), di.GRU(8)]))
+    m = NnxModel(di.LazyModel([L.Embedding(10, 4), di.GRU(8)]))  # nnx.GRUCell has no b_hn
     with pytest.raises(di.errors.UnsupportedLayerError, match=r"'1'.*GRU.*nnx"):
         m.apply_init(np.zeros((2, 5), np.int64))
     assert not m.initialized
+
+
+SEQ = np.random.default_rng(2).standard_normal((2, 6, 8)).astype(np.float32)
+
+
+@pytest.mark.parametrize(("layers", "x"), [
+    ([di.LSTM(5, num_layers=2, bidirectional=True), di.RNN(4, return_sequences=False)], SEQ),
+    ([di.MultiHeadAttention(8, 2), L.LayerNorm()], SEQ),
+    ([L.Conv2D(4, 3), di.GroupNorm(2), di.LayerScale(0.5), di.DropPath(0.1), L.LayerNorm(axis="channels")], X),
+], ids=["recurrent", "attention", "extra"])
+def test_more_layers_agree_with_the_reference_bit_for_bit_in_weights(layers: list, x: np.ndarray) -> None:
+    spec = di.LazyModel(layers)
+    m, ref = NnxModel(spec), di.compile(spec, "numpy")
+    m.apply_init(x, init="xavier_uniform", key=1)
+    ref.apply_init(x, init="xavier_uniform", key=1)
+    mine, theirs = m.export_weights(), ref.export_weights()
+    assert mine.keys() == theirs.keys() and all(np.array_equal(mine[k], theirs[k]) for k in theirs)
+    np.testing.assert_allclose(np.asarray(m(x)), ref(x), rtol=1e-4, atol=1e-5)
+    linen = di.compile(spec, "jax")  # the linen backend, given the same weights: its gradients are JAX's too
+    linen.load_weights(theirs, input_shape=x.shape)
+    grads, want = m.gradients(x), linen.gradients(x)
+    assert grads.keys() == want.keys()
+    for name in want:
+        np.testing.assert_allclose(grads[name], want[name], rtol=1e-3, atol=1e-4, err_msg=name)
+
+
+def test_nnx_lstm_cell_by_hand_is_what_the_layer_builds() -> None:
+    cell = nnx.LSTMCell(8, 5, rngs=nnx.Rngs(3))
+    rnn = nnx.RNN(cell)
+    a = lambda v: np.asarray(v[...])  # noqa: E731
+    gates_i, gates_h = ("ii", "if_", "ig", "io"), ("hi", "hf", "hg", "ho")
+    weights = {"0.weight_ih_l0": np.concatenate([a(getattr(cell, g).kernel).T for g in gates_i]),
+               "0.weight_hh_l0": np.concatenate([a(getattr(cell, g).kernel).T for g in gates_h]),
+               "0.bias_ih_l0": np.concatenate([a(getattr(cell, g).bias) for g in gates_h]),
+               "0.bias_hh_l0": np.zeros(20, np.float32)}
+    m = NnxModel(di.LazyModel([di.LSTM(5)]))
+    m.load_weights(weights, input_shape=(2, 6, 8))
+    np.testing.assert_allclose(np.asarray(m(SEQ)), np.asarray(rnn(jnp.asarray(SEQ))), rtol=1e-5, atol=1e-6)

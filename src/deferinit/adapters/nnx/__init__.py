@@ -107,9 +107,10 @@ class NnxModel(CompiledModel[nnx.Module]):
                                          f"canonical layout; the reference rules expected {fmt_shape(want)}")
             out[name] = NativeParam(_name(built.keys(name)[0]), tuple(layout.native_shape(shapes)), canonical)
         created = len(nnx.to_flat_state(nnx.state(native, nnx.Any(nnx.Param, nnx.BatchStat))))
-        if created != sum(len(layout.leaves) for _, layout in built.variables.values()):
+        held = len({k for name in built.variables for k in built.keys(name)})
+        if created != held:
             raise ShapeMismatchError(f"{self._who()}: NNX created {created} variables where the spec's layers hold "
-                                     f"{sum(len(v[1].leaves) for v in built.variables.values())}")
+                                     f"{held}")
         return out
 
     def _native_layer_shapes(self, native: nnx.Module, x: Any, inference: Inference,

@@ -82,12 +82,13 @@ def _batch_norm(node: Node, cf: bool, rngs: nnx.Rngs, in_shape: tuple) -> Made:
 
 
 @register_builder("nnx", LayerNorm)
-def _layer_norm(node: Node, cf: bool, rngs: nnx.Rngs, in_shape: tuple) -> Made | None:
+def _layer_norm(node: Node, cf: bool, rngs: nnx.Rngs, in_shape: tuple) -> Made:
+    # NNX's own LayerNorm over one axis (reduction and feature axes both that axis); use_fast_variance=False:
+    # E[x^2] - E[x]^2 loses digits the spec's reference keeps
     layer: LayerNorm = node.layer  # type: ignore[assignment]
-    if layer.axis not in (-1, len(in_shape) - 1, (-1,), [-1]):
-        return None  # normalizing over other axes: not NNX's LayerNorm (refused by name)
-    # use_fast_variance=False: E[x^2] - E[x]^2 loses digits the spec's reference keeps
-    m = M.LayerNorm(int(in_shape[-1]), epsilon=layer.eps, use_fast_variance=False, rngs=rngs)
+    axis = layer.resolved_axis(len(in_shape), "channels_first" if cf else "channels_last")
+    m = M.LayerNorm(int(in_shape[axis]), epsilon=layer.eps, use_fast_variance=False, reduction_axes=axis,
+                    feature_axes=axis, rngs=rngs)
     return m, {"weight": _one("scale"), "bias": _one("bias")}
 
 
@@ -100,3 +101,7 @@ def _embedding(node: Node, cf: bool, rngs: nnx.Rngs, in_shape: tuple) -> Made:
 @register_builder("nnx", Dropout)
 def _dropout(node: Node, cf: bool, rngs: nnx.Rngs, in_shape: tuple) -> Made:
     return M.Dropout(node.layer.rate, rngs=rngs), {}  # type: ignore[attr-defined]
+
+
+from . import leaves_extra as _extra  # noqa: E402, F401  (registers the builders of layers_extra)
+from . import leaves_seq as _seq  # noqa: E402, F401  (registers the sequence layers' builders)

@@ -32,7 +32,7 @@ class Built:
 
     def keys(self, name: str) -> list[Path]:
         path, layout = self.variables[name]
-        return [path + tuple(leaf.name.split("/")) for leaf in layout.leaves]
+        return [path + tuple(int(s) if s.isdigit() else s for s in leaf.name.split("/")) for leaf in layout.leaves]
 
 
 def find(module: Any, path: Path) -> Any:
@@ -73,7 +73,7 @@ class NnxBuilder(tree.Builder[nnx.Module]):
     def _stateless(self, node: Node) -> Any:
         """A layer without parameters: the jax backend's linen module, if it holds no variables."""
         fn = builder_for("jax", type(node.layer))
-        if fn is None or type(node.layer).__name__ == "DropPath":  # DropPath draws from a linen rng stream
+        if fn is None:
             return None
         linen, layouts = fn(node, self.cf, None)
         return None if layouts else (M.Stateless(linen, type(node.layer).__name__), {})

@@ -1,0 +1,105 @@
+# mypy: disable-error-code="misc"
+"""NNX builders for the sequence layers with parameters: ``MultiHeadAttention`` (``nnx.MultiHeadAttention`` as
+self-attention, the jax backend's ``heads_*`` layouts) and the recurrent layers (``nnx.RNN`` over NNX's own
+cells, ``nnx.Bidirectional`` for two directions, stacked in a list for ``num_layers > 1``).
+
+NNX's cells compute PyTorch's functions: ``nnx.SimpleCell`` ``h' = act(W_i x + b_i + W_h h)`` (``b_i`` holds
+``b_ih + b_hh``) and ``nnx.LSTMCell`` (per-gate kernels ``ii, if_, ig, io`` / ``hi, hf, hg, ho``, one bias per
+gate on the hidden side holding ``b_ih + b_hh``); the jax backend's ``Gates`` layout stacks them into PyTorch's
+``(G*H, in)``. ``nnx.GRUCell`` has no ``b_hn`` (its hidden projection has no bias), so it cannot hold a
+PyTorch GRU: GRU, and cells without biases, are refused by name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+from flax import nnx
+
+from ...layers_seq import LSTM, RNN, MultiHeadAttention
+from ...shapes import Node
+from ..jax import params as T
+from . import modules as M
+from .leaves import Made, _one, register_builder
+
+
+class SelfAttention(nnx.MultiHeadAttention):
+    def __call__(self, x: Any, train: bool = False) -> Any:  # type: ignore[override]
+        return super().__call__(x, deterministic=not train)
+
+
+@register_builder("nnx", MultiHeadAttention)
+def _attention(node: Node, cf: bool, rngs: nnx.Rngs, in_shape: tuple) -> Made | None:
+    layer: MultiHeadAttention = node.layer  # type: ignore[assignment]
+    m = SelfAttention(layer.num_heads, int(in_shape[-1]), qkv_features=layer.num_hiddens,
+                      out_features=layer.num_hiddens, use_bias=layer.use_bias, dropout_rate=layer.dropout,
+                      broadcast_dropout=False, decode=False, rngs=rngs)
+    out: dict[str, T.Layout] = {}
+    for proj, sub in (("q", "query"), ("k", "key"), ("v", "value"), ("out", "out")):
+        out[f"{proj}_weight"] = _one(f"{sub}/kernel", "heads_out" if proj == "out" else "heads_in")
+        if layer.use_bias:
+            out[f"{proj}_bias"] = _one(f"{sub}/bias", "same" if proj == "out" else "heads_bias")
+    return m, out
+
+
+class Recurrent(nnx.Module):
+    """``num_layers`` recurrent layers (``nnx.RNN`` or ``nnx.Bidirectional``) in ``layers``, batch-first, zero
+    initial state; in training, dropout on the outputs of every layer but the last (PyTorch's ``dropout=``);
+    ``return_sequences=False``: the forward direction's last step and the backward's first, as Keras."""
+
+    def __init__(self, layers: list, rate: float, directions: int, sequences: bool, rngs: nnx.Rngs) -> None:
+        self.layers = nnx.List(layers)
+        self.dropout = M.Dropout(rate, rngs=rngs) if rate > 0 and len(layers) > 1 else None
+        self.directions, self.sequences = directions, sequences
+
+    def __call__(self, x: Any, train: bool = False) -> Any:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if self.dropout is not None and i < len(self.layers) - 1:
+                x = self.dropout(x, train)
+        if self.sequences:
+            return x
+        if self.directions == 1:
+            return x[:, -1]
+        h = x.shape[-1] // 2
+        return jnp.concatenate([x[:, -1, :h], x[:, 0, h:]], axis=-1)
+
+
+_GATES = {RNN: (("dense_i",), ("dense_h",), ("dense_i",)), LSTM: (("ii", "if_", "ig", "io"), ("hi", "hf", "hg", "ho"),
+                                                                ("hi", "hf", "hg", "ho"))}
+
+
+@register_builder("nnx", RNN, LSTM)
+def _recurrent(node: Node, cf: bool, rngs: nnx.Rngs, in_shape: tuple) -> Made | None:
+    layer: Any = node.layer
+    if not layer.use_bias:
+        return None  # NNX's cells always have biases
+
+    def cell(fan_in: int) -> Any:
+        if isinstance(layer, RNN):
+            act = jnp.tanh if layer.activation == "tanh" else nnx.relu
+            return nnx.SimpleCell(fan_in, layer.hidden_size, activation_fn=act, rngs=rngs)
+        return nnx.LSTMCell(fan_in, layer.hidden_size, rngs=rngs)
+
+    dirs = len(layer.directions)
+    layers = []
+    for i in range(layer.num_layers):
+        fan_in = int(in_shape[-1]) if i == 0 else layer.hidden_size * dirs
+        forward = nnx.RNN(cell(fan_in), rngs=rngs)
+        layers.append(forward if dirs == 1 else nnx.Bidirectional(
+            forward, nnx.RNN(cell(fan_in), reverse=True, keep_order=True, rngs=rngs), rngs=rngs))
+    module = Recurrent(layers, layer.dropout, dirs, layer.return_sequences, rngs)
+    ins, hids, biases = _GATES[type(layer)]
+    out: dict[str, T.Layout] = {}
+    for i in range(layer.num_layers):
+        for sfx, side in zip(layer.directions, ("forward_rnn/", "backward_rnn/") if dirs == 2 else ("",)):
+            at = f"layers/{i}/{side}cell/"
+
+            def leaves(gates: tuple, leaf: str) -> list[T.Leaf]:
+                return [T.Leaf("params", f"{at}{g}/{leaf}") for g in gates]  # noqa: B023
+            out[f"weight_ih_l{i}{sfx}"] = T.Gates(leaves(ins, "kernel"), kernel=True)
+            out[f"weight_hh_l{i}{sfx}"] = T.Gates(leaves(hids, "kernel"), kernel=True)
+            out[f"bias_ih_l{i}{sfx}"] = T.Gates(leaves(biases, "bias"), kernel=False)
+            out[f"bias_hh_l{i}{sfx}"] = T.Gates(leaves(biases, "bias"), kernel=False, held=(False,) * len(biases))
+    return module, out
