@@ -115,9 +115,9 @@ def test_training_updates_batch_stats_like_the_reference() -> None:
 
 
 def test_layer_without_an_nnx_module_is_refused_by_name() -> None:
-    m = NnxModel(di.LazyModel([L.Embedding(10, 4), di.GRU(8)]))  # nnx.GRUCell has no b_hn
-    with pytest.raises(di.errors.UnsupportedLayerError, match=r"'1'.*GRU.*nnx"):
-        m.apply_init(np.zeros((2, 5), np.int64))
+    m = NnxModel(di.LazyModel([L.Dense(4), di.ClassToken()]))
+    with pytest.raises(di.errors.UnsupportedLayerError, match=r"'1'.*ClassToken.*nnx"):
+        m.apply_init(np.zeros((2, 5, 3), np.float32))
     assert not m.initialized
 
 
@@ -126,9 +126,11 @@ SEQ = np.random.default_rng(2).standard_normal((2, 6, 8)).astype(np.float32)
 
 @pytest.mark.parametrize(("layers", "x"), [
     ([di.LSTM(5, num_layers=2, bidirectional=True), di.RNN(4, return_sequences=False)], SEQ),
+    ([di.GRU(5, bidirectional=True), di.GRU(3, use_bias=False), di.LSTM(4, use_bias=False), di.RNN(2, use_bias=False)],
+     SEQ),
     ([di.MultiHeadAttention(8, 2), L.LayerNorm()], SEQ),
     ([L.Conv2D(4, 3), di.GroupNorm(2), di.LayerScale(0.5), di.DropPath(0.1), L.LayerNorm(axis="channels")], X),
-], ids=["recurrent", "attention", "extra"])
+], ids=["recurrent", "gru-and-bias-free", "attention", "extra"])
 def test_more_layers_agree_with_the_reference_bit_for_bit_in_weights(layers: list, x: np.ndarray) -> None:
     spec = di.LazyModel(layers)
     m, ref = NnxModel(spec), di.compile(spec, "numpy")

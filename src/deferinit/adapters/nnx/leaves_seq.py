@@ -6,8 +6,10 @@ cells, ``nnx.Bidirectional`` for two directions, stacked in a list for ``num_lay
 NNX's cells compute PyTorch's functions: ``nnx.SimpleCell`` ``h' = act(W_i x + b_i + W_h h)`` (``b_i`` holds
 ``b_ih + b_hh``) and ``nnx.LSTMCell`` (per-gate kernels ``ii, if_, ig, io`` / ``hi, hf, hg, ho``, one bias per
 gate on the hidden side holding ``b_ih + b_hh``); the jax backend's ``Gates`` layout stacks them into PyTorch's
-``(G*H, in)``. ``nnx.GRUCell`` has no ``b_hn`` (its hidden projection has no bias), so it cannot hold a
-PyTorch GRU: GRU, and cells without biases, are refused by name.
+``(G*H, in)``. ``nnx.GRUCell`` fuses the gates (``dense_i`` ``(in, 3H)`` in PyTorch's order r, z, n) and computes
+``n = tanh(W_in x + b_in + r * (W_hn h))``: its hidden projection has no bias, so a ``(3H,)`` bias is added to
+``dense_h`` and the cell is PyTorch's GRU exactly (``b_hn`` inside the reset gate's product). ``use_bias=False``
+removes each cell's biases (``Linear.bias = None``, as ``nnx.Linear(use_bias=False)`` holds it).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
-from ...layers_seq import LSTM, RNN, MultiHeadAttention
+from ...layers_seq import GRU, LSTM, RNN, MultiHeadAttention
 from ...shapes import Node
 from ..jax import params as T
 from . import modules as M
@@ -30,7 +32,7 @@ class SelfAttention(nnx.MultiHeadAttention):
 
 
 @register_builder("nnx", MultiHeadAttention)
-def _attention(node: Node, cf: bool, rngs: nnx.Rngs, in_shape: tuple) -> Made | None:
+def _attention(node: Node, cf: bool, rngs: nnx.Rngs, in_shape: tuple) -> Made:
     layer: MultiHeadAttention = node.layer  # type: ignore[assignment]
     m = SelfAttention(layer.num_heads, int(in_shape[-1]), qkv_features=layer.num_hiddens,
                       out_features=layer.num_hiddens, use_bias=layer.use_bias, dropout_rate=layer.dropout,
@@ -70,36 +72,63 @@ _GATES = {RNN: (("dense_i",), ("dense_h",), ("dense_i",)), LSTM: (("ii", "if_", 
                                                                 ("hi", "hf", "hg", "ho"))}
 
 
-@register_builder("nnx", RNN, LSTM)
-def _recurrent(node: Node, cf: bool, rngs: nnx.Rngs, in_shape: tuple) -> Made | None:
-    layer: Any = node.layer
+def _no_bias(linear: nnx.Linear) -> None:
+    linear.bias, linear.use_bias = None, False
+
+
+def _cell(layer: Any, fan_in: int, rngs: nnx.Rngs) -> Any:
+    h = layer.hidden_size
+    if isinstance(layer, GRU):
+        cell = nnx.GRUCell(fan_in, h, rngs=rngs)
+        if layer.use_bias:
+            cell.dense_h.bias, cell.dense_h.use_bias = nnx.Param(jnp.zeros((3 * h,), jnp.float32)), True
+        else:
+            _no_bias(cell.dense_i)
+        return cell
+    if isinstance(layer, RNN):
+        act = jnp.tanh if layer.activation == "tanh" else nnx.relu
+        cell = nnx.SimpleCell(fan_in, h, activation_fn=act, rngs=rngs)
+    else:
+        cell = nnx.LSTMCell(fan_in, h, rngs=rngs)
     if not layer.use_bias:
-        return None  # NNX's cells always have biases
+        for name in _GATES[type(layer)][2]:
+            _no_bias(getattr(cell, name))
+    return cell
 
-    def cell(fan_in: int) -> Any:
-        if isinstance(layer, RNN):
-            act = jnp.tanh if layer.activation == "tanh" else nnx.relu
-            return nnx.SimpleCell(fan_in, layer.hidden_size, activation_fn=act, rngs=rngs)
-        return nnx.LSTMCell(fan_in, layer.hidden_size, rngs=rngs)
 
+def _layouts(layer: Any, at: str) -> dict[str, T.Layout]:
+    """The canonical parameters of one direction of one layer, whose cell is at ``at``."""
+    if isinstance(layer, GRU):
+        out: dict[str, T.Layout] = {"weight_ih": _one(f"{at}dense_i/kernel", "dense"),
+                                    "weight_hh": _one(f"{at}dense_h/kernel", "dense")}
+        if layer.use_bias:
+            out.update(bias_ih=_one(f"{at}dense_i/bias"), bias_hh=_one(f"{at}dense_h/bias"))
+        return out
+    ins, hids, biases = _GATES[type(layer)]
+
+    def leaves(gates: tuple, leaf: str) -> list[T.Leaf]:
+        return [T.Leaf("params", f"{at}{g}/{leaf}") for g in gates]
+    out = {"weight_ih": T.Gates(leaves(ins, "kernel"), kernel=True),
+           "weight_hh": T.Gates(leaves(hids, "kernel"), kernel=True)}
+    if layer.use_bias:
+        out.update(bias_ih=T.Gates(leaves(biases, "bias"), kernel=False),
+                   bias_hh=T.Gates(leaves(biases, "bias"), kernel=False, held=(False,) * len(biases)))
+    return out
+
+
+@register_builder("nnx", RNN, GRU, LSTM)
+def _recurrent(node: Node, cf: bool, rngs: nnx.Rngs, in_shape: tuple) -> Made:
+    layer: Any = node.layer
     dirs = len(layer.directions)
     layers = []
     for i in range(layer.num_layers):
         fan_in = int(in_shape[-1]) if i == 0 else layer.hidden_size * dirs
-        forward = nnx.RNN(cell(fan_in), rngs=rngs)
+        forward = nnx.RNN(_cell(layer, fan_in, rngs), rngs=rngs)
         layers.append(forward if dirs == 1 else nnx.Bidirectional(
-            forward, nnx.RNN(cell(fan_in), reverse=True, keep_order=True, rngs=rngs), rngs=rngs))
-    module = Recurrent(layers, layer.dropout, dirs, layer.return_sequences, rngs)
-    ins, hids, biases = _GATES[type(layer)]
+            forward, nnx.RNN(_cell(layer, fan_in, rngs), reverse=True, keep_order=True, rngs=rngs), rngs=rngs))
     out: dict[str, T.Layout] = {}
     for i in range(layer.num_layers):
         for sfx, side in zip(layer.directions, ("forward_rnn/", "backward_rnn/") if dirs == 2 else ("",)):
-            at = f"layers/{i}/{side}cell/"
-
-            def leaves(gates: tuple, leaf: str) -> list[T.Leaf]:
-                return [T.Leaf("params", f"{at}{g}/{leaf}") for g in gates]  # noqa: B023
-            out[f"weight_ih_l{i}{sfx}"] = T.Gates(leaves(ins, "kernel"), kernel=True)
-            out[f"weight_hh_l{i}{sfx}"] = T.Gates(leaves(hids, "kernel"), kernel=True)
-            out[f"bias_ih_l{i}{sfx}"] = T.Gates(leaves(biases, "bias"), kernel=False)
-            out[f"bias_hh_l{i}{sfx}"] = T.Gates(leaves(biases, "bias"), kernel=False, held=(False,) * len(biases))
-    return module, out
+            for kind, layout in _layouts(layer, f"layers/{i}/{side}cell/").items():
+                out[f"{kind}_l{i}{sfx}"] = layout
+    return Recurrent(layers, layer.dropout, dirs, layer.return_sequences, rngs), out
