@@ -42,8 +42,8 @@ def register_builder(backend: str, *types: type) -> Callable[[F], F]:
 
 
 def builder(layer_type: type) -> Any:
-    """The builder of ``layer_type`` (its class or nearest base class in the table), or None."""
-    return next((TABLE[t] for t in layer_type.__mro__ if t in TABLE), None)
+    """The builder of ``layer_type`` (exactly that type, as ``extend.builder_for``), or None."""
+    return TABLE.get(layer_type)
 
 Made = tuple[nnx.Module, dict[str, T.Layout]]
 F = TypeVar("F", bound=Callable[..., Any])

@@ -1,7 +1,9 @@
 # mypy: disable-error-code="misc"
-"""NNX builders for the sequence layers with parameters: ``MultiHeadAttention`` (``nnx.MultiHeadAttention`` as
-self-attention, the jax backend's ``heads_*`` layouts) and the recurrent layers (``nnx.RNN`` over NNX's own
-cells, ``nnx.Bidirectional`` for two directions, stacked in a list for ``num_layers > 1``).
+"""NNX builders for the sequence layers with parameters: ``ClassToken`` / ``PositionEmbedding`` (d2l's ViT
+``cls_token``, zeros, and ``pos_embed``, normal with standard deviation 0.01, as ``nnx.Param``s),
+``MultiHeadAttention`` (``nnx.MultiHeadAttention`` as self-attention, the jax backend's ``heads_*`` layouts)
+and the recurrent layers (``nnx.RNN`` over NNX's own cells, ``nnx.Bidirectional`` for two directions, stacked
+in a list for ``num_layers > 1``).
 
 NNX's cells compute PyTorch's functions: ``nnx.SimpleCell`` ``h' = act(W_i x + b_i + W_h h)`` (``b_i`` holds
 ``b_ih + b_hh``) and ``nnx.LSTMCell`` (per-gate kernels ``ii, if_, ig, io`` / ``hi, hf, hg, ho``, one bias per
@@ -19,7 +21,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
-from ...layers_seq import GRU, LSTM, RNN, MultiHeadAttention
+from ...layers_seq import GRU, LSTM, RNN, ClassToken, MultiHeadAttention, PositionEmbedding
 from ...shapes import Node
 from ..jax import params as T
 from . import modules as M
@@ -132,3 +134,34 @@ def _recurrent(node: Node, cf: bool, rngs: nnx.Rngs, in_shape: tuple) -> Made:
             for kind, layout in _layouts(layer, f"layers/{i}/{side}cell/").items():
                 out[f"{kind}_l{i}{sfx}"] = layout
     return Recurrent(layers, layer.dropout, dirs, layer.return_sequences, rngs), out
+
+
+class ClassTokenModule(nnx.Module):
+    """d2l's ``cls_token`` ``(1, 1, D)`` (zeros), prepended to every sequence."""
+
+    def __init__(self, features: int) -> None:
+        self.cls_token = nnx.Param(jnp.zeros((1, 1, features), jnp.float32))
+
+    def __call__(self, x: Any, train: bool = False) -> Any:
+        token = jnp.broadcast_to(self.cls_token[...], (x.shape[0], 1, x.shape[-1])).astype(x.dtype)
+        return jnp.concatenate([token, x], axis=1)
+
+
+class PositionEmbeddingModule(nnx.Module):
+    """d2l's ``pos_embed`` ``(1, T, D)``, drawn with ``nnx.initializers.normal()`` (standard deviation 0.01)."""
+
+    def __init__(self, steps: int, features: int, rngs: nnx.Rngs) -> None:
+        self.pos_embed = nnx.Param(nnx.initializers.normal()(rngs.params(), (1, steps, features), jnp.float32))
+
+    def __call__(self, x: Any, train: bool = False) -> Any:
+        return x + self.pos_embed[...]
+
+
+@register_builder("nnx", ClassToken)
+def _class_token(node: Node, cf: bool, rngs: nnx.Rngs, in_shape: tuple) -> Made:
+    return ClassTokenModule(int(in_shape[-1])), {"weight": _one("cls_token")}
+
+
+@register_builder("nnx", PositionEmbedding)
+def _position_embedding(node: Node, cf: bool, rngs: nnx.Rngs, in_shape: tuple) -> Made:
+    return PositionEmbeddingModule(int(in_shape[1]), int(in_shape[2]), rngs), {"weight": _one("pos_embed")}
