@@ -1,0 +1,141 @@
+# mypy: disable-error-code="misc"
+# (Flax is untyped where the lint session installs no framework: its Module is Any to subclass)
+"""The Flax NNX modules the nnx adapter builds a spec from (imported only with the nnx backend).
+
+Leaves with parameters subclass NNX's own layers (``nnx.Linear``, ``nnx.Conv``, ``nnx.BatchNorm``,
+``nnx.LayerNorm``, ``nnx.Embed``, ``nnx.Dropout``), so their state keeps NNX's names and layouts (``kernel``
+(in, out) / HWIO, ``scale``, ``mean``, ``embedding``); the subclasses only add the fused activation, the
+``train`` argument every module takes, and the transposes a channels-first spec needs (NNX convolutions are
+channels-last only). Layers without state reuse the jax backend's linen module (a pure function of the input)
+through :class:`Stateless`. Containers hold their children in an ``nnx.List`` named ``layers``, so the state
+paths read ``layers/0/kernel`` as ``nnx.Sequential``'s do; a tied position holds the first use's module object
+itself (NNX shares its state by reference, under the first path).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+from flax import nnx
+from jax import lax
+
+from ..jax.modules import activate
+
+__all__ = ["Sequential", "Residual", "Concat", "Linear", "Conv", "BatchNorm", "LayerNorm", "Dropout", "Embed",
+           "Stateless"]
+
+
+def _to_last(x: Any) -> Any:
+    return jnp.transpose(x, (0,) + tuple(range(2, x.ndim)) + (1,))
+
+
+def _to_first(x: Any) -> Any:
+    return jnp.transpose(x, (0, x.ndim - 1) + tuple(range(1, x.ndim - 1)))
+
+
+# ------------------------------------------------------------------------------------------- containers
+class Sequential(nnx.Module):
+    """Children one after the other; the root is one too (its children are set when ``apply_init`` builds)."""
+
+    def __init__(self, layers: list | None = None) -> None:
+        self.layers = nnx.List(layers or [])
+
+    def __call__(self, x: Any, train: bool = False) -> Any:
+        for layer in self.layers:
+            x = layer(x, train)
+        return x
+
+
+class Residual(nnx.Module):
+    def __init__(self, body: nnx.Module, shortcut: nnx.Module | None, activation: str | None) -> None:
+        self.body, self.shortcut, self.activation = body, shortcut, activation
+
+    def __call__(self, x: Any, train: bool = False) -> Any:
+        y = self.body(x, train)
+        return activate(self.activation, y + (x if self.shortcut is None else self.shortcut(x, train)))
+
+
+class Concat(nnx.Module):
+    def __init__(self, layers: list, channels_first: bool) -> None:
+        self.layers, self.channels_first = nnx.List(layers), channels_first
+
+    def __call__(self, x: Any, train: bool = False) -> Any:
+        outs = [layer(x, train) for layer in self.layers]
+        rank = outs[0].ndim
+        return jnp.concatenate(outs, axis=1 if self.channels_first or rank == 2 else rank - 1)
+
+
+# ------------------------------------------------------------------------------------------- leaves
+class Linear(nnx.Linear):
+    def __init__(self, *args: Any, activation: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.activation = activation
+
+    def __call__(self, x: Any, train: bool = False) -> Any:
+        return activate(self.activation, super().__call__(x))
+
+
+class Conv(nnx.Conv):
+    """``nnx.Conv`` (kernel ``(*k, in // groups, out)``) plus transposes for channels-first data."""
+
+    def __init__(self, *args: Any, activation: str | None = None, channels_first: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.activation, self.channels_first = activation, channels_first
+
+    def __call__(self, x: Any, train: bool = False) -> Any:
+        y = _to_first(super().__call__(_to_last(x))) if self.channels_first else super().__call__(x)
+        return activate(self.activation, y)
+
+
+class BatchNorm(nnx.BatchNorm):
+    """NNX's ``BatchNorm`` state (``scale``, ``bias``, ``mean``, ``var``) and momentum convention (the weight of
+    the OLD statistics), but the running variance is updated with the UNBIASED batch variance, as PyTorch and
+    the spec do (``nnx.BatchNorm`` stores the biased one, which would drift by ``n / (n - 1)`` each step)."""
+
+    def __init__(self, *args: Any, channels_first: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.channels_first = channels_first
+
+    def __call__(self, x: Any, train: bool = False) -> Any:  # type: ignore[override]
+        axis = 1 if self.channels_first or x.ndim == 2 else x.ndim - 1
+        c = x.shape[axis]
+        shape = [1] * x.ndim
+        shape[axis] = c
+        if train:
+            axes = tuple(a for a in range(x.ndim) if a != axis)
+            mean = jnp.mean(x, axis=axes)
+            var = jnp.mean(jnp.square(x - mean.reshape(shape)), axis=axes)
+            n, m = x.size // c, self.momentum
+            self.mean[...] = m * self.mean[...] + (1.0 - m) * mean
+            self.var[...] = m * self.var[...] + (1.0 - m) * var * (n / max(n - 1, 1))
+        else:
+            mean, var = self.mean[...], self.var[...]
+        mul = lax.rsqrt(var + self.epsilon) * self.scale[...]
+        return (x - mean.reshape(shape)) * mul.reshape(shape) + self.bias[...].reshape(shape)
+
+
+class LayerNorm(nnx.LayerNorm):
+    def __call__(self, x: Any, train: bool = False) -> Any:  # type: ignore[override]
+        return super().__call__(x)
+
+
+class Dropout(nnx.Dropout):
+    def __call__(self, x: Any, train: bool = False) -> Any:  # type: ignore[override]
+        return super().__call__(x, deterministic=not train)
+
+
+class Embed(nnx.Embed):
+    def __call__(self, x: Any, train: bool = False) -> Any:  # type: ignore[override]
+        return super().__call__(x)
+
+
+class Stateless(nnx.Module):
+    """A layer without parameters or state: the jax backend's linen module, applied as the pure function it is
+    (pools, flatten, activations, reshapes...)."""
+
+    def __init__(self, linen: Any, kind: str) -> None:
+        self.linen, self.kind = nnx.static(linen), kind
+
+    def __call__(self, x: Any, train: bool = False) -> Any:
+        return self.linen.apply({}, x, train)
