@@ -17,7 +17,15 @@ from typing import Any, Generic, Mapping, TypeVar
 import numpy as np
 
 from .. import init as init_mod
-from ..errors import BackendError, DeferInitError, DTypeError, NotInitializedError, ShapeMismatchError, WeightsError
+from ..errors import (
+    BackendError,
+    DeferInitError,
+    DTypeError,
+    NotInitializedError,
+    ShapeMismatchError,
+    UnsupportedLayerError,
+    WeightsError,
+)
 from ..graph import GraphModel
 from ..graph_shapes import infer_graph
 from ..report import ParamInfo, ShapeReport
@@ -68,6 +76,14 @@ class GraphCompiled(Generic[N]):
 
     def to_numpy(self, y: Any) -> np.ndarray:
         return np.asarray(y)
+
+    def _record(self, native: N, xs: list[Any]) -> dict[str, Any]:
+        """Every layer position's output (inference mode) on the first call of each layer, keyed by path."""
+        raise UnsupportedLayerError(f"{self._who()}: intermediate outputs are not available on this backend")
+
+    def _grads(self, native: N, xs: list[Any]) -> dict[str, np.ndarray]:
+        """The gradient of the summed outputs for every trainable canonical parameter (canonical layout)."""
+        raise UnsupportedLayerError(f"{self._who()}: gradients are not available on this backend")
 
     # ------------------------------------------------------------------ public API
     @property
@@ -146,6 +162,24 @@ class GraphCompiled(Generic[N]):
             self._checked.add(sig)
         outs = self._guard("forward", lambda: self._run(self.native, [self._to_native(a) for a in arrays], training))
         return tuple(outs) if self.spec.multi_output else outs[0]
+
+    def intermediates(self, inputs: Any) -> dict[str, np.ndarray]:
+        """Output of every layer position (inference mode), keyed by its canonical path, as numpy arrays in the
+        spec's data format; a layer called twice is recorded at its first call, as the report lists it."""
+        self(inputs)  # validates the inputs with the same errors as a call
+        xs = [self._to_native(a) for a in self._arrays(inputs)]
+        record = self._guard("intermediates", lambda: self._record(self.native, xs))
+        return {path: np.asarray(self.to_numpy(record[path])) for path in self.report.layers if path in record}
+
+    def gradients(self, inputs: Any) -> dict[str, np.ndarray]:
+        """The gradient of the sum of every output's sum (inference mode) with respect to every trainable
+        canonical parameter, in canonical layout (float32 numpy arrays), as list specs' ``gradients`` of
+        ``sum(output)``. A tied parameter (a layer called twice, an ``Attend`` head) gets the sum over its uses."""
+        self(inputs)  # validates the inputs with the same errors as a call
+        xs = [self._to_native(a) for a in self._arrays(inputs)]
+        grads = self._guard("gradients", lambda: self._grads(self.native, xs))
+        return {n: np.ascontiguousarray(grads[n], dtype=np.float32)
+                for n, p in self.report.params.items() if p.trainable}
 
     def _guard(self, doing: str, fn: Any) -> Any:
         """The framework's own failure (an index past an Embedding's table...) as a BackendError naming the backend."""

@@ -25,6 +25,7 @@ from ...graph_run import key_mask
 from ...layers_graph import Attend, embedding_path
 from ...shapes import Node
 from ..graph_compiled import GraphCompiled
+from . import modules as M
 from . import params as T
 from . import structure
 
@@ -50,16 +51,17 @@ class GraphModule(nn.Module):
 
     def __call__(self, *inputs: Any) -> Any:
         spec, root = self.graph
+        record = M._RECORD.get()  # set by the adapter's intermediates: every position's output, first call kept
         slots = list(inputs)
         for node in spec.nodes:
             args = [slots[a] for a in node["args"]]
             if node["op"] == "layer":
                 k = node["layer"]
-                layer = root.children[k].layer
+                layer, path = root.children[k].layer, root.children[k].path
                 if isinstance(layer, Attend):
                     emb = self.layers[[c.path for c in root.children].index(embedding_path(root, layer))]
                     out = emb.attend(args[0])
-                    slots.append(out)
+                    slots.append(out if record is None or path in record else record.setdefault(path, out))
                     continue
                 if len(args) == 1 and getattr(layer, "causal", False):
                     args = args * 3
@@ -73,6 +75,8 @@ class GraphModule(nn.Module):
                                                                    deterministic=True)
                 else:
                     out = self.layers[k](args[0], False)
+                if record is not None and path not in record:
+                    record[path] = out
             elif node["op"] == "add":
                 out = args[0]
                 for a in args[1:]:
@@ -140,6 +144,31 @@ class FlaxGraphModel(GraphCompiled[Any]):
 
     def _run(self, native: Any, xs: list[Any], training: bool) -> list[Any]:
         return native.apply(_st(native)["variables"], *xs)  # type: ignore[no-any-return]
+
+    def _record(self, native: Any, xs: list[Any]) -> dict[str, Any]:
+        record: dict[str, Any] = {}
+        token = M.recording(record)
+        try:
+            native.apply(_st(native)["variables"], *xs)
+        finally:
+            M._RECORD.reset(token)
+        return record
+
+    def _grads(self, native: Any, xs: list[Any]) -> dict[str, np.ndarray]:
+        variables = _st(native)["variables"]
+        rest = {c: v for c, v in variables.items() if c != "params"}
+
+        def total(params: Any) -> Any:
+            outs = native.apply({**rest, "params": params}, *xs)
+            return sum(jnp.sum(o) for o in outs if jnp.issubdtype(o.dtype, jnp.floating))
+        grads = jax.grad(total)(variables["params"])
+        out = {}
+        for name, info in self.report.params.items():
+            if info.trainable:
+                path, layout = _st(native)["built"].variables[name]
+                parts = [np.asarray(T.get(grads, leaf.keys(path)[1:])) for leaf in layout.leaves]  # params only
+                out[name] = np.ascontiguousarray(layout.grad(parts), dtype=np.float32)
+        return out
 
     def _get(self, native: Any) -> dict[str, np.ndarray]:
         out = {}

@@ -62,6 +62,11 @@ class NumpyGraphModel(GraphCompiled[dict]):
         out = reference_forward(self.spec, xs, native)
         return list(out) if self.spec.multi_output else [out]
 
+    def _record(self, native: dict, xs: list[Any]) -> dict[str, Any]:
+        record: dict[str, Any] = {}
+        reference_forward(self.spec, xs, native, record)
+        return record
+
     def _get(self, native: dict) -> dict[str, np.ndarray]:
         return dict(native)
 
