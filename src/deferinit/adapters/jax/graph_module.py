@@ -128,12 +128,26 @@ class FlaxGraphModel(GraphCompiled[Any]):
         key = self._key if isinstance(self._key, (int, np.integer)) else 0
         _st(native)["variables"] = native.init(jax.random.PRNGKey(int(key)), *xs)
 
+    def _abstract_init(self, native: Any, specs: list[Any]) -> None:
+        """Flax's own init under ``jax.eval_shape``: variables as shapes only, nothing allocated (as list specs).
+        Integer inputs (tokens, valid_lens: the masks are built from their values) are passed as small zeros."""
+        key = self._key if isinstance(self._key, (int, np.integer)) else 0
+        floats = [i for i, s in enumerate(specs) if s.dtype == "float32"]
+
+        def init(rng: Any, *fs: Any) -> Any:
+            xs = [np.zeros(s.shape, np.int64) for s in specs]
+            for i, f in zip(floats, fs):
+                xs[i] = f
+            return native.init(rng, *xs)
+        _st(native)["variables"] = jax.eval_shape(init, jax.random.PRNGKey(int(key)),
+                                                  *[jax.ShapeDtypeStruct(specs[i].shape, jnp.float32) for i in floats])
+
     _key: Any = None
 
-    def apply_init(self, dummy_inputs: Any, init: Any = None, key: Any = None) -> Any:
+    def apply_init(self, dummy_inputs: Any, init: Any = None, key: Any = None, *, abstract: bool = False) -> Any:
         self._key = key
         try:
-            return super().apply_init(dummy_inputs, init=init, key=key)
+            return super().apply_init(dummy_inputs, init=init, key=key, abstract=abstract)
         finally:
             self._key = None
 

@@ -129,10 +129,10 @@ class GluonGraphModel(GraphCompiled[GraphBlock]):
 
     _key: Any = None
 
-    def apply_init(self, dummy_inputs: Any, init: Any = None, key: Any = None) -> Any:
+    def apply_init(self, dummy_inputs: Any, init: Any = None, key: Any = None, *, abstract: bool = False) -> Any:
         self._key = key
         try:
-            return super().apply_init(dummy_inputs, init=init, key=key)
+            return super().apply_init(dummy_inputs, init=init, key=key, abstract=abstract)
         finally:
             self._key = None
 

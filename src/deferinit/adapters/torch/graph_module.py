@@ -162,12 +162,25 @@ class TorchGraphModel(GraphCompiled[GraphNet]):
         if left:
             raise BackendError(f"{self._who()}: the dry run left uninitialized modules or tensors: {left}")
 
+    def _abstract_init(self, native: GraphNet, specs: list[Any]) -> None:
+        """torch's own lazy modules on the meta device: shapes only, no parameter memory (as list specs)."""
+        meta = torch.device("meta")
+        for node in self.root.leaves():
+            if isinstance(node.layer, Embedding):
+                tt.allocate(native.module_at(node.path), (node.layer.num_embeddings, node.layer.dim), meta)
+        tt.rehome(native, "meta")
+        native.eval()
+        xs = [torch.empty(s.shape, dtype=torch.float32 if s.dtype == "float32" else torch.int64, device=meta)
+              for s in specs]
+        with torch.no_grad(), meta:
+            native(*xs)
+
     _key: Any = None
 
-    def apply_init(self, dummy_inputs: Any, init: Any = None, key: Any = None) -> Any:
+    def apply_init(self, dummy_inputs: Any, init: Any = None, key: Any = None, *, abstract: bool = False) -> Any:
         self._key = key
         try:
-            return super().apply_init(dummy_inputs, init=init, key=key)
+            return super().apply_init(dummy_inputs, init=init, key=key, abstract=abstract)
         finally:
             self._key = None
 
