@@ -15,6 +15,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -32,8 +33,10 @@ RANDOM = 12
 DEEP_TOLERANCE = {"zoo_alexnet": (1e-5, 1e-4, 5e-3), "zoo_vgg11": (1e-5, 1e-4, 5e-3)}
 
 
-def matrix_specs() -> dict[str, tuple[di.LazyModel, tuple, str]]:
+def matrix_specs() -> dict[str, tuple[di.LazyModel, Any, str]]:
+    """name -> (spec, input shape, dtype); graph specs: (spec, their inputs (an array or a tuple), "inputs")."""
     from cases import BY_ID
+    from graph_cases import GRAPH_CASES, graph_case
 
     specs = {name: (BY_ID[name].make(), BY_ID[name].shape, BY_ID[name].dtype) for name in NAMED}
     specs["example_lenet"] = (di.load_spec(HERE.parent / "examples" / "lenet.toml"), (2, 1, 28, 28), "float32")
@@ -45,6 +48,7 @@ def matrix_specs() -> dict[str, tuple[di.LazyModel, tuple, str]]:
     if zoo is not None and hasattr(zoo, "parity_specs"):
         specs.update(zoo.parity_specs())
     specs.update(random_specs(RANDOM))
+    specs.update({name: (*graph_case(name), "inputs") for name in GRAPH_CASES})
     return specs
 
 
@@ -78,7 +82,8 @@ def produce(backends: list[str], out: Path, only: str = "") -> int:
                 print(f"numpy: {name}", flush=True)
                 (out / name).mkdir(exist_ok=True)
                 (out / name / "spec.json").write_text(json.dumps(spec.to_dict(), indent=1))
-                art = make_artifact(spec, "numpy", input_shape=shape, dtype=dtype, seed=0)
+                art = make_artifact(spec, "numpy", shape) if dtype == "inputs" else \
+                    make_artifact(spec, "numpy", input_shape=shape, dtype=dtype, seed=0)
                 save_artifact(art, out / name / "numpy.npz")
         else:
             for spec_dir in sorted(p for p in out.iterdir() if (p / "spec.json").is_file()):

@@ -59,9 +59,11 @@ def masked_attention(q_in: np.ndarray, k_in: np.ndarray, v_in: np.ndarray, param
     return proj("out", heads).astype(np.float32)
 
 
-def reference_forward(spec: GraphModel, inputs: Sequence[Any], params: Mapping[str, np.ndarray]) -> Any:
+def reference_forward(spec: GraphModel, inputs: Sequence[Any], params: Mapping[str, np.ndarray],
+                      record: dict[str, Any] | None = None) -> Any:
     """Outputs of ``spec`` for ``inputs`` (one array per input) with canonical ``params``, in float32 with NumPy:
-    one array, or a tuple for several outputs."""
+    one array, or a tuple for several outputs. With ``record``, every layer position's output at the layer's
+    first call is stored in it under its path."""
     from .adapters.numpy import graph_module as _kernels  # noqa: F401  (registers Attend's kernel)
     from .adapters.numpy.leaves import _own
     from .adapters.numpy.modules import NumpyNet, _Runner
@@ -77,13 +79,16 @@ def reference_forward(spec: GraphModel, inputs: Sequence[Any], params: Mapping[s
         args = [slots[a] for a in node["args"]]
         if node["op"] == "layer":
             pnode = root.children[node["layer"]]
+            first = record is not None and pnode.path not in record
             if len(args) > 1:
                 layer: Any = pnode.layer
                 lens = args[3] if node.get("valid_lens") else None
                 out = masked_attention(args[0], args[1], args[2], _own(net, pnode), layer.num_heads, layer.use_bias,
                                        lens, bool(getattr(layer, "causal", False)))
             else:
-                out = run(pnode, args[0], runner)
+                out = run(pnode, args[0], runner, record if first else None)
+            if first:
+                record[pnode.path] = out  # type: ignore[index]
         elif node["op"] == "add":
             out = sum(args[1:], args[0])
         elif node["op"] == "multiply":

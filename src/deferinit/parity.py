@@ -60,6 +60,23 @@ def _errors(a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> tuple[flo
     return float(diff.max()), float(rel.max()), ok
 
 
+def _errors_of(a: Any, b: Any, atol: float, rtol: float) -> tuple[float, float, bool]:
+    """As :func:`_errors`, over a tuple of outputs (a graph spec's) too: the worst of each, all within tolerance."""
+    if not isinstance(b, tuple):
+        return _errors(a, b, atol, rtol) if not isinstance(a, tuple) else (float("inf"), float("inf"), False)
+    if not isinstance(a, tuple) or len(a) != len(b):
+        return float("inf"), float("inf"), False
+    errs = [_errors(x, y, atol, rtol) for x, y in zip(a, b)]
+    worst = max(range(len(errs)), key=lambda i: math.inf if math.isnan(errs[i][0]) else errs[i][0])
+    return errs[worst][0], max(e[1] for e in errs), all(e[2] for e in errs)
+
+
+def _same_input(a: Any, b: Any) -> bool:
+    xs, ys = (a if isinstance(a, tuple) else (a,)), (b if isinstance(b, tuple) else (b,))
+    return len(xs) == len(ys) and isinstance(a, tuple) == isinstance(b, tuple) and all(
+        x.shape == y.shape and np.array_equal(x, y) for x, y in zip(xs, ys))
+
+
 @dataclass
 class BackendParity:
     """One backend against the reference (and, for gradients, against the other frameworks)."""
@@ -178,10 +195,10 @@ def compare_artifacts(artifacts: Iterable[Artifact | str | Path], *, atol: float
     for a in arts:
         if a is ref:
             continue
-        if a.input.shape != ref.input.shape or not np.array_equal(a.input, ref.input):
+        if not _same_input(a.input, ref.input):
             raise SpecError(f"parity: the {a.backend} artifact ran on another input than the reference; make it "
                             f"from the reference artifact")
-        max_abs, max_rel, ok = _errors(a.output, ref.output, atol, rtol)
+        max_abs, max_rel, ok = _errors_of(a.output, ref.output, atol, rtol)
         first, first_err = None, 0.0
         for path, want in ref.intermediates.items():
             got = a.intermediates.get(path)
@@ -229,14 +246,16 @@ def parity(spec: LazyModel, dummy_input: Any, backends: Sequence[str] | None = N
            init: Any = "xavier_uniform", atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
            training: bool = True, gradients: bool = True) -> ParityReport:
     """Run ``spec`` on each backend (default: every installed one) with the reference's weights and compare
-    with the framework-free reference, layer by layer. ``dummy_input`` is an array or an input shape."""
+    with the framework-free reference, layer by layer. ``dummy_input`` is an array or an input shape; for a graph
+    spec (``LazyModel(inputs=, outputs=)``), a tuple of arrays, one per input (outputs may be a tuple too)."""
     from .registry import available_backends, resolve
 
     if not isinstance(spec, LazyModel):
         raise SpecError(f"parity: expected a deferinit.LazyModel, received {type(spec).__name__}")
     names = [resolve(b) for b in (backends if backends is not None else available_backends())]
     names = [n for n in dict.fromkeys(names) if n != "numpy"]
-    if isinstance(dummy_input, tuple) and all(isinstance(d, int) for d in dummy_input):
+    if isinstance(dummy_input, tuple) and dummy_input and all(isinstance(d, int) for d in dummy_input) and \
+            not hasattr(spec, "input_names"):
         ref = make_artifact(spec, "numpy", input_shape=dummy_input, init=init, key=key, training=training)
     else:
         ref = make_artifact(spec, "numpy", dummy_input, init=init, key=key, training=training)

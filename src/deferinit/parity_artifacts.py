@@ -31,10 +31,10 @@ class Artifact:
     backend: str
     spec: dict[str, Any]
     report: ShapeReport
-    input: np.ndarray
+    input: Any                           # an array, or a tuple of arrays (one per input of a graph spec)
     init: dict[str, str]                 # sha256 of each weight after apply_init(init, key) on this backend
     weights: dict[str, np.ndarray]       # the weights every backend ran with (stored by the reference only)
-    output: np.ndarray
+    output: Any                          # an array, or a tuple of arrays (a graph spec with several outputs)
     intermediates: dict[str, np.ndarray]
     gradients: dict[str, np.ndarray] = field(default_factory=dict)
     train_output: np.ndarray | None = None
@@ -61,21 +61,27 @@ def make_artifact(spec: LazyModel, backend: str, x: Any = None, *, input_shape: 
     With ``source`` (usually the numpy reference's artifact), its input and weights are used; otherwise the
     input is ``x`` or drawn from ``seed``, and the weights are this backend's own portable initialization.
     """
+    from .graph import GraphModel
     from .registry import compile, resolve
 
     backend = resolve(backend)
+    graph = isinstance(spec, GraphModel)
     if source is not None:
         x = source.input
     elif x is None:
-        if input_shape is None:
-            raise SpecError("parity: expected an input array or input_shape, received neither")
+        if input_shape is None or graph:
+            raise SpecError("parity: expected an input array or input_shape, received neither" if not graph else
+                            f"parity: a graph spec expected its inputs as a tuple of arrays "
+                            f"({', '.join(spec.input_names())}), received none")  # type: ignore[attr-defined]
         x = _input_for(spec, input_shape, seed, dtype)
-    x = np.asarray(x)
-    if x.dtype.kind == "f":
-        x = x.astype(np.float32)
-        if not np.isfinite(x).all():
-            raise ShapeMismatchError("parity: the input expected finite values, received NaN/inf "
-                                     "(comparisons of non-finite outputs are meaningless)")
+    if isinstance(spec, GraphModel):
+        several = len(spec.input_names()) > 1  # one input is stored as an array, several as a tuple
+        x = x[0] if isinstance(x, tuple) and len(x) == 1 and not several else x
+        x = tuple(_finite(np.asarray(v)) for v in x) if several and isinstance(x, (tuple, list)) else \
+            _finite(np.asarray(x))
+        training = False  # graph models compare the inference forward, intermediates and gradients
+    else:
+        x = _finite(np.asarray(x))
     model = compile(spec, backend)
     report = model.apply_init(x, init=init, key=key)
     initial = model.export_weights()
@@ -83,7 +89,9 @@ def make_artifact(spec: LazyModel, backend: str, x: Any = None, *, input_shape: 
     weights = source.weights if source is not None else initial
     del initial
     model.load_weights(weights)
-    out = np.asarray(model.to_numpy(model(x)), dtype=np.float32)
+    y = model(x)
+    out = tuple(np.asarray(model.to_numpy(o), dtype=np.float32) for o in y) if isinstance(y, tuple) else \
+        np.asarray(model.to_numpy(y), dtype=np.float32)
     inter = {k: np.asarray(v, dtype=np.float32) for k, v in model.intermediates(x).items()}
     grads: dict[str, np.ndarray] = {}
     if gradients and backend != "numpy":
@@ -105,6 +113,25 @@ def make_artifact(spec: LazyModel, backend: str, x: Any = None, *, input_shape: 
 
 
 GRAD_SAMPLE = 65536
+
+
+def _finite(x: np.ndarray) -> np.ndarray:
+    if x.dtype.kind == "f":
+        x = x.astype(np.float32)
+        if not np.isfinite(x).all():
+            raise ShapeMismatchError("parity: the input expected finite values, received NaN/inf "
+                                     "(comparisons of non-finite outputs are meaningless)")
+    return x
+
+
+def _pack(arrays: dict[str, np.ndarray], key: str, value: Any) -> int:
+    """An array under ``key``, or a tuple under ``key/0``, ``key/1``...; returns the tuple's length (0: one array)."""
+    if isinstance(value, tuple):
+        for i, v in enumerate(value):
+            arrays[f"{key}/{i}"] = np.asarray(v)
+        return len(value)
+    arrays[key] = np.asarray(value)
+    return 0
 
 
 def _digest(arr: np.ndarray) -> str:
@@ -130,7 +157,8 @@ def save_artifact(art: Artifact, path: str | Path) -> Path:
     from .weights import _write_atomic, _write_npz
 
     path = Path(path)
-    arrays: dict[str, np.ndarray] = {"input": art.input, "output": art.output}
+    arrays: dict[str, np.ndarray] = {}
+    counts = {"inputs": _pack(arrays, "input", art.input), "outputs": _pack(arrays, "output", art.output)}
     for prefix, group in (("weights", art.weights), ("inter", art.intermediates),
                           ("grad", art.gradients), ("train_state", art.train_state)):
         for name, arr in group.items():
@@ -139,7 +167,7 @@ def save_artifact(art: Artifact, path: str | Path) -> Path:
         arrays["train_output"] = art.train_output
     meta = {"format": FORMAT, "version": 1, "backend": art.backend, "spec": art.spec,
             "report": art.report.to_dict(), "inter_order": list(art.intermediates), "meta": art.meta,
-            "init": art.init}
+            "init": art.init, **{k: n for k, n in counts.items() if n}}
     arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     _write_atomic(path, lambda fh: _write_npz(fh, arrays))
@@ -148,7 +176,8 @@ def save_artifact(art: Artifact, path: str | Path) -> Path:
 
 # header field -> (type, required): what save_artifact writes
 _FIELDS = {"format": (str, True), "version": (int, True), "backend": (str, True), "spec": (dict, True),
-           "report": (dict, True), "inter_order": (list, True), "meta": (dict, False), "init": (dict, False)}
+           "report": (dict, True), "inter_order": (list, True), "meta": (dict, False), "init": (dict, False),
+           "inputs": (int, False), "outputs": (int, False)}
 
 
 def _header(path: Path, data: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -188,19 +217,22 @@ def load_artifact(path: str | Path) -> Artifact:
         report = ShapeReport.from_dict(meta["report"])
     except SpecError as exc:
         raise WeightsError(f"{path}: header field 'report': {exc}") from None
-    missing = [key for key in ("input", "output") if key not in data]
+    keys = {k: [f"{k}/{i}" for i in range(meta[k + "s"])] if meta.get(k + "s") else [k] for k in ("input", "output")}
+    missing = [key for want in keys.values() for key in want if key not in data]
     if missing:
-        raise WeightsError(f"{path}: expected arrays 'input' and 'output' in the artifact, received no "
-                           f"{' or '.join(repr(k) for k in missing)}")
-    for key in ("output", "train_output"):
+        raise WeightsError(f"{path}: expected arrays {' and '.join(repr(k) for w in keys.values() for k in w)} in "
+                           f"the artifact, received no {' or '.join(repr(k) for k in missing)}")
+    for key in keys["output"] + ["train_output"]:
         if key in data and data[key].dtype.kind != "f":
             raise DTypeError(f"{path}: array '{key}' expected floating-point values, received dtype {data[key].dtype}")
+    inputs, outputs = ([data.pop(k) for k in keys[g]] for g in ("input", "output"))
     groups: dict[str, dict[str, np.ndarray]] = {"weights": {}, "inter": {}, "grad": {}, "train_state": {}}
     for key, arr in data.items():
         prefix, _, name = key.partition("/")
         if prefix in groups and name:
             groups[prefix][name] = arr
     inter = {k: groups["inter"][k] for k in meta["inter_order"] if k in groups["inter"]}
-    return Artifact(meta["backend"], meta["spec"], report, data["input"], dict(meta.get("init", {})),
-                    groups["weights"], data["output"], inter, groups["grad"], data.get("train_output"),
+    return Artifact(meta["backend"], meta["spec"], report, tuple(inputs) if meta.get("inputs") else inputs[0],
+                    dict(meta.get("init", {})), groups["weights"],
+                    tuple(outputs) if meta.get("outputs") else outputs[0], inter, groups["grad"], data.get("train_output"),
                     groups["train_state"], meta.get("meta", {}))

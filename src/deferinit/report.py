@@ -27,6 +27,8 @@ Shape = tuple[Any, ...]  # tuple[int | None, ...]
 
 
 def _shape(value: Any) -> Shape:
+    if value and all(isinstance(d, (list, tuple)) for d in value):  # a graph's shapes: one per input or output
+        return tuple(_shape(d) for d in value)
     return tuple(None if d is None else int(d) for d in value)
 
 

@@ -17,12 +17,24 @@ from typing import Any, Generic, Mapping, TypeVar
 import numpy as np
 
 from .. import init as init_mod
-from ..errors import BackendError, DeferInitError, DTypeError, NotInitializedError, ShapeMismatchError, WeightsError
+from ..errors import (
+    BackendError,
+    DeferInitError,
+    DTypeError,
+    NotInitializedError,
+    ShapeMismatchError,
+    UnsupportedLayerError,
+    WeightsError,
+    fmt_shape,
+)
 from ..graph import GraphModel
+from ..graph_resources import graph_footprint
 from ..graph_shapes import infer_graph
 from ..report import ParamInfo, ShapeReport
+from ..resources import check_fits, check_sizes, fmt_bytes
 from ..shapes import Inference, input_kind, plan
 from ._inputs import as_array
+from .contract import ShapeDtype
 
 __all__ = ["GraphCompiled"]
 
@@ -40,7 +52,9 @@ class GraphCompiled(Generic[N]):
         self._report: ShapeReport | None = None
         self._inference: Inference | None = None
         self._checked: set[tuple[Any, ...]] = set()
+        self._abstract: list[Any] | None = None  # the inputs' shapes and dtypes while abstract
 
+    memory_fraction = 0.8  # of the memory available now, as list specs
     # ------------------------------------------------------------------ hooks
     def _new_native(self) -> N:
         raise NotImplementedError
@@ -69,6 +83,14 @@ class GraphCompiled(Generic[N]):
     def to_numpy(self, y: Any) -> np.ndarray:
         return np.asarray(y)
 
+    def _record(self, native: N, xs: list[Any]) -> dict[str, Any]:
+        """Every layer position's output (inference mode) on the first call of each layer, keyed by path."""
+        raise UnsupportedLayerError(f"{self._who()}: intermediate outputs are not available on this backend")
+
+    def _grads(self, native: N, xs: list[Any]) -> dict[str, np.ndarray]:
+        """The gradient of the summed outputs for every trainable canonical parameter (canonical layout)."""
+        raise UnsupportedLayerError(f"{self._who()}: gradients are not available on this backend")
+
     # ------------------------------------------------------------------ public API
     @property
     def native(self) -> N:
@@ -90,7 +112,7 @@ class GraphCompiled(Generic[N]):
     def _who(self) -> str:
         return f"graph model on backend {self.backend}"
 
-    def _arrays(self, inputs: Any) -> list[np.ndarray]:
+    def _arrays(self, inputs: Any) -> list[Any]:
         names = self.spec.input_names()
         items = list(inputs) if isinstance(inputs, (tuple, list)) and len(names) > 1 else [inputs]
         if isinstance(inputs, tuple) and len(names) == 1 and len(inputs) == 1:
@@ -98,8 +120,15 @@ class GraphCompiled(Generic[N]):
         if len(items) != len(names):
             raise ShapeMismatchError(f"{self._who()}: expected {len(names)} inputs ({', '.join(names)}) as a tuple, "
                                      f"received {len(items) if isinstance(inputs, (tuple, list)) else 1}")
-        arrays = []
+        arrays: list[Any] = []
         for name, declared, x in zip(names, self.spec.input_dtypes(), items):
+            if isinstance(x, ShapeDtype):  # shapes only (abstract apply_init): checked as data would be
+                kind = input_kind(x.dtype)
+                if kind != input_kind(declared):
+                    raise DTypeError(f"{self._who()}: input '{name}' expected {declared} data (as its di.Input "
+                                     f"declares), received dtype {np.dtype(x.dtype).name}")
+                arrays.append(ShapeDtype(tuple(x.shape), "float32" if kind == "float" else "int64"))
+                continue
             x = self.to_numpy(x) if not isinstance(x, (np.ndarray, list, tuple, int, float)) else x
             try:
                 arr = as_array(x, self.backend)
@@ -112,16 +141,25 @@ class GraphCompiled(Generic[N]):
             arrays.append(arr.astype(np.float32) if kind == "float" else arr.astype(np.int64))
         return arrays
 
-    def apply_init(self, dummy_inputs: Any, init: Any = None, key: Any = None) -> ShapeReport:
-        """Let the framework infer every parameter shape from the inputs (a tuple, one per ``di.Input``) and
-        initialize the parameters: ``init`` as for list specs (a portable name or object, the framework's own)."""
+    def apply_init(self, dummy_inputs: Any, init: Any = None, key: Any = None, *,
+                   abstract: bool = False) -> ShapeReport:
+        """Let the framework infer every parameter shape from the inputs (a tuple, one per ``di.Input``, each an
+        array or a ``di.ShapeDtype``) and initialize the parameters: ``init`` as for list specs (a portable name or
+        object, the framework's own). ``abstract=True`` finds the shapes without allocating any parameter memory
+        (``materialize()`` allocates them later). The memory the call needs is checked first, as for list specs."""
         arrays = self._arrays(dummy_inputs)
         inference = infer_graph(self.spec, arrays, backend=self.backend, root=self.root)
         portable = init_mod.get(init)
         seed = _int_key(key) if portable is not None else key
+        self._check_memory(inference, arrays, "abstract apply_init" if abstract else "apply_init")
         native = self._new_native()
-        self._guard("apply_init", lambda: self._dry_run(native, [self._to_native(a) for a in arrays],
-                                                        None if portable is not None else init))
+        if abstract:
+            self._guard("apply_init", lambda: self._abstract_init(native, arrays))
+        else:
+            arrays = [np.zeros(tuple(1 if d is None else d for d in a.shape), a.dtype) if isinstance(a, ShapeDtype)
+                      else a for a in arrays]
+            self._guard("apply_init", lambda: self._dry_run(native, [self._to_native(a) for a in arrays],
+                                                            None if portable is not None else init))
         params = {}
         for name, p in inference.report.params.items():
             native_name, native_shape = self._native_param(native, name)
@@ -130,14 +168,49 @@ class GraphCompiled(Generic[N]):
                                          f"{p.shape}")
             params[name] = ParamInfo(shape=p.shape, trainable=p.trainable, native_name=native_name,
                                      native_shape=tuple(native_shape), source="native")
-        if portable is not None:
+        if portable is not None and not abstract:
             self._set(native, init_mod.generate(inference.params, portable, seed))
         report = dataclasses.replace(inference.report, params=params)
         self._native, self._report, self._inference, self._checked = native, report, inference, set()
+        self._abstract = [ShapeDtype(tuple(a.shape), np.dtype(a.dtype).name) for a in arrays] if abstract else None
         return report
 
-    def __call__(self, inputs: Any, training: bool = False) -> Any:
+    def materialize(self, init: Any = None, key: Any = None) -> ShapeReport:
+        """Allocate and initialize the parameters of an abstractly initialized graph model (a dry run on inputs
+        of the shapes it was given, then ``init``); on any error the model stays abstract, as it was."""
         report = self.report
+        if self._abstract is None:
+            return report
+        return self.apply_init(tuple(self._abstract), init=init, key=key)
+
+    def _check_memory(self, inference: Inference, arrays: list[Any], doing: str) -> None:
+        """Refuse tensors no framework can index and allocations that would not fit, before anything is allocated
+        (the list specs' check, ``resources.check_sizes`` / ``check_fits``, on the graph's estimate)."""
+        fp = graph_footprint(inference, [tuple(a.shape) for a in arrays],
+                             [8 if np.dtype(a.dtype).kind in "iu" else 4 for a in arrays])
+        check_sizes(self._who(), fp)
+        need = 0 if doing.startswith("abstract") else fp.init
+
+        def parts() -> str:
+            return f"parameters {fmt_bytes(fp.params)}, tables {fmt_bytes(fp.tables)}, a dry-run forward {fmt_bytes(fp.peak)}"
+        check_fits(self._who(), need, lambda: f"{doing} on inputs {', '.join(fmt_shape(a.shape) for a in arrays)}",
+                   fp, parts, self.memory_fraction, "nothing was allocated",
+                   "Use apply_init(..., abstract=True) or deferinit.infer_shapes for shapes alone"
+                   if fp.largest.what.startswith("parameter") else "Use smaller dummy inputs")
+
+    def _abstract_init(self, native: N, specs: list[Any]) -> None:
+        """Give ``native`` its parameter shapes from ``specs`` (shapes and dtypes) without allocating them."""
+        raise UnsupportedLayerError(f"{self._who()}: abstract apply_init of graph specs is not available on this "
+                                    f"backend yet (numpy, torch and jax have it)")
+
+    def _concrete(self) -> ShapeReport:
+        if self._abstract is not None:
+            raise NotInitializedError(f"{self._who()}: the model was initialized abstractly (shapes only); call "
+                                      f"materialize() or apply_init without abstract=True first")
+        return self.report
+
+    def __call__(self, inputs: Any, training: bool = False) -> Any:
+        report = self._concrete()
         arrays = self._arrays(inputs)
         sig = tuple((a.shape, a.dtype.str) for a in arrays)
         if sig not in self._checked:
@@ -146,6 +219,24 @@ class GraphCompiled(Generic[N]):
             self._checked.add(sig)
         outs = self._guard("forward", lambda: self._run(self.native, [self._to_native(a) for a in arrays], training))
         return tuple(outs) if self.spec.multi_output else outs[0]
+
+    def intermediates(self, inputs: Any) -> dict[str, np.ndarray]:
+        """Output of every layer position (inference mode), keyed by its canonical path, as numpy arrays in the
+        spec's data format; a layer called twice is recorded at its first call, as the report lists it."""
+        self(inputs)  # validates the inputs with the same errors as a call
+        xs = [self._to_native(a) for a in self._arrays(inputs)]
+        record = self._guard("intermediates", lambda: self._record(self.native, xs))
+        return {path: np.asarray(self.to_numpy(record[path])) for path in self.report.layers if path in record}
+
+    def gradients(self, inputs: Any) -> dict[str, np.ndarray]:
+        """The gradient of the sum of every output's sum (inference mode) with respect to every trainable
+        canonical parameter, in canonical layout (float32 numpy arrays), as list specs' ``gradients`` of
+        ``sum(output)``. A tied parameter (a layer called twice, an ``Attend`` head) gets the sum over its uses."""
+        self(inputs)  # validates the inputs with the same errors as a call
+        xs = [self._to_native(a) for a in self._arrays(inputs)]
+        grads = self._guard("gradients", lambda: self._grads(self.native, xs))
+        return {n: np.ascontiguousarray(grads[n], dtype=np.float32)
+                for n, p in self.report.params.items() if p.trainable}
 
     def _guard(self, doing: str, fn: Any) -> Any:
         """The framework's own failure (an index past an Embedding's table...) as a BackendError naming the backend."""
@@ -158,7 +249,7 @@ class GraphCompiled(Generic[N]):
                                f"{str(exc).splitlines()[0][:300] if str(exc) else ''}") from exc
 
     def export_weights(self) -> dict[str, np.ndarray]:
-        _ = self.report
+        _ = self._concrete()
         return {n: np.array(a, np.float32) for n, a in self._get(self.native).items()}
 
     def load_weights(self, weights: Mapping[str, Any]) -> ShapeReport:
@@ -175,6 +266,8 @@ class GraphCompiled(Generic[N]):
                 raise WeightsError(f"{self._who()}: parameter '{name}' expected shape {info.shape}, received "
                                    f"{tuple(arr.shape)}; nothing was changed")
             clean[name] = arr.astype(np.float32)
+        if self._abstract is not None:  # the shapes found abstractly are the ones to fill: allocate, then load
+            self.materialize(init="zeros", key=0)
         self._set(self.native, clean)
         return report
 

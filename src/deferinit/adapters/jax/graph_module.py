@@ -25,6 +25,7 @@ from ...graph_run import key_mask
 from ...layers_graph import Attend, embedding_path
 from ...shapes import Node
 from ..graph_compiled import GraphCompiled
+from . import modules as M
 from . import params as T
 from . import structure
 
@@ -50,16 +51,17 @@ class GraphModule(nn.Module):
 
     def __call__(self, *inputs: Any) -> Any:
         spec, root = self.graph
+        record = M._RECORD.get()  # set by the adapter's intermediates: every position's output, first call kept
         slots = list(inputs)
         for node in spec.nodes:
             args = [slots[a] for a in node["args"]]
             if node["op"] == "layer":
                 k = node["layer"]
-                layer = root.children[k].layer
+                layer, path = root.children[k].layer, root.children[k].path
                 if isinstance(layer, Attend):
                     emb = self.layers[[c.path for c in root.children].index(embedding_path(root, layer))]
                     out = emb.attend(args[0])
-                    slots.append(out)
+                    slots.append(out if record is None or path in record else record.setdefault(path, out))
                     continue
                 if len(args) == 1 and getattr(layer, "causal", False):
                     args = args * 3
@@ -73,6 +75,8 @@ class GraphModule(nn.Module):
                                                                    deterministic=True)
                 else:
                     out = self.layers[k](args[0], False)
+                if record is not None and path not in record:
+                    record[path] = out
             elif node["op"] == "add":
                 out = args[0]
                 for a in args[1:]:
@@ -124,12 +128,26 @@ class FlaxGraphModel(GraphCompiled[Any]):
         key = self._key if isinstance(self._key, (int, np.integer)) else 0
         _st(native)["variables"] = native.init(jax.random.PRNGKey(int(key)), *xs)
 
+    def _abstract_init(self, native: Any, specs: list[Any]) -> None:
+        """Flax's own init under ``jax.eval_shape``: variables as shapes only, nothing allocated (as list specs).
+        Integer inputs (tokens, valid_lens: the masks are built from their values) are passed as small zeros."""
+        key = self._key if isinstance(self._key, (int, np.integer)) else 0
+        floats = [i for i, s in enumerate(specs) if s.dtype == "float32"]
+
+        def init(rng: Any, *fs: Any) -> Any:
+            xs = [np.zeros(s.shape, np.int64) for s in specs]
+            for i, f in zip(floats, fs):
+                xs[i] = f
+            return native.init(rng, *xs)
+        _st(native)["variables"] = jax.eval_shape(init, jax.random.PRNGKey(int(key)),
+                                                  *[jax.ShapeDtypeStruct(specs[i].shape, jnp.float32) for i in floats])
+
     _key: Any = None
 
-    def apply_init(self, dummy_inputs: Any, init: Any = None, key: Any = None) -> Any:
+    def apply_init(self, dummy_inputs: Any, init: Any = None, key: Any = None, *, abstract: bool = False) -> Any:
         self._key = key
         try:
-            return super().apply_init(dummy_inputs, init=init, key=key)
+            return super().apply_init(dummy_inputs, init=init, key=key, abstract=abstract)
         finally:
             self._key = None
 
@@ -140,6 +158,31 @@ class FlaxGraphModel(GraphCompiled[Any]):
 
     def _run(self, native: Any, xs: list[Any], training: bool) -> list[Any]:
         return native.apply(_st(native)["variables"], *xs)  # type: ignore[no-any-return]
+
+    def _record(self, native: Any, xs: list[Any]) -> dict[str, Any]:
+        record: dict[str, Any] = {}
+        token = M.recording(record)
+        try:
+            native.apply(_st(native)["variables"], *xs)
+        finally:
+            M._RECORD.reset(token)
+        return record
+
+    def _grads(self, native: Any, xs: list[Any]) -> dict[str, np.ndarray]:
+        variables = _st(native)["variables"]
+        rest = {c: v for c, v in variables.items() if c != "params"}
+
+        def total(params: Any) -> Any:
+            outs = native.apply({**rest, "params": params}, *xs)
+            return sum(jnp.sum(o) for o in outs if jnp.issubdtype(o.dtype, jnp.floating))
+        grads = jax.grad(total)(variables["params"])
+        out = {}
+        for name, info in self.report.params.items():
+            if info.trainable:
+                path, layout = _st(native)["built"].variables[name]
+                parts = [np.asarray(T.get(grads, leaf.keys(path)[1:])) for leaf in layout.leaves]  # params only
+                out[name] = np.ascontiguousarray(layout.grad(parts), dtype=np.float32)
+        return out
 
     def _get(self, native: Any) -> dict[str, np.ndarray]:
         out = {}

@@ -26,7 +26,7 @@ from ...layers_graph import Attend, embedding_path
 from ...shapes import Node
 from .. import tree
 from ..graph_compiled import GraphCompiled
-from . import _build, _Runner
+from . import _build, _Runner, graph
 from .initializers import check_init, initialize, seeded
 
 __all__ = ["GraphBlock", "GluonGraphModel"]
@@ -59,7 +59,7 @@ class GraphBlock(gluon.Block):  # type: ignore[misc]
                 emb = table.blocks[embedding_path(root, node.layer)]
                 table.blocks[node.path].table = lambda emb=emb: emb.weight.data()
 
-    def forward(self, *inputs: Any) -> Any:
+    def forward(self, *inputs: Any, record: dict[str, Any] | None = None) -> Any:
         spec, root = self._graph
         table = self.body._deferinit
         runner = _Runner(table, spec.data_format)
@@ -68,12 +68,15 @@ class GraphBlock(gluon.Block):  # type: ignore[misc]
             args = [slots[a] for a in node["args"]]
             if node["op"] == "layer":
                 pnode = root.children[node["layer"]]
+                first = record is not None and pnode.path not in record
                 if len(args) == 1 and getattr(pnode.layer, "causal", False):
                     args = args * 3
                 if len(args) > 1:
                     out = _attention(table.blocks[pnode.path], pnode, args, bool(node.get("valid_lens")))
                 else:
-                    out = tree.run(pnode, args[0], runner)
+                    out = tree.run(pnode, args[0], runner, record if first else None)
+                if first:
+                    record[pnode.path] = runner.record(out)  # type: ignore[index]
             elif node["op"] == "add":
                 out = args[0]
                 for a in args[1:]:
@@ -126,10 +129,10 @@ class GluonGraphModel(GraphCompiled[GraphBlock]):
 
     _key: Any = None
 
-    def apply_init(self, dummy_inputs: Any, init: Any = None, key: Any = None) -> Any:
+    def apply_init(self, dummy_inputs: Any, init: Any = None, key: Any = None, *, abstract: bool = False) -> Any:
         self._key = key
         try:
-            return super().apply_init(dummy_inputs, init=init, key=key)
+            return super().apply_init(dummy_inputs, init=init, key=key, abstract=abstract)
         finally:
             self._key = None
 
@@ -140,6 +143,26 @@ class GluonGraphModel(GraphCompiled[GraphBlock]):
     def _run(self, native: GraphBlock, xs: list[Any], training: bool) -> list[Any]:
         with autograd.pause(train_mode=training):
             return native(*xs)  # type: ignore[no-any-return]
+
+    def _record(self, native: GraphBlock, xs: list[Any]) -> dict[str, Any]:
+        record: dict[str, Any] = {}
+        with autograd.pause(train_mode=False):
+            native.forward(*xs, record=record)
+        return record
+
+    def _grads(self, native: GraphBlock, xs: list[Any]) -> dict[str, np.ndarray]:
+        params = native.body._deferinit.params
+        trainable = [name for name, info in self.report.params.items() if info.trainable]
+        if not trainable:  # MXNet's backward refuses a graph with nothing to differentiate
+            return {}
+        with graph.inference_layers():  # a training-mode pass with BatchNorm and Dropout held at inference, as list specs
+            with autograd.record(train_mode=True):
+                outs = [o for o in native(*xs) if np.dtype(o.dtype).kind == "f"]
+                total = outs[0].sum()
+                for o in outs[1:]:
+                    total = total + o.sum()
+            total.backward(train_mode=True)
+        return {name: params[name].grad().asnumpy() for name in trainable}
 
     def _get(self, native: GraphBlock) -> dict[str, np.ndarray]:
         params = native.body._deferinit.params

@@ -48,12 +48,19 @@ class NumpyGraphModel(GraphCompiled[dict]):
 
     _key: Any = None
 
-    def apply_init(self, dummy_inputs: Any, init: Any = None, key: Any = None) -> Any:
+    def apply_init(self, dummy_inputs: Any, init: Any = None, key: Any = None, *, abstract: bool = False) -> Any:
         self._key = key
         try:
-            return super().apply_init(dummy_inputs, init=init, key=key)
+            return super().apply_init(dummy_inputs, init=init, key=key, abstract=abstract)
         finally:
             self._key = None
+
+    def _abstract_init(self, native: dict, specs: list[Any]) -> None:
+        from ...graph_shapes import infer_graph
+
+        params = infer_graph(self.spec, specs, root=self.root).params
+        # zero-stride views of one float: every shape, no memory
+        native.update({n: np.broadcast_to(np.float32(0), p.shape) for n, p in params.items()})
 
     def _native_param(self, native: dict, name: str) -> tuple[str, tuple[int, ...]]:
         return name, tuple(native[name].shape)
@@ -61,6 +68,11 @@ class NumpyGraphModel(GraphCompiled[dict]):
     def _run(self, native: dict, xs: list[Any], training: bool) -> list[Any]:
         out = reference_forward(self.spec, xs, native)
         return list(out) if self.spec.multi_output else [out]
+
+    def _record(self, native: dict, xs: list[Any]) -> dict[str, Any]:
+        record: dict[str, Any] = {}
+        reference_forward(self.spec, xs, native, record)
+        return record
 
     def _get(self, native: dict) -> dict[str, np.ndarray]:
         return dict(native)

@@ -59,7 +59,7 @@ class GraphLayer(keras.layers.Layer):  # type: ignore[misc]
                 emb = layers[embedding_path(root, node.layer)]
                 layers[node.path].table = lambda emb=emb: emb.embeddings
 
-    def run(self, inputs: list[Any]) -> list[Any]:
+    def run(self, inputs: list[Any], record: dict[str, Any] | None = None) -> list[Any]:
         spec, root, table = self._deferinit_spec, self._deferinit_root, self._deferinit_table
         runner = _Runner(table, spec.data_format)
         slots = list(inputs)
@@ -67,12 +67,15 @@ class GraphLayer(keras.layers.Layer):  # type: ignore[misc]
             args = [slots[a] for a in node["args"]]
             if node["op"] == "layer":
                 pnode = root.children[node["layer"]]
+                first = record is not None and pnode.path not in record
                 if len(args) == 1 and getattr(pnode.layer, "causal", False):
                     args = args * 3  # causal self-attention: the Keras layer alone would not mask it
                 if len(args) > 1:
                     out = self._attention(table.layers[pnode.path], pnode, args, bool(node.get("valid_lens")))
                 else:
-                    out = tree.run(pnode, args[0], runner)
+                    out = tree.run(pnode, args[0], runner, record if first else None)
+                if first:
+                    record[pnode.path] = runner.record(out)  # type: ignore[index]
             elif node["op"] == "add":
                 out = args[0]
                 for a in args[1:]:
@@ -128,6 +131,25 @@ class KerasGraphModel(GraphCompiled[GraphLayer]):
 
     def _run(self, native: GraphLayer, xs: list[Any], training: bool) -> list[Any]:
         return native.run(xs)
+
+    def _record(self, native: GraphLayer, xs: list[Any]) -> dict[str, Any]:
+        record: dict[str, Any] = {}
+        native.run(xs, record)
+        return record
+
+    def _grads(self, native: GraphLayer, xs: list[Any]) -> dict[str, np.ndarray]:
+        slots = self._slots(native)
+        names = [n for n, p in self.report.params.items() if p.trainable]
+        variables = [slots[n][0].value for n in names]
+        with tf.GradientTape() as tape:
+            tape.watch(variables)
+            total = tf.add_n([tf.reduce_sum(o) for o in native.run(xs) if o.dtype.is_floating])
+        grads = tape.gradient(total, variables)
+        out = {}
+        for name, var, g in zip(names, variables, grads):
+            g = np.zeros(var.shape, np.float32) if g is None else tf.convert_to_tensor(g).numpy()
+            out[name] = np.ascontiguousarray(slots[name][1].grad(g), dtype=np.float32)
+        return out
 
     def _get(self, native: GraphLayer) -> dict[str, np.ndarray]:
         slots = self._slots(native)

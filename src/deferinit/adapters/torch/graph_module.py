@@ -93,18 +93,26 @@ class GraphNet(nn.Module):
         return net
 
     def forward(self, *inputs: torch.Tensor) -> Any:
+        result = tuple(self.run(list(inputs)))
+        return result if self.spec.multi_output else result[0]
+
+    def run(self, inputs: list[torch.Tensor], record: dict[str, Any] | None = None) -> list[torch.Tensor]:
+        """The outputs as a list; with ``record``, each layer position's output at the layer's first call."""
         runner = TorchRunner(self.module_at, self.channels_last)
         slots = list(inputs)
         for node in self.spec.nodes:
             args = [slots[a] for a in node["args"]]
             if node["op"] == "layer":
                 pnode = self.root.children[node["layer"]]
+                first = record is not None and pnode.path not in record
                 if len(args) > 1:
                     lens = args[3] if node.get("valid_lens") else None
                     out = masked_attention(self.module_at(pnode.path), args[0], args[1], args[2], lens,
                                            bool(getattr(pnode.layer, "causal", False)))
                 else:
-                    out = tree.run(pnode, args[0], runner)
+                    out = tree.run(pnode, args[0], runner, record if first else None)
+                if first:
+                    record[pnode.path] = runner.record(out)  # type: ignore[index]
             elif node["op"] == "add":
                 out = args[0]
                 for a in args[1:]:
@@ -117,9 +125,7 @@ class GraphNet(nn.Module):
                 axis = node.get("axis")
                 out = torch.cat(args, runner.channel_axis(args[0].dim()) if axis is None else axis)
             slots.append(out)
-        outs = self.spec.outputs if self.spec.multi_output else [self.spec.outputs]
-        result = tuple(slots[o] for o in outs)
-        return result if self.spec.multi_output else result[0]
+        return [slots[o] for o in (self.spec.outputs if self.spec.multi_output else [self.spec.outputs])]
 
 
 class TorchGraphModel(GraphCompiled[GraphNet]):
@@ -156,12 +162,25 @@ class TorchGraphModel(GraphCompiled[GraphNet]):
         if left:
             raise BackendError(f"{self._who()}: the dry run left uninitialized modules or tensors: {left}")
 
+    def _abstract_init(self, native: GraphNet, specs: list[Any]) -> None:
+        """torch's own lazy modules on the meta device: shapes only, no parameter memory (as list specs)."""
+        meta = torch.device("meta")
+        for node in self.root.leaves():
+            if isinstance(node.layer, Embedding):
+                tt.allocate(native.module_at(node.path), (node.layer.num_embeddings, node.layer.dim), meta)
+        tt.rehome(native, "meta")
+        native.eval()
+        xs = [torch.empty(s.shape, dtype=torch.float32 if s.dtype == "float32" else torch.int64, device=meta)
+              for s in specs]
+        with torch.no_grad(), meta:
+            native(*xs)
+
     _key: Any = None
 
-    def apply_init(self, dummy_inputs: Any, init: Any = None, key: Any = None) -> Any:
+    def apply_init(self, dummy_inputs: Any, init: Any = None, key: Any = None, *, abstract: bool = False) -> Any:
         self._key = key
         try:
-            return super().apply_init(dummy_inputs, init=init, key=key)
+            return super().apply_init(dummy_inputs, init=init, key=key, abstract=abstract)
         finally:
             self._key = None
 
@@ -184,6 +203,23 @@ class TorchGraphModel(GraphCompiled[GraphNet]):
             native.train(training)
         out = native(*xs)
         return list(out) if self.spec.multi_output else [out]
+
+    def _record(self, native: GraphNet, xs: list[Any]) -> dict[str, Any]:
+        record: dict[str, Any] = {}
+        native.eval()
+        with torch.no_grad():
+            native.run(xs, record)
+        return record
+
+    def _grads(self, native: GraphNet, xs: list[Any]) -> dict[str, np.ndarray]:
+        names = [n for n, p in self.report.params.items() if p.trainable]
+        params = [self._tensor(native, n) for n in names]
+        native.eval()
+        with torch.enable_grad():
+            total = sum(o.sum() for o in native.run(xs) if o.is_floating_point())
+            grads = torch.autograd.grad(total, params, allow_unused=True)
+        return {n: (np.zeros(tuple(p.shape), np.float32) if g is None else g.detach().to("cpu", F32).numpy())
+                for n, p, g in zip(names, params, grads)}
 
     def _get(self, native: GraphNet) -> dict[str, np.ndarray]:
         return {n: self._tensor(native, n).detach().to("cpu", F32).numpy() for n in self.report.params}
