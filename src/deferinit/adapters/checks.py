@@ -21,7 +21,7 @@ from ..errors import (
     fmt_shape,
 )
 from ..report import LayerInfo, ParamInfo, ShapeReport
-from ..resources import available_memory, check_fits, check_sizes, fmt_bytes, footprint
+from ..resources import Footprint, available_memory, check_fits, check_sizes, fmt_bytes, footprint
 from ..shapes import Inference, infer, normalize_shape, spec_dtype
 from ._inputs import abstract_input, as_array
 from ._semantics import IdCheck, batch_norm_rank_error, check_ids, id_checks
@@ -160,10 +160,14 @@ class Checks(Contract[N]):
             return int(key)
         raise DTypeError(f"key: a portable initializer needs an int seed, received {type(key).__name__}")
 
+    def _footprint(self, inference: Inference) -> Footprint:
+        """What the shapes need (``resources.footprint``); ``CompiledModel`` keeps it beside its cached inference."""
+        return footprint(inference)
+
     def _check_memory(self, inference: Inference, doing: str = "apply_init") -> None:
         """Refuse, before the framework sees anything, tensors it cannot index and allocations that would not fit:
         frameworks crash rather than fail cleanly when memory runs out (see resources.py)."""
-        fp, who, abstract = footprint(inference), self._who(), doing.startswith("abstract")
+        fp, who, abstract = self._footprint(inference), self._who(), doing.startswith("abstract")
         check_sizes(who, fp)  # 2**63 bytes first, then what fits here, then the backend's own narrower limits
         need = (2 * fp.tables if self.abstract_tables else 0) if abstract else \
             fp.params + 2 * fp.tables if doing == "materialize" else fp.init
@@ -225,7 +229,7 @@ class Checks(Contract[N]):
             params[name] = ParamInfo(shape=tuple(got.shape), dtype=info.dtype, trainable=info.trainable,
                                      native_name=got.native_name, native_shape=tuple(got.native_shape),
                                      source=got.source)
-        layers, output = ref.layers, ref.output_shape
+        layers, output = dict(ref.layers), ref.output_shape  # a copy: the inference may be cached (_infer_once)
         if layer_shapes is not None:
             layers = {path: LayerInfo(path=info.path, type=info.type, params=info.params, tied_to=info.tied_to,
                                       output_shape=self._native_shape(layer_shapes, path, info), source="native")

@@ -33,8 +33,8 @@ import numpy as np
 from .. import init as init_mod
 from ..errors import DeferInitError, NotInitializedError, ShapeMismatchError, UnsupportedLayerError, fmt_shape
 from ..report import ShapeReport
-from ..resources import available_memory
-from ..shapes import infer, normalize_shape, plan
+from ..resources import Footprint, available_memory, footprint
+from ..shapes import Inference, as_dtype, infer, normalize_shape, plan
 from ..spec import LazyModel
 from ._gate import Gate
 from ._semantics import batch_norms, check_finite_batch
@@ -45,6 +45,9 @@ from .contract import NativeParam, ShapeDtype
 __all__ = ["CompiledModel", "NativeParam", "ShapeDtype", "available_memory"]
 
 N = TypeVar("N")
+
+#: how many (input shape, dtype) results of the reference rules a compiled model keeps (``_infer_once``)
+_CACHED = 8
 
 
 def _refuse_causal(backend: str, root: Any) -> None:
@@ -83,6 +86,33 @@ class CompiledModel(Checks[N]):
         self._index_limit = self._find_index_limit()
         self._batch_norms = batch_norms(self.root)  # their input rank is fixed at init (_semantics.py)
         self._gate = Gate()
+        self._inferred: dict[tuple, Any] = {}  # (input shape, dtype) -> [Inference, Footprint | None]: _infer_once
+
+    # ================================================================== pure results, cached per model
+    def _infer_once(self, shape: tuple, dtype: Any) -> Inference:
+        """The reference rules' result for this model's spec on an input of ``shape`` (normalized) and ``dtype``,
+        computed once per (shape, dtype): the spec is immutable and the plan is this model's, so the result
+        depends on nothing else. Bounded (the oldest of ``_CACHED`` entries goes first); errors are not cached."""
+        key = (shape, dtype if dtype is None else as_dtype(dtype))
+        entry = self._inferred.get(key)
+        if entry is None:
+            entry = [infer(self.spec, shape, dtype=dtype, backend=self.backend, root=self.root), None]
+            if len(self._inferred) >= _CACHED:
+                del self._inferred[next(iter(self._inferred))]
+            self._inferred[key] = entry
+        return entry[0]
+
+    def _footprint(self, inference: Inference) -> Footprint:
+        """``resources.footprint(inference)``, kept beside a cached inference so the memory check of a later
+        apply_init (or materialize) on the same shapes reuses it."""
+        report = inference.report
+        key = (report.input_shape, as_dtype(report.input_dtype))
+        entry = self._inferred.get(key)
+        if entry is None or entry[0] is not inference:
+            return footprint(inference)
+        if entry[1] is None:
+            entry[1] = footprint(inference)
+        return entry[1]
 
     # ================================================================== public API
     @property
@@ -114,7 +144,7 @@ class CompiledModel(Checks[N]):
         with self._gate.writing():
             x, shape, dtype = self._input(dummy_input, allow_abstract=True)
             try:
-                inference = infer(self.spec, shape, dtype=dtype, backend=self.backend, root=self.root)
+                inference = self._infer_once(shape, dtype)
             except DeferInitError as exc:
                 if isinstance(dummy_input, tuple) and dummy_input and all(type(d) is int for d in dummy_input):
                     # a tuple of ints is data to numpy; the user most likely meant it as the input's shape
@@ -241,7 +271,7 @@ class CompiledModel(Checks[N]):
                 dtype = self._default_dtype()
                 if isinstance(shape, ShapeDtype):
                     shape, dtype = shape.shape, shape.dtype
-                expected = infer(self.spec, shape, dtype=dtype, backend=self.backend, root=self.root).params
+                expected = self._infer_once(normalize_shape(shape), dtype).params
                 if self._abstract:
                     self._check_same_params(shape, {n: p.shape for n, p in expected.items()})
                 clean = self._check_weights(weights, {n: p.shape for n, p in expected.items()})

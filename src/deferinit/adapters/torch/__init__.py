@@ -131,9 +131,9 @@ class TorchModel(CompiledModel[nn.Module]):
                     with torch.no_grad():
                         init_fn(net)
         left = []
-        for prefix, m in net.named_modules():
-            if isinstance(m, LazyModuleMixin) or any(map(is_lazy, m._parameters.values())) or \
-                    any(map(is_lazy, m._buffers.values())):  # names only for the message
+        if any(isinstance(m, LazyModuleMixin) or any(map(is_lazy, m._parameters.values())) or
+               any(map(is_lazy, m._buffers.values())) for m in net.modules()):  # names only for the message
+            for prefix, m in net.named_modules():
                 left += [prefix] if isinstance(m, LazyModuleMixin) else []
                 left += [f"{prefix}.{k}" for k, t in (*m._parameters.items(), *m._buffers.items()) if is_lazy(t)]
         if left:

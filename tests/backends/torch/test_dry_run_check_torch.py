@@ -1,0 +1,32 @@
+"""The check after torch's dry run that nothing it was meant to initialize is left lazy (``_native_init``): it names
+every module and tensor left, and the compiled model is left as it was. Truth: a lazy module planted by hand
+where the dry run cannot reach it (a child of a leaf module whose ``forward`` never calls it)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from torch import nn
+
+import deferinit as di
+from deferinit.errors import BackendError
+
+
+def test_a_module_the_dry_run_left_lazy_is_named_and_nothing_changes() -> None:
+    model = di.compile(di.LazyModel([di.Dense(4, activation="relu"), di.Dense(2)]), "torch")
+    report = model.apply_init(np.ones((1, 3), np.float32))
+    build = model._new_native
+
+    def planted() -> nn.Module:
+        net = build()
+        first = next(iter(net._modules.values()))
+        first.add_module("stray", nn.LazyLinear(5))  # nn.Linear.forward never calls it
+        return net
+
+    model._new_native = planted  # type: ignore[method-assign]
+    with pytest.raises(BackendError, match=r"left uninitialized modules or tensors: \['0\.stray', '0\.stray\.weight', "
+                                           r"'0\.stray\.bias'\]"):
+        model.apply_init(np.ones((1, 7), np.float32))
+    assert model.report is report and model.report.params["0.weight"].shape == (4, 3)
+    del model._new_native
+    assert model.apply_init(np.ones((1, 7), np.float32)).params["0.weight"].shape == (4, 7)

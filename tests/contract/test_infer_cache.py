@@ -1,0 +1,89 @@
+"""The per-model cache of the reference rules' results (``CompiledModel._infer_once``, issue 17): apply_init runs
+the rules once per (input shape, dtype) and keeps the memory estimate beside them, without changing any answer.
+
+Truth: :func:`deferinit.infer_shapes` on the same spec and input (the rules run afresh), and the errors the
+contract promises (a DeferInitError naming the layer, nothing changed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import deferinit as di
+from deferinit.adapters import compiled as compiled_mod
+from deferinit.errors import DTypeError, ShapeMismatchError
+
+
+def _spec() -> di.LazyModel:
+    return di.LazyModel([di.Dense(6, activation="relu"), di.Dense(3)])
+
+
+def _count(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    calls = [0]
+    real = getattr(compiled_mod, name)
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(compiled_mod, name, counted)
+    return calls
+
+
+def test_each_shape_and_dtype_gets_its_own_report(backend: str) -> None:
+    spec = _spec()
+    model = di.compile(spec, backend)
+    for shape, dtype in (((2, 5), np.float32), ((3, 7), np.float32), ((2, 5), np.float32), ((2, 5), np.float64),
+                         ((3, 7), np.float32)):
+        report = model.apply_init(np.ones(shape, dtype))
+        ref = di.infer_shapes(spec, shape, dtype=dtype)
+        assert report.input_shape == shape and report.output_shape == ref.output_shape == (shape[0], 3)
+        assert {n: p.shape for n, p in report.params.items()} == {n: p.shape for n, p in ref.params.items()}
+        assert report.params["0.weight"].shape == (6, shape[1])  # in features from this input, not a cached one
+        assert report.input_dtype == ref.input_dtype
+        y = model.to_numpy(model(np.ones(shape, np.float32)))
+        assert y.shape == (shape[0], 3)
+
+
+def test_the_rules_and_the_estimate_run_once_per_shape(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    infers, footprints = _count(monkeypatch, "infer"), _count(monkeypatch, "footprint")
+    model = di.compile(_spec(), backend)
+    for _ in range(3):
+        model.apply_init(np.ones((2, 5), np.float32))
+    assert infers[0] == 1 and footprints[0] == 1
+    model.apply_init(np.ones((2, 4), np.float32))
+    assert infers[0] == 2 and footprints[0] == 2
+
+
+def test_load_weights_on_a_new_model_runs_the_rules_once(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = di.compile(_spec(), backend)
+    source.apply_init(np.ones((1, 5), np.float32), init="xavier_uniform", key=1)
+    weights = source.export_weights()
+    infers = _count(monkeypatch, "infer")
+    model = di.compile(_spec(), backend)
+    model.load_weights(weights, input_shape=(1, 5))
+    assert infers[0] == 1  # the shapes checked against the weights are the ones apply_init then builds
+    x = np.random.default_rng(0).standard_normal((4, 5)).astype(np.float32)
+    np.testing.assert_array_equal(model.to_numpy(model(x)), source.to_numpy(source(x)))
+
+
+def test_the_cache_is_bounded(backend: str) -> None:
+    model = di.compile(_spec(), backend)
+    for features in range(1, 21):
+        model.apply_init(di.ShapeDtype((1, features), "float32"), abstract=True)
+    assert len(model._inferred) <= compiled_mod._CACHED
+    assert model.report.params["0.weight"].shape == (6, 20)
+
+
+def test_errors_are_not_cached_and_change_nothing(backend: str) -> None:
+    spec = di.LazyModel([di.Dense(6), di.Conv2D(4, 3)])  # a Conv2D needs (N, C, H, W), the Dense gives (N, 6)
+    model = di.compile(spec, backend)
+    for _ in range(2):
+        with pytest.raises(ShapeMismatchError, match=r"layer '1' \(Conv2D\)"):
+            model.apply_init(np.ones((1, 3), np.float32))
+        assert not model.initialized and not model._inferred
+    ok = di.compile(_spec(), backend)
+    report = ok.apply_init(np.ones((1, 5), np.float32))
+    with pytest.raises(DTypeError, match="complex64"):
+        ok.apply_init(np.ones((1, 5), np.complex64))
+    assert ok.report is report and len(ok._inferred) == 1
