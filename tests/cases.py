@@ -157,3 +157,14 @@ CASES += [
         data_format="channels_last"), (2, 7, 8, 3)),
 ]
 BY_ID = {c.id: c for c in CASES}
+# --- layers-b ---
+# GlobalAvgPool2D(keepdims=True), Conv1DTranspose/Conv2DTranspose and Upsample2D (deferinit.layers_up)
+CASES += [
+    Case("gap_keepdims", lambda: di.LazyModel([
+        di.Conv2D(6, 3, padding=1), di.GlobalAvgPool2D(keepdims=True), di.Conv2D(4, 1, activation="relu"),
+        di.Conv2D(5, 1), di.Flatten(), di.Dense(3)]), (2, 3, 6, 5)),
+    Case("gap_keepdims_channels_last", lambda: di.LazyModel([
+        di.Conv2D(6, 3), di.GlobalAvgPool2D(keepdims=True), di.Conv2D(4, 1), di.Flatten(), di.Dense(2)],
+        data_format="channels_last"), (2, 7, 8, 3)),
+]
+BY_ID = {c.id: c for c in CASES}

@@ -119,7 +119,7 @@ def _simple(make: Callable[..., nn.Module]) -> Callable[[Node, bool, str], Made]
 
 _activation = _simple(lambda node, cf, name: M.Activation(node.layer.activation, name=name))
 
-register_builder("jax", GlobalAvgPool2D)(_simple(lambda node, cf, name: M.GlobalAvgPool(cf, name=name)))
+register_builder("jax", GlobalAvgPool2D)(_simple(lambda node, cf, name: M.GlobalAvgPool(cf, node.layer.keepdims, name=name)))
 register_builder("jax", Dropout)(_simple(lambda node, cf, name: M.Dropout(node.layer.rate, name=name)))
 register_builder("jax", Flatten)(_simple(lambda node, cf, name: M.Flatten(name=name)))
 register_builder("jax", Identity)(_simple(lambda node, cf, name: M.Identity(name=name)))

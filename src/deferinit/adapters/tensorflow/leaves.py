@@ -137,7 +137,7 @@ def _activation(node: Node, fmt: str) -> Any:
 
 @register("tensorflow", GlobalAvgPool2D)
 def _global_avg_pool(node: Node, fmt: str) -> Any:
-    return keras.layers.GlobalAveragePooling2D(data_format=fmt, name=node.path)
+    return keras.layers.GlobalAveragePooling2D(data_format=fmt, keepdims=spec(node).keepdims, name=node.path)
 
 
 @register("tensorflow", LayerNorm)

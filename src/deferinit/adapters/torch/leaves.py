@@ -121,6 +121,8 @@ def _pool(layer: MaxPool2D | AvgPool2D, rank: int | None) -> list[Step]:
 
 @register("torch", GlobalAvgPool2D)
 def _global_pool(layer: GlobalAvgPool2D, rank: int | None) -> list[Step]:
+    if layer.keepdims:  # (N, C, 1, 1), moved back to the spec's format
+        return [Step("", nn.AdaptiveAvgPool2d(1), CF)]
     return [Step("", nn.AdaptiveAvgPool2d(1), CF), Step("flatten", nn.Flatten(), CF, ANY)]
 
 
@@ -262,7 +264,9 @@ def rank_after(layer: Leaf, rank: int | None) -> int | None:
         return 3
     if isinstance(layer, (Conv2D, MaxPool2D, AvgPool2D)):
         return 4
-    if isinstance(layer, (GlobalAvgPool2D, Flatten)):
+    if isinstance(layer, GlobalAvgPool2D):
+        return 4 if layer.keepdims else 2
+    if isinstance(layer, Flatten):
         return 2
     if isinstance(layer, (RNN, GRU, LSTM)):
         return 3 if layer.return_sequences else 2
