@@ -9,7 +9,8 @@ import pytest
 from cases import BY_ID
 from deferinit.parity import parity
 
-UP = ["gap_keepdims", "gap_keepdims_channels_last"]
+UP = ["gap_keepdims", "gap_keepdims_channels_last", "conv_transpose", "conv_transpose_channels_last",
+      "conv1d_transpose"]
 
 
 @pytest.mark.parametrize("case_id", UP)

@@ -126,3 +126,4 @@ register_builder("jax", Identity)(_simple(lambda node, cf, name: M.Identity(name
 register_builder("jax", Activation, ReLU, Sigmoid, Tanh, GELU, Softmax)(_activation)
 
 from . import extra as extra  # noqa: E402  (registers the builders of deferinit.layers_extra)
+from . import up as up  # noqa: E402  (registers the builders of deferinit.layers_up)

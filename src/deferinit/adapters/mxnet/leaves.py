@@ -164,3 +164,4 @@ def _identity(layer: Identity, fmt: str) -> Built:
     return modules.identity(), {}
 
 from . import extra as extra  # noqa: E402  (registers the builders of deferinit.layers_extra)
+from . import up as up  # noqa: E402  (registers the builders of deferinit.layers_up)

@@ -240,3 +240,4 @@ def _take(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarra
     return np.take(x, cast(Any, node.layer).index, axis=cast(Any, node.layer).axis)
 
 from . import extra as extra  # noqa: E402  (registers the builders of deferinit.layers_extra)
+from . import up as up  # noqa: E402  (registers the kernels of deferinit.layers_up)

@@ -212,3 +212,4 @@ def _one_hot(node: Node, fmt: str) -> Any:
     return ks.OneHot(spec(node).num_classes, name=node.path)
 
 from . import extra as extra  # noqa: E402  (registers the builders of deferinit.layers_extra)
+from . import up as up  # noqa: E402  (registers the builders of deferinit.layers_up)

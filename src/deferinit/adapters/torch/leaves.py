@@ -78,7 +78,10 @@ def leaf_steps(node: Node, layer: Leaf, rank: int | None) -> list[Step]:
         raise UnsupportedLayerError(f"{where(node.path, layer, 'torch')}: no torch module for this layer type "
                                     f"(register one with deferinit.register_builder('torch', "
                                     f"{type(layer).__name__}))")
-    out = fn(layer, rank)
+    try:
+        out = fn(layer, rank)
+    except UnsupportedLayerError as exc:  # a builder refusing an option it cannot express: say where
+        raise UnsupportedLayerError(f"{where(node.path, layer, 'torch')}: {exc}") from None
     return [Step("", out, SPEC)] if isinstance(out, nn.Module) else list(out)
 
 
@@ -248,7 +251,9 @@ def kernel_attrs(layer: Any) -> list[str]:
     """Weight matrices a ``torch.nn.init`` function is applied to: Dense/Conv kernels and Embedding tables, and
     (d2l's ``init_seq2seq`` does the same for a GRU: every ``weight*`` of ``_flat_weights_names``) attention
     projections and recurrent ``weight_ih``/``weight_hh``."""
-    if isinstance(layer, (Dense, Conv1D, Conv2D, Embedding)):
+    from ...layers_up import Conv1DTranspose, Conv2DTranspose
+
+    if isinstance(layer, (Dense, Conv1D, Conv2D, Embedding, Conv1DTranspose, Conv2DTranspose)):
         return ["weight"]
     if isinstance(layer, MultiHeadAttention):
         return [f"{m}.weight" for m in _MHA_ATTRS.values()]
@@ -281,3 +286,4 @@ def rank_after(layer: Leaf, rank: int | None) -> int | None:
     return rank
 
 from . import extra as extra  # noqa: E402  (registers the builders of deferinit.layers_extra)
+from . import up as up  # noqa: E402  (registers the builders of deferinit.layers_up)
