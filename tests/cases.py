@@ -181,3 +181,13 @@ CASES += [
         di.Conv1DTranspose(3, 5, in_channels=6), di.Flatten(), di.Dense(2)]), (2, 3, 6)),
 ]
 BY_ID = {c.id: c for c in CASES}
+CASES += [
+    Case("upsample", lambda: di.LazyModel([
+        di.Conv2D(4, 3, padding=1), di.Upsample2D(2, mode="bilinear"), di.Conv2D(3, 3, stride=2),
+        di.Upsample2D((2, 3)), di.Conv2DTranspose(2, 2, stride=2), di.Upsample2D((3, 1), mode="bilinear"),
+        di.Flatten(), di.Dense(3)]), (2, 3, 4, 3)),
+    Case("upsample_channels_last", lambda: di.LazyModel([
+        di.Conv2D(4, 1), di.Upsample2D((2, 3), mode="bilinear"), di.Conv2D(3, 3), di.Upsample2D(2),
+        di.Flatten(), di.Dense(2)], data_format="channels_last"), (2, 3, 4, 3)),
+]
+BY_ID = {c.id: c for c in CASES}

@@ -1,5 +1,5 @@
-"""Layers that grow the spatial dims (decoders, U-Net): transposed convolutions, each with its shape rule beside
-its fields. The reference kernels are in :mod:`deferinit.ops_up`; each backend's builders in
+"""Layers that grow the spatial dims (decoders, U-Net): transposed convolutions and upsampling, each with its shape
+rule beside its fields. The reference kernels are in :mod:`deferinit.ops_up`; each backend's builders in
 ``deferinit/adapters/<backend>/up.py``. ``GlobalAvgPool2D(keepdims=True)`` is a field of that layer itself.
 """
 
@@ -12,7 +12,7 @@ from .errors import SpecError
 from .layers_base import Leaf, ParamSpec, RuleContext, _bool_error, _layer_name
 from .spec import Shape, check_activation, check_int, check_tuple
 
-__all__ = ["Conv1DTranspose", "Conv2DTranspose", "UP_LAYERS", "transpose_out"]
+__all__ = ["Conv1DTranspose", "Conv2DTranspose", "Upsample2D", "UP_LAYERS", "transpose_out"]
 
 
 def transpose_out(size: int, k: int, s: int, p: int, op: int, d: int) -> int:
@@ -103,7 +103,36 @@ class Conv2DTranspose(_ConvTransposeND):
     ndim: ClassVar[int] = 2
 
 
-UP_LAYERS: tuple[type, ...] = (Conv1DTranspose, Conv2DTranspose)
+@dataclass(frozen=True, eq=False, repr=False)
+class Upsample2D(Leaf):
+    """Upsampling by whole factors (``scale_factor``: int or ``(sh, sw)``), PyTorch's ``nn.Upsample``:
+    ``mode="nearest"`` repeats each pixel, ``"bilinear"`` interpolates with half-pixel centres
+    (``align_corners=False``: output pixel ``o`` samples the input at ``(o + 0.5) / scale - 0.5``, clamped at 0,
+    the last input pixel repeated past the end)."""
+
+    scale_factor: Any
+    _: KW_ONLY
+    mode: str = "nearest"
+
+    MODES: ClassVar[tuple[str, ...]] = ("nearest", "bilinear")
+
+    def validate(self) -> None:
+        object.__setattr__(self, "scale_factor", check_tuple("Upsample2D", "scale_factor", self.scale_factor, 2))
+        if self.mode not in self.MODES:
+            raise SpecError(f"Upsample2D: mode must be one of {', '.join(map(repr, self.MODES))}. Received: "
+                            f"mode={self.mode!r}")
+
+    def infer(self, shape: Shape, ctx: RuleContext) -> tuple[Shape, dict[str, ParamSpec]]:
+        ctx.need_rank(shape, (4,), f"(batch, channels, height, width in {ctx.data_format} order)")
+        out = list(shape)
+        for i, axis in enumerate(ctx.spatial_axes(4)):
+            if shape[axis] == 0:
+                raise ctx.mismatch("non-empty spatial dims", f"shape {shape}")
+            out[axis] = None if shape[axis] is None else shape[axis] * self.scale_factor[i]
+        return tuple(out), {}
+
+
+UP_LAYERS: tuple[type, ...] = (Conv1DTranspose, Conv2DTranspose, Upsample2D)
 
 
 def _register() -> None:

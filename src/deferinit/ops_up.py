@@ -12,7 +12,7 @@ import numpy as np
 from .layers_up import transpose_out
 from .ops import float_type
 
-__all__ = ["conv_transpose"]
+__all__ = ["conv_transpose", "upsample2d", "bilinear_taps"]
 
 
 def conv_transpose(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: tuple[Any, ...],
@@ -44,4 +44,30 @@ def conv_transpose(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: t
     y = y.reshape((batch, groups * fg) + tuple(outs))
     if b is not None:
         y = y + b.reshape((1, -1) + (1,) * n).astype(dtype)
+    return np.ascontiguousarray(y, dtype=dtype)
+
+
+def bilinear_taps(size: int, scale: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each of the ``size * scale`` outputs of one dim: the two input indices it interpolates and the weight
+    of the second, with half-pixel centres (PyTorch's ``align_corners=False``): the source coordinate
+    ``(o + 0.5) / scale - 0.5`` clamped at 0; the second index stays inside the input."""
+    src = np.maximum((np.arange(size * scale, dtype=np.float64) + 0.5) / scale - 0.5, 0.0)
+    lo = np.minimum(np.floor(src).astype(np.int64), size - 1)
+    hi = np.minimum(lo + 1, size - 1)
+    return lo, hi, src - lo
+
+
+def upsample2d(x: np.ndarray, scale: tuple[Any, ...], mode: str) -> np.ndarray:
+    """Channels-first ``x`` (N, C, H, W) -> (N, C, H * sh, W * sw): each pixel repeated (``nearest``) or
+    interpolated between its neighbours in each dim (``bilinear``, separable: rows, then columns)."""
+    dtype = float_type(x)
+    if mode == "nearest":
+        return np.ascontiguousarray(np.repeat(np.repeat(x, scale[0], axis=2), scale[1], axis=3), dtype=dtype)
+    y = x.astype(np.float64)
+    for axis, s in ((2, scale[0]), (3, scale[1])):
+        lo, hi, w = bilinear_taps(y.shape[axis], s)
+        shape = [1] * 4
+        shape[axis] = -1
+        w = w.reshape(shape)
+        y = np.take(y, lo, axis=axis) * (1 - w) + np.take(y, hi, axis=axis) * w
     return np.ascontiguousarray(y, dtype=dtype)

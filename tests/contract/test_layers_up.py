@@ -113,3 +113,34 @@ def test_conv_transpose_matches_the_reference(backend: str, fields: dict, refuse
     for name, value in model.export_weights().items():
         np.testing.assert_array_equal(value, other[name])
     np.testing.assert_allclose(_np(model, model(x)), np.asarray(ref(x)), rtol=1e-5, atol=1e-5)
+
+
+
+@pytest.mark.parametrize("scale", [2, (3, 2), 1, (1, 4)])
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+@pytest.mark.parametrize("fmt", ["channels_first", "channels_last"])
+def test_upsample_matches_the_reference(backend: str, scale, mode: str, fmt: str) -> None:  # type: ignore[no-untyped-def]
+    x = _image(fmt, (2, 5, 4, 3), seed=6)
+    spec = di.LazyModel([di.Upsample2D(scale, mode=mode)], data_format=fmt)
+    model = di.compile(spec, backend)
+    report = model.apply_init(x)
+    assert report.output_shape == di.infer_shapes(spec, x.shape).output_shape
+    assert report.params == {}
+    ref = di.compile(spec, "numpy")
+    ref.apply_init(x)
+    np.testing.assert_allclose(_np(model, model(x)), np.asarray(ref(x)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def test_upsample_nan_stays_where_its_taps_reach(backend: str, mode: str) -> None:
+    x = np.random.default_rng(8).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    x[0, 1, 2, 3] = np.nan
+    spec = di.LazyModel([di.Upsample2D(2, mode=mode)])
+    model = di.compile(spec, backend)
+    model.apply_init(x)
+    y = _np(model, model(x))
+    ref = di.compile(spec, "numpy")
+    ref.apply_init(x)
+    want = np.asarray(ref(x))
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(want))
+    assert np.isnan(want).sum() == (4 if mode == "nearest" else 16)  # 2x2 copies; 4x4 outputs interpolate it

@@ -10,7 +10,7 @@ from cases import BY_ID
 from deferinit.parity import parity
 
 UP = ["gap_keepdims", "gap_keepdims_channels_last", "conv_transpose", "conv_transpose_channels_last",
-      "conv1d_transpose"]
+      "conv1d_transpose", "upsample", "upsample_channels_last"]
 
 
 @pytest.mark.parametrize("case_id", UP)

@@ -173,3 +173,51 @@ def test_conv_transpose_round_trips(tmp_path: Path) -> None:
 def test_conv_transpose_keyword_only() -> None:
     with pytest.raises(TypeError):
         di.Conv2DTranspose(4, 3, 2)  # type: ignore[misc]
+
+
+
+# ============================================================================ Upsample2D
+def test_upsample_by_hand() -> None:
+    x = np.arange(12, dtype=np.float32).reshape(1, 1, 3, 4)
+    up = _ref(di.Upsample2D((1, 2), mode="bilinear"), x, {})
+    # half-pixel centres along a row 0..3: output o samples (o + 0.5) / 2 - 0.5 = -0.25 (clamped: 0), 0.25, 0.75...
+    np.testing.assert_allclose(up[0, 0, 0], [0, 0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(up[0, 0, :, 0], [0, 4, 8], atol=1e-6)  # a factor of 1 keeps the column
+    up = _ref(di.Upsample2D(2, mode="bilinear"), x, {})
+    np.testing.assert_allclose(up[0, 0, :, 0], [0, 1, 3, 5, 7, 8], atol=1e-6)  # column 0, 4, 8 by 0.25 steps of 4
+    near = _ref(di.Upsample2D((2, 1)), x, {})
+    np.testing.assert_array_equal(near[0, 0], [[0, 1, 2, 3], [0, 1, 2, 3], [4, 5, 6, 7], [4, 5, 6, 7],
+                                               [8, 9, 10, 11], [8, 9, 10, 11]])
+    x3 = np.array([[[[0.0, 3.0]]]], np.float32)  # factor 3: samples at -1/3 (0), 0, 1/3, 2/3, 1, 4/3 (1)
+    np.testing.assert_allclose(_ref(di.Upsample2D((1, 3), mode="bilinear"), x3, {})[0, 0, 0], [0, 0, 1, 2, 3, 3],
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("fmt, shape, want", [
+    ("channels_first", (2, 3, 5, 4), (2, 3, 10, 12)), ("channels_last", (2, 5, 4, 3), (2, 10, 12, 3)),
+    ("channels_first", (None, 3, None, 4), (None, 3, None, 12)),
+])
+def test_upsample_shape_rule(fmt: str, shape: tuple, want: tuple) -> None:
+    spec = di.LazyModel([di.Upsample2D((2, 3), mode="bilinear")], data_format=fmt)
+    report = di.infer_shapes(spec, shape)
+    assert report.output_shape == want and report.params == {}
+
+
+def test_upsample_errors_and_round_trip(tmp_path: Path) -> None:
+    with pytest.raises(di.SpecError, match=r"Upsample2D: mode must be one of 'nearest', 'bilinear'. Received: "
+                                           r"mode='bicubic'"):
+        di.Upsample2D(2, mode="bicubic")
+    for bad in (0, 1.5, (2, 2, 2), "2"):
+        with pytest.raises(di.SpecError, match=r"Upsample2D.*scale_factor"):
+            di.Upsample2D(bad)
+    with pytest.raises(TypeError):
+        di.Upsample2D(2, "bilinear")  # type: ignore[misc]
+    with pytest.raises(di.ShapeMismatchError, match=r"layer 'u' \(Upsample2D\) expected a rank-4 input"):
+        di.infer_shapes(di.LazyModel([di.Upsample2D(2, name="u")]), (2, 3, 4))
+    spec = di.LazyModel([di.Upsample2D(2), di.Upsample2D((2, 3), mode="bilinear")])
+    data = spec.to_dict()
+    assert data["layers"] == [{"type": "Upsample2D", "scale_factor": 2},
+                              {"type": "Upsample2D", "scale_factor": [2, 3], "mode": "bilinear"}]
+    assert di.LazyModel.from_dict(data) == spec
+    for suffix in (".json", ".yaml", ".toml"):
+        assert di.load_spec(di.save_spec(spec, tmp_path / f"s{suffix}")) == spec, suffix

@@ -13,6 +13,8 @@ from jax import lax
 
 import deferinit as di
 
+BACKEND = "jax"
+
 
 def _by_gradient(x: np.ndarray, w: np.ndarray, b: np.ndarray, out_spatial: tuple, s: tuple, p: tuple,
                  d: tuple) -> np.ndarray:
@@ -60,3 +62,20 @@ def test_the_module_is_flax_conv_transpose_with_a_transposed_kernel() -> None:
     assert [k.shape for k in kernels] == [(3, 2, 5, 2)]  # (*k, out, in): flax's layout with transpose_kernel=True
     from deferinit.adapters.jax.up import ConvTranspose
     assert issubclass(ConvTranspose, nn.ConvTranspose)
+
+
+def test_upsample_by_hand() -> None:
+    # half-pixel centres (PyTorch's align_corners=False): along a row 0..3 doubled, output o samples
+    # (o + 0.5) / 2 - 0.5, clamped at 0 and at the last pixel; nearest repeats
+    x = np.tile(np.arange(4, dtype=np.float32), (1, 2, 3, 1))  # (1, 2, 3, 4), every row 0 1 2 3
+    for fmt in ("channels_first", "channels_last"):
+        xi = x if fmt == "channels_first" else np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        for mode, row in (("bilinear", [0, 0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3]),
+                          ("nearest", [0, 0, 1, 1, 2, 2, 3, 3])):
+            model = di.compile(di.LazyModel([di.Upsample2D((2, 2), mode=mode)], data_format=fmt), BACKEND)
+            model.apply_init(xi)
+            y = model(xi)
+            y = np.asarray(model.to_numpy(y) if hasattr(model, "to_numpy") else y)
+            y = y if fmt == "channels_first" else y.transpose(0, 3, 1, 2)
+            assert y.shape == (1, 2, 6, 8)
+            np.testing.assert_allclose(y, np.broadcast_to(np.array(row, np.float32), (1, 2, 6, 8)), atol=1e-6)

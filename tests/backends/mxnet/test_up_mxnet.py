@@ -10,6 +10,8 @@ from mxnet.gluon import nn
 
 import deferinit as di
 
+BACKEND = "mxnet"
+
 
 @pytest.mark.parametrize("fields", [dict(), dict(strides=2), dict(strides=2, padding=1, output_padding=1),
                                     dict(strides=3, padding=2, output_padding=2, dilation=2),
@@ -31,3 +33,20 @@ def test_conv_transpose_equals_gluon_own(fields: dict, ndim: int) -> None:
     native.bias.set_data(mx.nd.array(w["0.bias"]))
     want = native(mx.nd.array(x)).asnumpy()
     np.testing.assert_allclose(np.asarray(model.to_numpy(model(x))), want, rtol=1e-5, atol=1e-5)
+
+
+def test_upsample_by_hand() -> None:
+    # half-pixel centres (PyTorch's align_corners=False): along a row 0..3 doubled, output o samples
+    # (o + 0.5) / 2 - 0.5, clamped at 0 and at the last pixel; nearest repeats
+    x = np.tile(np.arange(4, dtype=np.float32), (1, 2, 3, 1))  # (1, 2, 3, 4), every row 0 1 2 3
+    for fmt in ("channels_first", "channels_last"):
+        xi = x if fmt == "channels_first" else np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        for mode, row in (("bilinear", [0, 0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3]),
+                          ("nearest", [0, 0, 1, 1, 2, 2, 3, 3])):
+            model = di.compile(di.LazyModel([di.Upsample2D((2, 2), mode=mode)], data_format=fmt), BACKEND)
+            model.apply_init(xi)
+            y = model(xi)
+            y = np.asarray(model.to_numpy(y) if hasattr(model, "to_numpy") else y)
+            y = y if fmt == "channels_first" else y.transpose(0, 3, 1, 2)
+            assert y.shape == (1, 2, 6, 8)
+            np.testing.assert_allclose(y, np.broadcast_to(np.array(row, np.float32), (1, 2, 6, 8)), atol=1e-6)

@@ -9,6 +9,8 @@ import pytest
 
 import deferinit as di
 
+BACKEND = "tensorflow"
+
 
 def _model(layer: di.Layer, x: np.ndarray, fmt: str = "channels_last") -> tuple:
     model = di.compile(di.LazyModel([layer], data_format=fmt), "tensorflow")
@@ -56,3 +58,20 @@ def test_the_layer_is_keras_own() -> None:
     x = np.zeros((1, 3, 3, 2), np.float32)
     model, _ = _model(di.Conv2DTranspose(4, 3, stride=2), x)
     assert any(isinstance(la, keras.layers.Conv2DTranspose) for la in model.native._flatten_layers())
+
+
+def test_upsample_by_hand() -> None:
+    # half-pixel centres (PyTorch's align_corners=False): along a row 0..3 doubled, output o samples
+    # (o + 0.5) / 2 - 0.5, clamped at 0 and at the last pixel; nearest repeats
+    x = np.tile(np.arange(4, dtype=np.float32), (1, 2, 3, 1))  # (1, 2, 3, 4), every row 0 1 2 3
+    for fmt in ("channels_first", "channels_last"):
+        xi = x if fmt == "channels_first" else np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        for mode, row in (("bilinear", [0, 0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3]),
+                          ("nearest", [0, 0, 1, 1, 2, 2, 3, 3])):
+            model = di.compile(di.LazyModel([di.Upsample2D((2, 2), mode=mode)], data_format=fmt), BACKEND)
+            model.apply_init(xi)
+            y = model(xi)
+            y = np.asarray(model.to_numpy(y) if hasattr(model, "to_numpy") else y)
+            y = y if fmt == "channels_first" else y.transpose(0, 3, 1, 2)
+            assert y.shape == (1, 2, 6, 8)
+            np.testing.assert_allclose(y, np.broadcast_to(np.array(row, np.float32), (1, 2, 6, 8)), atol=1e-6)

@@ -71,3 +71,19 @@ def test_conv_transpose_torch_init_function_reaches_the_kernel() -> None:
     w = model.export_weights()
     np.testing.assert_array_equal(w["0.weight"], np.full((2, 3, 2, 2), 0.25, np.float32))
     assert not np.all(w["0.bias"] == 0.25)
+
+
+@pytest.mark.parametrize("scale", [2, (3, 2), (1, 4)])
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+@pytest.mark.parametrize("target", ["torch", "numpy"])
+def test_upsample_equals_torch_interpolate(scale, mode: str, target: str) -> None:  # type: ignore[no-untyped-def]
+    x = np.random.default_rng(3).standard_normal((2, 3, 5, 4)).astype(np.float32)
+    model = di.compile(di.LazyModel([di.Upsample2D(scale, mode=mode)]), target)
+    model.apply_init(x)
+    y = model(x)
+    y = np.asarray(model.to_numpy(y) if hasattr(model, "to_numpy") else y)
+    sf = (float(scale), float(scale)) if isinstance(scale, int) else tuple(float(s) for s in scale)
+    want = F.interpolate(torch.from_numpy(x), scale_factor=sf, mode=mode,
+                         align_corners=False if mode == "bilinear" else None).numpy()
+    assert y.shape == want.shape
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)

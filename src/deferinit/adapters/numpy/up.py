@@ -8,7 +8,7 @@ import numpy as np
 
 from ... import ops_up
 from ...extend import register_builder
-from ...layers_up import Conv1DTranspose, Conv2DTranspose
+from ...layers_up import Conv1DTranspose, Conv2DTranspose, Upsample2D
 from ...shapes import Node
 from .leaves import _from_cf, _to_cf, activate
 from .modules import NumpyNet
@@ -21,3 +21,9 @@ def _conv_transpose(net: NumpyNet, node: Node, x: np.ndarray, training: bool) ->
     y = ops_up.conv_transpose(_to_cf(net, x), net.params[node.param_name("weight")], bias, layer.stride,
                               layer.padding, layer.output_padding, layer.dilation, layer.groups)
     return activate(net, layer.activation, _from_cf(net, y))
+
+
+@register_builder("numpy", Upsample2D)
+def _upsample(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
+    layer: Any = node.layer
+    return _from_cf(net, ops_up.upsample2d(_to_cf(net, x), layer.scale_factor, layer.mode))

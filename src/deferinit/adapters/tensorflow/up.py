@@ -8,6 +8,10 @@ layer runs ``"valid"`` with ``output_padding = max(op - p, 0)`` (Keras's output 
 ``max(p - op, 0)`` after each spatial dim, which is PyTorch's output. Keras has no ``groups`` here, and its
 ``output_padding`` must be smaller than the stride, nor does it take stride and dilation both above 1:
 those cases are refused by name at compile time.
+
+``Upsample2D`` is ``keras.layers.UpSampling2D(interpolation=...)``: nearest repeats pixels; bilinear goes through
+``tf.image.resize`` (``antialias`` irrelevant when enlarging), whose half-pixel centres are PyTorch's
+``align_corners=False`` (checked against hand-derived numbers in tests/backends/tensorflow/test_up_tensorflow.py).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any
 
 from ... import extend
 from ...errors import UnsupportedLayerError, where
-from ...layers_up import Conv1DTranspose, Conv2DTranspose
+from ...layers_up import Conv1DTranspose, Conv2DTranspose, Upsample2D
 from ...shapes import Node
 
 # isort: off
@@ -93,3 +97,10 @@ def _conv_transpose(node: Node, fmt: str) -> Any:
     return cls(filters=s.channels, kernel_size=s.kernel_size, strides=s.stride, output_padding=extra,
                dilation_rate=s.dilation, activation=kn.activation(s.activation), use_bias=s.use_bias,
                data_format=fmt, crops=crops, name=node.path)
+
+
+@register("tensorflow", Upsample2D)
+def _upsample(node: Node, fmt: str) -> Any:
+    s: Any = node.layer
+    return keras.layers.UpSampling2D(size=tuple(s.scale_factor), data_format=fmt, interpolation=s.mode,
+                                     name=node.path)
