@@ -185,3 +185,37 @@ CASES += [
         di.Embedding(50, 8), di.PositionEmbedding(max_len=12), di.LayerNorm(), di.Dense(3)]), (2, 7), "int64"),
 ]
 BY_ID = {c.id: c for c in CASES}
+# --- layers-b ---
+# GlobalAvgPool2D(keepdims=True), Conv1DTranspose/Conv2DTranspose and Upsample2D (deferinit.layers_up)
+CASES += [
+    Case("gap_keepdims", lambda: di.LazyModel([
+        di.Conv2D(6, 3, padding=1), di.GlobalAvgPool2D(keepdims=True), di.Conv2D(4, 1, activation="relu"),
+        di.Conv2D(5, 1), di.Flatten(), di.Dense(3)]), (2, 3, 6, 5)),
+    Case("gap_keepdims_channels_last", lambda: di.LazyModel([
+        di.Conv2D(6, 3), di.GlobalAvgPool2D(keepdims=True), di.Conv2D(4, 1), di.Flatten(), di.Dense(2)],
+        data_format="channels_last"), (2, 7, 8, 3)),
+]
+BY_ID = {c.id: c for c in CASES}
+CASES += [
+    Case("conv_transpose", lambda: di.LazyModel([
+        di.Conv2D(4, 3, padding=1), di.Conv2DTranspose(5, 3, stride=2, padding=1, output_padding=1, activation="relu"),
+        di.Conv2DTranspose(3, (2, 3), stride=(2, 1), use_bias=False), di.Conv2DTranspose(2, 3, dilation=2, padding=1),
+        di.Flatten(), di.Dense(3)]), (2, 3, 4, 3)),
+    Case("conv_transpose_channels_last", lambda: di.LazyModel([
+        di.Conv2DTranspose(4, 4, stride=2, padding=1), di.Conv2D(3, 3), di.Flatten(), di.Dense(2)],
+        data_format="channels_last"), (2, 3, 4, 3)),
+    Case("conv1d_transpose", lambda: di.LazyModel([
+        di.Conv1D(4, 3), di.Conv1DTranspose(6, 3, stride=3, padding=1, output_padding=2, activation="tanh"),
+        di.Conv1DTranspose(3, 5, in_channels=6), di.Flatten(), di.Dense(2)]), (2, 3, 6)),
+]
+BY_ID = {c.id: c for c in CASES}
+CASES += [
+    Case("upsample", lambda: di.LazyModel([
+        di.Conv2D(4, 3, padding=1), di.Upsample2D(2, mode="bilinear"), di.Conv2D(3, 3, stride=2),
+        di.Upsample2D((2, 3)), di.Conv2DTranspose(2, 2, stride=2), di.Upsample2D((3, 1), mode="bilinear"),
+        di.Flatten(), di.Dense(3)]), (2, 3, 4, 3)),
+    Case("upsample_channels_last", lambda: di.LazyModel([
+        di.Conv2D(4, 1), di.Upsample2D((2, 3), mode="bilinear"), di.Conv2D(3, 3), di.Upsample2D(2),
+        di.Flatten(), di.Dense(2)], data_format="channels_last"), (2, 3, 4, 3)),
+]
+BY_ID = {c.id: c for c in CASES}

@@ -72,6 +72,7 @@ from .layers_seq import (
     Scale,
     Take,
 )
+from .layers_up import Conv1DTranspose, Conv2DTranspose, Upsample2D
 from .merges import Add, Multiply
 from .registry import available_backends, backends, compile
 from .report import LayerInfo, ParamInfo, ShapeReport
@@ -124,6 +125,7 @@ __all__ = [
     "RNN", "GRU", "LSTM", "MultiHeadAttention", "PositionalEncoding", "ClassToken", "PositionEmbedding", "Reshape",
     "Permute", "Scale", "Take", "OneHot",
     "ReLU6", "SiLU", "HardSwish", "HardSigmoid", "LeakyReLU", "AdaptiveAvgPool2D", "GroupNorm", "LayerScale", "DropPath",
+    "Conv1DTranspose", "Conv2DTranspose", "Upsample2D",
     "Input", "add", "multiply", "concat", "Attend",
     "infer_shapes", "compile", "register_layer", "register_builder", "backends", "available_backends", "CompiledModel", "ShapeDtype",
     "ShapeReport", "ParamInfo", "LayerInfo", "load_spec", "save_spec", "save_weights", "load_weights", "init", "parity",

@@ -214,10 +214,20 @@ class AvgPool2D(_Pool2D):
 
 @dataclass(frozen=True, eq=False, repr=False)
 class GlobalAvgPool2D(Leaf):
-    """Mean over both spatial dims: ``(N, C, H, W) -> (N, C)``."""
+    """Mean over both spatial dims: ``(N, C, H, W) -> (N, C)``; with ``keepdims=True`` the spatial dims stay as
+    ones, ``(N, C, 1, 1)`` (``(N, 1, 1, C)`` channels-last), ready to gate the input (squeeze-and-excitation)."""
+
+    _: KW_ONLY
+    keepdims: bool = False
+
+    def validate(self) -> None:
+        if not isinstance(self.keepdims, bool):
+            raise SpecError(f"GlobalAvgPool2D: keepdims must be True or False. Received: keepdims={self.keepdims!r}")
 
     def infer(self, shape: Shape, ctx: RuleContext) -> tuple[Shape, dict[str, ParamSpec]]:
         ctx.need_rank(shape, (4,), f"(batch, channels, height, width in {ctx.data_format} order)")
         if any(shape[a] == 0 for a in ctx.spatial_axes(4)):
             raise ctx.mismatch("non-empty spatial dims", f"shape {fmt_shape(shape)}")
+        if self.keepdims:
+            return tuple(1 if a in ctx.spatial_axes(4) else d for a, d in enumerate(shape)), {}
         return (shape[0], shape[ctx.channel_axis(4)]), {}

@@ -382,6 +382,8 @@ def test_the_default_dtype_is_the_specs_own(layers: list, dtype: str) -> None:
 @pytest.mark.parametrize("layer,short", [
     (di.Reshape((4, 4)), None), (di.Reshape((16,)), None), (di.Reshape((-1,)), None), (di.Reshape((2, -1)), None),
     (di.Permute((1,)), None), (di.Permute((2, 1)), None), (di.Permute((1, 2, 3)), None),
+    (di.Reshape((2, 2, 4)), None), (di.Reshape((2, -1, 2)), None), (di.Reshape((1,)), None),
+    (di.Reshape((3, 3)), None), (di.Permute((3, 1, 2)), None), (di.Permute((2, 3, 1, 4)), None),
     (di.Conv2D(4, (3, 3), stride=(2, 2)), {"kernel_size": 3, "stride": 2}), (di.Conv1D(4, (5,)), {"kernel_size": 5}),
     (di.Conv2D(4, (3, 5), padding=(1, 2)), {"kernel_size": [3, 5], "padding": [1, 2]}),
     (di.MaxPool2D((2, 2), stride=(1, 1)), {"pool_size": 2, "stride": 1}),

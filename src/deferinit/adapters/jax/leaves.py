@@ -119,10 +119,11 @@ def _simple(make: Callable[..., nn.Module]) -> Callable[[Node, bool, str], Made]
 
 _activation = _simple(lambda node, cf, name: M.Activation(node.layer.activation, name=name))
 
-register_builder("jax", GlobalAvgPool2D)(_simple(lambda node, cf, name: M.GlobalAvgPool(cf, name=name)))
+register_builder("jax", GlobalAvgPool2D)(_simple(lambda node, cf, name: M.GlobalAvgPool(cf, node.layer.keepdims, name=name)))
 register_builder("jax", Dropout)(_simple(lambda node, cf, name: M.Dropout(node.layer.rate, name=name)))
 register_builder("jax", Flatten)(_simple(lambda node, cf, name: M.Flatten(name=name)))
 register_builder("jax", Identity)(_simple(lambda node, cf, name: M.Identity(name=name)))
 register_builder("jax", Activation, ReLU, Sigmoid, Tanh, GELU, Softmax)(_activation)
 
 from . import extra as extra  # noqa: E402  (registers the builders of deferinit.layers_extra)
+from . import up as up  # noqa: E402  (registers the builders of deferinit.layers_up)

@@ -181,9 +181,10 @@ class Pool(nn.Module):
 
 class GlobalAvgPool(nn.Module):
     channels_first: bool = True
+    keepdims: bool = False
 
     def __call__(self, x: Any, train: bool = False) -> Any:
-        return jnp.mean(x, axis=(2, 3) if self.channels_first else (1, 2))
+        return jnp.mean(x, axis=(2, 3) if self.channels_first else (1, 2), keepdims=self.keepdims)
 
 
 class BatchNorm(nn.Module):

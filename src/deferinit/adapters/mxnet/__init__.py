@@ -81,7 +81,10 @@ class _Builder(tree.Builder[gluon.HybridBlock]):
         if builder is None:
             raise UnsupportedLayerError(f"{where(node.path, node.layer, 'mxnet')} has no Gluon builder; supported: "
                                         + ", ".join(sorted(t.__name__ for t in builders("mxnet"))))
-        block, params = builder(node.layer, self.fmt)
+        try:
+            block, params = builder(node.layer, self.fmt)
+        except UnsupportedLayerError as exc:  # a builder refusing an option it cannot express: say where
+            raise UnsupportedLayerError(f"{where(node.path, node.layer, 'mxnet')}: {exc}") from None
         for pname, param in params.items():
             self.table.params[node.param_name(pname)] = param
         return block

@@ -119,6 +119,8 @@ def _pool(layer: MaxPool2D | AvgPool2D, fmt: str) -> Built:
 
 @register_builder("mxnet", GlobalAvgPool2D)
 def _global_avg_pool(layer: GlobalAvgPool2D, fmt: str) -> Built:
+    if layer.keepdims:  # Gluon's pool keeps the (1, 1) spatial dims itself
+        return nn.GlobalAvgPool2D(layout=_layout(fmt)), {}
     seq = nn.HybridSequential()
     seq.add(nn.GlobalAvgPool2D(layout=_layout(fmt)), nn.Flatten())
     return seq, {}
@@ -162,3 +164,4 @@ def _identity(layer: Identity, fmt: str) -> Built:
     return modules.identity(), {}
 
 from . import extra as extra  # noqa: E402  (registers the builders of deferinit.layers_extra)
+from . import up as up  # noqa: E402  (registers the builders of deferinit.layers_up)

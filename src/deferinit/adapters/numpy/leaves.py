@@ -113,7 +113,8 @@ def _pool(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarra
 
 @register_builder("numpy", GlobalAvgPool2D)
 def _gap(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarray:
-    return _to_cf(net, x).mean(axis=(2, 3), dtype=ops.float_type(x))
+    y: np.ndarray = _to_cf(net, x).mean(axis=(2, 3), dtype=ops.float_type(x), keepdims=cast(Any, node.layer).keepdims)
+    return _from_cf(net, y)
 
 
 @register_builder("numpy", BatchNorm)
@@ -239,3 +240,4 @@ def _take(net: NumpyNet, node: Node, x: np.ndarray, training: bool) -> np.ndarra
     return np.take(x, cast(Any, node.layer).index, axis=cast(Any, node.layer).axis)
 
 from . import extra as extra  # noqa: E402  (registers the builders of deferinit.layers_extra)
+from . import up as up  # noqa: E402  (registers the kernels of deferinit.layers_up)

@@ -137,7 +137,7 @@ def _activation(node: Node, fmt: str) -> Any:
 
 @register("tensorflow", GlobalAvgPool2D)
 def _global_avg_pool(node: Node, fmt: str) -> Any:
-    return keras.layers.GlobalAveragePooling2D(data_format=fmt, name=node.path)
+    return keras.layers.GlobalAveragePooling2D(data_format=fmt, keepdims=spec(node).keepdims, name=node.path)
 
 
 @register("tensorflow", LayerNorm)
@@ -212,3 +212,4 @@ def _one_hot(node: Node, fmt: str) -> Any:
     return ks.OneHot(spec(node).num_classes, name=node.path)
 
 from . import extra as extra  # noqa: E402  (registers the builders of deferinit.layers_extra)
+from . import up as up  # noqa: E402  (registers the builders of deferinit.layers_up)

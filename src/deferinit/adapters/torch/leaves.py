@@ -78,7 +78,10 @@ def leaf_steps(node: Node, layer: Leaf, rank: int | None) -> list[Step]:
         raise UnsupportedLayerError(f"{where(node.path, layer, 'torch')}: no torch module for this layer type "
                                     f"(register one with deferinit.register_builder('torch', "
                                     f"{type(layer).__name__}))")
-    out = fn(layer, rank)
+    try:
+        out = fn(layer, rank)
+    except UnsupportedLayerError as exc:  # a builder refusing an option it cannot express: say where
+        raise UnsupportedLayerError(f"{where(node.path, layer, 'torch')}: {exc}") from None
     return [Step("", out, SPEC)] if isinstance(out, nn.Module) else list(out)
 
 
@@ -121,6 +124,8 @@ def _pool(layer: MaxPool2D | AvgPool2D, rank: int | None) -> list[Step]:
 
 @register("torch", GlobalAvgPool2D)
 def _global_pool(layer: GlobalAvgPool2D, rank: int | None) -> list[Step]:
+    if layer.keepdims:  # (N, C, 1, 1), moved back to the spec's format
+        return [Step("", nn.AdaptiveAvgPool2d(1), CF)]
     return [Step("", nn.AdaptiveAvgPool2d(1), CF), Step("flatten", nn.Flatten(), CF, ANY)]
 
 
@@ -246,7 +251,9 @@ def kernel_attrs(layer: Any) -> list[str]:
     """Weight matrices a ``torch.nn.init`` function is applied to: Dense/Conv kernels and Embedding tables, and
     (d2l's ``init_seq2seq`` does the same for a GRU: every ``weight*`` of ``_flat_weights_names``) attention
     projections and recurrent ``weight_ih``/``weight_hh``."""
-    if isinstance(layer, (Dense, Conv1D, Conv2D, Embedding)):
+    from ...layers_up import Conv1DTranspose, Conv2DTranspose
+
+    if isinstance(layer, (Dense, Conv1D, Conv2D, Embedding, Conv1DTranspose, Conv2DTranspose)):
         return ["weight"]
     if isinstance(layer, MultiHeadAttention):
         return [f"{m}.weight" for m in _MHA_ATTRS.values()]
@@ -262,7 +269,9 @@ def rank_after(layer: Leaf, rank: int | None) -> int | None:
         return 3
     if isinstance(layer, (Conv2D, MaxPool2D, AvgPool2D)):
         return 4
-    if isinstance(layer, (GlobalAvgPool2D, Flatten)):
+    if isinstance(layer, GlobalAvgPool2D):
+        return 4 if layer.keepdims else 2
+    if isinstance(layer, Flatten):
         return 2
     if isinstance(layer, (RNN, GRU, LSTM)):
         return 3 if layer.return_sequences else 2
@@ -277,3 +286,4 @@ def rank_after(layer: Leaf, rank: int | None) -> int | None:
     return rank
 
 from . import extra as extra  # noqa: E402  (registers the builders of deferinit.layers_extra)
+from . import up as up  # noqa: E402  (registers the builders of deferinit.layers_up)
