@@ -45,7 +45,7 @@ from .spec import Concat, Layer, LazyModel, Residual, Sequential
 __all__ = ["mlp", "lenet", "bn_lenet", "alexnet", "vgg", "vgg11", "nin", "googlenet", "inception", "resnet18",
            "residual_block", "resnext_block", "densenet", "dense_block", "transition_block", "regnetx32", "anynet",
            "rnn_lm", "transformer_encoder", "vit", "gpt2", "bert_base", "transformer", "resnet50", "mobilenet_v2", "efficientnet_b0",
-           "densenet121", "vgg16_bn", "convnext_tiny", "lstm_classifier", "BOOK_INPUTS", "INT_INPUTS", "MODELS",
+           "densenet121", "vgg16_bn", "convnext_tiny", "unet", "lstm_classifier", "BOOK_INPUTS", "INT_INPUTS", "MODELS",
            "parity_specs"]
 
 
@@ -280,5 +280,6 @@ from .zoo_vision import (  # noqa: E402
     lstm_classifier,
     mobilenet_v2,
     resnet50,
+    unet,
     vgg16_bn,
 )

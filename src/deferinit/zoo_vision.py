@@ -29,10 +29,11 @@ from .layers import (
 )
 from .layers_extra import AdaptiveAvgPool2D, DropPath, LayerScale
 from .layers_seq import LSTM, Permute
+from .layers_up import Conv2DTranspose
 from .merges import Multiply
 from .spec import Concat, Layer, LazyModel, Residual, Sequential
 
-__all__ = ["resnet50", "mobilenet_v2", "efficientnet_b0", "densenet121", "vgg16_bn", "convnext_tiny",
+__all__ = ["resnet50", "mobilenet_v2", "efficientnet_b0", "densenet121", "vgg16_bn", "convnext_tiny", "unet",
            "lstm_classifier"]
 
 
@@ -183,6 +184,31 @@ def convnext_tiny(num_classes: int = 1000, stochastic_depth_prob: float = 0.1) -
             features.append(Sequential([LayerNorm(axis="channels", eps=1e-6), Conv2D(dims[i + 1], 2, stride=2)]))
     return LazyModel([Sequential(features, name="features"), GlobalAvgPool2D(),
                       Sequential([LayerNorm(eps=1e-6), Dense(num_classes)], name="classifier")], name="convnext_tiny")
+
+
+# ------------------------------------------------------------------------------------------------ U-Net
+def _double_conv(channels: int) -> Sequential:
+    """milesial's DoubleConv: (3x3 convolution without bias, BatchNorm, ReLU) twice."""
+    return Sequential([*_conv_bn(channels, 3), *_conv_bn(channels, 3)])
+
+
+def _level(widths: tuple[int, ...], k: int) -> Concat:
+    """Level k's skip connection: ``cat([x_k, up(inner(down(x_k)))])`` (milesial's ``Up`` concatenates the skip
+    first). The inner part: MaxPool, DoubleConv, the next level (and its DoubleConv), then the transposed
+    convolution back to this level's width."""
+    inner: list[Layer] = [MaxPool2D(2), _double_conv(widths[k + 1])]
+    if k + 2 < len(widths):
+        inner += [_level(widths, k + 1), _double_conv(widths[k + 1])]
+    return Concat([Identity(), Sequential([*inner, Conv2DTranspose(widths[k], 2, stride=2)])])
+
+
+def unet(n_channels: int = 3, n_classes: int = 2) -> LazyModel:
+    """milesial Pytorch-UNet ``UNet(n_channels=3, n_classes=2, bilinear=False)``: 31,037,698 parameters. The
+    skip connections nest (each level a ``Concat`` of the identity and the level below); H and W must be
+    multiples of 16 (milesial pads the upsampled map when they are not). ``n_channels`` is the input's, which
+    the spec infers; it is kept for the reference's signature."""
+    widths = (64, 128, 256, 512, 1024)
+    return LazyModel([_double_conv(64), _level(widths, 0), _double_conv(64), Conv2D(n_classes, 1)], name="unet")
 
 
 # ------------------------------------------------------------------------------------------------ text

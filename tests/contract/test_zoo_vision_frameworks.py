@@ -33,3 +33,12 @@ def test_counts_from_the_framework_s_abstract_shapes(framework: str, name: str) 
 def test_vgg16_bn_takes_any_input_from_32(framework: str, size: tuple) -> None:
     report = di.compile(zoo.vgg16_bn(), framework).apply_init(di.ShapeDtype((2, 3, *size), "float32"), abstract=True)
     assert report.output_shape == (2, 1000) and report.params["classifier.0.weight"].shape == (4096, 512 * 7 * 7)
+
+
+def test_unet_counts_from_the_framework_s_abstract_shapes(framework: str) -> None:
+    # milesial's UNet(n_channels=3, n_classes=2, bilinear=False): 31,037,698 parameters; 11,776 BatchNorm
+    # statistics (the buffers of the port in tests/backends/torch/test_zoo_vision_torch.py)
+    report = di.compile(zoo.unet(), framework).apply_init(di.ShapeDtype((1, 3, 96, 64), "float32"), abstract=True)
+    trainable = sum(math.prod(p.native_shape) for p in report.params.values() if p.trainable)
+    stats = sum(math.prod(p.native_shape) for p in report.params.values() if not p.trainable)
+    assert (trainable, stats) == (31_037_698, 11_776) and report.output_shape == (1, 2, 96, 64)

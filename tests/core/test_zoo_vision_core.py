@@ -12,6 +12,11 @@ COUNTS = {"resnet50": 25_557_032, "mobilenet_v2": 3_504_872, "efficientnet_b0": 
           "vgg16_bn": 138_365_992, "convnext_tiny": 28_589_128}
 
 
+def test_unet_count_and_shape() -> None:
+    r = di.infer_shapes(zoo.unet(), (2, 3, 64, 80))
+    assert r.trainable_params == 31_037_698 and r.output_shape == (2, 2, 64, 80)
+
+
 @pytest.mark.parametrize("name", list(COUNTS))
 def test_trainable_counts_are_torchvision_s(name: str) -> None:
     r = di.infer_shapes(getattr(zoo, name)(), (1, 3, 224, 224))
@@ -39,7 +44,7 @@ def test_lstm_classifier_count_by_hand() -> None:
 # the spec files of the architectures beyond the book (README's second zoo table), with the arguments they were saved with
 FILES = {"resnet50": zoo.resnet50, "mobilenet_v2": zoo.mobilenet_v2, "efficientnet_b0": zoo.efficientnet_b0,
          "densenet121": zoo.densenet121, "vgg16_bn": zoo.vgg16_bn, "convnext_tiny": zoo.convnext_tiny,
-         "lstm_classifier": lambda: zoo.lstm_classifier(10000), "gpt2": zoo.gpt2, "bert_base": zoo.bert_base,
+         "unet": zoo.unet, "lstm_classifier": lambda: zoo.lstm_classifier(10000), "gpt2": zoo.gpt2, "bert_base": zoo.bert_base,
          "transformer": lambda: zoo.transformer(194, 214)}
 
 

@@ -274,3 +274,80 @@ def test_lstm_classifier_is_the_torch_idiom() -> None:
     np.testing.assert_allclose(model(ids).detach().numpy(), want, rtol=1e-5, atol=1e-6)
     # by hand: embedding 100*16, LSTM 4*24*(16 + 24) + 2 * 4*24 biases, fc 24*3 + 3
     assert di.infer_shapes(model.spec, ids.shape).total_params == 1600 + 4 * 24 * 40 + 2 * 96 + 75
+
+
+# ---------------------------------------------------------------------------------------------- milesial Pytorch-UNet
+class DoubleConv(nn.Module):  # unet/unet_parts.py
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.double_conv = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.double_conv(x)
+
+
+class Down(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.maxpool_conv = nn.Sequential(nn.MaxPool2d(2), DoubleConv(in_channels, out_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.maxpool_conv(x)
+
+
+class Up(nn.Module):  # bilinear=False
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose2d(in_channels, in_channels // 2, kernel_size=2, stride=2)
+        self.conv = DoubleConv(in_channels, out_channels)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        x1 = self.up(x1)
+        diff_y, diff_x = x2.size()[2] - x1.size()[2], x2.size()[3] - x1.size()[3]
+        x1 = nn.functional.pad(x1, [diff_x // 2, diff_x - diff_x // 2, diff_y // 2, diff_y - diff_y // 2])
+        return self.conv(torch.cat([x2, x1], dim=1))
+
+
+class UNet(nn.Module):  # unet/unet_model.py, UNet(n_channels=3, n_classes=2, bilinear=False)
+    def __init__(self, n_channels: int = 3, n_classes: int = 2) -> None:
+        super().__init__()
+        self.inc = DoubleConv(n_channels, 64)
+        self.down1, self.down2, self.down3 = Down(64, 128), Down(128, 256), Down(256, 512)
+        self.down4 = Down(512, 1024)
+        self.up1, self.up2, self.up3, self.up4 = Up(1024, 512), Up(512, 256), Up(256, 128), Up(128, 64)
+        self.outc = nn.Conv2d(64, n_classes, kernel_size=1)  # OutConv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1 = self.inc(x)
+        x2 = self.down1(x1)
+        x3 = self.down2(x2)
+        x4 = self.down3(x3)
+        x5 = self.down4(x4)
+        x = self.up1(x5, x4)
+        x = self.up2(x, x3)
+        x = self.up3(x, x2)
+        return self.outc(self.up4(x, x1))
+
+
+def test_unet_equals_milesial() -> None:
+    torch.manual_seed(0)
+    net = UNet().eval()
+    assert sum(p.numel() for p in net.parameters()) == 31_037_698  # the figure, as the port counts
+    state = {k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert sum(v.numel() for k, v in state.items() if "running_" in k) == 11_776
+    with torch.no_grad():
+        for k, v in state.items():
+            v.copy_(torch.rand_like(v) + 0.5 if k.endswith("running_var") else torch.randn_like(v) * 0.05)
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 48)).astype(np.float32)
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    model = di.compile(zoo.unet(), "torch")
+    model.apply_init(x, key=0)
+    canon = model.export_weights()
+    assert [w.shape for w in canon.values()] == [tuple(v.shape) for v in state.values()]
+    model.load_weights(dict(zip(canon, (v.numpy() for v in state.values()))))
+    got = model(x).detach().numpy()
+    assert got.shape == (2, 2, 32, 48)
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * max(1.0, float(np.abs(want).max())))
