@@ -43,10 +43,6 @@ def _conv_bn(channels: int, k: int, stride: int = 1, groups: int = 1, act: str =
             Activation(act)]
 
 
-def _act(name: str) -> Layer:
-    return Activation(name)
-
-
 # ------------------------------------------------------------------------------------------------ ResNet-50
 def _bottleneck(planes: int, stride: int, downsample: bool) -> Residual:
     """torchvision's Bottleneck (ResNet v1.5: the stride on the 3x3 convolution)."""
@@ -58,7 +54,7 @@ def _bottleneck(planes: int, stride: int, downsample: bool) -> Residual:
 
 def resnet50(num_classes: int = 1000) -> LazyModel:
     """torchvision ``resnet50``: 25,557,032 parameters."""
-    layers: list[Layer] = [Conv2D(64, 7, stride=2, padding=3, use_bias=False), BatchNorm(), _act("relu"),
+    layers: list[Layer] = [Conv2D(64, 7, stride=2, padding=3, use_bias=False), BatchNorm(), Activation("relu"),
                            MaxPool2D(3, stride=2, padding=1)]
     for i, (planes, blocks) in enumerate(((64, 3), (128, 4), (256, 6), (512, 3))):
         stride = 1 if i == 0 else 2
@@ -125,8 +121,8 @@ def efficientnet_b0(num_classes: int = 1000, dropout: float = 0.2, stochastic_de
 
 # ------------------------------------------------------------------------------------------------ DenseNet-121
 def _dense_layer(growth: int, bn_size: int) -> Concat:
-    layer = Sequential([BatchNorm(), _act("relu"), Conv2D(bn_size * growth, 1, use_bias=False), BatchNorm(),
-                        _act("relu"), Conv2D(growth, 3, padding=1, use_bias=False)])
+    layer = Sequential([BatchNorm(), Activation("relu"), Conv2D(bn_size * growth, 1, use_bias=False), BatchNorm(),
+                        Activation("relu"), Conv2D(growth, 3, padding=1, use_bias=False)])
     return Concat([Identity(), layer])  # torch.cat([x, new_features], 1)
 
 
@@ -134,17 +130,17 @@ def densenet121(num_classes: int = 1000, growth_rate: int = 32, block_config: tu
                 num_init_features: int = 64, bn_size: int = 4) -> LazyModel:
     """torchvision ``densenet121``: 7,978,856 parameters."""
     features: list[Layer] = [Conv2D(num_init_features, 7, stride=2, padding=3, use_bias=False), BatchNorm(),
-                             _act("relu"), MaxPool2D(3, stride=2, padding=1)]
+                             Activation("relu"), MaxPool2D(3, stride=2, padding=1)]
     channels = num_init_features
     for i, n in enumerate(block_config):
         features.append(Sequential([_dense_layer(growth_rate, bn_size) for _ in range(n)]))
         channels += n * growth_rate
         if i != len(block_config) - 1:
             channels //= 2
-            features.append(Sequential([BatchNorm(), _act("relu"), Conv2D(channels, 1, use_bias=False),
+            features.append(Sequential([BatchNorm(), Activation("relu"), Conv2D(channels, 1, use_bias=False),
                                         AvgPool2D(2, stride=2)]))
     features.append(BatchNorm())
-    return LazyModel([Sequential(features, name="features"), _act("relu"), GlobalAvgPool2D(),
+    return LazyModel([Sequential(features, name="features"), Activation("relu"), GlobalAvgPool2D(),
                       Dense(num_classes, name="classifier")], name="densenet121")
 
 
@@ -153,7 +149,7 @@ def vgg16_bn(num_classes: int = 1000, dropout: float = 0.5) -> LazyModel:
     """torchvision ``vgg16_bn``: 138,365,992 parameters; any input >= 32 x 32 (the adaptive pool gives 7 x 7)."""
     features: list[Layer] = []
     for v in (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"):
-        features += [MaxPool2D(2, stride=2)] if v == "M" else [Conv2D(int(v), 3, padding=1), BatchNorm(), _act("relu")]
+        features += [MaxPool2D(2, stride=2)] if v == "M" else [Conv2D(int(v), 3, padding=1), BatchNorm(), Activation("relu")]
     classifier = [Dense(4096, activation="relu"), Dropout(dropout), Dense(4096, activation="relu"), Dropout(dropout),
                   Dense(num_classes)]
     return LazyModel([Sequential(features, name="features"), AdaptiveAvgPool2D(7), Flatten(),

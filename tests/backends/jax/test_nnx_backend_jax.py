@@ -3,17 +3,15 @@ virtualenv it shares. Truth: NNX modules built by hand in the test, the numpy re
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from flax import nnx
 
 import deferinit as di
 from deferinit import layers as L
-
-nnx = pytest.importorskip("flax.nnx")
-jnp = pytest.importorskip("jax.numpy")
-optax = pytest.importorskip("optax")
-
-from deferinit.adapters.nnx import NnxModel  # noqa: E402
+from deferinit.adapters.nnx import NnxModel
 
 X = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
 
