@@ -166,7 +166,8 @@ class FlaxGraphModel(GraphCompiled[Any]):
         compiled functions are dropped with the checked input signatures). Training: batch statistics updated
         (``mutable=["batch_stats"]``), the dropout key advanced."""
         fns = _st(native)["fns"]
-        if len(self._checked) > 256 or len(fns) > 256:
+        if len(self._checked) > 256:  # as list specs: past 256 input signatures, drop the checks and compilations
+            self._checked.clear()
             fns.clear()
         fn = fns.get(training)  # type: ignore[call-overload]
         if fn is None:
