@@ -40,11 +40,23 @@ def _bert() -> di.LazyModel:
                          intermediate_size=16, max_position_embeddings=12)
 
 
+def _batchnorm() -> di.LazyModel:
+    """Two float inputs, a convolution and BatchNorm inside a Residual, a BatchNorm called on both branches (its
+    statistics move twice per training step), two outputs: parity compares the training-mode step too."""
+    image, side = di.Input(name="image"), di.Input(name="side")
+    body = di.Residual(di.Sequential([di.Conv2D(2, 3, padding="same"), di.BatchNorm(), di.ReLU()]), name="block")
+    img = di.Dense(4, name="img")(di.Flatten()(di.GlobalAvgPool2D()(body(image))))
+    bn = di.BatchNorm(name="bn")
+    return di.LazyModel(inputs=[image, side], outputs=[di.add(bn(img), bn(di.Dense(4, name="side_fc")(side))), img])
+
+
 #: name -> (spec maker, inputs maker)
 GRAPH_CASES: dict[str, tuple[Callable[[], di.LazyModel], Callable[[np.random.Generator], Any]]] = {
     "graph_two_inputs": (_two_inputs, lambda r: (r.integers(0, 11, (2, 5)), np.array([3, 5]))),
     "graph_causal": (_causal, lambda r: r.integers(0, 13, (2, 6))),
     "graph_gpt2": (_gpt2, lambda r: r.integers(0, 40, (2, 6))),
+    "graph_batchnorm": (_batchnorm, lambda r: (r.standard_normal((3, 2, 5, 5)).astype(np.float32),
+                                               r.standard_normal((3, 6)).astype(np.float32))),
     "graph_bert": (_bert, lambda r: (r.integers(0, 30, (2, 6)), r.integers(0, 2, (2, 6)), np.array([4, 6]))),
 }
 

@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from . import ops
+from .errors import UnsupportedLayerError
 from .graph import GraphModel
 from .shapes import plan
 
@@ -60,10 +61,13 @@ def masked_attention(q_in: np.ndarray, k_in: np.ndarray, v_in: np.ndarray, param
 
 
 def reference_forward(spec: GraphModel, inputs: Sequence[Any], params: Mapping[str, np.ndarray],
-                      record: dict[str, Any] | None = None) -> Any:
+                      record: dict[str, Any] | None = None, training: bool = False,
+                      rng: np.random.Generator | None = None) -> Any:
     """Outputs of ``spec`` for ``inputs`` (one array per input) with canonical ``params``, in float32 with NumPy:
     one array, or a tuple for several outputs. With ``record``, every layer position's output at the layer's
-    first call is stored in it under its path."""
+    first call is stored in it under its path. ``training=True`` runs the list specs' training kernels
+    (BatchNorm on the batch's statistics, Dropout and DropPath drawing from ``rng``) and writes the updated
+    running statistics into ``params`` (then a dict)."""
     from .adapters.numpy import graph_module as _kernels  # noqa: F401  (registers Attend's kernel)
     from .adapters.numpy.leaves import _own
     from .adapters.numpy.modules import NumpyNet, _Runner
@@ -72,7 +76,9 @@ def reference_forward(spec: GraphModel, inputs: Sequence[Any], params: Mapping[s
     root = plan(spec)
     net = NumpyNet(root, spec.data_format)
     net.params = {k: np.asarray(v, np.float32) for k, v in params.items()}
-    runner = _Runner(net, False)
+    if rng is not None:
+        net.rng = rng
+    runner = _Runner(net, training)
     slots: list[np.ndarray] = [np.asarray(x) for x in inputs]
     slots = [x.astype(np.float32) if x.dtype.kind == "f" else x for x in slots]
     for node in spec.nodes:
@@ -82,6 +88,9 @@ def reference_forward(spec: GraphModel, inputs: Sequence[Any], params: Mapping[s
             first = record is not None and pnode.path not in record
             if len(args) > 1:
                 layer: Any = pnode.layer
+                if training and layer.dropout:
+                    raise UnsupportedLayerError(f"layer '{pnode.path}' (MultiHeadAttention) on backend numpy: "
+                                                f"attention dropout in training mode has no reference")
                 lens = args[3] if node.get("valid_lens") else None
                 out = masked_attention(args[0], args[1], args[2], _own(net, pnode), layer.num_heads, layer.use_bias,
                                        lens, bool(getattr(layer, "causal", False)))
@@ -101,5 +110,7 @@ def reference_forward(spec: GraphModel, inputs: Sequence[Any], params: Mapping[s
             axis = (1 if spec.data_format == "channels_first" or rank == 2 else rank - 1) if axis is None else axis
             out = np.concatenate(args, axis=axis)
         slots.append(out)
+    if training:  # BatchNorm's kernel put the updated running statistics in net.params
+        params.update({k: v for k, v in net.params.items() if k in params})  # type: ignore[attr-defined]
     outs = [slots[o] for o in (spec.outputs if spec.multi_output else [spec.outputs])]
     return tuple(outs) if spec.multi_output else outs[0]

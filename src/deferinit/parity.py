@@ -214,7 +214,7 @@ def compare_artifacts(artifacts: Iterable[Artifact | str | Path], *, atol: float
             init_same = a.init == ref.init and list(a.init) == list(ref.init)
         res = BackendParity(a.backend, max_abs, max_rel, ok, first, first_err, init_same, not diff, diff)
         if a.train_output is not None and ref.train_output is not None:
-            errs = [_errors(a.train_output, ref.train_output, atol, rtol)]
+            errs = [_errors_of(a.train_output, ref.train_output, atol, rtol)]
             errs += [_errors(a.train_state[k], ref.train_state[k], atol, rtol) for k in ref.train_state
                      if k in a.train_state]
             res.train_max_abs = max((e[0] for e in errs), key=lambda v: math.inf if math.isnan(v) else v)

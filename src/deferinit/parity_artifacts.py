@@ -37,7 +37,7 @@ class Artifact:
     output: Any                          # an array, or a tuple of arrays (a graph spec with several outputs)
     intermediates: dict[str, np.ndarray]
     gradients: dict[str, np.ndarray] = field(default_factory=dict)
-    train_output: np.ndarray | None = None
+    train_output: Any = None             # an array, a tuple of arrays (several outputs), or None (no step)
     train_state: dict[str, np.ndarray] = field(default_factory=dict)  # non-trainable params after one step
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -51,6 +51,39 @@ def _input_for(spec: LazyModel, shape: Sequence[int], seed: int, dtype: str) -> 
         high = getattr(first.layer, "num_embeddings", 10)
         return rng.integers(0, high, size=tuple(shape)).astype(dtype)
     return rng.standard_normal(tuple(shape)).astype(np.float32)
+
+
+def graph_inputs_for(spec: Any, shapes: Sequence[Sequence[int]], seed: int = 0) -> tuple[np.ndarray, ...]:
+    """Inputs of the given shapes for a graph spec, one per ``di.Input`` and of its dtype, drawn from ``seed``:
+    floats standard normal; ids that feed an ``Embedding`` or ``OneHot`` below the smallest table they index;
+    ``valid_lens`` of attention in ``1..T`` (T the longest second dim among the inputs); other integers in 0..9."""
+    from .layers_base import Leaf
+    from .shapes import plan
+
+    names = spec.input_names()
+    if len(shapes) != len(names):
+        raise SpecError(f"parity: the graph spec expected {len(names)} input shapes ({', '.join(names)}), "
+                        f"received {len(shapes)}")
+    root, rng = plan(spec), np.random.default_rng(seed)
+    steps = max([int(s[1]) for s in shapes if len(s) > 1] or [1])
+    out = []
+    for i, (shape, dtype) in enumerate(zip(shapes, spec.input_dtypes())):
+        if np.dtype(dtype).kind not in "iu":
+            out.append(rng.standard_normal(tuple(shape)).astype(np.float32))
+            continue
+        tables, lens = [], False
+        for node in spec.nodes:
+            if node["op"] != "layer" or i not in node["args"]:
+                continue
+            if node.get("valid_lens") and node["args"][3] == i:
+                lens = True
+                continue
+            pnode = root.children[node["layer"]]
+            first = pnode if isinstance(pnode.layer, Leaf) else next(pnode.leaves(), pnode)
+            tables += [getattr(first.layer, a) for a in ("num_embeddings", "num_classes") if hasattr(first.layer, a)]
+        low, high = (0, min(tables)) if tables else (1, steps + 1) if lens else (0, 10)
+        out.append(rng.integers(low, high, size=tuple(shape)).astype(dtype))
+    return tuple(out)
 
 
 def make_artifact(spec: LazyModel, backend: str, x: Any = None, *, input_shape: Sequence[int] | None = None,
@@ -69,17 +102,18 @@ def make_artifact(spec: LazyModel, backend: str, x: Any = None, *, input_shape: 
     if source is not None:
         x = source.input
     elif x is None:
-        if input_shape is None or graph:
+        if input_shape is None:
             raise SpecError("parity: expected an input array or input_shape, received neither" if not graph else
                             f"parity: a graph spec expected its inputs as a tuple of arrays "
                             f"({', '.join(spec.input_names())}), received none")  # type: ignore[attr-defined]
-        x = _input_for(spec, input_shape, seed, dtype)
+        # a graph spec: one shape per input (a list spec's one shape is taken as a one-input graph's)
+        x = graph_inputs_for(spec, _shape_list(input_shape), seed) if graph else \
+            _input_for(spec, input_shape, seed, dtype)
     if isinstance(spec, GraphModel):
         several = len(spec.input_names()) > 1  # one input is stored as an array, several as a tuple
         x = x[0] if isinstance(x, tuple) and len(x) == 1 and not several else x
         x = tuple(_finite(np.asarray(v)) for v in x) if several and isinstance(x, (tuple, list)) else \
             _finite(np.asarray(x))
-        training = False  # graph models compare the inference forward, intermediates and gradients
     else:
         x = _finite(np.asarray(x))
     model = compile(spec, backend)
@@ -105,11 +139,18 @@ def make_artifact(spec: LazyModel, backend: str, x: Any = None, *, input_shape: 
         training = False  # dropout masks come from each framework's own random stream: not comparable
     if training:
         model.load_weights(weights)
-        train_out = np.asarray(model.to_numpy(model(x, training=True)), dtype=np.float32)
+        t = model(x, training=True)
+        train_out = tuple(np.asarray(model.to_numpy(o), dtype=np.float32) for o in t) if isinstance(t, tuple) else \
+            np.asarray(model.to_numpy(t), dtype=np.float32)
         after = model.export_weights()
         train_state = {n: after[n] for n, p in report.params.items() if not p.trainable}
     return Artifact(backend, spec.to_dict(), report, x, digests, dict(weights) if source is None else {}, out, inter,
                     grads, train_out, train_state, {"init": str(init), "key": key, "seed": seed})
+
+
+def _shape_list(shapes: Any) -> list[Sequence[int]]:
+    items = list(shapes)
+    return [tuple(shapes)] if items and all(isinstance(d, (int, np.integer)) for d in items) else items
 
 
 GRAD_SAMPLE = 65536
@@ -164,7 +205,7 @@ def save_artifact(art: Artifact, path: str | Path) -> Path:
         for name, arr in group.items():
             arrays[f"{prefix}/{name}"] = np.asarray(arr)
     if art.train_output is not None:
-        arrays["train_output"] = art.train_output
+        counts["train_outputs"] = _pack(arrays, "train_output", art.train_output)
     meta = {"format": FORMAT, "version": 1, "backend": art.backend, "spec": art.spec,
             "report": art.report.to_dict(), "inter_order": list(art.intermediates), "meta": art.meta,
             "init": art.init, **{k: n for k, n in counts.items() if n}}
@@ -177,7 +218,7 @@ def save_artifact(art: Artifact, path: str | Path) -> Path:
 # header field -> (type, required): what save_artifact writes
 _FIELDS = {"format": (str, True), "version": (int, True), "backend": (str, True), "spec": (dict, True),
            "report": (dict, True), "inter_order": (list, True), "meta": (dict, False), "init": (dict, False),
-           "inputs": (int, False), "outputs": (int, False)}
+           "inputs": (int, False), "outputs": (int, False), "train_outputs": (int, False)}
 
 
 def _header(path: Path, data: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -217,15 +258,23 @@ def load_artifact(path: str | Path) -> Artifact:
         report = ShapeReport.from_dict(meta["report"])
     except SpecError as exc:
         raise WeightsError(f"{path}: header field 'report': {exc}") from None
-    keys = {k: [f"{k}/{i}" for i in range(meta[k + "s"])] if meta.get(k + "s") else [k] for k in ("input", "output")}
+    keys = {k: [f"{k}/{i}" for i in range(meta[k + "s"])] if meta.get(k + "s") else [k]
+            for k in ("input", "output", "train_output")}
+    trained_keys = keys.pop("train_output")  # the training-mode step's output: absent when it was skipped
+    optional = trained_keys if "train_output/0" in data or "train_output" in data else []
     missing = [key for want in keys.values() for key in want if key not in data]
     if missing:
         raise WeightsError(f"{path}: expected arrays {' and '.join(repr(k) for w in keys.values() for k in w)} in "
                            f"the artifact, received no {' or '.join(repr(k) for k in missing)}")
-    for key in keys["output"] + ["train_output"]:
+    for key in keys["output"] + optional:
         if key in data and data[key].dtype.kind != "f":
             raise DTypeError(f"{path}: array '{key}' expected floating-point values, received dtype {data[key].dtype}")
     inputs, outputs = ([data.pop(k) for k in keys[g]] for g in ("input", "output"))
+    if any(k not in data for k in optional):
+        raise WeightsError(f"{path}: expected arrays {', '.join(repr(k) for k in optional)} in the artifact, "
+                           f"received no {' or '.join(repr(k) for k in optional if k not in data)}")
+    trained = [data.pop(k) for k in optional]
+    train_output = (tuple(trained) if meta.get("train_outputs") else trained[0]) if trained else None
     groups: dict[str, dict[str, np.ndarray]] = {"weights": {}, "inter": {}, "grad": {}, "train_state": {}}
     for key, arr in data.items():
         prefix, _, name = key.partition("/")
@@ -234,5 +283,5 @@ def load_artifact(path: str | Path) -> Artifact:
     inter = {k: groups["inter"][k] for k in meta["inter_order"] if k in groups["inter"]}
     return Artifact(meta["backend"], meta["spec"], report, tuple(inputs) if meta.get("inputs") else inputs[0],
                     dict(meta.get("init", {})), groups["weights"],
-                    tuple(outputs) if meta.get("outputs") else outputs[0], inter, groups["grad"], data.get("train_output"),
+                    tuple(outputs) if meta.get("outputs") else outputs[0], inter, groups["grad"], train_output,
                     groups["train_state"], meta.get("meta", {}))

@@ -4,6 +4,7 @@
     deferinit parity run SPEC --backend mxnet --from art/lenet-numpy.npz --out art/lenet-mxnet.npz
     deferinit parity compare art/lenet-*.npz            # exit 1 when any backend disagrees
     deferinit parity check SPEC --input 2,20 --backends torch,jax   # all in this process
+    deferinit parity check GRAPH_SPEC --input 2,12 --input 2 --backends torch   # a graph spec: one per input
 """
 
 from __future__ import annotations
@@ -22,12 +23,28 @@ def _run(args: argparse.Namespace) -> int:
         args.parser.error("expected --input SHAPE or --from REFERENCE.npz")
     spec = spec_from_args(args)
     source = load_artifact(args.source) if args.source else None
-    art = make_artifact(spec, args.backend, input_shape=args.input,
+    art = make_artifact(spec, args.backend, input_shape=_shapes(args, spec) if args.input else None,
                         seed=args.seed, dtype=args.dtype, init=args.init, key=args.key, source=source,
                         training=not args.no_training)
     save_artifact(art, args.out)
-    print(f"{art.backend}: wrote {args.out} (output {tuple(art.output.shape)}, {len(art.init)} parameters)")
+    outs = art.output if isinstance(art.output, tuple) else (art.output,)
+    print(f"{art.backend}: wrote {args.out} (output {', '.join(str(tuple(o.shape)) for o in outs)}, "
+          f"{len(art.init)} parameters)")
     return 0
+
+
+def _shapes(args: argparse.Namespace, spec: Any) -> Any:
+    """``--input`` given once per input: one shape for a list spec, a list of them for a graph spec (in the order
+    of its ``inputs=``)."""
+    names = spec.input_names() if hasattr(spec, "input_names") else None
+    if names is None:
+        if len(args.input) != 1:
+            args.parser.error(f"expected one --input SHAPE for a list spec, received {len(args.input)}")
+        return args.input[0]
+    if len(args.input) != len(names):
+        args.parser.error(f"expected one --input SHAPE per input of the graph spec ({len(names)}: "
+                          f"{', '.join(names)}, in that order), received {len(args.input)}")
+    return list(args.input)
 
 
 def _report(result: Any, as_json: bool) -> int:
@@ -49,10 +66,13 @@ def _compare(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from .cli import spec_from_args
     from .parity import parity
+    from .parity_artifacts import graph_inputs_for
 
     spec = spec_from_args(args)
     backends = [b for b in args.backends.split(",") if b] if args.backends else None
-    result = parity(spec, args.input, backends, key=args.key, init=args.init, atol=args.atol,
+    shapes = _shapes(args, spec)
+    inputs = graph_inputs_for(spec, shapes) if hasattr(spec, "input_names") else shapes
+    result = parity(spec, inputs, backends, key=args.key, init=args.init, atol=args.atol,
                     rtol=args.rtol)
     return _report(result, args.json)
 
@@ -72,7 +92,8 @@ def add_parity_commands(sub: Any) -> None:
     run = psub.add_parser("run", help="run one backend and write its artifact (.npz)")
     add_spec_arguments(run)
     run.add_argument("--backend", required=True)
-    run.add_argument("--input", type=shape_arg, metavar="SHAPE", help="input shape (drawn from --seed); or use --from")
+    run.add_argument("--input", type=shape_arg, metavar="SHAPE", action="append",
+                     help="input shape (drawn from --seed), once per input of a graph spec; or use --from")
     run.add_argument("--from", dest="source", help="reference artifact whose input and weights to use")
     run.add_argument("--out", required=True)
     run.add_argument("--seed", type=int, default=0)
@@ -89,7 +110,8 @@ def add_parity_commands(sub: Any) -> None:
 
     check = psub.add_parser("check", help="run every given (installed) backend in this process and compare")
     add_spec_arguments(check)
-    check.add_argument("--input", required=True, type=shape_arg, metavar="SHAPE")
+    check.add_argument("--input", required=True, type=shape_arg, metavar="SHAPE", action="append",
+                       help="input shape, once per input of a graph spec (in the order of its inputs=)")
     check.add_argument("--backends", default="")
     check.add_argument("--init", default="xavier_uniform")
     check.add_argument("--key", type=int, default=0)

@@ -24,6 +24,29 @@ def test_parity_on_graph_specs(backend: str, case: str) -> None:
     assert result.passed, "\n".join(result.failures())
     r = result.results[backend]
     assert r.init_identical is True and r.grad_fd_ok is True and r.grad_fd_error is not None
+    if case == "graph_batchnorm":  # no dropout: the training-mode step (outputs and running statistics) compared
+        assert r.train_ok is True and r.train_max_abs is not None
+
+
+def test_training_step_artifacts_across_processes(backend: str, tmp_path: Path) -> None:
+    spec, xs = graph_case("graph_batchnorm")
+    ref = make_artifact(spec, "numpy", xs)
+    assert isinstance(ref.train_output, tuple) and len(ref.train_output) == 2
+    assert sorted(ref.train_state) == ["block.body.1.running_mean", "block.body.1.running_var", "bn.running_mean",
+                                       "bn.running_var"]
+    save_artifact(ref, tmp_path / "numpy.npz")
+    back = load_artifact(tmp_path / "numpy.npz")
+    for a, b in zip(back.train_output, ref.train_output):
+        np.testing.assert_array_equal(a, b)
+    if backend == "numpy":
+        return
+    art = make_artifact(spec, backend, source=back)
+    save_artifact(art, tmp_path / f"{backend}.npz")
+    result = compare_artifacts([tmp_path / "numpy.npz", tmp_path / f"{backend}.npz"])
+    assert result.passed and result.results[backend].train_ok is True, "\n".join(result.failures())
+    bad = load_artifact(tmp_path / f"{backend}.npz")
+    bad.train_state = {**bad.train_state, "bn.running_var": bad.train_state["bn.running_var"] * 1.01}
+    assert compare_artifacts([back, bad]).results[backend].train_ok is False  # a 1% error in one statistic: found
 
 
 def test_multi_input_multi_output_artifacts_across_processes(backend: str, tmp_path: Path) -> None:

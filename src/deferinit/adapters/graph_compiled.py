@@ -201,7 +201,7 @@ class GraphCompiled(Generic[N]):
     def _abstract_init(self, native: N, specs: list[Any]) -> None:
         """Give ``native`` its parameter shapes from ``specs`` (shapes and dtypes) without allocating them."""
         raise UnsupportedLayerError(f"{self._who()}: abstract apply_init of graph specs is not available on this "
-                                    f"backend yet (numpy, torch and jax have it)")
+                                    f"backend yet (numpy, torch, tensorflow, jax and mxnet have it)")
 
     def _concrete(self) -> ShapeReport:
         if self._abstract is not None:

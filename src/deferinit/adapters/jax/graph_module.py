@@ -21,7 +21,6 @@ import numpy as np
 
 from ...errors import SpecError
 from ...extend import register_builder
-from ...graph_run import key_mask
 from ...layers_graph import Attend, embedding_path
 from ...shapes import Node
 from ..graph_compiled import GraphCompiled
@@ -49,7 +48,7 @@ class GraphModule(nn.Module):
     graph: Any = None  # (spec, root): plain data, read only
     preserve_adopted_names: ClassVar[bool] = True
 
-    def __call__(self, *inputs: Any) -> Any:
+    def __call__(self, *inputs: Any, train: bool = False) -> Any:
         spec, root = self.graph
         record = M._RECORD.get()  # set by the adapter's intermediates: every position's output, first call kept
         slots = list(inputs)
@@ -67,14 +66,13 @@ class GraphModule(nn.Module):
                     args = args * 3
                 if len(args) > 1:
                     q, kk, v = args[:3]
-                    keep = key_mask(q.shape[0], q.shape[1], kk.shape[1],
-                                    np.asarray(args[3]) if node.get("valid_lens") else None,
-                                    bool(getattr(layer, "causal", False)))
-                    mask = None if keep is None else jnp.asarray(keep)[:, None]
+                    keep = _key_mask(q.shape[0], q.shape[1], kk.shape[1], args[3] if node.get("valid_lens") else None,
+                                     bool(getattr(layer, "causal", False)))
+                    mask = None if keep is None else keep[:, None]
                     out = nn.MultiHeadDotProductAttention.__call__(self.layers[k], q, kk, v, mask=mask,
-                                                                   deterministic=True)
+                                                                   deterministic=not train)
                 else:
-                    out = self.layers[k](args[0], False)
+                    out = self.layers[k](args[0], train)
                 if record is not None and path not in record:
                     record[path] = out
             elif node["op"] == "add":
@@ -92,6 +90,20 @@ class GraphModule(nn.Module):
                 out = jnp.concatenate(args, axis=axis)
             slots.append(out)
         return [slots[o] for o in (spec.outputs if spec.multi_output else [spec.outputs])]
+
+
+def _key_mask(n: int, tq: int, tk: int, valid_lens: Any, causal: bool) -> Any:
+    """``graph_run.key_mask`` in jax.numpy, so that it traces under ``jax.jit`` (the lengths are data)."""
+    if valid_lens is None and not causal:
+        return None
+    keys = jnp.arange(tk)[None, None, :]
+    keep = jnp.ones((n, tq, tk), bool)
+    if valid_lens is not None:
+        lens = jnp.broadcast_to(valid_lens[:, None], (n, tq)) if valid_lens.ndim == 1 else valid_lens
+        keep = keep & (keys < lens[:, :, None])
+    if causal:
+        keep = keep & (keys <= jnp.arange(tq)[None, :, None])
+    return keep
 
 
 def _st(native: Any) -> dict[str, Any]:
@@ -113,7 +125,7 @@ class FlaxGraphModel(GraphCompiled[Any]):
         module, built = structure.build(self.root, self.spec.data_format)
         native = GraphModule(layers=module.layers, graph=(self.spec, self.root))
         # Flax modules are frozen dataclasses: the variables ride on the instance, as in list specs
-        object.__setattr__(native, "_deferinit_graph", {"built": built, "variables": None})
+        object.__setattr__(native, "_deferinit_graph", {"built": built, "variables": None, "fns": {}, "rng": None})
         return native
 
     def _to_native(self, x: np.ndarray) -> Any:
@@ -127,20 +139,13 @@ class FlaxGraphModel(GraphCompiled[Any]):
             raise SpecError(f"init: graph specs on jax take None or a portable initializer so far, received {init!r}")
         key = self._key if isinstance(self._key, (int, np.integer)) else 0
         _st(native)["variables"] = native.init(jax.random.PRNGKey(int(key)), *xs)
+        _st(native)["rng"] = jax.random.fold_in(jax.random.PRNGKey(int(key)), 0x5EED)  # dropout, as list specs
 
     def _abstract_init(self, native: Any, specs: list[Any]) -> None:
-        """Flax's own init under ``jax.eval_shape``: variables as shapes only, nothing allocated (as list specs).
-        Integer inputs (tokens, valid_lens: the masks are built from their values) are passed as small zeros."""
+        """Flax's own init under ``jax.eval_shape``: variables as shapes only, nothing allocated (as list specs)."""
         key = self._key if isinstance(self._key, (int, np.integer)) else 0
-        floats = [i for i, s in enumerate(specs) if s.dtype == "float32"]
-
-        def init(rng: Any, *fs: Any) -> Any:
-            xs = [np.zeros(s.shape, np.int64) for s in specs]
-            for i, f in zip(floats, fs):
-                xs[i] = f
-            return native.init(rng, *xs)
-        _st(native)["variables"] = jax.eval_shape(init, jax.random.PRNGKey(int(key)),
-                                                  *[jax.ShapeDtypeStruct(specs[i].shape, jnp.float32) for i in floats])
+        xs = [jax.ShapeDtypeStruct(s.shape, jnp.float32 if s.dtype == "float32" else jnp.int32) for s in specs]
+        _st(native)["variables"] = jax.eval_shape(native.init, jax.random.PRNGKey(int(key)), *xs)
 
     _key: Any = None
 
@@ -156,26 +161,61 @@ class FlaxGraphModel(GraphCompiled[Any]):
         shapes = [tuple(T.get(_st(native)["variables"], leaf.keys(path)).shape) for leaf in layout.leaves]
         return layout.native_name(path), tuple(layout.canonical_shape(shapes))
 
+    def _fn(self, native: Any, training: bool) -> Any:
+        """``native.apply`` under ``jax.jit``, one per mode (compiled once per input shapes, as list specs'; the
+        compiled functions are dropped with the checked input signatures). Training: batch statistics updated
+        (``mutable=["batch_stats"]``), the dropout key advanced."""
+        fns = _st(native)["fns"]
+        if len(self._checked) > 256:  # as list specs: past 256 input signatures, drop the checks and compilations
+            self._checked.clear()
+            fns.clear()
+        fn = fns.get(training)  # type: ignore[call-overload]
+        if fn is None:
+            if training:
+                def step(v: Any, rng: Any, *xs: Any) -> Any:
+                    rng, sub = jax.random.split(rng)
+                    outs, updates = native.apply(v, *xs, train=True, rngs={"dropout": sub}, mutable=["batch_stats"])
+                    return outs, updates, rng
+                fn = jax.jit(step)
+            else:
+                fn = jax.jit(native.apply)
+            fns[training] = fn
+        return fn
+
     def _run(self, native: Any, xs: list[Any], training: bool) -> list[Any]:
-        return native.apply(_st(native)["variables"], *xs)  # type: ignore[no-any-return]
+        st = _st(native)
+        if not training:
+            return self._fn(native, False)(st["variables"], *xs)  # type: ignore[no-any-return]
+        if st["rng"] is None:
+            st["rng"] = jax.random.fold_in(jax.random.PRNGKey(0), 0x5EED)
+        outs, updates, st["rng"] = self._fn(native, True)(st["variables"], st["rng"], *xs)
+        if updates:
+            st["variables"] = {**st["variables"], **updates}
+        return outs  # type: ignore[no-any-return]
 
     def _record(self, native: Any, xs: list[Any]) -> dict[str, Any]:
-        record: dict[str, Any] = {}
-        token = M.recording(record)
-        try:
-            native.apply(_st(native)["variables"], *xs)
-        finally:
-            M._RECORD.reset(token)
-        return record
+        fns = _st(native)["fns"]
+        if "record" not in fns:
+            def run(v: Any, *a: Any) -> dict:
+                record: dict[str, Any] = {}
+                token = M.recording(record)
+                try:
+                    native.apply(v, *a)
+                finally:
+                    M._RECORD.reset(token)
+                return record
+            fns["record"] = jax.jit(run)
+        return fns["record"](_st(native)["variables"], *xs)  # type: ignore[no-any-return]
 
     def _grads(self, native: Any, xs: list[Any]) -> dict[str, np.ndarray]:
         variables = _st(native)["variables"]
-        rest = {c: v for c, v in variables.items() if c != "params"}
-
-        def total(params: Any) -> Any:
-            outs = native.apply({**rest, "params": params}, *xs)
-            return sum(jnp.sum(o) for o in outs if jnp.issubdtype(o.dtype, jnp.floating))
-        grads = jax.grad(total)(variables["params"])
+        fns = _st(native)["fns"]
+        if "grad" not in fns:
+            def total(params: Any, rest: Any, *a: Any) -> Any:
+                outs = native.apply({**rest, "params": params}, *a)
+                return sum(jnp.sum(o) for o in outs if jnp.issubdtype(o.dtype, jnp.floating))
+            fns["grad"] = jax.jit(jax.grad(total))
+        grads = fns["grad"](variables["params"], {c: v for c, v in variables.items() if c != "params"}, *xs)
         out = {}
         for name, info in self.report.params.items():
             if info.trainable:

@@ -22,7 +22,7 @@ from mxnet import autograd, gluon, symbol
 
 from . import fastpath
 
-__all__ = ["tracing", "inference_layers", "frozen", "current", "traced_rank", "infer_parameter_shapes", "Graph",
+__all__ = ["tracing", "inference_layers", "frozen", "current", "traced_rank", "known_inputs", "infer_parameter_shapes", "Graph",
            "Observer", "observed_shapes"]
 
 # ------------------------------------------------------------------------------------------ tracing context
@@ -76,8 +76,17 @@ def traced_rank(x: Any) -> int | None:
     trace = current()
     if trace is None:
         return None
-    shape = x.infer_shape_partial(**trace.inputs)[1][0]
+    shape = x.infer_shape_partial(**known_inputs(trace, x))[1][0]
     return len(shape) if shape else None
+
+
+def known_inputs(trace: _Trace, x: Any) -> dict[str, tuple]:
+    """The trace's input shapes that symbol ``x`` takes (MXNet refuses a keyword it does not know: in a graph spec's
+    trace, a branch may not depend on every input)."""
+    if len(trace.inputs) == 1:
+        return trace.inputs
+    args = set(x.list_arguments())
+    return {k: v for k, v in trace.inputs.items() if k in args}
 
 
 def infer_parameter_shapes(net: gluon.HybridBlock, shape: tuple, observer: "Observer | None" = None) -> None:

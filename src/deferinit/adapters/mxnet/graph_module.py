@@ -33,13 +33,13 @@ __all__ = ["GraphBlock", "GluonGraphModel"]
 
 
 class TiedProjection(gluon.HybridBlock):  # type: ignore[misc]
-    """``x @ table.T`` with another block's embedding table (not a parameter of this block); graph specs run
-    their blocks imperatively, so ``F`` is ``mx.nd``."""
+    """``x @ table.T`` with another block's embedding table (not a parameter of this block): its array when the
+    graph runs imperatively (``F`` is ``mx.nd``), its symbol in the abstract trace."""
 
     table: Any = None
 
     def hybrid_forward(self, F: Any, x: Any) -> Any:
-        return F.dot(x, self.table(), transpose_b=True)
+        return F.dot(x, self.table(F), transpose_b=True)
 
 
 @register_builder("mxnet", Attend)
@@ -57,12 +57,13 @@ class GraphBlock(gluon.Block):  # type: ignore[misc]
         for node in root.leaves():
             if isinstance(node.layer, Attend):
                 emb = table.blocks[embedding_path(root, node.layer)]
-                table.blocks[node.path].table = lambda emb=emb: emb.weight.data()
+                table.blocks[node.path].table = lambda F, emb=emb: emb.weight.var() if F is mx.sym else emb.weight.data()
 
     def forward(self, *inputs: Any, record: dict[str, Any] | None = None) -> Any:
         spec, root = self._graph
         table = self.body._deferinit
         runner = _Runner(table, spec.data_format)
+        F = mx.sym if isinstance(inputs[0], mx.sym.Symbol) else mx.nd  # symbols: the abstract trace (shapes only)
         slots = list(inputs)
         for node in spec.nodes:
             args = [slots[a] for a in node["args"]]
@@ -72,7 +73,9 @@ class GraphBlock(gluon.Block):  # type: ignore[misc]
                 if len(args) == 1 and getattr(pnode.layer, "causal", False):
                     args = args * 3
                 if len(args) > 1:
-                    out = _attention(table.blocks[pnode.path], pnode, args, bool(node.get("valid_lens")))
+                    out = _attention(F, table.blocks[pnode.path], pnode, args, bool(node.get("valid_lens")))
+                elif F is mx.sym:  # the position's own block traces itself (containers included)
+                    out = table.blocks[pnode.path](args[0])
                 else:
                     out = tree.run(pnode, args[0], runner, record if first else None)
                 if first:
@@ -80,24 +83,28 @@ class GraphBlock(gluon.Block):  # type: ignore[misc]
             elif node["op"] == "add":
                 out = args[0]
                 for a in args[1:]:
-                    out = mx.nd.broadcast_add(out, a)
+                    out = F.broadcast_add(out, a)
             elif node["op"] == "multiply":
                 out = args[0]
                 for a in args[1:]:
-                    out = mx.nd.broadcast_mul(out, a)
+                    out = F.broadcast_mul(out, a)
             else:
                 axis = node.get("axis")
-                out = mx.nd.concat(*args, dim=runner.channel_axis(len(args[0].shape)) if axis is None else axis)
+                if axis is None:
+                    axis = 1 if spec.data_format == "channels_first" else -1
+                out = F.concat(*args, dim=axis)
             slots.append(out)
         return [slots[o] for o in (spec.outputs if spec.multi_output else [spec.outputs])]
 
 
-def _attention(block: Any, pnode: Node, args: list[Any], lens: bool) -> Any:
-    F, heads = mx.nd, block._heads
+def _attention(F: Any, block: Any, pnode: Node, args: list[Any], lens: bool) -> Any:
+    heads = block._heads
     q, k, v = block._split(F, block.q(args[0])), block._split(F, block.k(args[1])), block._split(F, block.v(args[2]))
     scores = F.batch_dot(q, k, transpose_b=True) / block._scale
-    n, tq, tk = args[0].shape[0], args[0].shape[1], args[1].shape[1]
-    keep = key_mask(n, tq, tk, args[3].asnumpy() if lens else None, bool(getattr(pnode.layer, "causal", False)))
+    keep = None  # the abstract trace (symbols): shapes only, which no mask changes
+    if F is mx.nd:
+        n, tq, tk = args[0].shape[0], args[0].shape[1], args[1].shape[1]
+        keep = key_mask(n, tq, tk, args[3].asnumpy() if lens else None, bool(getattr(pnode.layer, "causal", False)))
     if keep is not None:
         mask = F.array(np.repeat(keep, heads, axis=0).astype(np.float32))
         scores = F.where(mask, scores, F.ones_like(scores) * -1e6)
@@ -126,6 +133,19 @@ class GluonGraphModel(GraphCompiled[GraphBlock]):
                 native(*xs)  # Gluon's deferred initialization: shapes on the first forward
             for p in native.body.collect_params().values():
                 p.data()  # raises if any parameter is still deferred
+
+    def _abstract_init(self, native: GraphBlock, specs: list[Any]) -> None:
+        """A symbolic trace of the graph and MXNet's ``infer_shape``: each Parameter gets its shape and no arrays,
+        as list specs' abstract path (``graph.infer_parameter_shapes``). A varying dim traces at size 1."""
+        shapes = {f"deferinit_input{i}": tuple(1 if d is None else int(d) for d in s.shape) for i, s in enumerate(specs)}
+        with graph.tracing(shapes) as trace, autograd.predict_mode():
+            outs = native(*(mx.sym.var(name) for name in shapes))
+        group = mx.sym.Group(outs)
+        arg_shapes, _, aux_shapes = group.infer_shape_partial(**graph.known_inputs(trace, group))
+        found = dict(zip(group.list_arguments(), arg_shapes))
+        found.update(zip(group.list_auxiliary_states(), aux_shapes))
+        for param in native.body.collect_params().values():
+            param.shape = tuple(found[param.name])
 
     _key: Any = None
 

@@ -33,7 +33,7 @@ from mxnet.gluon import nn
 
 from ...merges import combine
 from . import nan
-from .graph import Graph, current, frozen, traced_rank
+from .graph import Graph, current, frozen, known_inputs, traced_rank
 
 __all__ = ["BatchNorm", "Dropout", "Sequential", "Residual", "Concat", "Merge", "Pad", "ChannelsFirst", "activate",
            "activation_block", "identity"]
@@ -234,7 +234,7 @@ class Pad(gluon.HybridBlock):
         if trace is None:
             raise RuntimeError("padding='same' with a stride needs the input's spatial sizes: call the outermost "
                                "deferinit block with data, or trace it with deferinit's tracing(shapes)")
-        shape = x.infer_shape_partial(**trace.inputs)[1][0]
+        shape = x.infer_shape_partial(**known_inputs(trace, x))[1][0]
         sizes = tuple(d or None for d in shape[2:]) if len(shape) == self._ndim + 2 else (None,) * self._ndim
         return self._pads(sizes)  # unknown sizes (abstract shapes only): any pads, parameters do not depend on them
 

@@ -65,8 +65,12 @@ class NumpyGraphModel(GraphCompiled[dict]):
     def _native_param(self, native: dict, name: str) -> tuple[str, tuple[int, ...]]:
         return name, tuple(native[name].shape)
 
+    _rng: np.random.Generator | None = None  # Dropout's draws in training, one stream per model
+
     def _run(self, native: dict, xs: list[Any], training: bool) -> list[Any]:
-        out = reference_forward(self.spec, xs, native)
+        if training and self._rng is None:
+            self._rng = np.random.default_rng(0)
+        out = reference_forward(self.spec, xs, native, training=training, rng=self._rng)
         return list(out) if self.spec.multi_output else [out]
 
     def _record(self, native: dict, xs: list[Any]) -> dict[str, Any]:

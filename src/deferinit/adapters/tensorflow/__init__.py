@@ -120,13 +120,13 @@ class _Builder(tree.Builder[Any]):
 
 
 class _Runner(tree.Runner[Any]):
-    """Keras's tensor operations for the intermediates walk (inference mode)."""
+    """Keras's tensor operations for the intermediates walk (inference mode) and graph specs' forward."""
 
-    def __init__(self, table: _Table, data_format: str) -> None:
-        self.table, self.fmt = table, data_format
+    def __init__(self, table: _Table, data_format: str, training: bool = False) -> None:
+        self.table, self.fmt, self.training = table, data_format, training
 
     def leaf(self, node: Node, x: Any) -> Any:
-        return kl.call_layer(self.table.layers[node.path], x, False)
+        return kl.call_layer(self.table.layers[node.path], x, self.training)
 
     def add(self, a: Any, b: Any) -> Any:
         return keras.ops.add(a, b)

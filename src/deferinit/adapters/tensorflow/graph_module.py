@@ -26,6 +26,7 @@ from . import _Builder, _Runner, _Table
 # isort: off
 import keras
 import tensorflow as tf
+from . import initializers as ki
 from .params import variable_slots
 # isort: on
 
@@ -59,9 +60,11 @@ class GraphLayer(keras.layers.Layer):  # type: ignore[misc]
                 emb = layers[embedding_path(root, node.layer)]
                 layers[node.path].table = lambda emb=emb: emb.embeddings
 
-    def run(self, inputs: list[Any], record: dict[str, Any] | None = None) -> list[Any]:
+    def run(self, inputs: list[Any], record: dict[str, Any] | None = None, training: bool = False) -> list[Any]:
+        """The outputs as a list; ``training`` as Keras's own (BatchNorm on the batch, updating its moving
+        statistics; Dropout active)."""
         spec, root, table = self._deferinit_spec, self._deferinit_root, self._deferinit_table
-        runner = _Runner(table, spec.data_format)
+        runner = _Runner(table, spec.data_format, training)
         slots = list(inputs)
         for node in spec.nodes:
             args = [slots[a] for a in node["args"]]
@@ -71,7 +74,8 @@ class GraphLayer(keras.layers.Layer):  # type: ignore[misc]
                 if len(args) == 1 and getattr(pnode.layer, "causal", False):
                     args = args * 3  # causal self-attention: the Keras layer alone would not mask it
                 if len(args) > 1:
-                    out = self._attention(table.layers[pnode.path], pnode, args, bool(node.get("valid_lens")))
+                    out = self._attention(table.layers[pnode.path], pnode, args, bool(node.get("valid_lens")),
+                                          training)
                 else:
                     out = tree.run(pnode, args[0], runner, record if first else None)
                 if first:
@@ -91,15 +95,17 @@ class GraphLayer(keras.layers.Layer):  # type: ignore[misc]
         return [slots[o] for o in (spec.outputs if spec.multi_output else [spec.outputs])]
 
     @staticmethod
-    def _attention(layer: Any, pnode: Node, args: list[Any], lens: bool) -> Any:
+    def _attention(layer: Any, pnode: Node, args: list[Any], lens: bool, training: bool = False) -> Any:
         q, k, v = args[:3]
         if not layer.built:
             keras.layers.MultiHeadAttention.build(layer, tuple(q.shape), tuple(v.shape), tuple(k.shape))
             layer.built = True  # Keras's __call__ marks it; built by hand here, so marked by hand
+        if isinstance(q, keras.KerasTensor):  # the abstract build: shapes only, a mask changes none of them
+            return keras.layers.MultiHeadAttention.compute_output_spec(layer, q, v, key=k)
         keep = key_mask(int(q.shape[0]), int(q.shape[1]), int(k.shape[1]), args[3].numpy() if lens else None,
                         bool(getattr(pnode.layer, "causal", False)))
         mask = None if keep is None else tf.constant(keep)
-        return keras.layers.MultiHeadAttention.call(layer, q, v, key=k, attention_mask=mask, training=False)
+        return keras.layers.MultiHeadAttention.call(layer, q, v, key=k, attention_mask=mask, training=training)
 
 
 class KerasGraphModel(GraphCompiled[GraphLayer]):
@@ -120,6 +126,13 @@ class KerasGraphModel(GraphCompiled[GraphLayer]):
                             f"received {init!r}")
         native.run(xs)  # Keras's build on first call: the d2l dry run
 
+    def _abstract_init(self, native: GraphLayer, specs: list[Any]) -> None:
+        """Keras builds every layer symbolically on ``KerasTensor``s, creating shaped variables with no values, as
+        list specs' abstract path does (``keras.StatelessScope(initialize_variables=False)``)."""
+        with keras.StatelessScope(initialize_variables=False):
+            native.run([keras.KerasTensor(tuple(s.shape), dtype=s.dtype) for s in specs])
+        ki.forget_pending(native)
+
     def _slots(self, native: GraphLayer) -> dict[str, tuple[Any, Any]]:
         table = native._deferinit_table
         return {node.param_name(p): (var, layout) for node in self.root.leaves()
@@ -130,7 +143,7 @@ class KerasGraphModel(GraphCompiled[GraphLayer]):
         return var.path, tuple(layout.canonical_shape(tuple(int(d) for d in var.shape)))
 
     def _run(self, native: GraphLayer, xs: list[Any], training: bool) -> list[Any]:
-        return native.run(xs)
+        return native.run(xs, training=training)
 
     def _record(self, native: GraphLayer, xs: list[Any]) -> dict[str, Any]:
         record: dict[str, Any] = {}
