@@ -42,6 +42,7 @@ class TorchBuilder(tree.Builder[list[Step]]):
         self.out: dict[str, int | None] = {}  # output rank where the spec fixes it (picks BatchNorm classes)
         self.ends: dict[str, End] = {}
         self.containers: dict[str, nn.Module] = {}
+        self.mains: dict[str, nn.Module] = {}  # each leaf's own module (its untagged step): native_init's lookups
 
     def _rank_in(self, node: Node) -> int | None:
         parent = self.parent.get(node.path)
@@ -60,7 +61,11 @@ class TorchBuilder(tree.Builder[list[Step]]):
     def leaf(self, node: Node) -> list[Step]:
         rank = self._rank_in(node)
         self.out[node.path] = rank_after(node.layer, rank)  # type: ignore[arg-type]
-        return leaf_steps(node, node.layer, rank)  # type: ignore[arg-type]
+        steps = leaf_steps(node, node.layer, rank)  # type: ignore[arg-type]
+        main = next((s.module for s in steps if not s.tag), None)
+        if main is not None:
+            self.mains[node.path] = main
+        return steps
 
     def tie(self, node: Node, first: list[Step]) -> list[Step]:
         target = node.tied_to
