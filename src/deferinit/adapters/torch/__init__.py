@@ -113,14 +113,9 @@ class TorchModel(CompiledModel[nn.Module]):
                 if isinstance(layer, Embedding):
                     tt.allocate(module, (layer.num_embeddings, layer.dim), torch.device("meta" if on_meta else "cpu"))
             net.eval()  # the dry run must not update BatchNorm statistics
-            # the report's per-layer shapes are read off this dry run (forward hooks, removed right after)
-            handles = observer.attach()
-            try:
-                with torch.no_grad(), (torch.device("meta") if on_meta else contextlib.nullcontext()):
-                    observer.finish(net(self._dry_input(x, inference, on_meta)))
-            finally:
-                for h in handles:
-                    h.remove()
+            # the report's per-layer shapes are read off this dry run (structure.Observer.run)
+            with torch.no_grad(), (torch.device("meta") if on_meta else contextlib.nullcontext()):
+                observer.run(net, self._dry_input(x, inference, on_meta))
             self._observed = (net, observer.shapes)
             if not abstract:
                 if on_meta:
