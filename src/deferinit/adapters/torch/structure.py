@@ -40,7 +40,8 @@ class TorchBuilder(tree.Builder[list[Step]]):
 
     def __init__(self, root: Node, channels_last: bool) -> None:
         self.channels_last = channels_last
-        self.parent = {c.path: n for n in (root, *root.walk()) for c in n.children}
+        # each position's container and its index there (a sequential's previous child fixes its input rank)
+        self.parent = {c.path: (n, i) for n in (root, *root.walk()) for i, c in enumerate(n.children)}
         self.entry: dict[str, int | None] = {}
         self.out: dict[str, int | None] = {}  # output rank where the spec fixes it (picks BatchNorm classes)
         self.ends: dict[str, End] = {}
@@ -48,13 +49,11 @@ class TorchBuilder(tree.Builder[list[Step]]):
         self.mains: dict[str, nn.Module] = {}  # each leaf's own module (its untagged step): native_init's lookups
 
     def _rank_in(self, node: Node) -> int | None:
-        parent = self.parent.get(node.path)
+        parent, i = self.parent.get(node.path, (None, 0))
         if parent is None:
             return None
-        if tree.kind(parent) == "sequential":
-            i = next(i for i, c in enumerate(parent.children) if c is node)
-            if i:
-                return self.out[parent.children[i - 1].path]
+        if i and tree.kind(parent) == "sequential":
+            return self.out[parent.children[i - 1].path]
         return self.entry[parent.path]
 
     def enter(self, node: Node) -> Any:
