@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import types
+from typing import TYPE_CHECKING
 
 from .errors import (
     BackendError,
@@ -25,7 +26,6 @@ from .errors import (
     WeightsError,
 )
 from .extend import register_builder, register_layer
-from .graph import Input, add, concat, multiply
 from .layers import (
     GELU,
     Activation,
@@ -46,45 +46,70 @@ from .layers import (
     Softmax,
     Tanh,
 )
-from .layers_extra import (
-    AdaptiveAvgPool2D,
-    DropPath,
-    GroupNorm,
-    HardSigmoid,
-    HardSwish,
-    LayerScale,
-    LeakyReLU,
-    ReLU6,
-    SiLU,
-)
-from .layers_graph import Attend
-from .layers_seq import (
-    GRU,
-    LSTM,
-    RNN,
-    ClassToken,
-    MultiHeadAttention,
-    OneHot,
-    Permute,
-    PositionalEncoding,
-    PositionEmbedding,
-    Reshape,
-    Scale,
-    Take,
-)
-from .layers_up import Conv1DTranspose, Conv2DTranspose, Upsample2D
-from .merges import Add, Multiply
 from .registry import available_backends, backends, compile
-from .report import LayerInfo, ParamInfo, ShapeReport
-from .serialize import load_spec, save_spec
-from .shapes import infer_shapes
 from .spec import Concat, Layer, LazyModel, Residual, Sequential
 
-# NumPy (about 90 ms to import) is needed only once data or weights are involved: these names load on first use.
+if TYPE_CHECKING:  # what type checkers see; at run time these load on first use (_LAZY below)
+    from . import init
+    from .adapters.compiled import CompiledModel, ShapeDtype
+    from .graph import Input, add, concat, multiply
+    from .layers_extra import (
+        AdaptiveAvgPool2D,
+        DropPath,
+        GroupNorm,
+        HardSigmoid,
+        HardSwish,
+        LayerScale,
+        LeakyReLU,
+        ReLU6,
+        SiLU,
+    )
+    from .layers_graph import Attend
+    from .layers_seq import (
+        GRU,
+        LSTM,
+        RNN,
+        ClassToken,
+        MultiHeadAttention,
+        OneHot,
+        Permute,
+        PositionalEncoding,
+        PositionEmbedding,
+        Reshape,
+        Scale,
+        Take,
+    )
+    from .layers_up import Conv1DTranspose, Conv2DTranspose, Upsample2D
+    from .merges import Add, Multiply
+    from .parity import parity
+    from .report import LayerInfo, ParamInfo, ShapeReport
+    from .serialize import load_spec, save_spec
+    from .shapes import infer_shapes
+    from .weights import load_weights, save_weights
+
+# Loaded on first use (``import deferinit`` stays a few tens of ms): NumPy (about 90 ms to import) is needed only
+# once data or weights are involved, and the other layer families, graph specs, reports, the rules and spec
+# files (json, difflib, pathlib) only when used. Every name is the same object as before, imported on first access.
 _LAZY = {"init": ("deferinit.init", None), "CompiledModel": ("deferinit.adapters.compiled", "CompiledModel"),
          "ShapeDtype": ("deferinit.adapters.compiled", "ShapeDtype"),
          "save_weights": ("deferinit.weights", "save_weights"), "load_weights": ("deferinit.weights", "load_weights"),
-         "parity": ("deferinit.parity", "parity")}
+         "parity": ("deferinit.parity", "parity"),
+         **{name: ("deferinit.graph", name) for name in ("Input", "add", "concat", "multiply")},
+         **{name: ("deferinit.layers_extra", name) for name in (
+             "AdaptiveAvgPool2D", "DropPath", "GroupNorm", "HardSigmoid", "HardSwish", "LayerScale", "LeakyReLU",
+             "ReLU6", "SiLU")},
+         "Attend": ("deferinit.layers_graph", "Attend"),
+         **{name: ("deferinit.layers_seq", name) for name in (
+             "GRU", "LSTM", "RNN", "ClassToken", "MultiHeadAttention", "OneHot", "Permute", "PositionalEncoding",
+             "PositionEmbedding", "Reshape", "Scale", "Take")},
+         **{name: ("deferinit.layers_up", name) for name in ("Conv1DTranspose", "Conv2DTranspose", "Upsample2D")},
+         "Add": ("deferinit.merges", "Add"), "Multiply": ("deferinit.merges", "Multiply"),
+         **{name: ("deferinit.report", name) for name in ("LayerInfo", "ParamInfo", "ShapeReport")},
+         "load_spec": ("deferinit.serialize", "load_spec"), "save_spec": ("deferinit.serialize", "save_spec"),
+         "infer_shapes": ("deferinit.shapes", "infer_shapes")}
+#: submodules importing deferinit used to load as a side effect: still reachable as attributes of the package
+_SUBMODULES = frozenset({"graph", "layers_extra", "layers_graph", "layers_seq", "layers_up", "merges", "report",
+                         "serialize", "shapes", "spec_files"})
 
 
 def __getattr__(name: str) -> object:
@@ -96,6 +121,10 @@ def __getattr__(name: str) -> object:
         value = module if attr is None else getattr(module, attr)
         globals()[name] = value
         return value
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"deferinit.{name}")
     raise AttributeError(f"module 'deferinit' has no attribute {name!r}")
 
 

@@ -32,7 +32,7 @@ from .merges import Merge
 from .shapes import Inference, Node
 from .spec import Concat, Residual, Sequential, Shape
 
-__all__ = ["available_memory", "Footprint", "footprint", "fmt_bytes", "Tensor", "INDEX_LIMIT", "check_sizes", "check_fits"]
+__all__ = ["available_memory", "Footprint", "footprint", "small", "fmt_bytes", "Tensor", "INDEX_LIMIT", "check_sizes", "check_fits"]
 
 #: no framework indexes a tensor of 2**63 bytes or more (numpy: "array is too big"; torch, XLA and TF: int64 sizes)
 INDEX_LIMIT = 2**63 - 1
@@ -258,6 +258,33 @@ def footprint(inference: Inference) -> Footprint:
     largest = max(est.tensors, key=lambda t: t.nbytes)
     return Footprint(params=params, grads=grads, tables=est.tables, peak=input_bytes + peak,
                      saved=input_bytes + est.saved, tensors=tuple(est.tensors), largest=largest)
+
+
+
+def small(inference: Inference, limit: int = 2**26) -> bool:
+    """Whether everything :func:`footprint` would count, all added up, stays under ``limit`` bytes: the input at 8
+    bytes an element, every parameter, every position's output and every layer's buffers (twice). One cheap pass
+    over what the rules recorded, without building the per-tensor list; a reused container (whose inner shapes are
+    scaled, not recorded) answers False, so the full estimate runs. Below ``SMALL`` no check on the footprint can
+    refuse: ``check_fits`` asks for nothing, and no tensor comes near an index or per-backend size limit."""
+    total = 8 * math.prod(_concrete(inference.report.input_shape))
+    for p in inference.params.values():
+        total += 4 * math.prod(p.shape)
+    for info in inference.report.layers.values():
+        total += 4 * math.prod(_concrete(info.output_shape))
+    if total >= limit:
+        return False
+    data_format, layers = inference.report.data_format, inference.report.layers
+    for node in inference.root.walk():
+        layer = node.layer
+        if not isinstance(layer, Leaf):
+            if node.tied_to is not None:
+                return False
+        elif type(layer).buffers is not Leaf.buffers:
+            for buf in layer.buffers(_concrete(inference.inputs[node.path]), _concrete(layers[node.path].output_shape),
+                                     data_format):
+                total += 2 * buf.itemsize * math.prod(_concrete(buf.shape))
+    return total < limit
 
 
 

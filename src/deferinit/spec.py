@@ -12,7 +12,6 @@ compared by value (``to_dict``) but the walker tells ties apart by ``id``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 import reprlib
@@ -158,6 +157,8 @@ class Layer:
         return type(other) is type(self) and self.to_dict() == other.to_dict()  # type: ignore[attr-defined]
 
     def __hash__(self) -> int:
+        import json  # not at import: ``import deferinit`` loads as little as it can
+
         return hash(json.dumps(self.to_dict(), sort_keys=True))
 
     def __repr__(self) -> str:
@@ -238,10 +239,11 @@ class Sequential(Container):
     def validate(self) -> None:
         object.__setattr__(self, "layers", _as_layers(type(self).__name__, "layers", self.layers))
         _check_unique_names(type(self).__name__, self.layers)
+        object.__setattr__(self, "_children", tuple(zip(segments(self.layers), self.layers)))  # frozen: once
 
     @property
     def children(self) -> tuple[tuple[str, Layer], ...]:
-        return tuple(zip(segments(self.layers), self.layers))
+        return self._children  # type: ignore[attr-defined,no-any-return]
 
     def __len__(self) -> int:
         return len(self.layers)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import deferinit as di
+from deferinit.adapters import checks as checks_mod
 from deferinit.adapters import compiled as compiled_mod
 from deferinit.errors import DTypeError, ShapeMismatchError
 
@@ -18,15 +19,15 @@ def _spec() -> di.LazyModel:
     return di.LazyModel([di.Dense(6, activation="relu"), di.Dense(3)])
 
 
-def _count(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+def _count(monkeypatch: pytest.MonkeyPatch, name: str, module: object = compiled_mod) -> list[int]:
     calls = [0]
-    real = getattr(compiled_mod, name)
+    real = getattr(module, name)
 
     def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
         calls[0] += 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(compiled_mod, name, counted)
+    monkeypatch.setattr(module, name, counted)
     return calls
 
 
@@ -47,12 +48,17 @@ def test_each_shape_and_dtype_gets_its_own_report(backend: str) -> None:
 
 def test_the_rules_and_the_estimate_run_once_per_shape(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
     infers, footprints = _count(monkeypatch, "infer"), _count(monkeypatch, "footprint")
+    bounds = _count(monkeypatch, "small", checks_mod)  # a small model's estimate: the cheap bound alone
     model = di.compile(_spec(), backend)
     for _ in range(3):
         model.apply_init(np.ones((2, 5), np.float32))
-    assert infers[0] == 1 and footprints[0] == 1
+    assert infers[0] == 1 and bounds[0] == 1 and footprints[0] == 0
     model.apply_init(np.ones((2, 4), np.float32))
-    assert infers[0] == 2 and footprints[0] == 2
+    assert infers[0] == 2 and bounds[0] == 2 and footprints[0] == 0
+    big = di.compile(di.LazyModel([di.Dense(4096), di.Dense(4096)]), backend)  # 134 MB of parameters: over SMALL
+    for _ in range(2):
+        big.apply_init(di.ShapeDtype((1, 4096), "float32"), abstract=True)
+    assert infers[0] == 3 and bounds[0] == 3 and footprints[0] == 1  # the full estimate, once, beside the rules
 
 
 def test_load_weights_on_a_new_model_runs_the_rules_once(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ShapeMismatchError, fmt_shape, where
+from ..errors import ShapeMismatchError, UnsupportedLayerError, fmt_shape, where
 from ..layers import BatchNorm, Flatten, Leaf
 from ..layers_seq import Permute, Reshape, Take
 from ..merges import Merge
@@ -110,9 +110,23 @@ def check_ids(checks: tuple[IdCheck, ...], ids: Any) -> None:
                                      f"received values from {span[0]} to {span[1]}; nothing was run")
 
 
-def batch_norms(root: Node) -> tuple[Node, ...]:
-    """Every BatchNorm position (tied ones too), in the order of the walk."""
-    return tuple(n for n in root.walk() if isinstance((n.tied_to or n).layer, BatchNorm))
+def batch_norms(root: Node, backend: str) -> tuple[Node, ...]:
+    """Every BatchNorm position, in the order of the walk (tied ones too: their input rank is fixed at init), and,
+    in the same walk (one per compile), the refusals of what a list spec cannot run on ``backend``: causal
+    ``MultiHeadAttention`` where it is not masked (refused by name rather than computed unmasked), and ``Attend``."""
+    norms = []
+    for node in root.walk():
+        layer = (node.tied_to or node).layer
+        if isinstance(layer, BatchNorm):
+            norms.append(node)
+        elif node.tied_to is None and type(layer).__name__ == "Attend":
+            raise UnsupportedLayerError(f"layer '{node.path}' (Attend) on backend {backend}: Attend reuses an "
+                                        f"embedding's table, which list specs cannot pass along; use a graph spec "
+                                        f"(LazyModel(inputs=, outputs=))")
+        elif node.tied_to is None and getattr(layer, "causal", False) is True and backend not in ("numpy", "torch"):
+            raise UnsupportedLayerError(f"layer '{node.path}' (MultiHeadAttention) on backend {backend}: causal=True "
+                                        f"is not supported on this backend yet (numpy and torch mask it)")
+    return tuple(norms)
 
 
 def batch_norm_rank_error(positions: tuple[Node, ...], before: Inference, now: Inference) -> ShapeMismatchError | None:

@@ -21,8 +21,8 @@ from ..errors import (
     fmt_shape,
 )
 from ..report import LayerInfo, ParamInfo, ShapeReport
-from ..resources import Footprint, available_memory, check_fits, check_sizes, fmt_bytes, footprint
-from ..shapes import Inference, infer, normalize_shape, spec_dtype
+from ..resources import SMALL, Footprint, available_memory, check_fits, check_sizes, fmt_bytes, footprint, small
+from ..shapes import Inference, infer, input_kind, normalize_shape, spec_dtype
 from ._inputs import abstract_input, as_array
 from ._semantics import IdCheck, batch_norm_rank_error, check_ids, id_checks
 from ._values import weight_array
@@ -78,8 +78,6 @@ class Checks(Contract[N]):
         return x, normalize_shape(shape), dtype
 
     def _to_native_checked(self, arr: np.ndarray) -> Any:
-        from ..shapes import input_kind
-
         input_kind(arr.dtype)
         if arr.dtype.kind == "f" and arr.dtype != np.float32:
             arr = arr.astype(np.float32)
@@ -164,9 +162,15 @@ class Checks(Contract[N]):
         """What the shapes need (``resources.footprint``); ``CompiledModel`` keeps it beside its cached inference."""
         return footprint(inference)
 
+    def _small(self, inference: Inference) -> bool:
+        """``resources.small(inference)``; ``CompiledModel`` keeps it beside its cached inference."""
+        return small(inference, SMALL)
+
     def _check_memory(self, inference: Inference, doing: str = "apply_init") -> None:
         """Refuse, before the framework sees anything, tensors it cannot index and allocations that would not fit:
         frameworks crash rather than fail cleanly when memory runs out (see resources.py)."""
+        if self._small(inference) and all(limit is None or limit >= SMALL for limit in (self.max_elements, self.max_dim)):
+            return  # everything together is under SMALL bytes: no check below could refuse (resources.small)
         fp, who, abstract = self._footprint(inference), self._who(), doing.startswith("abstract")
         check_sizes(who, fp)  # 2**63 bytes first, then what fits here, then the backend's own narrower limits
         need = (2 * fp.tables if self.abstract_tables else 0) if abstract else \

@@ -50,19 +50,6 @@ N = TypeVar("N")
 _CACHED = 8
 
 
-def _refuse_causal(backend: str, root: Any) -> None:
-    """``MultiHeadAttention(causal=True)`` in list specs runs on the backends that mask it; elsewhere it is refused
-    by name rather than computed unmasked."""
-    for node in root.leaves():
-        if type(node.layer).__name__ == "Attend":
-            raise UnsupportedLayerError(f"layer '{node.path}' (Attend) on backend {backend}: Attend reuses an "
-                                        f"embedding's table, which list specs cannot pass along; use a graph spec "
-                                        f"(LazyModel(inputs=, outputs=))")
-        if getattr(node.layer, "causal", False) is True and backend not in ("numpy", "torch"):
-            raise UnsupportedLayerError(f"layer '{node.path}' (MultiHeadAttention) on backend {backend}: causal=True "
-                                        f"is not supported on this backend yet (numpy and torch mask it)")
-
-
 class CompiledModel(Checks[N]):
     """A spec compiled for one backend. Create with :func:`deferinit.compile`.
 
@@ -76,7 +63,7 @@ class CompiledModel(Checks[N]):
             raise SpecError(f"compile: expected a deferinit.LazyModel, received {type(spec).__name__}")
         self.spec = spec
         self.root = plan(spec)
-        _refuse_causal(self.backend, self.root)
+        self._batch_norms = batch_norms(self.root, self.backend)
         self._native = None
         self._report = None
         self._inference = None
@@ -84,9 +71,8 @@ class CompiledModel(Checks[N]):
         self._checked = {}
         self._abstract = False
         self._index_limit = self._find_index_limit()
-        self._batch_norms = batch_norms(self.root)  # their input rank is fixed at init (_semantics.py)
         self._gate = Gate()
-        self._inferred: dict[tuple, Any] = {}  # (input shape, dtype) -> [Inference, Footprint | None]: _infer_once
+        self._inferred: dict[tuple, Any] = {}  # (input shape, dtype) -> [Inference, Footprint | None, small | None]: _infer_once
 
     # ================================================================== pure results, cached per model
     def _infer_once(self, shape: tuple, dtype: Any) -> Inference:
@@ -96,7 +82,7 @@ class CompiledModel(Checks[N]):
         key = (shape, dtype if dtype is None else as_dtype(dtype))
         entry = self._inferred.get(key)
         if entry is None:
-            entry = [infer(self.spec, shape, dtype=dtype, backend=self.backend, root=self.root), None]
+            entry = [infer(self.spec, shape, dtype=dtype, backend=self.backend, root=self.root), None, None]
             if len(self._inferred) >= _CACHED:
                 del self._inferred[next(iter(self._inferred))]
             self._inferred[key] = entry
@@ -105,14 +91,26 @@ class CompiledModel(Checks[N]):
     def _footprint(self, inference: Inference) -> Footprint:
         """``resources.footprint(inference)``, kept beside a cached inference so the memory check of a later
         apply_init (or materialize) on the same shapes reuses it."""
-        report = inference.report
-        key = (report.input_shape, as_dtype(report.input_dtype))
-        entry = self._inferred.get(key)
-        if entry is None or entry[0] is not inference:
+        entry = self._entry(inference)
+        if entry is None:
             return footprint(inference)
         if entry[1] is None:
             entry[1] = footprint(inference)
         return entry[1]
+
+    def _small(self, inference: Inference) -> bool:
+        """``resources.small(inference)``, kept beside a cached inference as ``_footprint`` is."""
+        entry = self._entry(inference)
+        if entry is None:
+            return super()._small(inference)
+        if entry[2] is None:
+            entry[2] = super()._small(inference)
+        return entry[2]  # type: ignore[no-any-return]
+
+    def _entry(self, inference: Inference) -> list | None:
+        report = inference.report
+        entry = self._inferred.get((report.input_shape, as_dtype(report.input_dtype)))
+        return entry if entry is not None and entry[0] is inference else None
 
     # ================================================================== public API
     @property

@@ -31,9 +31,22 @@ def segment(node: Node) -> str:
     return node.path.rsplit(".", 1)[-1]
 
 
+_KINDS: dict[type, str] = {}
+
+
 def kind(node: Node) -> str:
     """``sequential``, ``residual``, ``concat``, ``merge`` or ``leaf``: which constructor a node needs."""
     layer = (node.tied_to or node).layer
+    how = _KINDS.get(type(layer))
+    if how is None:
+        how = _kind(layer)
+        if not how:
+            raise UnsupportedLayerError(f"{where(node.path, layer)}: not a layer deferinit knows how to build")
+        _KINDS[type(layer)] = how  # by type: the same answer for every layer of one class
+    return how
+
+
+def _kind(layer: Any) -> str:
     if isinstance(layer, Residual):
         return "residual"
     if isinstance(layer, Concat):
@@ -44,7 +57,7 @@ def kind(node: Node) -> str:
         return "sequential"
     if isinstance(layer, Leaf):
         return "leaf"
-    raise UnsupportedLayerError(f"{where(node.path, layer)}: not a layer deferinit knows how to build")
+    return ""
 
 
 class Builder(Generic[M]):

@@ -65,14 +65,14 @@ def test_channels_last_positions_that_end_channels_first_are_transposed_back() -
 
 
 def test_a_wrong_observed_shape_is_a_backend_error_naming_the_layer(monkeypatch: pytest.MonkeyPatch) -> None:
-    post = structure.Observer._post
+    record = structure.Observer._record  # what both ways of observing (flat root, hooks) store a shape with
 
-    def corrupt(self: structure.Observer, module: nn.Module, args: object, out: object) -> None:
-        post(self, module, args, out)
+    def corrupt(self: structure.Observer, slot: object, out: object) -> None:
+        record(self, slot, out)  # type: ignore[arg-type]
         if "1" in self.shapes and self.shapes["1"] == (3, 8):
             self.shapes["1"] = (3, 9)
 
-    monkeypatch.setattr(structure.Observer, "_post", corrupt)
+    monkeypatch.setattr(structure.Observer, "_record", corrupt)
     spec = di.LazyModel([di.Dense(8, activation="relu"), di.Dense(8), di.Dense(2)])
     model = di.compile(spec, "torch")
     with pytest.raises(BackendError, match=r"\(3, 9\) at layer '1' \(Dense\) where the reference rules give \(3, 8\)"):
@@ -126,3 +126,28 @@ def test_tied_positions_are_told_apart() -> None:
     assert report.layers["3"].output_shape == (2, 4, 3, 3) and report.layers["3"].tied_to == "1"
     assert report.layers["9"].output_shape == (2, 12)
     assert report.output_shape == model(x).shape == (2, 6)
+
+
+def test_a_flat_model_is_observed_without_hooks_and_gives_the_hooks_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A root Sequential of leaf modules is run as its own forward is written, each child's output read as torch
+    returns it; a nested container, or a hook the user set on every module, takes the hooked ``net(x)``."""
+    from deferinit import zoo
+
+    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    attached = []
+    attach = structure.Observer.attach
+    monkeypatch.setattr(structure.Observer, "attach", lambda self: attached.append(1) or attach(self))
+    flat = di.compile(zoo.lenet(), "torch").apply_init(x)
+    assert attached == []
+    seen = []
+    handle = nn.modules.module.register_module_forward_hook(lambda m, a, out: seen.append(type(m).__name__))
+    try:
+        hooked = di.compile(zoo.lenet(), "torch").apply_init(x)
+    finally:
+        handle.remove()
+    assert attached == [1] and "Sequential" in seen  # the user's global hook saw the root's call too
+    assert flat.layer_output_shapes == hooked.layer_output_shapes == di.infer_shapes(zoo.lenet(), x.shape).layer_output_shapes
+    assert all(info.source == "native" for info in flat.layers.values())
+    nested = di.compile(di.LazyModel([di.Dense(4), di.Residual(di.Dense(4))]), "torch")
+    nested.apply_init(np.zeros((1, 3), np.float32))
+    assert attached == [1, 1]

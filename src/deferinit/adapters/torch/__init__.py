@@ -35,7 +35,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import is_lazy
 
 from ...errors import BackendError, SpecError, UnsupportedLayerError, where
-from ...layers import BatchNorm, Embedding
+from ...layers import Embedding
 from ...shapes import Inference, Node
 from .. import tree
 from .._standin import stand_in
@@ -94,34 +94,28 @@ class TorchModel(CompiledModel[nn.Module]):
 
     def _native_init(self, net: nn.Module, x: Any, inference: Inference, init: Any, key: Any,
                      abstract: bool) -> dict[str, NativeParam]:
-        observer = Observer(self._builder_of(net))
+        builder = self._builder_of(net)
+        observer = Observer(builder)
         init_fn = self._init_fn(init)
         # Shapes are inferred on meta when abstract, and also when the input has varying (None) dims: a CPU
         # dry run would need a stand-in size for them that every window fits; meta needs no memory for any.
         on_meta = abstract or None in inference.report.input_shape
-        device = torch.device("meta" if on_meta else "cpu")
-        leaves = {n.path: n for n in self.root.leaves()}
-        modules = {path: self._module(net, path) for path in leaves}
+        leaves = self._leaves
+        mains = builder.mains  # the modules the builder made for each leaf (the same objects _module finds)
+        modules = {path: mains.get(path) or self._module(net, path) for path in leaves}
         with tt.seeded(key):
             if on_meta:
                 tt.rehome(net, "meta")
-            for node in self.root.walk():
-                target = node.tied_to or node
-                if isinstance(target.layer, BatchNorm):
-                    self._fix_batch_norm(net, node, target, inference)
+            for node in self._batch_norms:  # every BatchNorm position, tied ones too
+                self._fix_batch_norm(net, node, node.tied_to or node, inference)
             for path, node in leaves.items():  # in plan order: the draws of a hand-written model's constructors
                 module, layer = modules[path], node.layer
                 if isinstance(layer, Embedding):
-                    tt.allocate(module, (layer.num_embeddings, layer.dim), device)
+                    tt.allocate(module, (layer.num_embeddings, layer.dim), torch.device("meta" if on_meta else "cpu"))
             net.eval()  # the dry run must not update BatchNorm statistics
-            # the report's per-layer shapes are read off this dry run (forward hooks, removed right after)
-            handles = observer.attach()
-            try:
-                with torch.no_grad(), (torch.device("meta") if on_meta else contextlib.nullcontext()):
-                    observer.finish(net(self._dry_input(x, inference, on_meta)))
-            finally:
-                for h in handles:
-                    h.remove()
+            # the report's per-layer shapes are read off this dry run (structure.Observer.run)
+            with torch.no_grad(), (torch.device("meta") if on_meta else contextlib.nullcontext()):
+                observer.run(net, self._dry_input(x, inference, on_meta))
             self._observed = (net, observer.shapes)
             if not abstract:
                 if on_meta:
@@ -138,20 +132,31 @@ class TorchModel(CompiledModel[nn.Module]):
                 left += [f"{prefix}.{k}" for k, t in (*m._parameters.items(), *m._buffers.items()) if is_lazy(t)]
         if left:
             raise BackendError(f"{self._who()}: the dry run left uninitialized modules or tensors: {left}")
-        found, native_paths = {}, {}
+        found: dict[str, NativeParam] = {}
+        native_paths: dict[str, str] = {}
+        check = init_fn is not None and not abstract
         for name in inference.params:
             owner, _, pname = name.rpartition(".")
-            layer = leaves[owner].layer
-            attr = native_attr(layer, pname)  # the canonical name, but for attention's d2l W_q.weight...
+            attr = native_attr(leaves[owner].layer, pname)  # the canonical name, but for attention's W_q.weight...
             t: Any = modules[owner]
             for part in attr.split("."):
-                t = getattr(t, part)
-            if owner not in native_paths:
-                native_paths[owner] = ".".join(child_name(s) for s in owner.split("."))
-            if init_fn is not None and not abstract:
+                t = t._parameters.get(part) if part in t._parameters else getattr(t, part)
+            native_path = native_paths.get(owner)
+            if native_path is None:
+                native_path = native_paths[owner] = ".".join(child_name(s) for s in owner.split("."))
+            if check:
                 self._check_init(name, t, inference.params[name].shape)
-            found[name] = NativeParam(f"{native_paths[owner]}.{attr}", tuple(t.shape), tuple(t.shape))
+            shape = tuple(t.shape)
+            found[name] = NativeParam(f"{native_path}.{attr}", shape, shape)
         return found
+
+    @property
+    def _leaves(self) -> dict[str, Node]:
+        """The first occurrence of every leaf, by path, in plan order (the plan is fixed: computed once)."""
+        leaves = self.__dict__.get("_leaf_nodes")
+        if leaves is None:
+            leaves = self._leaf_nodes = {n.path: n for n in self.root.leaves()}
+        return leaves
 
     def _native_layer_shapes(self, native: nn.Module, x: Any, inference: Inference,
                              abstract: bool) -> Mapping[str, tuple] | None:

@@ -28,6 +28,9 @@ __all__ = ["TorchBuilder", "TorchRunner", "Observer"]
 #: where a position's output can be seen: (its container's path, the container's direct child module that ends
 #: it, which occurrence of that module object in the container's forward, whether it is still channels-first)
 End = tuple[str, nn.Module, int, bool]
+#: torch's hooks on every module (``register_module_forward_hook``...): when one is set, the dry run runs ``net(x)``
+_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                 "_global_backward_pre_hooks", "_global_forward_hooks_always_called")
 
 
 class TorchBuilder(tree.Builder[list[Step]]):
@@ -37,20 +40,20 @@ class TorchBuilder(tree.Builder[list[Step]]):
 
     def __init__(self, root: Node, channels_last: bool) -> None:
         self.channels_last = channels_last
-        self.parent = {c.path: n for n in (root, *root.walk()) for c in n.children}
+        # each position's container and its index there (a sequential's previous child fixes its input rank)
+        self.parent = {c.path: (n, i) for n in (root, *root.walk()) for i, c in enumerate(n.children)}
         self.entry: dict[str, int | None] = {}
         self.out: dict[str, int | None] = {}  # output rank where the spec fixes it (picks BatchNorm classes)
         self.ends: dict[str, End] = {}
         self.containers: dict[str, nn.Module] = {}
+        self.mains: dict[str, nn.Module] = {}  # each leaf's own module (its untagged step): native_init's lookups
 
     def _rank_in(self, node: Node) -> int | None:
-        parent = self.parent.get(node.path)
+        parent, i = self.parent.get(node.path, (None, 0))
         if parent is None:
             return None
-        if tree.kind(parent) == "sequential":
-            i = next(i for i, c in enumerate(parent.children) if c is node)
-            if i:
-                return self.out[parent.children[i - 1].path]
+        if i and tree.kind(parent) == "sequential":
+            return self.out[parent.children[i - 1].path]
         return self.entry[parent.path]
 
     def enter(self, node: Node) -> Any:
@@ -60,7 +63,11 @@ class TorchBuilder(tree.Builder[list[Step]]):
     def leaf(self, node: Node) -> list[Step]:
         rank = self._rank_in(node)
         self.out[node.path] = rank_after(node.layer, rank)  # type: ignore[arg-type]
-        return leaf_steps(node, node.layer, rank)  # type: ignore[arg-type]
+        steps = leaf_steps(node, node.layer, rank)  # type: ignore[arg-type]
+        main = next((s.module for s in steps if not s.tag), None)
+        if main is not None:
+            self.mains[node.path] = main
+        return steps
 
     def tie(self, node: Node, first: list[Step]) -> list[Step]:
         target = node.tied_to
@@ -176,6 +183,9 @@ class Observer:
             slot = None if path is None else (path, False)  # containers end in the spec's layout
         else:
             slot = self._slot(module)
+        self._record(slot, out)
+
+    def _record(self, slot: tuple[str, bool] | None, out: Any) -> None:
         shape = getattr(out, "shape", None)
         if slot is not None and shape is not None:
             shape = tuple(int(d) for d in shape)
@@ -183,6 +193,31 @@ class Observer:
             # that ends there (its permute back is fused with the next one's) is (N, C, *spatial); the spec's
             # layout is the known transposition (N, *spatial, C)
             self.shapes[slot[0]] = shape[:1] + shape[2:] + shape[1:2] if slot[1] and len(shape) > 2 else shape
+
+    def run(self, net: nn.Module, x: torch.Tensor) -> Any:
+        """The dry run ``net(x)``, observed. A root ``nn.Sequential`` of leaf modules alone (no nested container; no
+        hook on the root, local or global) is run here as its own forward is written (``for module in self: x =
+        module(x)``), each child's output read as torch returns it: no hook on every module, whose attaching and
+        firing cost more than a small model's forward. Anything else runs ``net(x)`` with the hooks."""
+        hooked = len(self.container_ids) > 1 or type(net) is not nn.Sequential or net._forward_hooks or \
+            net._forward_pre_hooks or any(getattr(nn.modules.module, g, None) for g in _GLOBAL_HOOKS)
+        if hooked:
+            handles = self.attach()
+            try:
+                out = net(x)
+            finally:
+                for h in handles:
+                    h.remove()
+        else:
+            seen: dict[int, int] = {}
+            out = x
+            for module in net._modules.values():
+                out = module(out)
+                k = seen.get(id(module), 0)
+                seen[id(module)] = k + 1
+                self._record(self.slots.get(("", id(module), k)), out)
+        self.finish(out)
+        return out
 
     def attach(self) -> list[Any]:
         self._stack[:] = [("", defaultdict(int))]  # the root's frame: its children are its direct modules
