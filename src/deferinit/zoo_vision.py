@@ -216,3 +216,31 @@ def lstm_classifier(vocab_size: int, embed_dim: int = 128, hidden_size: int = 25
                       LSTM(hidden_size, num_layers=num_layers, bidirectional=bidirectional, return_sequences=False,
                            name="lstm", **kw),
                       Dense(num_classes, name="fc")], name="lstm_classifier")
+
+
+# ------------------------------------------------------------------------------------------------ parity
+#: name -> (model at 10 classes, input shape) for the cross-framework parity session: the smallest input each
+#: runs at (32 x 32), except the deep BatchNorm nets, whose last stage would then hold one pixel: a training-mode
+#: BatchNorm over 2 values per channel divides by a difference of nearly equal numbers, so float32 summation
+#: order alone moves its output (ResNet-50 at 32 x 32: 2.8 between torch and the reference); at 64 x 64 the
+#: last stage has 2 x 2 pixels and the step is well conditioned.
+PARITY_INPUTS: dict[str, tuple[int, ...]] = {
+    "resnet50": (2, 3, 64, 64), "mobilenet_v2": (2, 3, 32, 32), "efficientnet_b0": (2, 3, 32, 32),
+    "densenet121": (2, 3, 64, 64), "vgg16_bn": (2, 3, 32, 32), "convnext_tiny": (2, 3, 32, 32),
+    "unet": (2, 3, 32, 32), "lstm_classifier": (2, 12),
+}
+
+
+def parity_specs() -> dict[str, Any]:
+    """The models above at small inputs for ``nox -s parity`` (name -> spec, input shape, dtype)."""
+    out: dict[str, Any] = {}
+    for name, shape in PARITY_INPUTS.items():
+        if name == "unet":
+            spec = unet()
+        elif name == "lstm_classifier":
+            spec = lstm_classifier(50, embed_dim=16, hidden_size=24, num_classes=3)
+        else:
+            spec = globals()[name](num_classes=10)
+        out[f"zoo_{name}"] = (spec, shape, "int64" if name == "lstm_classifier" else "float32")
+    return out
+

@@ -5,6 +5,10 @@
 ConvTranspose is; its kernel is ``(*kernel, out, in)``, the canonical ``(in, out, *kernel)`` read backwards
 (layout kind ``conv``). Its explicit padding pads the stride-dilated input before a stride-1 correlation, so
 PyTorch's ``padding=p`` and ``output_padding=op`` are ``(d*(k-1) - p, d*(k-1) - p + op)`` (negative pads crop).
+Flax's ConvTranspose has no feature groups: ``groups > 1`` is :class:`GroupedConvTranspose`, the same kernel layout
+(``(*kernel, out // groups, in)``) and the same computation as ``lax.conv_transpose(transpose_kernel=True)`` (an
+input-dilated correlation with the kernel flipped and its channel axes swapped), per group through
+``lax.conv_general_dilated``'s ``feature_group_count``.
 
 ``Upsample2D``: nearest is ``jax.image.resize(method="nearest")``. Bilinear is NOT ``jax.image.resize``: that
 one has the same half-pixel centres (PyTorch's ``align_corners=False``) and gives the same numbers on finite
@@ -21,7 +25,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ...errors import UnsupportedLayerError, where
 from ...extend import register_builder
 from ...layers_up import Conv1DTranspose, Conv2DTranspose, Upsample2D
 from ...ops_up import bilinear_taps
@@ -44,17 +47,57 @@ class ConvTranspose(nn.ConvTranspose):
         return M.activate(self.activation, y)
 
 
+class GroupedConvTranspose(nn.Module):
+    """A transposed convolution with feature groups: kernel ``(*kernel, out // groups, in)``, as
+    ``nn.ConvTranspose(transpose_kernel=True)`` holds it with one group; group ``g`` maps input channels
+    ``[g*in/G, (g+1)*in/G)`` to output channels ``[g*out/G, (g+1)*out/G)``, as PyTorch's ConvTranspose does."""
+
+    features: int
+    kernel_size: tuple
+    strides: tuple
+    padding: tuple
+    kernel_dilation: tuple
+    groups: int
+    use_bias: bool = True
+    activation: str | None = None
+    channels_first: bool = True
+    kernel_init: Any = nn.initializers.lecun_normal()  # nn.ConvTranspose's defaults
+    bias_init: Any = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: Any, train: bool = False) -> Any:
+        xl = M._to_last(x) if self.channels_first else x
+        n, g = len(self.kernel_size), self.groups
+        cin, og = xl.shape[-1], self.features // self.groups
+        kernel = self.param("kernel", self.kernel_init, tuple(self.kernel_size) + (og, cin), jnp.float32)
+        # (*k, out/G, G, in/G) -> (*k, in/G, G, out/G): each group's kernel with its channel axes swapped, the
+        # groups stacked on the output axis; then flipped in space (the gradient of a correlation)
+        eff = jnp.reshape(kernel, tuple(self.kernel_size) + (og, g, cin // g))
+        eff = jnp.transpose(eff, tuple(range(n)) + (n + 2, n + 1, n)).reshape(tuple(self.kernel_size) + (cin // g, -1))
+        eff = jnp.flip(eff, axis=tuple(range(n)))
+        spatial = "HW"[:n] if n <= 2 else "DHW"
+        dn = jax.lax.conv_dimension_numbers(xl.shape, eff.shape, (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"))
+        y = jax.lax.conv_general_dilated(xl, eff.astype(xl.dtype), (1,) * n, self.padding, lhs_dilation=self.strides,
+                                         rhs_dilation=self.kernel_dilation, dimension_numbers=dn,
+                                         feature_group_count=g)
+        if self.use_bias:
+            y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32)
+        return M.activate(self.activation, M._to_first(y) if self.channels_first else y)
+
+
 @register_builder("jax", Conv1DTranspose, Conv2DTranspose)
 def _conv_transpose(node: Node, cf: bool, name: str) -> T.Made:
     layer: Any = node.layer
-    if layer.groups > 1:
-        raise UnsupportedLayerError(f"{where(node.path, layer, 'jax')}: expected groups=1 (flax.linen.ConvTranspose "
-                                    f"has no feature groups), received groups={layer.groups}")
     padding = tuple((d * (k - 1) - p, d * (k - 1) - p + op) for k, p, op, d in
                     zip(layer.kernel_size, layer.padding, layer.output_padding, layer.dilation))
-    m = ConvTranspose(layer.channels, tuple(layer.kernel_size), strides=tuple(layer.stride), padding=padding,
-                      kernel_dilation=tuple(layer.dilation), use_bias=layer.use_bias, transpose_kernel=True,
-                      activation=layer.activation, channels_first=cf, name=name)
+    m: Any
+    if layer.groups > 1:
+        m = GroupedConvTranspose(layer.channels, tuple(layer.kernel_size), tuple(layer.stride), padding,
+                                 tuple(layer.dilation), layer.groups, layer.use_bias, layer.activation, cf, name=name)
+    else:
+        m = ConvTranspose(layer.channels, tuple(layer.kernel_size), strides=tuple(layer.stride), padding=padding,
+                          kernel_dilation=tuple(layer.dilation), use_bias=layer.use_bias, transpose_kernel=True,
+                          activation=layer.activation, channels_first=cf, name=name)
     out: dict[str, T.Layout] = {"weight": T.One(T.Leaf("params", "kernel", m.kernel_init, kernel=True), "conv")}
     if layer.use_bias:
         out["bias"] = T.One(T.Leaf("params", "bias", m.bias_init))

@@ -5,9 +5,11 @@ kernel ``(*kernel, out, in)``, the canonical ``(in, out, *kernel)`` read backwar
 only ``"valid"``/``"same"`` padding, so PyTorch's ``padding=p``/``output_padding=op`` cannot be expressed: the
 layer runs ``"valid"`` with ``output_padding = max(op - p, 0)`` (Keras's output is then
 ``(in-1)*stride + dilation*(k-1) + 1 + that``) and its output is cropped by ``p`` before and
-``max(p - op, 0)`` after each spatial dim, which is PyTorch's output. Keras has no ``groups`` here, and its
-``output_padding`` must be smaller than the stride, nor does it take stride and dilation both above 1:
-those cases are refused by name at compile time.
+``max(p - op, 0)`` after each spatial dim, which is PyTorch's output. Keras's ``output_padding`` must be smaller
+than the stride, nor does it take stride and dilation both above 1: those cases are refused by name at compile
+time. Keras has no ``groups`` here: with ``groups > 1`` the layer keeps Keras's own kernel (``(*kernel,
+out // groups, in)``, built with ``filters = out // groups``), runs ``keras.ops.conv_transpose`` once per group on
+its slice of the input channels and kernel, concatenates the groups' outputs and adds a bias of all ``out``.
 
 ``Upsample2D`` is ``keras.layers.UpSampling2D(interpolation=...)``: nearest repeats pixels; bilinear goes through
 ``tf.image.resize`` (``antialias`` irrelevant when enlarging), whose half-pixel centres are PyTorch's
@@ -69,6 +71,43 @@ class _CropMixin:
         return tuple(out)
 
 
+class _GroupedMixin(_CropMixin):
+    """``groups > 1``: ``filters`` is one group's outputs; the bias (all ``channels``) is this layer's own."""
+
+    def __init__(self, *, groups: int, channels: int, use_bias: bool, **kwargs: Any) -> None:
+        super().__init__(use_bias=False, **kwargs)
+        self.groups, self.channels, self.grouped_bias = groups, channels, use_bias
+
+    def build(self, input_shape: Any) -> None:
+        super().build(input_shape)  # type: ignore[misc]
+        if self.grouped_bias:
+            self.bias = self.add_weight(name="bias", shape=(self.channels,),  # type: ignore[attr-defined]
+                                        initializer=self.bias_initializer, trainable=True)  # type: ignore[attr-defined]
+
+    def call(self, inputs: Any) -> Any:
+        fmt: str = self.data_format  # type: ignore[attr-defined]
+        axis = 1 if fmt == "channels_first" else len(inputs.shape) - 1
+        per = inputs.shape[axis] // self.groups
+        kernel = self.kernel  # type: ignore[attr-defined]
+        outs = [keras.ops.conv_transpose(
+            keras.ops.take(inputs, list(range(g * per, (g + 1) * per)), axis=axis), kernel[..., g * per:(g + 1) * per],
+            strides=self.strides, padding="valid", output_padding=self.output_padding,  # type: ignore[attr-defined]
+            data_format=fmt, dilation_rate=self.dilation_rate) for g in range(self.groups)]  # type: ignore[attr-defined]
+        y = keras.ops.concatenate(outs, axis=axis)
+        if self.grouped_bias:
+            shape = [1] * len(y.shape)
+            shape[axis] = self.channels
+            y = y + keras.ops.reshape(self.bias, shape)  # type: ignore[attr-defined]
+        y = self._crop(y)
+        act = self.activation  # type: ignore[has-type]
+        return act(y) if act is not None else y
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        out = list(super().compute_output_shape(input_shape))
+        out[1 if self.data_format == "channels_first" else -1] = self.channels  # type: ignore[attr-defined]
+        return tuple(out)
+
+
 class Conv1DTransposeCropped(_CropMixin, keras.layers.Conv1DTranspose):  # type: ignore[misc]
     pass
 
@@ -77,13 +116,18 @@ class Conv2DTransposeCropped(_CropMixin, keras.layers.Conv2DTranspose):  # type:
     pass
 
 
+class Conv1DTransposeGrouped(_GroupedMixin, keras.layers.Conv1DTranspose):  # type: ignore[misc]
+    pass
+
+
+class Conv2DTransposeGrouped(_GroupedMixin, keras.layers.Conv2DTranspose):  # type: ignore[misc]
+    pass
+
+
 @register("tensorflow", Conv1DTranspose, Conv2DTranspose)
 def _conv_transpose(node: Node, fmt: str) -> Any:
     s: Any = node.layer
     here = where(node.path, s, "tensorflow")
-    if s.groups > 1:
-        raise UnsupportedLayerError(f"{here}: expected groups=1 (Keras's {type(s).__name__} has no groups), "
-                                    f"received groups={s.groups}")
     if max(s.stride) > 1 and max(s.dilation) > 1:
         raise UnsupportedLayerError(f"{here}: expected stride 1 or dilation 1 (Keras's transposed convolutions refuse "
                                     f"both above 1), received stride={s.stride}, dilation={s.dilation}")
@@ -93,10 +137,15 @@ def _conv_transpose(node: Node, fmt: str) -> Any:
                                     f"output_padding limit), received padding={s.padding}, "
                                     f"output_padding={s.output_padding}, stride={s.stride}")
     crops = tuple((p, max(p - op, 0)) for p, op in zip(s.padding, s.output_padding))
-    cls = Conv1DTransposeCropped if isinstance(s, Conv1DTranspose) else Conv2DTransposeCropped
-    return cls(filters=s.channels, kernel_size=s.kernel_size, strides=s.stride, output_padding=extra,
-               dilation_rate=s.dilation, activation=kn.activation(s.activation), use_bias=s.use_bias,
-               data_format=fmt, crops=crops, name=node.path)
+    one = isinstance(s, Conv1DTranspose)
+    common = dict(kernel_size=s.kernel_size, strides=s.stride, output_padding=extra, dilation_rate=s.dilation,
+                  activation=kn.activation(s.activation), data_format=fmt, crops=crops, name=node.path)
+    if s.groups > 1:
+        grouped = Conv1DTransposeGrouped if one else Conv2DTransposeGrouped
+        return grouped(filters=s.channels // s.groups, groups=s.groups, channels=s.channels, use_bias=s.use_bias,
+                       **common)
+    cls = Conv1DTransposeCropped if one else Conv2DTransposeCropped
+    return cls(filters=s.channels, use_bias=s.use_bias, **common)
 
 
 @register("tensorflow", Upsample2D)
