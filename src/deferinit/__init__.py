@@ -78,6 +78,7 @@ from .registry import available_backends, backends, compile
 from .report import LayerInfo, ParamInfo, ShapeReport
 from .serialize import load_spec, save_spec
 from .shapes import infer_shapes
+from .sharding import ShardedReport, ShardInfo, ShardingPlan, ShardRule
 from .spec import Concat, Layer, LazyModel, Residual, Sequential
 
 # NumPy (about 90 ms to import) is needed only once data or weights are involved: these names load on first use.
@@ -129,6 +130,7 @@ __all__ = [
     "Input", "add", "multiply", "concat", "Attend",
     "infer_shapes", "compile", "register_layer", "register_builder", "backends", "available_backends", "CompiledModel", "ShapeDtype",
     "ShapeReport", "ParamInfo", "LayerInfo", "load_spec", "save_spec", "save_weights", "load_weights", "init", "parity",
+    "ShardingPlan", "ShardRule", "ShardedReport", "ShardInfo",
     "DeferInitError", "SpecError", "ShapeMismatchError", "DTypeError", "BackendUnavailableError",
     "UnknownBackendError", "NotInitializedError", "UnsupportedLayerError", "WeightsError", "BackendError",
     "ResourceError", "__version__",
