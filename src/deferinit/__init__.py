@@ -22,6 +22,7 @@ from .errors import (
     SpecError,
     UnknownBackendError,
     UnsupportedLayerError,
+    UnsupportedShardingError,
     WeightsError,
 )
 from .extend import register_builder, register_layer
@@ -85,7 +86,7 @@ from .spec import Concat, Layer, LazyModel, Residual, Sequential
 _LAZY = {"init": ("deferinit.init", None), "CompiledModel": ("deferinit.adapters.compiled", "CompiledModel"),
          "ShapeDtype": ("deferinit.adapters.compiled", "ShapeDtype"),
          "save_weights": ("deferinit.weights", "save_weights"), "load_weights": ("deferinit.weights", "load_weights"),
-         "parity": ("deferinit.parity", "parity")}
+         "parity": ("deferinit.parity", "parity"), "shard_init": ("deferinit.distributed", "shard_init")}
 
 
 def __getattr__(name: str) -> object:
@@ -130,8 +131,9 @@ __all__ = [
     "Input", "add", "multiply", "concat", "Attend",
     "infer_shapes", "compile", "register_layer", "register_builder", "backends", "available_backends", "CompiledModel", "ShapeDtype",
     "ShapeReport", "ParamInfo", "LayerInfo", "load_spec", "save_spec", "save_weights", "load_weights", "init", "parity",
-    "ShardingPlan", "ShardRule", "ShardedReport", "ShardInfo",
+    "ShardingPlan", "ShardRule", "ShardedReport", "ShardInfo", "shard_init",
     "DeferInitError", "SpecError", "ShapeMismatchError", "DTypeError", "BackendUnavailableError",
-    "UnknownBackendError", "NotInitializedError", "UnsupportedLayerError", "WeightsError", "BackendError",
+    "UnknownBackendError", "NotInitializedError", "UnsupportedLayerError", "UnsupportedShardingError", "WeightsError",
+    "BackendError",
     "ResourceError", "__version__",
 ]
