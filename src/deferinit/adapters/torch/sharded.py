@@ -43,14 +43,15 @@ def make_mesh(mesh: Any) -> tuple[DeviceMesh, dict[str, int]]:
 
 def shard_init(model: Any, x: Any, plan: ShardingPlan, mesh: Any, portable: init_mod.Initializer,
                key: int) -> ShardedReport:
-    tmesh, shape = make_mesh(mesh)
-    names = list(shape)
-    coordinate = tmesh.get_coordinate()
-    assert coordinate is not None
+    shape = dict(zip(mesh.mesh_dim_names or (), mesh.shape)) if isinstance(mesh, DeviceMesh) else check_mesh(mesh)
     before = model._state()
     report = model.apply_init(x, init=portable, key=key, abstract=True)  # meta tensors: shapes only
     try:
-        sharded = report.shard(plan, shape)
+        sharded = report.shard(plan, shape)  # the plan against the shapes first, then the process group
+        tmesh, shape = make_mesh(mesh)
+        names = list(shape)
+        coordinate = tmesh.get_coordinate()
+        assert coordinate is not None
         specs = model._inference.params
         net: nn.Module = model._native
         with model._gate.writing(), torch.no_grad():
