@@ -90,4 +90,4 @@ def test_layouts_that_cannot_be_sharded_are_refused_and_nothing_changes() -> Non
 def test_framework_initializers_are_refused() -> None:
     model = di.compile(di.LazyModel([di.Dense(4)]), "jax")
     with pytest.raises(di.SpecError, match="portable initializer"):
-        di.shard_init(model, (1, 3), di.ShardingPlan.fsdp(), {"data": 1}, init=None)
+        di.shard_init(model, di.ShapeDtype((1, 3)), di.ShardingPlan.fsdp(), {"data": 1}, init=None)

@@ -45,5 +45,5 @@ def test_a_model_over_one_process_cap_materializes_across_four(tmp_path: Path) -
 def test_a_mesh_without_a_process_group_is_refused() -> None:
     model = di.compile(di.LazyModel([di.Dense(4)]), "torch")
     with pytest.raises(di.SpecError, match="init_process_group"):
-        di.shard_init(model, (1, 3), di.ShardingPlan.fsdp(), {"data": 2})
+        di.shard_init(model, di.ShapeDtype((1, 3)), di.ShardingPlan.fsdp(), {"data": 2})
     assert not model.initialized
