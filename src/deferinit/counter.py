@@ -48,19 +48,27 @@ def _log(x: np.ndarray) -> np.ndarray:
     """Natural log of x in (0, 1] from frexp and a series: the same bits everywhere."""
     m, e = np.frexp(x)
     small = m < _SQRT_HALF
-    m = np.where(small, m * 2.0, m)  # m in [sqrt(1/2), sqrt(2))
-    e = (e - small).astype(np.float64)
-    s = (m - 1.0) / (m + 1.0)
-    out: np.ndarray = e * _LN2 + 2.0 * s * _horner(_ATANH, s * s)
+    m[small] *= 2.0  # m in [sqrt(1/2), sqrt(2))
+    e -= small
+    s = m - 1.0
+    m += 1.0
+    s /= m
+    out = _horner(_ATANH, s * s)
+    out *= s
+    out *= 2.0  # 2 s (1 + s^2/3 + ...): the same products as 2.0 * s * poly, in place
+    out += e * _LN2
     return out
 
 
 def _sincos_2pi(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(cos(2 pi u), sin(2 pi u)) for u in [0, 1): exact reduction to a quarter turn, then Taylor polynomials."""
     n = np.rint(u * 4.0)  # 0..4, exact
-    x = (u - n * 0.25) * _TWO_PI  # u - n/4 is exact; |x| <= pi/4
+    x = n * -0.25
+    x += u
+    x *= _TWO_PI  # u - n/4 is exact; |x| <= pi/4
     x2 = x * x
-    s = x * _horner(_SIN, x2)
+    s = _horner(_SIN, x2)
+    s *= x
     c = _horner(_COS, x2)
     q = n.astype(np.int64) & 3  # the quarter turn: cos, sin = (c, s), (-s, c), (-c, -s), (s, -c)
     odd = (q & 1).astype(bool)
@@ -136,13 +144,20 @@ class CounterRNG:
             raise ValueError(f"CounterRNG: expected a shape of {self.size} values, received {shape}")
         return shape
 
+    def _raw(self, spans: Sequence[tuple[int, int]]) -> np.ndarray:
+        parts = [self._lanes(a, n) for a, n in spans]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
     def random(self, shape: Sequence[int] | int) -> np.ndarray:
         """Uniform float64 in [0, 1)."""
         shape = self._check(shape)
         if not self.runs:
             return np.zeros(shape)
-        raw = np.concatenate([self._lanes(a, b - a) for a, b in self.runs])
-        return ((raw >> _SHIFT).astype(np.float64) * _ULP).reshape(shape)
+        raw = self._raw([(a, b - a) for a, b in self.runs])
+        raw >>= _SHIFT
+        u = raw.astype(np.float64)
+        u *= _ULP
+        return u.reshape(shape)
 
     def standard_normal(self, shape: Sequence[int] | int) -> np.ndarray:
         """Standard normal float64 (Box-Muller over pairs of values)."""
@@ -150,14 +165,21 @@ class CounterRNG:
         if not self.runs:
             return np.zeros(shape)
         pairs = [(a // 2, (b - 1) // 2 + 1) for a, b in self.runs]
-        raw = np.concatenate([self._lanes(2 * p0, 2 * (p1 - p0)) for p0, p1 in pairs])
-        u1 = ((raw[0::2] >> _SHIFT).astype(np.float64) + 1.0) * _ULP  # (0, 1]
-        u2 = (raw[1::2] >> _SHIFT).astype(np.float64) * _ULP  # [0, 1)
-        r = np.sqrt(-2.0 * _log(u1))
+        raw = self._raw([(2 * p0, 2 * (p1 - p0)) for p0, p1 in pairs])
+        raw >>= _SHIFT
+        u1 = raw[0::2].astype(np.float64)
+        u1 += 1.0
+        u1 *= _ULP  # (0, 1]
+        u2 = raw[1::2].astype(np.float64)
+        u2 *= _ULP  # [0, 1)
+        del raw
+        r = _log(u1)
+        r *= -2.0
+        np.sqrt(r, out=r)
         cos, sin = _sincos_2pi(u2)
         both = np.empty(2 * len(u1))
-        both[0::2] = r * cos
-        both[1::2] = r * sin
+        np.multiply(r, cos, out=both[0::2])
+        np.multiply(r, sin, out=both[1::2])
         if len(self.runs) == 1 and both.size == self.size:
             return both.reshape(shape)
         out, at = [], 0
