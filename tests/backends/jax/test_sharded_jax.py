@@ -51,6 +51,23 @@ CHILD = textwrap.dedent("""
     numpy_ref = di.compile(spec, "numpy")
     numpy_ref.load_weights(b, input_shape=x.shape)
     assert np.allclose(np.asarray(model(x)), numpy_ref(x), rtol=1e-4, atol=1e-5)
+
+    # tensor parallel: Flax keeps q/k/v as (D, heads, head_dim) and out as (heads, head_dim, H): cut on the heads
+    spec = di.LazyModel([di.MultiHeadAttention(num_heads=4, num_hiddens=16, use_bias=True), di.Dense(8)])
+    x = np.random.default_rng(1).standard_normal((2, 5, 6)).astype(np.float32)
+    model = di.compile(spec, "jax")
+    di.shard_init(model, x, di.ShardingPlan.tensor_parallel(), {"model": 4}, init="xavier_normal", key=1)
+    v = model.variables["params"]["layers_0"]
+    assert {s.data.shape for s in v["query"]["kernel"].addressable_shards} == {(6, 1, 4)}
+    assert {s.data.shape for s in v["out"]["kernel"].addressable_shards} == {(1, 4, 16)}
+    assert v["out"]["bias"].sharding.is_fully_replicated
+    ref = di.compile(spec, "jax")
+    ref.apply_init(x, init="xavier_normal", key=1)
+    a, b = ref.export_weights(), model.export_weights()
+    assert all(np.array_equal(a[n], b[n]) for n in a), "tensor parallel: gathered != unsharded"
+    numpy_ref = di.compile(spec, "numpy")
+    numpy_ref.load_weights(b, input_shape=x.shape)
+    assert np.allclose(np.asarray(model(x)), numpy_ref(x), rtol=1e-4, atol=1e-5)
     print("OK")
 """)
 
@@ -64,18 +81,27 @@ REFUSED = textwrap.dedent("""
     import numpy as np, deferinit as di
     spec = di.LazyModel([di.MultiHeadAttention(num_heads=2, num_hiddens=8)])
     model = di.compile(spec, "jax")
-    model.apply_init(np.zeros((1, 3, 8), np.float32), init="xavier_uniform", key=0)
+    x = np.zeros((1, 3, 8), np.float32)
+    model.apply_init(x, init="xavier_uniform", key=0)
     before = model.export_weights()
-    try:
-        di.shard_init(model, np.zeros((1, 3, 8), np.float32), di.ShardingPlan.tensor_parallel(), {"model": 2})
+    try:  # 2 heads cannot be cut into 4 shards, though the canonical (8, 8) rows could
+        di.shard_init(model, x, di.ShardingPlan.tensor_parallel(), {"model": 4})
     except di.UnsupportedShardingError as exc:
-        assert "'0.q_weight'" in str(exc) and "replicate it" in str(exc), exc
+        assert "'0.q_weight'" in str(exc) and "2 heads of 4" in str(exc), exc
     else:
         raise AssertionError("no error")
     after = model.export_weights()
     assert all(np.array_equal(before[n], after[n]) for n in before)  # the model is as it was
+    gru = di.compile(di.LazyModel([di.GRU(8)]), "jax")  # gates: several Flax variables for one canonical weight
     try:
-        di.shard_init(model, np.zeros((1, 3, 8), np.float32), di.ShardingPlan.fsdp(), {"data": 16})
+        di.shard_init(gru, np.zeros((1, 3, 4), np.float32), di.ShardingPlan.fsdp(), {"data": 2})
+    except di.UnsupportedShardingError as exc:
+        assert "weight_ih_l0" in str(exc) and "replicate it" in str(exc), exc
+    else:
+        raise AssertionError("no error")
+    assert not gru.initialized
+    try:
+        di.shard_init(model, x, di.ShardingPlan.fsdp(), {"data": 16})
     except di.SpecError as exc:
         assert "16 devices" in str(exc), exc
     print("OK")
