@@ -5,6 +5,7 @@
     nox -s "tests(torch)"    # the contract suite and the native-module tests on one backend
     nox -s parity            # cross-framework parity, across processes and virtualenvs
     nox -s bench             # benchmarks against hand-written native code (not in the default run)
+    nox -s distributed       # sharded initialization on torch (gloo ranks) and jax (8 CPU devices) + benchmark
 """
 
 from __future__ import annotations
@@ -136,6 +137,24 @@ def _side_env(session: nox.Session, name: str, requirements: str, interpreter: s
     session.run(str(python), "-m", "pip", "install", "-q", "-r", requirements, *TEST_DEPS, external=True)
     session.run(str(python), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", ".", external=True)
     return str(python)
+
+
+@nox.session
+def distributed(session: nox.Session) -> None:
+    """Sharded initialization (issue 14) in one virtualenv with torch and jax (their pins in backends/*.txt):
+    torch on gloo with 2 and 4 spawned ranks and the memory-cap test, JAX on 8 forced CPU devices, the plan and
+    counter-based init tests, then ``bench/sharded.py`` against each framework's own hand-written sharded init.
+    Not in the default run: its tests already run there, inside ``tests(torch)`` and ``tests(jax)`` (about 2 min
+    together); this session adds the benchmark (about 1 min), which is not a pass/fail check."""
+    for backend in ("torch", "jax"):
+        _need_python(session, backend)
+    install(session, "backends/torch.txt", "backends/jax.txt")
+    session.run("python", "-m", "pytest", "--backend", "numpy,torch,jax", "tests/core/test_sharding.py",
+                "tests/core/test_counter_init.py", "tests/contract/test_sharded_contract.py",
+                "tests/backends/torch/test_sharded_torch.py", "tests/backends/jax/test_sharded_jax.py",
+                *session.posargs, env=ENV)
+    session.run("python", "bench/sharded.py", "torch", "--out", "bench/results/sharded_torch.json", env=ENV)
+    session.run("python", "bench/sharded.py", "jax", "--out", "bench/results/sharded_jax.json", env=ENV)
 
 
 @nox.session

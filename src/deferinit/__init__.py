@@ -23,6 +23,7 @@ from .errors import (
     SpecError,
     UnknownBackendError,
     UnsupportedLayerError,
+    UnsupportedShardingError,
     WeightsError,
 )
 from .extend import register_builder, register_layer
@@ -52,6 +53,7 @@ from .spec import Concat, Layer, LazyModel, Residual, Sequential
 if TYPE_CHECKING:  # what type checkers see; at run time these load on first use (_LAZY below)
     from . import init
     from .adapters.compiled import CompiledModel, ShapeDtype
+    from .distributed import shard_init
     from .graph import Input, add, concat, multiply
     from .layers_extra import (
         AdaptiveAvgPool2D,
@@ -85,6 +87,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time these load on first use
     from .report import LayerInfo, ParamInfo, ShapeReport
     from .serialize import load_spec, save_spec
     from .shapes import infer_shapes
+    from .sharding import ShardedReport, ShardInfo, ShardingPlan, ShardRule
     from .weights import load_weights, save_weights
 
 # Loaded on first use (``import deferinit`` stays a few tens of ms): NumPy (about 90 ms to import) is needed only
@@ -106,7 +109,8 @@ _LAZY = {"init": ("deferinit.init", None), "CompiledModel": ("deferinit.adapters
          "Add": ("deferinit.merges", "Add"), "Multiply": ("deferinit.merges", "Multiply"),
          **{name: ("deferinit.report", name) for name in ("LayerInfo", "ParamInfo", "ShapeReport")},
          "load_spec": ("deferinit.serialize", "load_spec"), "save_spec": ("deferinit.serialize", "save_spec"),
-         "infer_shapes": ("deferinit.shapes", "infer_shapes")}
+         "infer_shapes": ("deferinit.shapes", "infer_shapes"), "shard_init": ("deferinit.distributed", "shard_init"),
+         **{name: ("deferinit.sharding", name) for name in ("ShardedReport", "ShardInfo", "ShardingPlan", "ShardRule")}}
 #: submodules importing deferinit used to load as a side effect: still reachable as attributes of the package
 _SUBMODULES = frozenset({"graph", "layers_extra", "layers_graph", "layers_seq", "layers_up", "merges", "report",
                          "serialize", "shapes", "spec_files"})
@@ -158,7 +162,9 @@ __all__ = [
     "Input", "add", "multiply", "concat", "Attend",
     "infer_shapes", "compile", "register_layer", "register_builder", "backends", "available_backends", "CompiledModel", "ShapeDtype",
     "ShapeReport", "ParamInfo", "LayerInfo", "load_spec", "save_spec", "save_weights", "load_weights", "init", "parity",
+    "ShardingPlan", "ShardRule", "ShardedReport", "ShardInfo", "shard_init",
     "DeferInitError", "SpecError", "ShapeMismatchError", "DTypeError", "BackendUnavailableError",
-    "UnknownBackendError", "NotInitializedError", "UnsupportedLayerError", "WeightsError", "BackendError",
+    "UnknownBackendError", "NotInitializedError", "UnsupportedLayerError", "UnsupportedShardingError", "WeightsError",
+    "BackendError",
     "ResourceError", "__version__",
 ]

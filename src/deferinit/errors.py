@@ -18,6 +18,7 @@ __all__ = [
     "UnknownBackendError",
     "NotInitializedError",
     "UnsupportedLayerError",
+    "UnsupportedShardingError",
     "WeightsError",
     "BackendError",
     "ResourceError",
@@ -54,6 +55,10 @@ class NotInitializedError(DeferInitError, RuntimeError):
 
 class UnsupportedLayerError(DeferInitError, NotImplementedError):
     """A layer (or an option of one) that a backend cannot express faithfully."""
+
+
+class UnsupportedShardingError(UnsupportedLayerError):
+    """Sharded initialization asked of a backend (or of a parameter layout) that cannot do it faithfully."""
 
 
 class WeightsError(SpecError):

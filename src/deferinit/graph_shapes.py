@@ -134,5 +134,5 @@ def infer_graph(spec: GraphModel, input_shapes: Any, *, dtype: Any = None, backe
                          params=params, layers=layers,
                          input_dtype=",".join(as_dtype(dtypes[i] or spec.inputs[i].get("dtype", "float32")).name
                                               for i in range(len(names))),
-                         data_format=spec.data_format)
+                         data_format=spec.data_format, roles={name: p.role for name, p in walk.params.items()})
     return Inference(report, walk.params, root, walk.inputs)

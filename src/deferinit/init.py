@@ -1,8 +1,10 @@
 """Portable initializers: the same weights, bit for bit, on every backend.
 
-Values are drawn in NumPy, in the canonical layout, from a generator seeded by ``(key, crc32(name))`` for
-each canonical parameter name, so they do not depend on the backend, on the order in which a framework
-creates its variables, or on which other parameters exist. Adapters then load them into the native
+Values are drawn in NumPy, in the canonical layout, by a counter-based generator (``counter.py``): each
+value depends only on ``(key, canonical name, flat index)``, so it does not depend on the backend, on the
+order in which a framework creates its variables, or on which other parameters exist, and any part of a
+parameter (a shard) is drawn alone with the same bits it has in the whole (:meth:`Initializer.draw`,
+:func:`generate_shard`). Adapters then load them into the native
 model. Only weights with role ``kernel`` or ``embedding`` are drawn; biases and shifts start at zero,
 norm scales at one, running means at zero and running variances at one; a role ``fill=<value>``
 (LayerScale's weight) starts at that value.
@@ -14,16 +16,16 @@ Fans follow PyTorch's convention: for a weight ``(out, in, *kernel)``, ``fan_in 
 from __future__ import annotations
 
 import math
-import zlib
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .counter import CounterRNG, chunks, flat_runs
 from .errors import SpecError
 
 __all__ = ["Initializer", "Zeros", "Ones", "Constant", "Normal", "Uniform", "XavierUniform", "XavierNormal",
-           "KaimingUniform", "KaimingNormal", "get", "fans", "generate", "NAMES"]
+           "KaimingUniform", "KaimingNormal", "get", "fans", "generate", "generate_shard", "NAMES"]
 
 
 def fans(shape: tuple[int, ...], role: str = "kernel") -> tuple[int, int]:
@@ -36,18 +38,33 @@ def fans(shape: tuple[int, ...], role: str = "kernel") -> tuple[int, int]:
 
 
 class Initializer:
-    """Base: ``sample(shape, fan_in, fan_out, rng) -> float64 array``."""
+    """Base: ``sample(shape, fan_in, fan_out, rng) -> float64 array``, element-wise in ``rng``'s values.
 
-    def sample(self, shape: tuple[int, ...], fan_in: int, fan_out: int, rng: np.random.Generator) -> np.ndarray:
+    ``rng`` is a :class:`~deferinit.counter.CounterRNG` (``random``, ``standard_normal``) over some flat indices
+    of the parameter; ``shape`` is the number of values asked, the fans are the whole parameter's. A subclass
+    must transform each drawn value on its own (no reduction over the array), so a shard drawn alone is the
+    same part of the whole."""
+
+    def sample(self, shape: tuple[int, ...], fan_in: int, fan_out: int, rng: Any) -> np.ndarray:
         raise NotImplementedError
 
     def __call__(self, shape: tuple[int, ...], *, key: int = 0, name: str = "", role: str = "kernel") -> np.ndarray:
-        fan_in, fan_out = fans(tuple(shape), role)
-        return self.sample(tuple(shape), fan_in, fan_out, _rng(key, name)).astype(np.float32)
+        return self.draw(shape, None, key=key, name=name, role=role)
 
-
-def _rng(key: int, name: str) -> np.random.Generator:
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(key) & 0xFFFFFFFF, zlib.crc32(name.encode())])))
+    def draw(self, shape: Sequence[int], index: Sequence[slice] | None = None, *, key: int = 0, name: str = "",
+             role: str = "kernel") -> np.ndarray:
+        """The float32 values of the region ``index`` (unit-step slices, one per leading dim; None: all) of the
+        parameter ``name`` of ``shape``: bit-identical to ``self(shape, ...)[index]``, drawn without the rest."""
+        shape = tuple(int(d) for d in shape)
+        fan_in, fan_out = fans(shape, role)
+        region, runs = flat_runs(shape, index)
+        out = np.empty(math.prod(region), dtype=np.float32)
+        at = 0
+        for group in chunks(runs):
+            rng = CounterRNG(key, name, group)
+            out[at:at + rng.size] = self.sample((rng.size,), fan_in, fan_out, rng)
+            at += rng.size
+        return out.reshape(region)
 
 
 @dataclass(frozen=True)
@@ -145,12 +162,18 @@ _FIXED = {"bias": 0.0, "shift": 0.0, "scale": 1.0, "mean": 0.0, "var": 1.0}
 
 def generate(params: Mapping[str, Any], init: Initializer, key: int) -> dict[str, np.ndarray]:
     """Canonical float32 weights for ``params`` (canonical name -> :class:`~deferinit.layers.ParamSpec`)."""
-    out = {}
-    for name, p in params.items():
-        if p.role in _FIXED:
-            out[name] = np.full(p.shape, _FIXED[p.role], dtype=np.float32)
-        elif p.role.startswith("fill="):  # a value the layer fixes (LayerScale's init_value)
-            out[name] = np.full(p.shape, float(p.role[5:]), dtype=np.float32)
-        else:
-            out[name] = init(p.shape, key=key, name=name, role=p.role)
-    return out
+    return {name: _value(name, p, init, key, None) for name, p in params.items()}
+
+
+def generate_shard(params: Mapping[str, Any], init: Initializer, key: int,
+                   index: Mapping[str, Sequence[slice] | None]) -> dict[str, np.ndarray]:
+    """The part ``index[name]`` (unit-step slices; None or absent: all) of each weight of ``params``, drawn
+    alone: bit-identical to the same slice of :func:`generate`'s result."""
+    return {name: _value(name, p, init, key, index.get(name)) for name, p in params.items()}
+
+
+def _value(name: str, p: Any, init: Initializer, key: int, index: Sequence[slice] | None) -> np.ndarray:
+    if p.role in _FIXED or p.role.startswith("fill="):  # fill=: a value the layer fixes (LayerScale's init_value)
+        value = _FIXED[p.role] if p.role in _FIXED else float(p.role[5:])
+        return np.full(flat_runs(p.shape, index)[0], value, dtype=np.float32)
+    return init.draw(p.shape, index, key=key, name=name, role=p.role)

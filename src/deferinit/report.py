@@ -105,6 +105,16 @@ class ShapeReport:
     layers: Mapping[str, LayerInfo] = field(default_factory=dict)
     input_dtype: str = "float32"
     data_format: str = "channels_first"
+    #: canonical name -> role (kernel, bias, embedding...) where the reference rules gave it; not serialized
+    roles: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def shard(self, plan: Any, mesh_shape: Mapping[str, int]) -> Any:
+        """Each parameter's sharding and local shard shape, and the bytes per device, under ``plan`` (a
+        :class:`~deferinit.sharding.ShardingPlan`) over ``mesh_shape`` (``{"data": 4}``): a
+        :class:`~deferinit.sharding.ShardedReport`, validated with no framework and no memory."""
+        from .sharding import shard_report
+
+        return shard_report(self, plan, mesh_shape)
 
     # ------------------------------------------------------------------ counts
     @property

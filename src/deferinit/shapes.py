@@ -261,7 +261,8 @@ def infer(spec: LazyModel, input_shape: Any, *, dtype: Any = None, backend: str 
     params = {name: ParamInfo(shape=p.shape, trainable=p.trainable, native_name=name, native_shape=p.shape,
                               source="reference") for name, p in walk.params.items()}
     report = ShapeReport(backend=backend, input_shape=shape, output_shape=out, params=params, layers=walk.layers,
-                         input_dtype=_name(dtype), data_format=spec.data_format)
+                         input_dtype=_name(dtype), data_format=spec.data_format,
+                         roles={name: p.role for name, p in walk.params.items()})
     return Inference(report, walk.params, root, walk.inputs)
 
 

@@ -240,7 +240,8 @@ class Checks(Contract[N]):
                       for path, info in ref.layers.items()}  # LayerInfo(...) is cheaper than replace() (a model of 100 layers)
             output = self._native_shape(layer_shapes, "", None, ref.output_shape)
         return ShapeReport(backend=self.backend, input_shape=ref.input_shape, output_shape=output,
-                           params=params, layers=layers, input_dtype=ref.input_dtype, data_format=ref.data_format)
+                           params=params, layers=layers, input_dtype=ref.input_dtype, data_format=ref.data_format,
+                           roles=ref.roles)
 
     def _native_shape(self, shapes: Mapping[str, tuple], path: str, info: LayerInfo | None,
                       want: tuple | None = None) -> tuple:

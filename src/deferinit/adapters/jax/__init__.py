@@ -292,5 +292,10 @@ class FlaxModel(CompiledModel[nn.Module]):
         """The ``params`` collection of :attr:`variables` (Flax's name for the trainable variables)."""
         return self.variables.get("params", {})
 
+    def _shard_init(self, x: Any, plan: Any, mesh: Any, init: Any, key: int) -> Any:
+        from .sharded import shard_init  # deferinit.shard_init's hook: NamedShardings over a jax Mesh
+
+        return shard_init(self, x, plan, mesh, init, key)
+
 
 fastpath.install(FlaxModel, fastpath.ENABLED)

@@ -288,7 +288,12 @@ class TorchModel(CompiledModel[nn.Module]):
         return getattr(self._native.get_submodule(owner), attr)  # type: ignore[union-attr]
 
     def _get_weights(self) -> dict[str, np.ndarray]:
-        return {name: self._tensor(name).detach().to("cpu", F32).numpy() for name in self.report.params}
+        return {name: _full(self._tensor(name)).detach().to("cpu", F32).numpy() for name in self.report.params}
+
+    def _shard_init(self, x: Any, plan: Any, mesh: Any, init: Any, key: int) -> Any:
+        from .sharded import shard_init  # deferinit.shard_init's hook: DTensors over a DeviceMesh
+
+        return shard_init(self, x, plan, mesh, init, key)
 
     def _set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
         with torch.no_grad():
@@ -314,3 +319,9 @@ class TorchModel(CompiledModel[nn.Module]):
         with torch.no_grad():
             tree.run(self.root, x if x.dtype in tt.READY else tt.coerce(x), runner, record)
         return record
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A sharded parameter (a DTensor, after deferinit.shard_init) gathered; any other tensor as it is."""
+    full = getattr(t, "full_tensor", None)
+    return full() if full is not None else t
