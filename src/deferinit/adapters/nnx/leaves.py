@@ -19,34 +19,19 @@ Reshape, Permute...) runs that linen module as the pure function it is (``module
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+from typing import Any
 
 from flax import nnx
 
+from ...extend import register_builder
 from ...layers import BatchNorm, Conv1D, Conv2D, Dense, Dropout, Embedding, LayerNorm
 from ...shapes import Node
 from ..jax import params as T
 from . import modules as M
 
-__all__ = ["Made", "TABLE", "builder"]
-
-#: layer type -> builder (``extend.register_builder("nnx", ...)`` joins it once "nnx" is a registered backend)
-TABLE: dict[type, Any] = {}
-
-
-def register_builder(backend: str, *types: type) -> Callable[[F], F]:
-    def deco(fn: F) -> F:
-        TABLE.update({t: fn for t in types})
-        return fn
-    return deco
-
-
-def builder(layer_type: type) -> Any:
-    """The builder of ``layer_type`` (exactly that type, as ``extend.builder_for``), or None."""
-    return TABLE.get(layer_type)
+__all__ = ["Made"]
 
 Made = tuple[nnx.Module, dict[str, T.Layout]]
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _one(name: str, kind: str = "same", collection: str = "params") -> T.Layout:

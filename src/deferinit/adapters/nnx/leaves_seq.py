@@ -21,11 +21,12 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
+from ...extend import register_builder
 from ...layers_seq import GRU, LSTM, RNN, ClassToken, MultiHeadAttention, PositionEmbedding
 from ...shapes import Node
 from ..jax import params as T
 from . import modules as M
-from .leaves import Made, _one, register_builder
+from .leaves import Made, _one
 
 
 class SelfAttention(nnx.MultiHeadAttention):

@@ -11,13 +11,13 @@ from typing import Any
 from flax import nnx
 
 from ...errors import UnsupportedLayerError, where
-from ...extend import builder_for
+from ...extend import builder_for, builders
 from ...shapes import Node
 from ...spec import Residual
 from .. import tree
 from ..jax import leaves as _jax_leaves  # noqa: F401  (the linen builders Stateless reuses)
 from ..jax import params as T
-from . import leaves as L
+from . import leaves as _leaves  # noqa: F401  (registers the nnx builders)
 from . import modules as M
 
 __all__ = ["Built", "NnxBuilder", "find"]
@@ -58,12 +58,12 @@ class NnxBuilder(tree.Builder[nnx.Module]):
 
     def leaf(self, node: Node) -> nnx.Module:
         layer, shape = node.layer, tuple(self.inputs[node.path])
-        fn = L.builder(type(layer))
+        fn = builder_for("nnx", type(layer))
         made = fn(node, self.cf, self.rngs, shape) if fn is not None else self._stateless(node)
         if made is None:
             raise UnsupportedLayerError(
                 f"{where(node.path, layer, 'nnx')}: no Flax NNX module is known for this layer as configured; "
-                f"supported: {', '.join(sorted(t.__name__ for t in L.TABLE))} and the layers without "
+                f"supported: {', '.join(sorted(t.__name__ for t in builders('nnx')))} and the layers without "
                 f"parameters")
         module, layouts = made
         for pname, layout in layouts.items():
