@@ -10,7 +10,7 @@ import pytest
 import deferinit as di
 from deferinit import resources, zoo
 
-ABSTRACT = ("numpy", "torch", "jax")
+ABSTRACT = ("numpy", "torch", "jax", "nnx")
 
 
 def _rss_mib() -> float:

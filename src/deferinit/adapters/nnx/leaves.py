@@ -90,3 +90,4 @@ def _dropout(node: Node, cf: bool, rngs: nnx.Rngs, in_shape: tuple) -> Made:
 
 from . import leaves_extra as _extra  # noqa: E402, F401  (registers the builders of layers_extra)
 from . import leaves_seq as _seq  # noqa: E402, F401  (registers the sequence layers' builders)
+from . import leaves_up as _up  # noqa: E402, F401  (registers the builders of layers_up)

@@ -89,3 +89,6 @@ class NnxBuilder(tree.Builder[nnx.Module]):
 
     def concat(self, node: Node, branches: list[tuple[str, nnx.Module]]) -> nnx.Module:
         return M.Concat([m for _, m in branches], self.cf)
+
+    def merge(self, node: Node, branches: list[tuple[str, nnx.Module]]) -> nnx.Module:
+        return M.Merge([m for _, m in branches], node.layer.op)  # type: ignore[attr-defined]
