@@ -198,6 +198,10 @@ def flaky_write(backend: str, monkeypatch: pytest.MonkeyPatch) -> list[int]:
         from deferinit.adapters.jax import params as _jax_tree
 
         monkeypatch.setattr(_jax_tree, "put", wrap(_jax_tree.put))
+    elif backend == "nnx":  # NNX writes a variable's value through its __setitem__ (variable[...] = value)
+        from flax import nnx
+
+        monkeypatch.setattr(nnx.Variable, "__setitem__", wrap(nnx.Variable.__setitem__))
     elif backend == "numpy":
         from deferinit.adapters import numpy as adapter
 
@@ -356,7 +360,7 @@ def native_init(backend: str, fault: str) -> Any:
             elif m.out_features == 5 and fault == "dtype":
                 m.weight = torch.nn.Parameter(torch.ones(5, 4, dtype=torch.complex64))
         return torch_init
-    if backend == "jax":
+    if backend in ("jax", "nnx"):  # nnx takes Flax/JAX initializers too
         import jax.numpy as jnp
 
         def jax_init(key: Any, shape: tuple, dtype: Any = jnp.float32) -> Any:
@@ -393,7 +397,7 @@ def native_key(backend: str) -> Any:
         import torch
 
         return torch.Generator().manual_seed(0)
-    if backend == "jax":
+    if backend in ("jax", "nnx"):
         import jax
 
         return jax.random.PRNGKey(0)

@@ -28,7 +28,7 @@ from .. import tree
 from ..graph_compiled import GraphCompiled
 from ..jax.modules import activate
 from .leaves import Made
-from .structure import Built, NnxBuilder, find
+from .structure import Built, NnxBuilder, find, write
 
 __all__ = ["GraphModule", "NnxGraphModel"]
 
@@ -228,6 +228,4 @@ class NnxGraphModel(GraphCompiled[Any]):
             shapes = [tuple(find(native, k).shape) for k in keys]
             for k, part in zip(keys, layout.native(np.asarray(value, np.float32), shapes)):
                 shares[k] = part if k not in shares else shares[k] + part
-        values = {k: jnp.asarray(np.ascontiguousarray(v, dtype=np.float32)) for k, v in shares.items()}
-        for k, v in values.items():  # every value built first: the assignments below cannot fail part-way
-            find(native, k)[...] = v
+        write(native, {k: jnp.asarray(np.ascontiguousarray(v, dtype=np.float32)) for k, v in shares.items()})

@@ -71,7 +71,9 @@ def _layer_norm(node: Node, cf: bool, rngs: nnx.Rngs, in_shape: tuple) -> Made:
     # NNX's own LayerNorm over one axis (reduction and feature axes both that axis); use_fast_variance=False:
     # E[x^2] - E[x]^2 loses digits the spec's reference keeps
     layer: LayerNorm = node.layer  # type: ignore[assignment]
-    axis = layer.resolved_axis(len(in_shape), "channels_first" if cf else "channels_last")
+    # the axis as the spec gives it (-1 stays the last axis of an input of another rank; "channels": 1 or -1),
+    # the feature count from the rules' input shape
+    axis = layer.axis if layer.axis != "channels" else (1 if cf else -1)
     m = M.LayerNorm(int(in_shape[axis]), epsilon=layer.eps, use_fast_variance=False, reduction_axes=axis,
                     feature_axes=axis, rngs=rngs)
     return m, {"weight": _one("scale"), "bias": _one("bias")}

@@ -6,7 +6,7 @@ canonical parameter lives (its module's state path, and the jax backend's layout
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from flax import nnx
 
@@ -20,7 +20,7 @@ from ..jax import params as T
 from . import leaves as _leaves  # noqa: F401  (registers the nnx builders)
 from . import modules as M
 
-__all__ = ["Built", "NnxBuilder", "find"]
+__all__ = ["Built", "NnxBuilder", "find", "write"]
 
 Path = tuple  # a state path: attribute names and list indices
 
@@ -40,6 +40,21 @@ def find(module: Any, path: Path) -> Any:
     for step in path:
         module = module[step] if isinstance(step, int) else getattr(module, step)
     return module
+
+
+def write(native: Any, values: Mapping[tuple, Any]) -> None:
+    """Assign every variable at once: each value is built first, and if an assignment still fails part-way the
+    variables already written get their old values back (NNX variables are changed in place)."""
+    old = {k: find(native, k)[...] for k in values}
+    done = []
+    try:
+        for k, value in values.items():
+            find(native, k)[...] = value
+            done.append(k)
+    except BaseException:
+        for k in done:
+            find(native, k)[...] = old[k]
+        raise
 
 
 class NnxBuilder(tree.Builder[nnx.Module]):
