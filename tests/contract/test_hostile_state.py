@@ -287,6 +287,15 @@ def _jax_values(kind: str, w: dict[str, np.ndarray]) -> tuple[dict, dict | None]
     return {**w, "1.weight": jax.ShapeDtypeStruct(w["1.weight"].shape, jax.numpy.float32)}, None
 
 
+def _nnx_values(kind: str, w: dict[str, np.ndarray]) -> tuple[dict, dict | None]:
+    """nnx.Param variables, as ``nnx.state`` holds them; one holding only a shape (from ``nnx.eval_shape``)."""
+    import jax
+    from flax import nnx
+    if kind == "param":
+        return {n: nnx.Param(jax.numpy.asarray(v)) for n, v in w.items()}, w
+    return {**w, "1.weight": nnx.Param(jax.ShapeDtypeStruct(w["1.weight"].shape, jax.numpy.float32))}, None
+
+
 def _mxnet_values(kind: str, w: dict[str, np.ndarray]) -> tuple[dict, dict | None]:
     import mxnet as mx
     return {n: mx.nd.array(v) for n, v in w.items()}, w
@@ -301,7 +310,7 @@ def _numpy_values(kind: str, w: dict[str, np.ndarray]) -> tuple[dict, dict | Non
 
 VALUES = [("numpy", "float64"), ("numpy", "lists"), ("torch", "parameter"), ("torch", "bfloat16"), ("torch", "meta"),
           ("tensorflow", "bfloat16"), ("tensorflow", "variable"), ("tensorflow", "uninitialized"), ("jax", "bfloat16"),
-          ("jax", "shape_only"), ("mxnet", "ndarray")]
+          ("jax", "shape_only"), ("nnx", "param"), ("nnx", "shape_only"), ("mxnet", "ndarray")]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
