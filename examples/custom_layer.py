@@ -159,6 +159,34 @@ else:
 # <<< jax
 
 
+# >>> nnx
+try:  # the nnx builder (signature in deferinit/adapters/nnx/leaves.py): NNX modules are eager, so the builder is
+    # given the layer's input shape by the reference rules and passes its fan-in to NNX
+    from flax import nnx
+
+    from deferinit.adapters.jax import params as nnx_params
+except ImportError:  # flax not installed: no nnx builder
+    pass
+else:
+    class NnxGatedDense(nnx.Module):
+        """An ``nnx.Linear(in, 2 * units)`` (kernel ``(in, 2 * units)``), then the gate."""
+
+        def __init__(self, in_features: int, units: int, rngs: nnx.Rngs) -> None:
+            self.dense, self.units = nnx.Linear(in_features, 2 * units, rngs=rngs), units
+
+        def __call__(self, x, train=False):  # type: ignore[no-untyped-def]
+            h = self.dense(x)
+            return h[..., :self.units] * nnx.sigmoid(h[..., self.units:])
+
+    @di.register_builder("nnx", GatedDense)
+    def _gated_dense_nnx(node, channels_first, rngs, in_shape):  # type: ignore[no-untyped-def]
+        module = NnxGatedDense(in_shape[-1], node.layer.units, rngs)
+        # the leaf names are the NNX attribute paths below the module; the kernel is Flax's (in, out): "dense"
+        return module, {"weight": nnx_params.One(nnx_params.Leaf("params", "dense/kernel"), "dense"),
+                        "bias": nnx_params.One(nnx_params.Leaf("params", "dense/bias"), "same")}
+# <<< nnx
+
+
 # >>> mxnet
 if "mxnet" in di.available_backends():
     import warnings

@@ -52,6 +52,21 @@ def native_jax() -> None:
     net.apply(params, BAD)
 
 
+def native_nnx() -> None:
+    from flax import nnx
+
+    class MLP(nnx.Module):  # NNX is eager: the first layer must be told its 20 input features
+        def __init__(self, rngs: nnx.Rngs) -> None:
+            self.hidden, self.out = nnx.Linear(20, 256, rngs=rngs), nnx.Linear(256, 10, rngs=rngs)
+
+        def __call__(self, x):  # type: ignore[no-untyped-def]
+            return self.out(nnx.relu(self.hidden(x)))
+
+    net = MLP(nnx.Rngs(0))
+    net(GOOD)
+    net(BAD)
+
+
 def native_mxnet() -> None:
     import mxnet as mx
     from mxnet.gluon import nn

@@ -26,6 +26,7 @@ BUILTINS: dict[str, tuple[str, tuple[str, ...], str, tuple[str, ...]]] = {
     "torch": ("deferinit.adapters.torch:TorchModel", ("torch",), "torch", ("pytorch",)),
     "tensorflow": ("deferinit.adapters.tensorflow:KerasModel", ("tensorflow", "keras"), "tensorflow", ("tf", "keras")),
     "jax": ("deferinit.adapters.jax:FlaxModel", ("jax", "flax"), "jax", ("flax",)),
+    "nnx": ("deferinit.adapters.nnx:NnxModel", ("jax", "flax"), "jax", ("flax.nnx",)),
     "mxnet": ("deferinit.adapters.mxnet:GluonModel", ("mxnet",), "mxnet", ("gluon",)),
 }
 #: alias -> backend name

@@ -198,6 +198,10 @@ def flaky_write(backend: str, monkeypatch: pytest.MonkeyPatch) -> list[int]:
         from deferinit.adapters.jax import params as _jax_tree
 
         monkeypatch.setattr(_jax_tree, "put", wrap(_jax_tree.put))
+    elif backend == "nnx":  # NNX writes a variable's value through its __setitem__ (variable[...] = value)
+        from flax import nnx
+
+        monkeypatch.setattr(nnx.Variable, "__setitem__", wrap(nnx.Variable.__setitem__))
     elif backend == "numpy":
         from deferinit.adapters import numpy as adapter
 
@@ -283,6 +287,15 @@ def _jax_values(kind: str, w: dict[str, np.ndarray]) -> tuple[dict, dict | None]
     return {**w, "1.weight": jax.ShapeDtypeStruct(w["1.weight"].shape, jax.numpy.float32)}, None
 
 
+def _nnx_values(kind: str, w: dict[str, np.ndarray]) -> tuple[dict, dict | None]:
+    """nnx.Param variables, as ``nnx.state`` holds them; one holding only a shape (from ``nnx.eval_shape``)."""
+    import jax
+    from flax import nnx
+    if kind == "param":
+        return {n: nnx.Param(jax.numpy.asarray(v)) for n, v in w.items()}, w
+    return {**w, "1.weight": nnx.Param(jax.ShapeDtypeStruct(w["1.weight"].shape, jax.numpy.float32))}, None
+
+
 def _mxnet_values(kind: str, w: dict[str, np.ndarray]) -> tuple[dict, dict | None]:
     import mxnet as mx
     return {n: mx.nd.array(v) for n, v in w.items()}, w
@@ -297,7 +310,7 @@ def _numpy_values(kind: str, w: dict[str, np.ndarray]) -> tuple[dict, dict | Non
 
 VALUES = [("numpy", "float64"), ("numpy", "lists"), ("torch", "parameter"), ("torch", "bfloat16"), ("torch", "meta"),
           ("tensorflow", "bfloat16"), ("tensorflow", "variable"), ("tensorflow", "uninitialized"), ("jax", "bfloat16"),
-          ("jax", "shape_only"), ("mxnet", "ndarray")]
+          ("jax", "shape_only"), ("nnx", "param"), ("nnx", "shape_only"), ("mxnet", "ndarray")]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -356,7 +369,7 @@ def native_init(backend: str, fault: str) -> Any:
             elif m.out_features == 5 and fault == "dtype":
                 m.weight = torch.nn.Parameter(torch.ones(5, 4, dtype=torch.complex64))
         return torch_init
-    if backend == "jax":
+    if backend in ("jax", "nnx"):  # nnx takes Flax/JAX initializers too
         import jax.numpy as jnp
 
         def jax_init(key: Any, shape: tuple, dtype: Any = jnp.float32) -> Any:
@@ -393,7 +406,7 @@ def native_key(backend: str) -> Any:
         import torch
 
         return torch.Generator().manual_seed(0)
-    if backend == "jax":
+    if backend in ("jax", "nnx"):
         import jax
 
         return jax.random.PRNGKey(0)

@@ -32,7 +32,10 @@ from isolated import ROOT, run_isolated
 README = ROOT / "README.md"
 FENCE = re.compile(r"^```(\w*)[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
 PRINTS = re.compile(r"`([^`\n]+)` prints:\s*\n```\w*[ \t]*\n(.*?)^```", re.M | re.S)
-MODULES = {pkg: name for name, (_, pkgs, *_) in BUILTINS.items() for pkg in pkgs}
+MODULES: dict[str, str] = {}
+for _name, (_, _pkgs, *_) in BUILTINS.items():  # a package two backends share (jax: jax and nnx) is the first's
+    for _pkg in _pkgs:
+        MODULES.setdefault(_pkg, _name)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Weight values of any framework as numpy arrays, for ``load_weights``; no framework is imported here.
 
 A value may be a numpy array, a PyTorch tensor (a ``Parameter`` that requires grad, bfloat16, on another device),
-a TensorFlow tensor or Keras variable, a JAX array or an MXNet NDArray. Formats numpy has no dtype for
+a TensorFlow tensor or Keras variable, a JAX array (or an NNX variable holding one) or an MXNet NDArray. Formats numpy has no dtype for
 (bfloat16, the float8 family, as ``ml_dtypes`` or torch hold them) are widened to float32, which holds each of
 their values exactly. Values with no data (a torch meta tensor, an uninitialized Keras variable, which would
 hand out fresh initializer draws, a ``jax.ShapeDtypeStruct``) are refused, as is anything that cannot be read.
@@ -21,6 +21,8 @@ __all__ = ["weight_array"]
 def weight_array(value: Any, name: str, who: str) -> np.ndarray:
     """``value`` as a numpy array (real numbers or not: the caller checks the dtype); refuse a value with no data."""
     module = type(value).__module__.split(".", 1)[0]
+    if module == "flax" and callable(getattr(value, "get_value", None)):  # an NNX variable (nnx.Param): its value
+        return weight_array(value.get_value(), name, who)
     try:
         if module == "torch" and hasattr(value, "is_meta"):
             arr = _torch(value, name, who)

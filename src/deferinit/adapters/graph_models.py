@@ -15,7 +15,8 @@ GRAPH_MODELS = {"torch": ("deferinit.adapters.torch.graph_module", "TorchGraphMo
                 "numpy": ("deferinit.adapters.numpy.graph_module", "NumpyGraphModel"),
                 "tensorflow": ("deferinit.adapters.tensorflow.graph_module", "KerasGraphModel"),
                 "mxnet": ("deferinit.adapters.mxnet.graph_module", "GluonGraphModel"),
-                "jax": ("deferinit.adapters.jax.graph_module", "FlaxGraphModel")}
+                "jax": ("deferinit.adapters.jax.graph_module", "FlaxGraphModel"),
+                "nnx": ("deferinit.adapters.nnx.graph_module", "NnxGraphModel")}
 
 
 def graph_model_class(backend_class: Any, backend: str) -> Any:

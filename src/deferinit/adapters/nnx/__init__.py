@@ -29,7 +29,7 @@ from ..jax import FlaxModel
 from ..jax.modules import activate
 from . import leaves as _leaves  # noqa: F401  (registers the built-in builders)
 from . import modules as M
-from .structure import Built, NnxBuilder, find
+from .structure import Built, NnxBuilder, find, write
 
 __all__ = ["NnxModel"]
 
@@ -79,9 +79,10 @@ class NnxModel(CompiledModel[nnx.Module]):
 
     def _native_init(self, native: nnx.Module, x: Any, inference: Inference, init: Any, key: Any,
                      abstract: bool) -> dict[str, NativeParam]:
-        if init is not None:
-            raise SpecError(f"init: the nnx backend expected None (NNX's own initializers) or a portable "
-                            f"initializer (a name such as 'xavier_uniform' or a deferinit.init object), received {init!r}")
+        if init is not None and not callable(init):
+            raise SpecError(f"init: the nnx backend expected None (NNX's own initializers), a portable initializer "
+                            f"(a name such as 'xavier_uniform' or a deferinit.init object) or a Flax/JAX initializer "
+                            f"init(key, shape, dtype) (e.g. flax.nnx.initializers.xavier_uniform()), received {init!r}")
         rng = self._key(key)
         cf = self.spec.data_format == "channels_first"
         holder: list[NnxBuilder] = []
@@ -106,12 +107,32 @@ class NnxModel(CompiledModel[nnx.Module]):
                                          f"of shape {fmt_shape(shapes[0])}, which is {fmt_shape(canonical)} in the "
                                          f"canonical layout; the reference rules expected {fmt_shape(want)}")
             out[name] = NativeParam(_name(built.keys(name)[0]), tuple(layout.native_shape(shapes)), canonical)
+        if init is not None and not abstract:
+            self._fill(native, built, inference, init, rng)
         created = len(nnx.to_flat_state(nnx.state(native, nnx.Any(nnx.Param, nnx.BatchStat))))
         held = len({k for name in built.variables for k in built.keys(name)})
         if created != held:
             raise ShapeMismatchError(f"{self._who()}: NNX created {created} variables where the spec's layers hold "
                                      f"{held}")
         return out
+
+    def _fill(self, native: nnx.Module, built: Built, inference: Inference, init: Any, rng: Any) -> None:
+        """A Flax/JAX initializer ``init(key, shape, dtype)`` for every kernel and embedding table (NNX's own
+        initializers keep biases, scales and statistics), each with its own key; run now so its errors surface
+        in apply_init, and what it returns checked (shape, real dtype) before any variable is written."""
+        values: dict[tuple, Any] = {}
+        for name in built.variables:
+            if inference.params[name].role not in ("kernel", "embedding"):
+                continue
+            for k in built.keys(name):
+                want = tuple(find(native, k).shape)
+                value = init(jax.random.fold_in(rng, len(values)), want, jnp.float32)
+                error = self._init_value_error(name, want, tuple(value.shape), value.dtype,
+                                               not jnp.iscomplexobj(value))
+                if error is not None:
+                    raise error
+                values[k] = jnp.asarray(value, jnp.float32)
+        write(native, values)
 
     def _native_layer_shapes(self, native: nnx.Module, x: Any, inference: Inference,
                              abstract: bool) -> Mapping[str, tuple]:
@@ -189,5 +210,5 @@ class NnxModel(CompiledModel[nnx.Module]):
             for k, part in zip(keys, layout.native(np.asarray(weights[name], np.float32), shapes)):
                 shares[k] = part if k not in shares else shares[k] + part
         values = {k: jnp.asarray(np.ascontiguousarray(v, dtype=np.float32)) for k, v in shares.items()}
-        for k, value in values.items():  # every value built first: the assignments below cannot fail part-way
-            find(native, k)[...] = value
+        write(native, values)
+

@@ -19,34 +19,19 @@ Reshape, Permute...) runs that linen module as the pure function it is (``module
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+from typing import Any
 
 from flax import nnx
 
+from ...extend import register_builder
 from ...layers import BatchNorm, Conv1D, Conv2D, Dense, Dropout, Embedding, LayerNorm
 from ...shapes import Node
 from ..jax import params as T
 from . import modules as M
 
-__all__ = ["Made", "TABLE", "builder"]
-
-#: layer type -> builder (``extend.register_builder("nnx", ...)`` joins it once "nnx" is a registered backend)
-TABLE: dict[type, Any] = {}
-
-
-def register_builder(backend: str, *types: type) -> Callable[[F], F]:
-    def deco(fn: F) -> F:
-        TABLE.update({t: fn for t in types})
-        return fn
-    return deco
-
-
-def builder(layer_type: type) -> Any:
-    """The builder of ``layer_type`` (exactly that type, as ``extend.builder_for``), or None."""
-    return TABLE.get(layer_type)
+__all__ = ["Made"]
 
 Made = tuple[nnx.Module, dict[str, T.Layout]]
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _one(name: str, kind: str = "same", collection: str = "params") -> T.Layout:
@@ -86,7 +71,9 @@ def _layer_norm(node: Node, cf: bool, rngs: nnx.Rngs, in_shape: tuple) -> Made:
     # NNX's own LayerNorm over one axis (reduction and feature axes both that axis); use_fast_variance=False:
     # E[x^2] - E[x]^2 loses digits the spec's reference keeps
     layer: LayerNorm = node.layer  # type: ignore[assignment]
-    axis = layer.resolved_axis(len(in_shape), "channels_first" if cf else "channels_last")
+    # the axis as the spec gives it (-1 stays the last axis of an input of another rank; "channels": 1 or -1),
+    # the feature count from the rules' input shape
+    axis = layer.axis if layer.axis != "channels" else (1 if cf else -1)
     m = M.LayerNorm(int(in_shape[axis]), epsilon=layer.eps, use_fast_variance=False, reduction_axes=axis,
                     feature_axes=axis, rngs=rngs)
     return m, {"weight": _one("scale"), "bias": _one("bias")}
@@ -105,3 +92,4 @@ def _dropout(node: Node, cf: bool, rngs: nnx.Rngs, in_shape: tuple) -> Made:
 
 from . import leaves_extra as _extra  # noqa: E402, F401  (registers the builders of layers_extra)
 from . import leaves_seq as _seq  # noqa: E402, F401  (registers the sequence layers' builders)
+from . import leaves_up as _up  # noqa: E402, F401  (registers the builders of layers_up)

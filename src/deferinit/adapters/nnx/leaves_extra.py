@@ -9,10 +9,11 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
+from ...extend import register_builder
 from ...layers_extra import DropPath, GroupNorm, LayerScale
 from ...shapes import Node
 from . import modules as M
-from .leaves import Made, _one, register_builder
+from .leaves import Made, _one
 
 
 class GroupNormModule(nnx.GroupNorm):

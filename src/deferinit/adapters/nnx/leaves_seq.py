@@ -21,11 +21,12 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
+from ...extend import register_builder
 from ...layers_seq import GRU, LSTM, RNN, ClassToken, MultiHeadAttention, PositionEmbedding
 from ...shapes import Node
 from ..jax import params as T
 from . import modules as M
-from .leaves import Made, _one, register_builder
+from .leaves import Made, _one
 
 
 class SelfAttention(nnx.MultiHeadAttention):
@@ -148,13 +149,14 @@ class ClassTokenModule(nnx.Module):
 
 
 class PositionEmbeddingModule(nnx.Module):
-    """d2l's ``pos_embed`` ``(1, T, D)``, drawn with ``nnx.initializers.normal()`` (standard deviation 0.01)."""
+    """d2l's ``pos_embed`` ``(1, T, D)`` (``T`` the layer's ``max_len`` when set: an input of fewer steps adds its
+    first rows), drawn with ``nnx.initializers.normal()`` (standard deviation 0.01)."""
 
     def __init__(self, steps: int, features: int, rngs: nnx.Rngs) -> None:
         self.pos_embed = nnx.Param(nnx.initializers.normal()(rngs.params(), (1, steps, features), jnp.float32))
 
     def __call__(self, x: Any, train: bool = False) -> Any:
-        return x + self.pos_embed[...]
+        return x + self.pos_embed[:, :x.shape[1]]
 
 
 @register_builder("nnx", ClassToken)
@@ -164,4 +166,5 @@ def _class_token(node: Node, cf: bool, rngs: nnx.Rngs, in_shape: tuple) -> Made:
 
 @register_builder("nnx", PositionEmbedding)
 def _position_embedding(node: Node, cf: bool, rngs: nnx.Rngs, in_shape: tuple) -> Made:
-    return PositionEmbeddingModule(int(in_shape[1]), int(in_shape[2]), rngs), {"weight": _one("pos_embed")}
+    steps = node.layer.max_len or in_shape[1]  # type: ignore[attr-defined]
+    return PositionEmbeddingModule(int(steps), int(in_shape[2]), rngs), {"weight": _one("pos_embed")}

@@ -20,9 +20,10 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
+from ...merges import combine
 from ..jax.modules import activate
 
-__all__ = ["Sequential", "Residual", "Concat", "Linear", "Conv", "BatchNorm", "LayerNorm", "Dropout", "Embed",
+__all__ = ["Sequential", "Residual", "Concat", "Merge", "Linear", "Conv", "BatchNorm", "LayerNorm", "Dropout", "Embed",
            "Stateless"]
 
 
@@ -64,6 +65,16 @@ class Concat(nnx.Module):
         outs = [layer(x, train) for layer in self.layers]
         rank = outs[0].ndim
         return jnp.concatenate(outs, axis=1 if self.channels_first or rank == 2 else rank - 1)
+
+
+class Merge(nnx.Module):
+    """``Add`` / ``Multiply``: every branch on the same input, summed or multiplied (jax.numpy broadcasting)."""
+
+    def __init__(self, layers: list, op: str) -> None:
+        self.layers, self.op = nnx.List(layers), op
+
+    def __call__(self, x: Any, train: bool = False) -> Any:
+        return combine(self.op, [layer(x, train) for layer in self.layers])
 
 
 # ------------------------------------------------------------------------------------------- leaves

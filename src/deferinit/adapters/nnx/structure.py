@@ -6,21 +6,21 @@ canonical parameter lives (its module's state path, and the jax backend's layout
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from flax import nnx
 
 from ...errors import UnsupportedLayerError, where
-from ...extend import builder_for
+from ...extend import builder_for, builders
 from ...shapes import Node
 from ...spec import Residual
 from .. import tree
 from ..jax import leaves as _jax_leaves  # noqa: F401  (the linen builders Stateless reuses)
 from ..jax import params as T
-from . import leaves as L
+from . import leaves as _leaves  # noqa: F401  (registers the nnx builders)
 from . import modules as M
 
-__all__ = ["Built", "NnxBuilder", "find"]
+__all__ = ["Built", "NnxBuilder", "find", "write"]
 
 Path = tuple  # a state path: attribute names and list indices
 
@@ -42,6 +42,21 @@ def find(module: Any, path: Path) -> Any:
     return module
 
 
+def write(native: Any, values: Mapping[tuple, Any]) -> None:
+    """Assign every variable at once: each value is built first, and if an assignment still fails part-way the
+    variables already written get their old values back (NNX variables are changed in place)."""
+    old = {k: find(native, k)[...] for k in values}
+    done = []
+    try:
+        for k, value in values.items():
+            find(native, k)[...] = value
+            done.append(k)
+    except BaseException:
+        for k in done:
+            find(native, k)[...] = old[k]
+        raise
+
+
 class NnxBuilder(tree.Builder[nnx.Module]):
     backend = "nnx"
 
@@ -58,12 +73,12 @@ class NnxBuilder(tree.Builder[nnx.Module]):
 
     def leaf(self, node: Node) -> nnx.Module:
         layer, shape = node.layer, tuple(self.inputs[node.path])
-        fn = L.builder(type(layer))
+        fn = builder_for("nnx", type(layer))
         made = fn(node, self.cf, self.rngs, shape) if fn is not None else self._stateless(node)
         if made is None:
             raise UnsupportedLayerError(
                 f"{where(node.path, layer, 'nnx')}: no Flax NNX module is known for this layer as configured; "
-                f"supported: {', '.join(sorted(t.__name__ for t in L.TABLE))} and the layers without "
+                f"supported: {', '.join(sorted(t.__name__ for t in builders('nnx')))} and the layers without "
                 f"parameters")
         module, layouts = made
         for pname, layout in layouts.items():
@@ -89,3 +104,6 @@ class NnxBuilder(tree.Builder[nnx.Module]):
 
     def concat(self, node: Node, branches: list[tuple[str, nnx.Module]]) -> nnx.Module:
         return M.Concat([m for _, m in branches], self.cf)
+
+    def merge(self, node: Node, branches: list[tuple[str, nnx.Module]]) -> nnx.Module:
+        return M.Merge([m for _, m in branches], node.layer.op)  # type: ignore[attr-defined]

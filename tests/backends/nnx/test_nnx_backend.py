@@ -1,5 +1,6 @@
-"""The Flax NNX backend (issue 13), not yet a registered backend: compiled through its class directly, in the jax
-virtualenv it shares. Truth: NNX modules built by hand in the test, the numpy reference, NNX's own transforms."""
+"""The Flax NNX backend (issue 13), compiled through its class directly (and through di.compile(spec, "nnx") in the
+contract suite), in the jax virtualenv it shares. Truth: NNX modules built by hand in the test, the numpy
+reference, NNX's own transforms."""
 
 from __future__ import annotations
 
