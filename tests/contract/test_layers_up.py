@@ -69,8 +69,8 @@ GEOMETRIES = [
     (dict(stride=1, padding=2, dilation=3, output_padding=2), {"mxnet": "output_padding smaller than stride"}),
     (dict(stride=3, padding=2, output_padding=2, dilation=2), {"tensorflow": "stride 1 or dilation 1"}),
     (dict(stride=2, output_padding=1, padding=0, dilation=3), {"tensorflow": "stride 1 or dilation 1"}),
-    (dict(groups=2, stride=2, in_channels=4), {"nnx": "groups=1"}),
-    (dict(groups=2), {"nnx": "groups=1", "mxnet": "in_channels= declared"}),
+    (dict(groups=2, stride=2, in_channels=4), {}),
+    (dict(groups=2), {"mxnet": "in_channels= declared"}),
 ]
 
 

@@ -67,22 +67,28 @@ class GroupedConvTranspose(nn.Module):
     @nn.compact
     def __call__(self, x: Any, train: bool = False) -> Any:
         xl = M._to_last(x) if self.channels_first else x
-        n, g = len(self.kernel_size), self.groups
-        cin, og = xl.shape[-1], self.features // self.groups
-        kernel = self.param("kernel", self.kernel_init, tuple(self.kernel_size) + (og, cin), jnp.float32)
-        # (*k, out/G, G, in/G) -> (*k, in/G, G, out/G): each group's kernel with its channel axes swapped, the
-        # groups stacked on the output axis; then flipped in space (the gradient of a correlation)
-        eff = jnp.reshape(kernel, tuple(self.kernel_size) + (og, g, cin // g))
-        eff = jnp.transpose(eff, tuple(range(n)) + (n + 2, n + 1, n)).reshape(tuple(self.kernel_size) + (cin // g, -1))
-        eff = jnp.flip(eff, axis=tuple(range(n)))
-        spatial = "HW"[:n] if n <= 2 else "DHW"
-        dn = jax.lax.conv_dimension_numbers(xl.shape, eff.shape, (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"))
-        y = jax.lax.conv_general_dilated(xl, eff.astype(xl.dtype), (1,) * n, self.padding, lhs_dilation=self.strides,
-                                         rhs_dilation=self.kernel_dilation, dimension_numbers=dn,
-                                         feature_group_count=g)
+        og = self.features // self.groups
+        kernel = self.param("kernel", self.kernel_init, tuple(self.kernel_size) + (og, xl.shape[-1]), jnp.float32)
+        y = grouped_conv_transpose(xl, kernel, self.strides, self.padding, self.kernel_dilation, self.groups)
         if self.use_bias:
             y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32)
         return M.activate(self.activation, M._to_first(y) if self.channels_first else y)
+
+
+def grouped_conv_transpose(xl: Any, kernel: Any, strides: tuple, padding: tuple, dilation: tuple, groups: int) -> Any:
+    """``lax.conv_transpose(transpose_kernel=True)`` with feature groups, channels-last ``xl``, ``kernel`` of shape
+    ``(*k, out // groups, in)`` (also what the NNX backend's grouped layer holds)."""
+    n = kernel.ndim - 2
+    ks, og, cin = tuple(kernel.shape[:n]), kernel.shape[-2], kernel.shape[-1]
+    # (*k, out/G, G, in/G) -> (*k, in/G, G, out/G): each group's kernel with its channel axes swapped, the groups
+    # stacked on the output axis; then flipped in space (the gradient of a correlation)
+    eff = jnp.reshape(kernel, ks + (og, groups, cin // groups))
+    eff = jnp.transpose(eff, tuple(range(n)) + (n + 2, n + 1, n)).reshape(ks + (cin // groups, og * groups))
+    eff = jnp.flip(eff, axis=tuple(range(n)))
+    spatial = "HW"[:n] if n <= 2 else "DHW"
+    dn = jax.lax.conv_dimension_numbers(xl.shape, eff.shape, (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"))
+    return jax.lax.conv_general_dilated(xl, eff.astype(xl.dtype), (1,) * n, padding, lhs_dilation=strides,
+                                        rhs_dilation=dilation, dimension_numbers=dn, feature_group_count=groups)
 
 
 @register_builder("jax", Conv1DTranspose, Conv2DTranspose)
