@@ -1,12 +1,13 @@
 """Sharded initialization: one spec materialized across devices or processes, each holding only its slices.
 
 :func:`shard_init` validates the plan against the reference shapes (``ShapeReport.shard``) before anything is
-allocated, then lets the backend's own engine distribute the parameters: JAX places each on a
-``jax.sharding.Mesh`` with a ``NamedSharding`` and ``jax.make_array_from_callback``; PyTorch builds on the meta
-device and makes DTensors with ``Shard(dim)`` / ``Replicate()`` placements over a ``DeviceMesh``. Each device
-(or rank) draws only its own slice with the counter-based portable initializers (``counter.py``), so the
-gathered weights are bit-identical to an unsharded ``apply_init`` with the same ``init`` and ``key``.
-TensorFlow, MXNet and the numpy reference refuse it with :class:`~deferinit.errors.UnsupportedShardingError`.
+allocated, then lets the backend's own engine distribute the parameters: JAX places each on a ``jax.sharding.Mesh``
+with a ``NamedSharding`` and ``jax.make_array_from_callback`` (Flax NNX: the same, each ``nnx.Param`` given its
+sharded array); PyTorch builds on the meta device and makes DTensors with ``Shard(dim)`` / ``Replicate()``
+placements over a ``DeviceMesh``. Each device (or rank) draws only its own slice with the counter-based portable
+initializers (``counter.py``), so the gathered weights are bit-identical to an unsharded ``apply_init`` with the
+same ``init`` and ``key``. TensorFlow, MXNet and the numpy reference refuse it with
+:class:`~deferinit.errors.UnsupportedShardingError`.
 """
 
 from __future__ import annotations

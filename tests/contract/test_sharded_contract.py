@@ -1,6 +1,6 @@
-"""shard_init on every backend (issue 14): the backends with a sharding engine (jax, torch) validate the mesh
+"""shard_init on every backend (issue 14): the backends with a sharding engine (jax, nnx, torch) validate the mesh
 against what the framework has (devices, a process group) before allocating anything; the others refuse with
-UnsupportedShardingError saying why. The sharded paths themselves are tested in tests/backends/{jax,torch}."""
+UnsupportedShardingError saying why. The sharded paths themselves are tested in tests/backends/{jax,nnx,torch}."""
 
 from __future__ import annotations
 

@@ -150,6 +150,11 @@ class NnxModel(CompiledModel[nnx.Module]):
         found = nnx.eval_shape(traced, native, jax.ShapeDtypeStruct(shape, dtype))
         return {p: tuple(d if isinstance(d, int) else None for d in s.shape) for p, s in found.items()}
 
+    def _shard_init(self, x: Any, plan: Any, mesh: Any, init: Any, key: int) -> Any:
+        from .sharded import shard_init  # deferinit.shard_init's hook: the jax engine, on NNX variables
+
+        return shard_init(self, x, plan, mesh, init, key)
+
     # ---------------------------------------------------------------- data and forward
     def _to_native(self, x: Any) -> Any:
         return jnp.asarray(x)
