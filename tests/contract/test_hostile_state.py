@@ -198,10 +198,10 @@ def flaky_write(backend: str, monkeypatch: pytest.MonkeyPatch) -> list[int]:
         from deferinit.adapters.jax import params as _jax_tree
 
         monkeypatch.setattr(_jax_tree, "put", wrap(_jax_tree.put))
-    elif backend == "nnx":  # NNX writes a variable's value through its __setitem__ (variable[...] = value)
+    elif backend == "nnx":  # deferinit writes an NNX variable's value with set_value (a shape-only one has no [...])
         from flax import nnx
 
-        monkeypatch.setattr(nnx.Variable, "__setitem__", wrap(nnx.Variable.__setitem__))
+        monkeypatch.setattr(nnx.Variable, "set_value", wrap(nnx.Variable.set_value))
     elif backend == "numpy":
         from deferinit.adapters import numpy as adapter
 

@@ -160,6 +160,8 @@ class CompiledModel(Checks[N]):
                 if isinstance(x, ShapeDtype):
                     x = self._to_native(np.zeros(stand_in(self.spec, inference, self.root), dtype=np.dtype(dtype)))
             native = self._new_native()
+            # a hint to _native_init: portable values overwrite every parameter right after it (see contract.py)
+            self._values_follow = portable is not None and not abstract
             found = self._guard("apply_init", lambda: self._native_init(
                 native, x, inference, None if portable is not None else init, key, abstract))
             layer_shapes = self._guard("apply_init", lambda: self._native_layer_shapes(native, x, inference, abstract))

@@ -106,7 +106,10 @@ class Contract(Generic[N]):
                      abstract: bool) -> dict[str, NativeParam]:
         """Run the framework's own deferred initialization on ``native`` with input ``x`` (a native tensor, or
         a :class:`ShapeDtype` when abstract), applying the framework's own ``init`` if one is given (else its
-        default), and return what it found per canonical name. When ``abstract``, allocate no parameters."""
+        default), and return what it found per canonical name. When ``abstract``, allocate no parameters.
+        While it runs, ``self._values_follow`` is True when a portable initializer's values will overwrite every
+        parameter right after: a backend whose modules draw their values as they are constructed (NNX) may then
+        construct them abstractly and draw none."""
         raise NotImplementedError
 
     def _native_layer_shapes(self, native: N, x: Any, inference: Inference, abstract: bool) -> Mapping[str, tuple] | None:

@@ -91,7 +91,16 @@ class NnxModel(CompiledModel[nnx.Module]):
             builder = NnxBuilder(self.root, cf, nnx.Rngs(rng), inference.inputs)
             holder[:] = [builder]
             return tree.build(self.root, builder)[0]
-        made = nnx.eval_shape(make) if abstract else make()
+        # NNX draws each variable as its module is constructed, one XLA compile per initializer and shape (1-2 s each
+        # on this CPU: 34 s for a 13-layer spec's first apply_init); when portable values overwrite them all right
+        # after, the modules are constructed abstractly and nothing is drawn (set_weights gives every variable data)
+        if abstract or not getattr(self, "_values_follow", False):
+            made = nnx.eval_shape(make) if abstract else make()
+        else:
+            made = nnx.eval_shape(make)
+            rest = nnx.Not(nnx.Any(nnx.Param, nnx.BatchStat))  # Rngs streams (Dropout, nnx.RNN): key and count
+            if jax.tree_util.tree_leaves(nnx.state(made, rest)):  # made as the concrete build makes them, in one
+                nnx.update(made, jax.jit(lambda: nnx.state(make(), rest))())  # jit whose parameters XLA drops
         native.layers = made.layers
         built = holder[0].built
         self._builds = {k: v for k, v in self._builds.items() if v[0] is self._native}

@@ -45,15 +45,15 @@ def find(module: Any, path: Path) -> Any:
 def write(native: Any, values: Mapping[tuple, Any]) -> None:
     """Assign every variable at once: each value is built first, and if an assignment still fails part-way the
     variables already written get their old values back (NNX variables are changed in place)."""
-    old = {k: find(native, k)[...] for k in values}
+    old = {k: find(native, k).get_value() for k in values}  # get/set_value: a shape-only value has no [...]
     done = []
     try:
         for k, value in values.items():
-            find(native, k)[...] = value
+            find(native, k).set_value(value)
             done.append(k)
     except BaseException:
         for k in done:
-            find(native, k)[...] = old[k]
+            find(native, k).set_value(old[k])
         raise
 
 
