@@ -248,16 +248,27 @@ def test_gradients_match_finite_differences_of_the_reference(case_id: str, train
     x = case.data(seed=3)
     got = model.gradients(x, training=training)
     assert list(got) == [n for n in weights if not n.endswith(("running_mean", "running_var"))]
+    def central(name: str, index: tuple, h: float) -> float:
+        sums = []
+        for step in (h, -h):
+            probe = {k: v.astype(np.float64) for k, v in weights.items()}
+            probe[name][index] += step
+            ref.load_weights(probe, input_shape=case.shape)
+            sums.append(ref(x, training=training).astype(np.float64).sum())
+        return (sums[0] - sums[1]) / (2 * h)
+
     for name in got:
-        for index in [tuple(int(rng.integers(0, d)) for d in weights[name].shape) for _ in range(2)]:
-            sums = []
-            for step in (1e-3, -1e-3):
-                probe = {k: v.astype(np.float64) for k, v in weights.items()}
-                probe[name][index] += step
-                ref.load_weights(probe, input_shape=case.shape)
-                sums.append(ref(x, training=training).astype(np.float64).sum())
-            np.testing.assert_allclose(got[name][index], (sums[0] - sums[1]) / 2e-3, rtol=2e-2, atol=2e-3,
-                                       err_msg=f"{name}{index}")
+        compared = 0
+        for _ in range(12):  # two entries whose finite difference is a truth: the same at two steps (a ReLU or
+            if compared == 2:  # max-pool switch inside the step changes it, and then it says nothing)
+                break
+            index = tuple(int(rng.integers(0, d)) for d in weights[name].shape)
+            fd, fd_half = central(name, index, 1e-3), central(name, index, 5e-4)
+            if abs(fd - fd_half) > 2e-3 + 1e-2 * abs(fd):
+                continue
+            compared += 1
+            np.testing.assert_allclose(got[name][index], fd, rtol=2e-2, atol=2e-3, err_msg=f"{name}{index}")
+        assert compared == 2, f"{name}: no entry away from a kink in 12 draws"
 
 
 def test_mxnet_batchnorm_on_3d_data_breaks_the_conv1d_backward_by_hand() -> None:
