@@ -305,6 +305,25 @@ def test_channels_first_model_runs_with_onednn_off_and_keras_backend_unset() -> 
     assert flag == "True" and float(diff) < 2e-5  # TensorFlow's own CPU kernels: NHWC only
 
 
+def test_channels_first_transposed_convs_run_with_onednn_off() -> None:
+    """Conv2DTranspose (plain, cropped, grouped) on channels_first data where TensorFlow's CPU kernels take NHWC
+    only: the parity session (no oneDNN flag) found U-Net's up-convolutions failing there."""
+    code = ("import numpy as np, deferinit as di\n"
+            "from deferinit.adapters.tensorflow import modules as kl\n"
+            "x = np.random.default_rng(0).standard_normal((2, 4, 5, 6)).astype(np.float32)\n"
+            "worst = 0.0\n"
+            "for kw in (dict(stride=2), dict(stride=2, padding=1, output_padding=1), dict(groups=2, stride=2)):\n"
+            "    spec = di.LazyModel([di.Conv2DTranspose(6, 3, activation='relu', **kw)])\n"
+            "    m = di.compile(spec, 'tensorflow'); m.apply_init(x, init='normal', key=1)\n"
+            "    r = di.compile(spec, 'numpy'); r.load_weights(m.export_weights(), input_shape=x.shape)\n"
+            "    worst = max(worst, float(np.abs(m.to_numpy(m(x)) - r(x)).max()))\n"
+            "print(kl.TRANSPOSE_CF, worst)\n")
+    out = _run_python(code, TF_ENABLE_ONEDNN_OPTS="0", TF_CPP_MIN_LOG_LEVEL="3")
+    assert out.returncode == 0, out.stderr[-2000:]
+    flag, diff = out.stdout.split()[-2:]
+    assert flag == "True" and float(diff) < 2e-5
+
+
 # ------------------------------------------------------------------------------------- (c) batch norm
 def test_batchnorm_training_updates_running_stats_by_pytorchs_rule() -> None:
     case = BY_ID["batchnorm"]  # BatchNorm(eps=1e-3, momentum=0.2) after a conv, BatchNorm() after a Dense

@@ -32,7 +32,7 @@ import keras
 
 from . import nan as kn
 from . import params
-from .modules import spatial_axes
+from .modules import spatial_axes, transpose_channels_first
 
 register = extend.register_builder
 params.PARAMS[Conv1DTranspose] = (("weight", "kernel", params.CONV), ("bias", "bias", params.SAME))
@@ -55,13 +55,34 @@ class _CropMixin:
         return y[tuple(index)]
 
     def call(self, inputs: Any) -> Any:
-        act, self.activation = self.activation, None  # type: ignore[has-type]
-        try:
-            y = super().call(inputs)  # type: ignore[misc]
-        finally:
-            self.activation = act
+        if self.data_format == "channels_first" and transpose_channels_first():  # type: ignore[attr-defined]
+            y = self._nchw_by_nhwc(inputs)  # no NCHW kernel here (oneDNN off): as the convolutions do
+        else:
+            act, self.activation = self.activation, None  # type: ignore[has-type]
+            try:
+                y = super().call(inputs)  # type: ignore[misc]
+            finally:
+                self.activation = act
         y = self._crop(y)
-        return act(y) if act is not None else y
+        return self.activation(y) if self.activation is not None else y  # type: ignore[has-type]
+
+    def _nchw_by_nhwc(self, inputs: Any) -> Any:
+        """Channels-first data through TensorFlow's NHWC-only CPU kernel, between two transposes (see
+        modules.transpose_channels_first); with groups, each group's transposed conv the same way."""
+        rank = len(inputs.shape)
+        x = keras.ops.transpose(inputs, (0,) + tuple(range(2, rank)) + (1,))
+        groups = getattr(self, "groups", 1)
+        per = x.shape[-1] // groups
+        kernel = self.kernel  # type: ignore[attr-defined]
+        outs = [keras.ops.conv_transpose(
+            x[..., g * per:(g + 1) * per] if groups > 1 else x, kernel[..., g * per:(g + 1) * per] if groups > 1
+            else kernel, strides=self.strides, padding="valid", output_padding=self.output_padding,  # type: ignore[attr-defined]
+            data_format="channels_last", dilation_rate=self.dilation_rate) for g in range(groups)]  # type: ignore[attr-defined]
+        y = keras.ops.concatenate(outs, axis=-1) if groups > 1 else outs[0]
+        bias = getattr(self, "bias", None)
+        if bias is not None:
+            y = y + bias
+        return keras.ops.transpose(y, (0, rank - 1) + tuple(range(1, rank - 1)))
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         out = list(super().compute_output_shape(input_shape))  # type: ignore[misc]
@@ -86,6 +107,8 @@ class _GroupedMixin(_CropMixin):
 
     def call(self, inputs: Any) -> Any:
         fmt: str = self.data_format  # type: ignore[attr-defined]
+        if fmt == "channels_first" and transpose_channels_first():
+            return _CropMixin.call(self, inputs)
         axis = 1 if fmt == "channels_first" else len(inputs.shape) - 1
         per = inputs.shape[axis] // self.groups
         kernel = self.kernel  # type: ignore[attr-defined]
