@@ -238,3 +238,10 @@ def save_spec(spec: LazyModel, path: str | Path) -> Path:
         raise SpecError(f"{path}: expected a .json, .toml or .yaml suffix, received {suffix or '(none)'!r}")
     path.write_text(text, encoding="utf-8")
     return path
+
+
+# The built-in layer families that add themselves to LAYER_TYPES when imported: imported here, so that a spec file
+# or a parity artifact naming them loads in a process that has not used them yet (``import deferinit`` loads
+# them lazily, on first access).
+from . import layers_extra as _layers_extra  # noqa: E402,F401
+from . import layers_up as _layers_up  # noqa: E402,F401

@@ -33,3 +33,18 @@ def test_every_public_name_is_the_defining_modules_object() -> None:
         assert getattr(di, name) is not None, name
     assert di.shapes is importlib.import_module("deferinit.shapes")  # submodules stay reachable as attributes
     assert set(di.__all__) <= set(dir(di))
+
+
+def test_a_fresh_process_loads_spec_files_naming_lazily_imported_layers() -> None:
+    """A spec file naming layer types whose modules ``import deferinit`` leaves unloaded (Conv2DTranspose, ReLU6,
+    GroupNorm...) loads in a fresh process: the parity session's compare step failed on U-Net's artifact."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    code = ("import sys, deferinit as di\n"
+            f"m = di.load_spec({str(root / 'examples' / 'zoo' / 'unet.json')!r})\n"
+            f"e = di.load_spec({str(root / 'examples' / 'zoo' / 'mobilenet_v2.json')!r})\n"
+            "print(type(m).__name__, type(e).__name__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["LazyModel", "LazyModel"]
