@@ -27,11 +27,13 @@ from deferinit.registry import framework_backends  # noqa: E402
 NAMED = ["mlp", "lenet", "residual", "concat", "batchnorm", "channels_last", "tied", "conv_options", "conv1d",
          "embedding", "dense_options", "named", "nested_model", "merges", "merges_channels_last", "position_table"]
 RANDOM = 12
-# spec name -> (atol, rtol, gradient atol) for nets whose gradients sum over millions of float32 terms in
-# different orders (oneDNN, XLA, BLAS): outputs still pass the defaults; measured gradient gaps are up to
-# 1e-3 on AlexNet's first conv and VGG-11 (see the README)
-DEEP_TOLERANCE = {"zoo_alexnet": (1e-5, 1e-4, 5e-3), "zoo_vgg11": (1e-5, 1e-4, 5e-3),
-                  "zoo_resnet50": (1e-5, 1e-4, 5e-3)}  # ResNet-50 at 64 x 64: 9.4e-4 (layer2.1.body.7.bias)
+# Every spec's outputs and gradients are compared at the defaults (atol 1e-5, rtol 1e-4; gradients 1e-4 and 1e-3).
+# AlexNet, VGG-11 and ResNet-50 had their gradients compared at 5e-3 while the comparison did not know which
+# framework pairs had taken different branches at a ReLU kink or a max-pool window. Such pairs are now reported and
+# left out (deferinit.parity). On the artifacts of 082c497, VGG-11's pairs with torch differed by up to 5.3e-4
+# (torch's float32 conv took another entry of 2 max-pool windows at '3.2'), ResNet-50's with TensorFlow (one ReLU
+# input 1.1e-8 below 0 at 'layer3.3.body.1' that TensorFlow put above); the pairs left agree within 9e-7 on all
+# three, and AlexNet's all agree within 9e-7 (measured).
 # spec name -> training-mode step atol (the output and running statistics after one training-mode forward) for
 # the deep BatchNorm nets of the vision zoo at batch 2, whose batch statistics pass float32 rounding on through
 # 50-100 layers; measured gaps between frameworks and the reference (README, "Parity across frameworks"):
@@ -127,6 +129,7 @@ def produce(backends: list[str], out: Path, only: str = "") -> int:
 def compare(out: Path, expect: list[str]) -> int:
     lines, failed = ["| spec | backend | max abs err | max rel err | first divergent layer | init bits | train step | "
                      "grad err | grad vs fd |", "|---|---|---|---|---|---|---|---|---|"], []
+    kinks: list[str] = []  # framework pairs whose forwards took different branches at a ReLU kink or max-pool window
     for spec_dir in sorted(p for p in out.iterdir() if (p / "numpy.npz").is_file()):
         arts = [spec_dir / "numpy.npz"] + [spec_dir / f"{b}.npz" for b in expect if (spec_dir / f"{b}.npz").is_file()]
         for b in expect:
@@ -135,21 +138,25 @@ def compare(out: Path, expect: list[str]) -> int:
                 failed.append(f"{spec_dir.name}: {b} failed: {marker.read_text().strip()}")
             elif not (spec_dir / f"{b}.npz").is_file():
                 failed.append(f"{spec_dir.name}: no artifact from {b}")
-        atol, rtol, grad_atol = DEEP_TOLERANCE.get(spec_dir.name, (1e-5, 1e-4, None))
-        result = compare_artifacts(arts, atol=atol, rtol=rtol, grad_atol=grad_atol,
-                                   train_atol=TRAIN_TOLERANCE.get(spec_dir.name))
+        result = compare_artifacts(arts, train_atol=TRAIN_TOLERANCE.get(spec_dir.name))
         failed += [f"{spec_dir.name}: {line}" for line in result.failures()]
+        kinks += [f"{spec_dir.name}: {name}'s gradients not compared with {', '.join(r.grad_kink_crossings)}"
+                  for name, r in result.results.items() if r.grad_kink_crossings]
         for name, r in result.results.items():
             lines.append(f"| {spec_dir.name} | {name} | {r.max_abs:.1e} | {r.max_rel:.1e} | {r.first_divergence or '-'} | "
                          f"{'identical' if r.init_identical else 'DIFFER' if r.init_identical is False else '-'} | "
                          f"{'-' if r.train_max_abs is None else f'{r.train_max_abs:.1e}'} | "
                          f"{'-' if r.grad_max_abs is None else f'{r.grad_max_abs:.1e}'} | "
                          f"{'-' if r.grad_fd_error is None else f'{r.grad_fd_error:.1e}'} |")
+    if kinks:
+        lines += ["", "Gradient pairs not compared (their forwards took another branch at a ReLU kink or a max-pool "
+                  "window; both still checked against the reference's finite differences):", ""] + [f"- {k}" for k in kinks]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     for line in failed:
         print("FAIL " + line, file=sys.stderr)
-    print(f"parity: {len(lines) - 2} comparisons, {len(failed)} failures")
+    print(f"parity: {sum(line.startswith('| ') for line in lines) - 1} comparisons, {len(failed)} failures, "
+          f"{len(kinks)} with kink crossings")
     return 1 if failed else 0
 
 
