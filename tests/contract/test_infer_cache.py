@@ -15,6 +15,12 @@ from deferinit.adapters import compiled as compiled_mod
 from deferinit.errors import DTypeError, ShapeMismatchError
 
 
+@pytest.fixture(autouse=True)
+def _fresh_shared_cache() -> None:
+    """The counts below start from no cached result, also of equal specs that other tests built."""
+    compiled_mod._SHARED.clear()
+
+
 def _spec() -> di.LazyModel:
     return di.LazyModel([di.Dense(6, activation="relu"), di.Dense(3)])
 
@@ -65,6 +71,7 @@ def test_load_weights_on_a_new_model_runs_the_rules_once(backend: str, monkeypat
     source = di.compile(_spec(), backend)
     source.apply_init(np.ones((1, 5), np.float32), init="xavier_uniform", key=1)
     weights = source.export_weights()
+    compiled_mod._SHARED.clear()  # (an equal spec's result would be shared: no rules at all)
     infers = _count(monkeypatch, "infer")
     model = di.compile(_spec(), backend)
     model.load_weights(weights, input_shape=(1, 5))
@@ -93,3 +100,44 @@ def test_errors_are_not_cached_and_change_nothing(backend: str) -> None:
     with pytest.raises(DTypeError, match="complex64"):
         ok.apply_init(np.ones((1, 5), np.complex64))
     assert ok.report is report and len(ok._inferred) == 1
+
+
+def test_equal_specs_built_separately_share_the_rules(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    infers = _count(monkeypatch, "infer")
+    x = np.ones((2, 5), np.float32)
+    first = di.compile(_spec(), backend).apply_init(x)
+    again = di.compile(_spec(), backend).apply_init(x)  # new layer objects, the same model: the rules ran once
+    assert infers[0] == 1 and again == first
+    ref = di.infer_shapes(_spec(), (2, 5))
+    assert {n: p.shape for n, p in again.params.items()} == {n: p.shape for n, p in ref.params.items()}
+    # anything that changes the model misses: a field, a field's type, a name, the data format, the input
+    for other, shape in ((di.LazyModel([di.Dense(7, activation="relu"), di.Dense(3)]), (2, 5)),
+                         (di.LazyModel([di.Dense(6, activation="relu"), di.Dense(3, use_bias=False)]), (2, 5)),
+                         (di.LazyModel([di.Dense(6, activation="relu", name="a"), di.Dense(3)]), (2, 5)),
+                         (di.LazyModel([di.Dense(6, activation="relu"), di.Dense(3)], data_format="channels_last"),
+                          (2, 5)),
+                         (_spec(), (2, 4))):
+        count = infers[0]
+        report = di.compile(other, backend).apply_init(np.ones(shape, np.float32))
+        assert infers[0] == count + 1
+        truth = di.infer_shapes(other, shape)
+        assert {n: p.shape for n, p in report.params.items()} == {n: p.shape for n, p in truth.params.items()}
+
+
+def test_a_tied_spec_does_not_share_with_its_untied_twin(backend: str) -> None:
+    """[d, d] (one layer used twice: one set of weights) and [d, Dense(4)] (two equal layers) are different models."""
+    d = di.Dense(4)
+    tied, untied = di.LazyModel([d, d]), di.LazyModel([di.Dense(4), di.Dense(4)])
+    x = np.ones((2, 4), np.float32)
+    r_untied = di.compile(untied, backend).apply_init(x)
+    r_tied = di.compile(tied, backend).apply_init(x)
+    assert set(r_untied.params) == set(di.infer_shapes(untied, (2, 4)).params) == {"0.weight", "0.bias", "1.weight",
+                                                                                   "1.bias"}
+    assert set(r_tied.params) == set(di.infer_shapes(tied, (2, 4)).params) == {"0.weight", "0.bias"}
+
+
+def test_the_shared_cache_is_bounded(backend: str) -> None:
+    for units in range(1, compiled_mod._SHARED_MAX + 10):
+        di.compile(di.LazyModel([di.Dense(units)]), backend).apply_init(di.ShapeDtype((1, 3), "float32"),
+                                                                        abstract=True)
+    assert len(compiled_mod._SHARED) <= compiled_mod._SHARED_MAX

@@ -35,7 +35,7 @@ from ..errors import DeferInitError, NotInitializedError, ShapeMismatchError, Un
 from ..report import ShapeReport
 from ..resources import Footprint, available_memory, footprint
 from ..shapes import Inference, as_dtype, infer, normalize_shape, plan
-from ..spec import LazyModel
+from ..spec import LazyModel, content_key
 from ._gate import Gate
 from ._semantics import batch_norms, check_finite_batch
 from ._standin import stand_in
@@ -48,6 +48,10 @@ N = TypeVar("N")
 
 #: how many (input shape, dtype) results of the reference rules a compiled model keeps (``_infer_once``)
 _CACHED = 8
+#: (backend, spec content key, (shape, dtype)) -> the _infer_once entry, shared by the models of equal specs;
+#: the oldest of _SHARED_MAX goes first. Entries are never mutated once their three slots are filled.
+_SHARED: dict[tuple, list] = {}
+_SHARED_MAX = 32
 
 
 class CompiledModel(Checks[N]):
@@ -82,11 +86,27 @@ class CompiledModel(Checks[N]):
         key = (shape, dtype if dtype is None else as_dtype(dtype))
         entry = self._inferred.get(key)
         if entry is None:
-            entry = [infer(self.spec, shape, dtype=dtype, backend=self.backend, root=self.root), None, None]
+            shared = self._shared_key(key)
+            entry = _SHARED.get(shared) if shared is not None else None
+            if entry is None:
+                entry = [infer(self.spec, shape, dtype=dtype, backend=self.backend, root=self.root), None, None]
+                if shared is not None:
+                    if len(_SHARED) >= _SHARED_MAX:
+                        _SHARED.pop(next(iter(_SHARED)), None)
+                    _SHARED[shared] = entry
             if len(self._inferred) >= _CACHED:
                 del self._inferred[next(iter(self._inferred))]
             self._inferred[key] = entry
         return entry[0]
+
+    def _shared_key(self, key: tuple) -> tuple | None:
+        """The key of this spec's rules result among all models of this process: equal specs built separately
+        (a new ``LazyModel`` per call, as a training script or a benchmark makes them) share one result; ``None``
+        when the spec has an unhashable attribute. The backend is part of it (its rules may refuse a layer)."""
+        content = self.__dict__.get("_content")
+        if content is None:
+            content = self._content = (content_key(self.spec),)
+        return None if content[0] is None else (self.backend, content[0], key)
 
     def _footprint(self, inference: Inference) -> Footprint:
         """``resources.footprint(inference)``, kept beside a cached inference so the memory check of a later

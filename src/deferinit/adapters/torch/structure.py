@@ -188,7 +188,7 @@ class Observer:
     def _record(self, slot: tuple[str, bool] | None, out: Any) -> None:
         shape = getattr(out, "shape", None)
         if slot is not None and shape is not None:
-            shape = tuple(int(d) for d in shape)
+            shape = tuple(shape) if type(shape) is torch.Size else tuple(int(d) for d in shape)
             # torch's convolutions, pools and batch norms run channels-first: for a channels_last spec a position
             # that ends there (its permute back is fused with the next one's) is (N, C, *spatial); the spec's
             # layout is the known transposition (N, *spatial, C)
