@@ -40,6 +40,15 @@ def markdown(data: dict) -> str:
                  lambda d: f"{d['abstract_mlp_1.6e9']['deferinit_abstract_ms'] / d['abstract_mlp_1.6e9']['native_abstract_ms']:.2f}"),
                 ("reference infer_shapes speed-up over native abstract path",
                  lambda d: f"{d['abstract_mlp_1.6e9']['reference_speedup_vs_native_abstract']:.0f}x")]
+        cold = "cold_resnet18"  # fresh processes: seconds, not ratios
+        rows += [("resnet18 cold: native first init (s)", lambda d: f"{d[cold]['native']['init_s']:.2f}"),
+                 ("resnet18 cold: deferinit first init, framework's initializers (s)",
+                  lambda d: f"{d[cold]['deferinit_default']['init_s']:.2f}"),
+                 ("resnet18 cold: deferinit first init, portable xavier_uniform (s)",
+                  lambda d: f"{d[cold]['deferinit_xavier_uniform']['init_s']:.2f}"),
+                 ("resnet18 cold: first forward, native / deferinit (s)",
+                  lambda d: f"{d[cold]['native']['first_forward_s']:.2f} / "
+                            f"{d[cold]['deferinit_default']['first_forward_s']:.2f}")]
         for model in ("mlp", "lenet", "resnet18"):
             rows.append((f"{model}: apply_init / native dry run", lambda d, m=model: f"{d[m]['init_ratio']:.2f}"))
             for key in sorted(k for k in data[have[0]][model] if k.startswith("forward_") and k.endswith("_ratio")):
