@@ -35,6 +35,31 @@ def test_conv_transpose_equals_gluon_own(fields: dict, ndim: int) -> None:
     np.testing.assert_allclose(np.asarray(model.to_numpy(model(x))), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("ndim", [1, 2])
+@pytest.mark.parametrize("fmt", ["channels_first", "channels_last"])
+def test_grouped_conv_transpose_without_in_channels_equals_gluon_own_with_them(ndim: int, fmt: str) -> None:
+    """Gluon refuses a grouped Conv*Transpose with in_channels=0 (its shape rule fails); the adapter defers it anyway:
+    its weight, bias and output are those of Gluon's own block built with in_channels=6 and given the same values."""
+    x = np.random.default_rng(1).standard_normal((2, 6, 5, 4)[:ndim + 2]).astype(np.float32)
+    cls = nn.Conv1DTranspose if ndim == 1 else nn.Conv2DTranspose
+    with pytest.raises(mx.base.MXNetError, match="num_filter must divide group size"):
+        cls(4, 3, strides=2, groups=3, in_channels=0)
+    layer = (di.Conv1DTranspose if ndim == 1 else di.Conv2DTranspose)(9, 3, stride=2, groups=3)
+    model = di.compile(di.LazyModel([layer], data_format=fmt), "mxnet")  # (the adapter hybridizes the model)
+    xs = x if fmt == "channels_first" else np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    report = model.apply_init(xs, init="xavier_uniform", key=2)
+    assert report.params["0.weight"].shape == (6, 3) + (3,) * ndim and report.params["0.weight"].source == "native"
+    w = model.export_weights()
+    native = cls(9, 3, strides=2, groups=3, in_channels=6)
+    native.initialize()
+    native.weight.set_data(mx.nd.array(w["0.weight"]))
+    native.bias.set_data(mx.nd.array(w["0.bias"]))
+    want = native(mx.nd.array(x)).asnumpy()
+    got = np.asarray(model.to_numpy(model(xs)))
+    got = got if fmt == "channels_first" else np.moveaxis(got, -1, 1)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_upsample_by_hand() -> None:
     # half-pixel centres (PyTorch's align_corners=False): along a row 0..3 doubled, output o samples
     # (o + 0.5) / 2 - 0.5, clamped at 0 and at the last pixel; nearest repeats

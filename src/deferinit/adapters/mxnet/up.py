@@ -20,17 +20,40 @@ from . import modules
 from .leaves import Built, _params, _split_activation, _then
 
 
+class _GroupedDeferred:
+    """A grouped ``Conv*Transpose`` whose input channels Gluon defers. MXNet cannot build one (its Deconvolution
+    shape rule fails on ``in_channels=0`` with ``num_group > 1``: "input num_filter must divide group size"), so
+    the block is constructed ungrouped and given its groups after; at the first forward, Gluon's deferred init
+    asks ``infer_shape`` for the weight, which is ``(in, out // groups, *kernel)`` with ``in`` read off the
+    input MXNet passes (the shape the Deconvolution operator then checks against the data when it runs)."""
+
+    def __init__(self, channels: int, kernel_size: Any, *, groups: int, **kwargs: Any) -> None:
+        super().__init__(channels, kernel_size, groups=1, **kwargs)  # type: ignore[call-arg]
+        self._kwargs["num_group"] = groups  # type: ignore[attr-defined]
+        self.weight._shape = (0, channels // groups, *self._kwargs["kernel"])  # type: ignore[attr-defined]
+
+    def infer_shape(self, x: Any, *args: Any) -> None:
+        kw = self._kwargs  # type: ignore[attr-defined]
+        self.weight.shape = (x.shape[1], self._channels // kw["num_group"], *kw["kernel"])  # type: ignore[attr-defined]
+
+
+class _GroupedConv1DTranspose(_GroupedDeferred, nn.Conv1DTranspose):
+    pass
+
+
+class _GroupedConv2DTranspose(_GroupedDeferred, nn.Conv2DTranspose):
+    pass
+
+
 @register_builder("mxnet", Conv1DTranspose, Conv2DTranspose)
 def _conv_transpose(layer: Any, fmt: str) -> Built:
     if any(op >= s for op, s in zip(layer.output_padding, layer.stride)):
         raise UnsupportedLayerError(f"expected output_padding smaller than stride (MXNet's Deconvolution limit), "
                                     f"received output_padding={layer.output_padding}, stride={layer.stride}")
-    if layer.groups > 1 and layer.in_channels is None:
-        raise UnsupportedLayerError(f"expected in_channels= declared with groups={layer.groups} (MXNet's "
-                                    f"Deconvolution infers a grouped weight's shape wrongly), received "
-                                    f"in_channels=None")
     own, after = _split_activation(layer.activation)
     cls, layout = (nn.Conv1DTranspose, "NCW") if layer.ndim == 1 else (nn.Conv2DTranspose, "NCHW")
+    if layer.groups > 1 and layer.in_channels is None:
+        cls = _GroupedConv1DTranspose if layer.ndim == 1 else _GroupedConv2DTranspose
     conv = cls(layer.channels, layer.kernel_size, strides=layer.stride, padding=layer.padding,
                output_padding=layer.output_padding, dilation=layer.dilation, groups=layer.groups, layout=layout,
                activation=own, use_bias=layer.use_bias, in_channels=layer.in_channels or 0)
