@@ -180,10 +180,9 @@ class CompiledModel(Checks[N]):
                 if isinstance(x, ShapeDtype):
                     x = self._to_native(np.zeros(stand_in(self.spec, inference, self.root), dtype=np.dtype(dtype)))
             native = self._new_native()
-            # a hint to _native_init: portable values overwrite every parameter right after it (see contract.py)
-            self._values_follow = portable is not None and not abstract
+            follow = portable is not None and not abstract  # portable values overwrite every parameter right after
             found = self._guard("apply_init", lambda: self._native_init(
-                native, x, inference, None if portable is not None else init, key, abstract))
+                native, x, inference, None if portable is not None else init, key, abstract, values_follow=follow))
             layer_shapes = self._guard("apply_init", lambda: self._native_layer_shapes(native, x, inference, abstract))
             report = self._make_report(inference, found, layer_shapes)
             old = self._state()

@@ -103,13 +103,13 @@ class Contract(Generic[N]):
         raise NotImplementedError
 
     def _native_init(self, native: N, x: Any, inference: Inference, init: Any, key: Any,
-                     abstract: bool) -> dict[str, NativeParam]:
+                     abstract: bool, *, values_follow: bool = False) -> dict[str, NativeParam]:
         """Run the framework's own deferred initialization on ``native`` with input ``x`` (a native tensor, or
         a :class:`ShapeDtype` when abstract), applying the framework's own ``init`` if one is given (else its
         default), and return what it found per canonical name. When ``abstract``, allocate no parameters.
-        While it runs, ``self._values_follow`` is True when a portable initializer's values will overwrite every
-        parameter right after: a backend whose modules draw their values as they are constructed (NNX) may then
-        construct them abstractly and draw none."""
+        ``values_follow`` is True when a portable initializer's values will overwrite every parameter right
+        after (``init`` is then None): a backend whose modules draw their values as they are constructed (NNX)
+        may construct them abstractly and draw none."""
         raise NotImplementedError
 
     def _native_layer_shapes(self, native: N, x: Any, inference: Inference, abstract: bool) -> Mapping[str, tuple] | None:

@@ -87,7 +87,7 @@ class FlaxModel(CompiledModel[nn.Module]):
                          f"jax.random.PRNGKey(0)), received {type(key).__name__} {key!r}")
 
     def _native_init(self, native: nn.Module, x: Any, inference: Inference, init: Any, key: Any,
-                     abstract: bool) -> dict[str, NativeParam]:
+                     abstract: bool, *, values_follow: bool = False) -> dict[str, NativeParam]:
         _check_init(init)
         rng = self._key(key)
         shape = tuple(x.shape)

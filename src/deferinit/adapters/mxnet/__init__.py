@@ -168,7 +168,7 @@ class GluonModel(CompiledModel[modules.Sequential]):
         return _build(self.root, self.spec.data_format)
 
     def _native_init(self, native: modules.Sequential, x: Any, inference: Inference, init: Any, key: Any,
-                     abstract: bool) -> dict[str, NativeParam]:
+                     abstract: bool, *, values_follow: bool = False) -> dict[str, NativeParam]:
         check_init(init)
         table: _Table = native._deferinit
         # the report's layer shapes: the symbols each position returns in the trace below (see graph.Observer)

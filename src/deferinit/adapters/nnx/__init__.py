@@ -78,7 +78,7 @@ class NnxModel(CompiledModel[nnx.Module]):
     _key = FlaxModel._key
 
     def _native_init(self, native: nnx.Module, x: Any, inference: Inference, init: Any, key: Any,
-                     abstract: bool) -> dict[str, NativeParam]:
+                     abstract: bool, *, values_follow: bool = False) -> dict[str, NativeParam]:
         if init is not None and not callable(init):
             raise SpecError(f"init: the nnx backend expected None (NNX's own initializers), a portable initializer "
                             f"(a name such as 'xavier_uniform' or a deferinit.init object) or a Flax/JAX initializer "
@@ -94,7 +94,7 @@ class NnxModel(CompiledModel[nnx.Module]):
         # NNX draws each variable as its module is constructed, one XLA compile per initializer and shape (1-2 s each
         # on this CPU: 34 s for a 13-layer spec's first apply_init); when portable values overwrite them all right
         # after, the modules are constructed abstractly and nothing is drawn (set_weights gives every variable data)
-        if abstract or not getattr(self, "_values_follow", False):
+        if abstract or not values_follow:
             made = nnx.eval_shape(make) if abstract else make()
         else:
             made = nnx.eval_shape(make)

@@ -35,7 +35,7 @@ class NumpyModel(CompiledModel[NumpyNet]):
         return NumpyNet(self.root, self.spec.data_format)
 
     def _native_init(self, native: NumpyNet, x: Any, inference: Inference, init: Any, key: Any,
-                     abstract: bool) -> dict[str, NativeParam]:
+                     abstract: bool, *, values_follow: bool = False) -> dict[str, NativeParam]:
         found = {name: NativeParam(name, p.shape, p.shape, "reference") for name, p in inference.params.items()}
         if abstract:
             return found

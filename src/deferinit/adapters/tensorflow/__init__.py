@@ -213,7 +213,7 @@ class KerasModel(CompiledModel[Any]):
                                                                                           dtype=var.dtype))
 
     def _native_init(self, native: Any, x: Any, inference: Inference, init: Any, key: Any,
-                     abstract: bool) -> dict[str, NativeParam]:
+                     abstract: bool, *, values_follow: bool = False) -> dict[str, NativeParam]:
         self._init_errors: list = []
         try:
             return self._native_init_checked(native, x, inference, init, key, abstract)

@@ -93,7 +93,7 @@ class TorchModel(CompiledModel[nn.Module]):
                 m.reset_parameters()
 
     def _native_init(self, net: nn.Module, x: Any, inference: Inference, init: Any, key: Any,
-                     abstract: bool) -> dict[str, NativeParam]:
+                     abstract: bool, *, values_follow: bool = False) -> dict[str, NativeParam]:
         builder = self._builder_of(net)
         observer = Observer(builder)
         init_fn = self._init_fn(init)
