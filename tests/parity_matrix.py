@@ -62,10 +62,7 @@ def matrix_specs() -> dict[str, tuple[di.LazyModel, Any, str]]:
     except ImportError:
         zoo = None
     if zoo is not None and hasattr(zoo, "parity_specs"):
-        specs.update(zoo.parity_specs())
-    from deferinit.zoo_vision import parity_specs as vision_specs
-
-    specs.update(vision_specs())
+        specs.update(zoo.parity_specs())  # the book's models and the vision zoo's
     specs.update(random_specs(RANDOM))
     specs.update({name: (*graph_case(name), "inputs") for name in GRAPH_CASES})
     return specs

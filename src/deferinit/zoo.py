@@ -262,13 +262,18 @@ MODELS: dict[str, Callable[[], LazyModel]] = {
     "transformer_encoder": transformer_encoder, "vit": vit}
 
 
-def parity_specs() -> dict[str, Any]:
-    """Zoo models at inputs small enough for the cross-framework parity session (name -> spec, shape, dtype).
-    Every model runs at its book input with batch 2."""
+def parity_specs(*, vision: bool = True) -> dict[str, Any]:
+    """Zoo models at inputs small enough for the cross-framework parity session (name -> spec, shape, dtype):
+    the book's models at their book input with batch 2, then (``vision``) the vision zoo's at
+    ``zoo_vision.PARITY_INPUTS``."""
     out = {}
     for name, make in MODELS.items():
         shape = (2,) + BOOK_INPUTS[name][1:]  # batch 2: BatchNorm's training step needs more than one value
         out[f"zoo_{name}"] = (make(), shape, "int64" if name in INT_INPUTS else "float32")
+    if vision:
+        from .zoo_vision import parity_specs as vision_specs
+
+        out.update(vision_specs())
     return out
 
 
