@@ -15,22 +15,11 @@ from isolated import run_isolated
 ENV = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
 
 CHILD = textwrap.dedent("""
-    import numpy as np, jax, deferinit as di
-    from deferinit import init as init_mod
+    import numpy as np, jax
+    from sharded_checks import check_fsdp_report, check_gathered, count_draws, fsdp_case, tensor_parallel_case
     assert len(jax.devices()) == 8
-    drawn = []
-    original = init_mod.Initializer.draw
-    def counted(self, shape, index=None, **kw):
-        out = original(self, shape, index, **kw)
-        drawn.append((kw.get("name"), out.shape))
-        return out
-    init_mod.Initializer.draw = counted
-
-    spec = di.LazyModel([di.Conv2D(8, 3), di.ReLU(), di.Flatten(), di.Dense(16), di.LayerNorm(), di.Dense(4)])
-    x = np.random.default_rng(0).standard_normal((2, 3, 6, 6)).astype(np.float32)
-    plan = di.ShardingPlan((di.ShardRule("*.weight", 0, "data", role="kernel"), di.ShardRule("4.weight", 0, "model")))
-    model = di.compile(spec, "jax")
-    report = di.shard_init(model, x, plan, {"data": 4, "model": 2}, init="kaiming_normal", key=3)
+    drawn = count_draws()
+    model, report, x = fsdp_case("jax")
     v = model.variables["params"]
     # native layouts: conv HWIO (3, 3, 3, 8) cut on O; Dense (in, out) (128, 16) cut on out; LayerNorm scale on 'model'
     assert v["layers_0"]["kernel"].sharding.spec == jax.sharding.PartitionSpec(None, None, None, "data")
@@ -39,37 +28,19 @@ CHILD = textwrap.dedent("""
     assert {s.data.shape for s in v["layers_4"]["scale"].addressable_shards} == {(8,)}
     assert {s.data.shape for s in v["layers_5"]["kernel"].addressable_shards} == {(16, 1)}
     assert v["layers_3"]["bias"].sharding.is_fully_replicated
-    # each device's callback drew only its slice: 8 draws of (2, 3, 3, 3) for the conv kernel, never the whole
-    assert sorted(s for n, s in drawn if n == "0.weight") == [(2, 3, 3, 3)] * 8, drawn
-    assert report.params["3.weight"].local_shape == (4, 128) and report.bytes_per_device == 4 * (
-        2 * 27 + 8 + 4 * 128 + 16 + 8 + 16 + 16 + 4)
-
-    ref = di.compile(spec, "jax")
-    ref.apply_init(x, init="kaiming_normal", key=3)
-    a, b = ref.export_weights(), model.export_weights()
-    assert list(a) == list(b) and all(np.array_equal(a[n], b[n]) for n in a), "gathered != unsharded"
-    numpy_ref = di.compile(spec, "numpy")
-    numpy_ref.load_weights(b, input_shape=x.shape)
-    assert np.allclose(np.asarray(model(x)), numpy_ref(x), rtol=1e-4, atol=1e-5)
+    check_fsdp_report(report, drawn)
+    check_gathered(model, x, "kaiming_normal", 3, "fsdp")
 
     # tensor parallel: Flax keeps q/k/v as (D, heads, head_dim) and out as (heads, head_dim, H): cut on the heads
-    spec = di.LazyModel([di.MultiHeadAttention(num_heads=4, num_hiddens=16, use_bias=True), di.Dense(8)])
-    x = np.random.default_rng(1).standard_normal((2, 5, 6)).astype(np.float32)
-    model = di.compile(spec, "jax")
-    di.shard_init(model, x, di.ShardingPlan.tensor_parallel(), {"model": 4}, init="xavier_normal", key=1)
+    model, x = tensor_parallel_case("jax")
     v = model.variables["params"]["layers_0"]
     assert {s.data.shape for s in v["query"]["kernel"].addressable_shards} == {(6, 1, 4)}
     assert {s.data.shape for s in v["out"]["kernel"].addressable_shards} == {(1, 4, 16)}
     assert v["out"]["bias"].sharding.is_fully_replicated
-    ref = di.compile(spec, "jax")
-    ref.apply_init(x, init="xavier_normal", key=1)
-    a, b = ref.export_weights(), model.export_weights()
-    assert all(np.array_equal(a[n], b[n]) for n in a), "tensor parallel: gathered != unsharded"
-    numpy_ref = di.compile(spec, "numpy")
-    numpy_ref.load_weights(b, input_shape=x.shape)
-    assert np.allclose(np.asarray(model(x)), numpy_ref(x), rtol=1e-4, atol=1e-5)
+    check_gathered(model, x, "xavier_normal", 1, "tensor parallel")
     print("OK")
 """)
+
 
 
 def test_sharded_init_over_eight_cpu_devices() -> None:

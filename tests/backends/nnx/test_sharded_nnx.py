@@ -21,21 +21,10 @@ CHILD = textwrap.dedent("""
     import numpy as np, jax, deferinit as di
     from flax import nnx
     from jax.sharding import PartitionSpec as P
-    from deferinit import init as init_mod
+    from sharded_checks import check_fsdp_report, check_gathered, count_draws, fsdp_case, tensor_parallel_case
     assert len(jax.devices()) == 8
-    drawn = []
-    original = init_mod.Initializer.draw
-    def counted(self, shape, index=None, **kw):
-        out = original(self, shape, index, **kw)
-        drawn.append((kw.get("name"), out.shape))
-        return out
-    init_mod.Initializer.draw = counted
-
-    spec = di.LazyModel([di.Conv2D(8, 3), di.ReLU(), di.Flatten(), di.Dense(16), di.LayerNorm(), di.Dense(4)])
-    x = np.random.default_rng(0).standard_normal((2, 3, 6, 6)).astype(np.float32)
-    plan = di.ShardingPlan((di.ShardRule("*.weight", 0, "data", role="kernel"), di.ShardRule("4.weight", 0, "model")))
-    model = di.compile(spec, "nnx")
-    report = di.shard_init(model, x, plan, {"data": 4, "model": 2}, init="kaiming_normal", key=3)
+    drawn = count_draws()
+    model, report, x = fsdp_case("nnx")
     layers = model.native.layers
     assert isinstance(layers[0], nnx.Conv) and isinstance(layers[3], nnx.Linear)
     # native layouts: conv HWIO (3, 3, 3, 8) cut on O; Linear (in, out) (128, 16) cut on out; LayerNorm scale on 'model'
@@ -47,36 +36,17 @@ CHILD = textwrap.dedent("""
     assert {s.data.shape for s in norm.addressable_shards} == {(8,)}
     assert {s.data.shape for s in last.addressable_shards} == {(16, 1)}
     assert layers[3].bias[...].sharding.is_fully_replicated and len(layers[3].bias[...].sharding.device_set) == 8
-    # each device's callback drew only its slice: 8 draws of (2, 3, 3, 3) for the conv kernel, never the whole
-    assert sorted(s for n, s in drawn if n == "0.weight") == [(2, 3, 3, 3)] * 8, drawn
-    assert report.params["3.weight"].local_shape == (4, 128) and report.bytes_per_device == 4 * (
-        2 * 27 + 8 + 4 * 128 + 16 + 8 + 16 + 16 + 4)
+    check_fsdp_report(report, drawn)
     assert model.initialized and model.report.params["3.weight"].shape == (16, 128)
-
-    ref = di.compile(spec, "nnx")
-    ref.apply_init(x, init="kaiming_normal", key=3)
-    a, b = ref.export_weights(), model.export_weights()
-    assert list(a) == list(b) and all(np.array_equal(a[n], b[n]) for n in a), "gathered != unsharded"
-    numpy_ref = di.compile(spec, "numpy")
-    numpy_ref.load_weights(b, input_shape=x.shape)
-    assert np.allclose(np.asarray(model(x)), numpy_ref(x), rtol=1e-4, atol=1e-5)
+    check_gathered(model, x, "kaiming_normal", 3, "fsdp")
 
     # tensor parallel: nnx.MultiHeadAttention keeps q/k/v as (D, heads, head_dim), out as (heads, head_dim, H)
-    spec = di.LazyModel([di.MultiHeadAttention(num_heads=4, num_hiddens=16, use_bias=True), di.Dense(8)])
-    x = np.random.default_rng(1).standard_normal((2, 5, 6)).astype(np.float32)
-    model = di.compile(spec, "nnx")
-    di.shard_init(model, x, di.ShardingPlan.tensor_parallel(), {"model": 4}, init="xavier_normal", key=1)
+    model, x = tensor_parallel_case("nnx")
     attn = model.native.layers[0]
     assert {s.data.shape for s in attn.query.kernel[...].addressable_shards} == {(6, 1, 4)}
     assert {s.data.shape for s in attn.out.kernel[...].addressable_shards} == {(1, 4, 16)}
     assert attn.out.bias[...].sharding.is_fully_replicated
-    ref = di.compile(spec, "nnx")
-    ref.apply_init(x, init="xavier_normal", key=1)
-    a, b = ref.export_weights(), model.export_weights()
-    assert all(np.array_equal(a[n], b[n]) for n in a), "tensor parallel: gathered != unsharded"
-    numpy_ref = di.compile(spec, "numpy")
-    numpy_ref.load_weights(b, input_shape=x.shape)
-    assert np.allclose(np.asarray(model(x)), numpy_ref(x), rtol=1e-4, atol=1e-5)
+    check_gathered(model, x, "xavier_normal", 1, "tensor parallel")
 
     # nnx.GRUCell fuses its gates (dense_i (in, 3H) in PyTorch's order r, z, n): one variable, so it is cut too
     spec = di.LazyModel([di.GRU(8), di.Dense(4)])
@@ -86,15 +56,10 @@ CHILD = textwrap.dedent("""
     state = {"/".join(map(str, k)): v for k, v in nnx.to_flat_state(nnx.state(model.native))}
     assert {s.data.shape for s in state["layers/0/layers/0/cell/dense_i/kernel"][...].addressable_shards} == {(4, 6)}
     assert {s.data.shape for s in state["layers/0/layers/0/cell/dense_h/kernel"][...].addressable_shards} == {(8, 6)}
-    ref = di.compile(spec, "nnx")
-    ref.apply_init(x, init="xavier_uniform", key=5)
-    a, b = ref.export_weights(), model.export_weights()
-    assert all(np.array_equal(a[n], b[n]) for n in a), "GRU: gathered != unsharded"
-    numpy_ref = di.compile(spec, "numpy")
-    numpy_ref.load_weights(b, input_shape=x.shape)
-    assert np.allclose(np.asarray(model(x)), numpy_ref(x), rtol=1e-4, atol=1e-5)
+    check_gathered(model, x, "xavier_uniform", 5, "GRU")
     print("OK")
 """)
+
 
 
 def test_sharded_init_over_eight_cpu_devices() -> None:
