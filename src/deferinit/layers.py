@@ -77,6 +77,35 @@ class Dense(Leaf):
         return shape[:-1] + (self.units,), params
 
 
+def check_conv_fields(layer: Any, name: str) -> None:
+    """The fields every convolution and transposed convolution shares: groups, in_channels, activation,
+    use_bias, and groups dividing both channel counts."""
+    check_int(name, "groups", layer.groups)
+    check_int(name, "in_channels", layer.in_channels, optional=True)
+    check_activation(name, layer.activation)
+    if not isinstance(layer.use_bias, bool):
+        raise _bool_error(name, layer.use_bias)
+    if layer.channels % layer.groups:
+        raise SpecError(f"{name}: groups must divide channels. Received: channels={layer.channels}, "
+                        f"groups={layer.groups}")
+    if layer.in_channels is not None and layer.in_channels % layer.groups:
+        raise SpecError(f"{name}: groups must divide in_channels. Received: in_channels={layer.in_channels}, "
+                        f"groups={layer.groups}")
+
+
+def conv_input(layer: Any, shape: Shape, ctx: RuleContext) -> tuple[int, int, int]:
+    """A convolution's input checked (rank, declared in_channels, channels divisible by groups): its rank, channel
+    axis and channel count."""
+    rank = layer.ndim + 2
+    ctx.need_rank(shape, (rank,), f"(batch, channels, {layer.ndim} spatial dims in {ctx.data_format} order)")
+    c_axis = ctx.channel_axis(rank)
+    c_in = ctx.known(shape, c_axis, "the input channels")
+    ctx.check_declared("in_channels", layer.in_channels, c_in)
+    if c_in % layer.groups:
+        raise ctx.mismatch(f"input channels divisible by groups={layer.groups}", f"{c_in} channels")
+    return rank, c_axis, c_in
+
+
 @dataclass(frozen=True, eq=False, repr=False)
 class _ConvND(Leaf):
     channels: int
@@ -101,17 +130,7 @@ class _ConvND(Leaf):
         object.__setattr__(self, "dilation", check_tuple(name, "dilation", self.dilation, n))
         if self.padding not in ("same", "valid"):
             object.__setattr__(self, "padding", check_tuple(name, "padding", self.padding, n, minimum=0))
-        check_int(name, "groups", self.groups)
-        check_int(name, "in_channels", self.in_channels, optional=True)
-        check_activation(name, self.activation)
-        if not isinstance(self.use_bias, bool):
-            raise _bool_error(name, self.use_bias)
-        if self.channels % self.groups:
-            raise SpecError(f"{name}: groups must divide channels. Received: channels={self.channels}, "
-                            f"groups={self.groups}")
-        if self.in_channels is not None and self.in_channels % self.groups:
-            raise SpecError(f"{name}: groups must divide in_channels. Received: in_channels={self.in_channels}, "
-                            f"groups={self.groups}")
+        check_conv_fields(self, name)
 
     def pads(self, spatial: Shape) -> tuple[tuple[int, int], ...]:
         """Resolved (before, after) padding per spatial dim for an input of these spatial sizes."""
@@ -120,13 +139,7 @@ class _ConvND(Leaf):
                      for i, size in enumerate(spatial))
 
     def infer(self, shape: Shape, ctx: RuleContext) -> tuple[Shape, dict[str, ParamSpec]]:
-        rank = self.ndim + 2
-        ctx.need_rank(shape, (rank,), f"(batch, channels, {self.ndim} spatial dims in {ctx.data_format} order)")
-        c_axis = ctx.channel_axis(rank)
-        c_in = ctx.known(shape, c_axis, "the input channels")
-        ctx.check_declared("in_channels", self.in_channels, c_in)
-        if c_in % self.groups:
-            raise ctx.mismatch(f"input channels divisible by groups={self.groups}", f"{c_in} channels")
+        rank, c_axis, c_in = conv_input(self, shape, ctx)
         out = list(shape)
         for i, axis in enumerate(ctx.spatial_axes(rank)):
             pad = self.padding if isinstance(self.padding, str) else self.padding[i]

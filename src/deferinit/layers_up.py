@@ -9,8 +9,9 @@ from dataclasses import KW_ONLY, dataclass
 from typing import Any, ClassVar
 
 from .errors import SpecError
-from .layers_base import Leaf, ParamSpec, RuleContext, _bool_error, _layer_name
-from .spec import Shape, check_activation, check_int, check_tuple
+from .layers import check_conv_fields, conv_input
+from .layers_base import Leaf, ParamSpec, RuleContext, _layer_name
+from .spec import Shape, check_int, check_tuple
 
 __all__ = ["Conv1DTranspose", "Conv2DTranspose", "Upsample2D", "UP_LAYERS", "transpose_out"]
 
@@ -44,31 +45,15 @@ class _ConvTransposeND(Leaf):
             object.__setattr__(self, field, check_tuple(name, field, getattr(self, field), n))
         for field in ("padding", "output_padding"):  # PyTorch's: ints only (no "same"/"valid")
             object.__setattr__(self, field, check_tuple(name, field, getattr(self, field), n, minimum=0))
-        check_int(name, "groups", self.groups)
-        check_int(name, "in_channels", self.in_channels, optional=True)
-        check_activation(name, self.activation)
-        if not isinstance(self.use_bias, bool):
-            raise _bool_error(name, self.use_bias)
+        check_conv_fields(self, name)
         for op, s, d in zip(self.output_padding, self.stride, self.dilation):
             if op >= max(s, d):  # PyTorch's limit: more would only add rows no input reaches
                 raise SpecError(f"{name}: output_padding must be smaller than stride or dilation. Received: "
                                 f"output_padding={self.output_padding}, stride={self.stride}, "
                                 f"dilation={self.dilation}")
-        if self.channels % self.groups:
-            raise SpecError(f"{name}: groups must divide channels. Received: channels={self.channels}, "
-                            f"groups={self.groups}")
-        if self.in_channels is not None and self.in_channels % self.groups:
-            raise SpecError(f"{name}: groups must divide in_channels. Received: in_channels={self.in_channels}, "
-                            f"groups={self.groups}")
 
     def infer(self, shape: Shape, ctx: RuleContext) -> tuple[Shape, dict[str, ParamSpec]]:
-        rank = self.ndim + 2
-        ctx.need_rank(shape, (rank,), f"(batch, channels, {self.ndim} spatial dims in {ctx.data_format} order)")
-        c_axis = ctx.channel_axis(rank)
-        c_in = ctx.known(shape, c_axis, "the input channels")
-        ctx.check_declared("in_channels", self.in_channels, c_in)
-        if c_in % self.groups:
-            raise ctx.mismatch(f"input channels divisible by groups={self.groups}", f"{c_in} channels")
+        rank, c_axis, c_in = conv_input(self, shape, ctx)
         out = list(shape)
         for i, axis in enumerate(ctx.spatial_axes(rank)):
             size = shape[axis]
