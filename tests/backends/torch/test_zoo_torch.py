@@ -11,13 +11,13 @@ Collected only when the torch backend is selected (see conftest.py).
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from d2l_attention import MultiHeadAttention, TransformerEncoder
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import is_lazy
@@ -241,115 +241,6 @@ class RNNLM(nn.Module):
 
 def lm(kind: str, vocab_size: int = 28, num_hiddens: int = 32, **kw) -> nn.Module:  # type: ignore[no-untyped-def]
     return RNNLM({"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[kind](vocab_size, num_hiddens, **kw), vocab_size)
-
-
-class DotProductAttention(nn.Module):
-    def __init__(self, dropout: float) -> None:
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        d = queries.shape[-1]
-        scores = torch.bmm(queries, keys.transpose(1, 2)) / math.sqrt(d)
-        self.attention_weights = nn.functional.softmax(scores, dim=-1)  # masked_softmax without valid_lens
-        return torch.bmm(self.dropout(self.attention_weights), values)
-
-
-class MultiHeadAttention(nn.Module):
-    def __init__(self, num_hiddens: int, num_heads: int, dropout: float, bias: bool = False) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.attention = DotProductAttention(dropout)
-        self.W_q = nn.LazyLinear(num_hiddens, bias=bias)
-        self.W_k = nn.LazyLinear(num_hiddens, bias=bias)
-        self.W_v = nn.LazyLinear(num_hiddens, bias=bias)
-        self.W_o = nn.LazyLinear(num_hiddens, bias=bias)
-
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        queries = self.transpose_qkv(self.W_q(queries))
-        keys = self.transpose_qkv(self.W_k(keys))
-        values = self.transpose_qkv(self.W_v(values))
-        output = self.attention(queries, keys, values)
-        return self.W_o(self.transpose_output(output))
-
-    def transpose_qkv(self, X: torch.Tensor) -> torch.Tensor:
-        X = X.reshape(X.shape[0], X.shape[1], self.num_heads, -1)
-        X = X.permute(0, 2, 1, 3)
-        return X.reshape(-1, X.shape[2], X.shape[3])
-
-    def transpose_output(self, X: torch.Tensor) -> torch.Tensor:
-        X = X.reshape(-1, self.num_heads, X.shape[1], X.shape[2])
-        X = X.permute(0, 2, 1, 3)
-        return X.reshape(X.shape[0], X.shape[1], -1)
-
-
-class PositionalEncoding(nn.Module):
-    def __init__(self, num_hiddens: int, dropout: float, max_len: int = 1000) -> None:
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.P = torch.zeros((1, max_len, num_hiddens))
-        X = torch.arange(max_len, dtype=torch.float32).reshape(-1, 1) / torch.pow(
-            10000, torch.arange(0, num_hiddens, 2, dtype=torch.float32) / num_hiddens)
-        self.P[:, :, 0::2] = torch.sin(X)
-        self.P[:, :, 1::2] = torch.cos(X)
-
-    def forward(self, X: torch.Tensor) -> torch.Tensor:
-        X = X + self.P[:, :X.shape[1], :].to(X.device)
-        return self.dropout(X)
-
-
-class AddNorm(nn.Module):
-    def __init__(self, norm_shape: int, dropout: float) -> None:
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.ln = nn.LayerNorm(norm_shape)
-
-    def forward(self, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
-        return self.ln(self.dropout(Y) + X)
-
-
-class PositionWiseFFN(nn.Module):
-    def __init__(self, ffn_num_hiddens: int, ffn_num_outputs: int) -> None:
-        super().__init__()
-        self.dense1 = nn.LazyLinear(ffn_num_hiddens)
-        self.relu = nn.ReLU()
-        self.dense2 = nn.LazyLinear(ffn_num_outputs)
-
-    def forward(self, X: torch.Tensor) -> torch.Tensor:
-        return self.dense2(self.relu(self.dense1(X)))
-
-
-class TransformerEncoderBlock(nn.Module):
-    def __init__(self, num_hiddens: int, ffn_num_hiddens: int, num_heads: int, dropout: float,
-                 use_bias: bool = False) -> None:
-        super().__init__()
-        self.attention = MultiHeadAttention(num_hiddens, num_heads, dropout, use_bias)
-        self.addnorm1 = AddNorm(num_hiddens, dropout)
-        self.ffn = PositionWiseFFN(ffn_num_hiddens, num_hiddens)
-        self.addnorm2 = AddNorm(num_hiddens, dropout)
-
-    def forward(self, X: torch.Tensor) -> torch.Tensor:
-        Y = self.addnorm1(X, self.attention(X, X, X))
-        return self.addnorm2(Y, self.ffn(Y))
-
-
-class TransformerEncoder(nn.Module):
-    def __init__(self, vocab_size: int = 200, num_hiddens: int = 24, ffn_num_hiddens: int = 48, num_heads: int = 8,
-                 num_blks: int = 2, dropout: float = 0.5, use_bias: bool = False) -> None:
-        super().__init__()
-        self.num_hiddens = num_hiddens
-        self.embedding = nn.Embedding(vocab_size, num_hiddens)
-        self.pos_encoding = PositionalEncoding(num_hiddens, dropout)
-        self.blks = nn.Sequential()
-        for i in range(num_blks):
-            self.blks.add_module("block" + str(i), TransformerEncoderBlock(num_hiddens, ffn_num_hiddens, num_heads,
-                                                                           dropout, use_bias))
-
-    def forward(self, X: torch.Tensor) -> torch.Tensor:
-        X = self.pos_encoding(self.embedding(X) * math.sqrt(self.num_hiddens))
-        for blk in self.blks:
-            X = blk(X)
-        return X
 
 
 class PatchEmbedding(nn.Module):
