@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from deferinit.registry import REFERENCE, framework_backends  # noqa: E402  (the one list of backend names)
 
 BACKENDS = framework_backends()
+PARITY_JOBS = max(1, min(2, os.cpu_count() or 1))  # parity producers at a time (two cores on the CI machine)
 TEST_DEPS = ["pytest>=8", "hypothesis>=6.100", "pyyaml>=6", "tomli-w>=1.0"]
 ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow", "PYTHONHASHSEED": "0",
        "HYPOTHESIS_PROFILE": os.environ.get("HYPOTHESIS_PROFILE", "ci")}
@@ -111,13 +112,14 @@ def parity(session: nox.Session) -> None:
 
         shutil.rmtree(out)
     matrix = str(ROOT / "tests" / "parity_matrix.py")
-    session.run("python", matrix, "produce", "--backends", ",".join([REFERENCE, *shared]), "--out", str(out), env=ENV)
     pythons = {}
     for backend in own:
         _need_python(session, backend)
-        python = pythons[backend] = _side_env(session, f"parity-{backend}", f"backends/{backend}.txt",
-                                              _interpreter(backend))
-        session.run(python, matrix, "produce", "--backends", backend, "--out", str(out), env=ENV, external=True)
+        pythons[backend] = _side_env(session, f"parity-{backend}", f"backends/{backend}.txt", _interpreter(backend))
+    # the reference first, then every framework in a process of its own, two at a time (each in its virtualenv's
+    # interpreter): the producers are independent, and two cores halve the session's longest part
+    session.run("python", matrix, "produce", "--backends", ",".join([REFERENCE, *shared, *own]), "--out", str(out),
+                "--jobs", str(PARITY_JOBS), *(f"--python={b}={p}" for b, p in pythons.items()), env=ENV)
     session.run("python", matrix, "compare", str(out), "--expect", ",".join(BACKENDS), env=ENV)
     # README's code blocks, verbatim: the Python one uses torch and jax together (only this virtualenv has both),
     # the parity commands every backend's interpreter; DEFERINIT_README_ALL makes a block that cannot run an error

@@ -235,9 +235,20 @@ class Checks(Contract[N]):
                                      source=got.source)
         layers, output = dict(ref.layers), ref.output_shape  # a copy: the inference may be cached (_infer_once)
         if layer_shapes is not None:
-            layers = {path: LayerInfo(path=info.path, type=info.type, params=info.params, tied_to=info.tied_to,
-                                      output_shape=self._native_shape(layer_shapes, path, info), source="native")
-                      for path, info in ref.layers.items()}  # LayerInfo(...) is cheaper than replace() (a model of 100 layers)
+            # where the framework's shape is the reference's (always, but for dims the input leaves None), the
+            # report holds the same frozen LayerInfo each time: made once per cached inference, not per apply_init
+            same = inference.__dict__.get("_native_layers")
+            if same is None:
+                same = inference.__dict__["_native_layers"] = {
+                    path: LayerInfo(path=info.path, type=info.type, params=info.params, tied_to=info.tied_to,
+                                    output_shape=info.output_shape, source="native")
+                    for path, info in ref.layers.items()}
+            layers = {}
+            for path, layer in ref.layers.items():
+                seen = layer_shapes.get(path)
+                layers[path] = same[path] if seen is not None and tuple(seen) == layer.output_shape else LayerInfo(
+                    path=layer.path, type=layer.type, params=layer.params, tied_to=layer.tied_to,
+                    output_shape=self._native_shape(layer_shapes, path, layer), source="native")
             output = self._native_shape(layer_shapes, "", None, ref.output_shape)
         return ShapeReport(backend=self.backend, input_shape=ref.input_shape, output_shape=output,
                            params=params, layers=layers, input_dtype=ref.input_dtype, data_format=ref.data_format,
