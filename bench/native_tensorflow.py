@@ -1,8 +1,9 @@
 """Hand-written Keras 3 (TensorFlow) models for bench/run.py: what an expert writes for the d2l models.
 
 Each model is a ``keras.Sequential`` of stock layers built on its first call (the book's lazy
-initialization), channels-first like the spec's data (TensorFlow runs NCHW convolutions natively through
-oneDNN on x86). The forward is the fast path deferinit itself uses and Keras uses inside
+initialization), channels-first like the spec's data where TensorFlow runs NCHW convolutions (its oneDNN kernels
+on x86), else permuted once to channels-last at the input (TensorFlow's own CPU kernels are NHWC-only).
+The forward is the fast path deferinit itself uses and Keras uses inside
 ``predict_on_batch``/``fit``: one ``tf.function`` over the model call in inference mode, with relaxed shapes.
 Both sides run the same ops, so the comparison is of the glue around them.
 """
@@ -20,11 +21,31 @@ import tensorflow as tf  # noqa: E402
 from keras import layers as L  # noqa: E402
 from keras.src.backend.common import global_state  # noqa: E402
 
-CF = "channels_first"
+
+def _nchw_runs() -> bool:
+    """Whether this TensorFlow runs NCHW convolutions on the CPU (its oneDNN kernels do; its own take NHWC only)."""
+    try:
+        tf.nn.conv2d(tf.zeros((1, 1, 1, 1)), tf.zeros((1, 1, 1, 1)), 1, "VALID", data_format="NCHW")
+        return True
+    except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
+        return False
+
+
+# where NCHW does not run, an expert's model takes the NCHW data, permutes it once to NHWC and runs channels-last
+NCHW = _nchw_runs()
+CF = "channels_first" if NCHW else "channels_last"
+
+
+def _to_layout() -> list:
+    return [] if NCHW else [L.Permute((2, 3, 1))]
+
+
+def _to_chw() -> list:  # before a Flatten: PyTorch's (C, H, W) order, as the spec's weights expect
+    return [] if NCHW else [L.Permute((3, 1, 2))]
 
 
 def _bn() -> Any:
-    return L.BatchNormalization(axis=1, momentum=0.9, epsilon=1e-5)
+    return L.BatchNormalization(axis=1 if NCHW else -1, momentum=0.9, epsilon=1e-5)
 
 
 class Residual(keras.Model):
@@ -53,15 +74,15 @@ def _mlp() -> Any:
 
 
 def _lenet() -> Any:
-    return keras.Sequential([
+    return keras.Sequential([*_to_layout(),
         L.Conv2D(6, 5, padding="same", activation="sigmoid", data_format=CF), L.AveragePooling2D(2, 2, data_format=CF),
-        L.Conv2D(16, 5, activation="sigmoid", data_format=CF), L.AveragePooling2D(2, 2, data_format=CF), L.Flatten(),
-        L.Dense(120, activation="sigmoid"), L.Dense(84, activation="sigmoid"), L.Dense(10)])
+        L.Conv2D(16, 5, activation="sigmoid", data_format=CF), L.AveragePooling2D(2, 2, data_format=CF), *_to_chw(),
+        L.Flatten(), L.Dense(120, activation="sigmoid"), L.Dense(84, activation="sigmoid"), L.Dense(10)])
 
 
 def _resnet18() -> Any:
     # the stem pads 3 (conv) and 1 (pool, after a ReLU: zeros never win) on each side, as PyTorch does
-    net = keras.Sequential([L.ZeroPadding2D(3, data_format=CF), L.Conv2D(64, 7, strides=2, data_format=CF), _bn(),
+    net = keras.Sequential([*_to_layout(), L.ZeroPadding2D(3, data_format=CF), L.Conv2D(64, 7, strides=2, data_format=CF), _bn(),
                             L.ReLU(), L.ZeroPadding2D(1, data_format=CF), L.MaxPooling2D(3, 2, data_format=CF)])
     for i, channels in enumerate((64, 128, 256, 512)):
         net.add(keras.Sequential([Residual(channels, use_1x1conv=i > 0, strides=2 if i > 0 else 1),
