@@ -107,7 +107,10 @@ def test_equal_specs_built_separately_share_the_rules(backend: str, monkeypatch:
     x = np.ones((2, 5), np.float32)
     first = di.compile(_spec(), backend).apply_init(x)
     again = di.compile(_spec(), backend).apply_init(x)  # new layer objects, the same model: the rules ran once
-    assert infers[0] == 1 and again == first
+    assert infers[0] == 1
+    # the same shapes (native names may differ between two models: MXNet numbers its blocks)
+    assert {n: p.shape for n, p in again.params.items()} == {n: p.shape for n, p in first.params.items()}
+    assert again.layers == first.layers and again.output_shape == first.output_shape
     ref = di.infer_shapes(_spec(), (2, 5))
     assert {n: p.shape for n, p in again.params.items()} == {n: p.shape for n, p in ref.params.items()}
     # anything that changes the model misses: a field, a field's type, a name, the data format, the input
