@@ -33,14 +33,12 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .errors import SpecError
-from .layers import MaxPool2D
 from .parity_artifacts import FORMAT, GRAD_SAMPLE, Artifact, load_artifact, make_artifact, save_artifact
+from .parity_branches import branches_of, crossings, kink_inputs
 from .parity_fd import FD_RTOL, finite_difference_checks
-from .shapes import plan
-from .spec import LazyModel, Sequential
+from .spec import LazyModel
 
-__all__ = ["parity", "activation_kink_margin",
-           "make_artifact", "save_artifact", "load_artifact", "compare_artifacts", "ParityReport", "BackendParity",
+__all__ = ["parity", "make_artifact", "save_artifact", "load_artifact", "compare_artifacts", "ParityReport", "BackendParity",
            "Artifact", "DEFAULT_ATOL", "DEFAULT_RTOL", "FORMAT", "GRAD_SAMPLE"]
 
 DEFAULT_ATOL = 1e-5
@@ -75,116 +73,6 @@ def _worst_ratio(a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> tupl
     ratio = diff / (atol + rtol * np.abs(b))
     i = int(np.argmax(ratio))
     return float(ratio.flat[i]), float(diff.flat[i])
-
-
-def _kink_inputs(intermediates: dict[str, np.ndarray]) -> dict[str, tuple[float, ...]]:
-    """The layers whose output feeds a ReLU or ReLU6 layer (the next output in execution order is ``max(x, 0)`` or
-    ``clip(x, 0, 6)`` of theirs), each with its activation's kinks."""
-    keys = list(intermediates)
-    found: dict[str, tuple[float, ...]] = {}
-    for before, after in zip(keys, keys[1:]):
-        x, y = np.asarray(intermediates[before]), np.asarray(intermediates[after])
-        if x.shape != y.shape or x.dtype.kind != "f" or not (x < 0).any():
-            continue
-        if np.array_equal(y, np.maximum(x, 0)):
-            found[before] = (0.0,)
-        elif (x > 6).any() and np.array_equal(y, np.clip(x, 0, 6)):
-            found[before] = (0.0, 6.0)
-    return found
-
-
-def activation_kink_margin(intermediates: dict[str, np.ndarray]) -> tuple[float, str | None]:
-    """How close activations come to a kink: the smallest ``|x - k|`` over the inputs ``x`` of the ReLU (k = 0) and
-    ReLU6 (k = 0, 6) layers among ``intermediates`` (layer path -> output, in execution order, as an artifact holds
-    them), and that input's layer; ``(inf, None)`` when there is none. Values exactly at a kink are left out: every
-    framework computes those exactly and takes the gradient there as PyTorch does. A margin below the frameworks'
-    float32 gaps (1e-7 to 1e-6 in the vision zoo's deep nets) lets one of them land on the other side."""
-    best: tuple[float, str | None] = (math.inf, None)
-    for layer, kinks in _kink_inputs(intermediates).items():
-        x = np.asarray(intermediates[layer], dtype=np.float64)
-        dist = np.min([np.abs(x - k) for k in kinks], axis=0)
-        dist = dist[dist > 0]
-        if dist.size and float(dist.min()) < best[0]:
-            best = (float(dist.min()), layer)
-    return best
-
-
-def _pool_inputs(art: Artifact) -> dict[str, tuple[MaxPool2D, np.ndarray]]:
-    """Each MaxPool2D position of a list spec with the input ``art``'s own forward gave it (from its intermediates:
-    a Sequential feeds each child the one before's output, any other container each child its own input)."""
-    if isinstance(art.input, tuple) or not art.intermediates:
-        return {}
-    try:
-        root = plan(LazyModel.from_dict(art.spec))
-    except Exception:  # noqa: BLE001 - a spec this version cannot read has no pools to look at
-        return {}
-    if getattr(root.layer, "inputs", None):  # a graph spec: its children are not a chain
-        return {}
-    found: dict[str, tuple[MaxPool2D, np.ndarray]] = {}
-
-    def visit(node: Any, x: np.ndarray | None) -> None:
-        chain = isinstance(node.layer, Sequential)
-        for child in node.children:
-            if isinstance(child.layer, MaxPool2D) and x is not None:
-                found[child.path] = (child.layer, x)
-            visit(child, x)
-            if chain:
-                x = art.intermediates.get(child.path)
-
-    visit(root, np.asarray(art.input))
-    return found
-
-
-def _argmax_windows(pool: MaxPool2D, x: np.ndarray, channels_last: bool) -> np.ndarray:
-    """Which entry of each window a max pool takes (the first of exact ties), with -inf padding and ceil mode."""
-    from .layers_extra import pool_out
-
-    if channels_last:
-        x = np.moveaxis(x, -1, 1)
-    pads = []
-    for size, k, st, pd in zip(x.shape[-2:], pool.pool_size, pool.strides, pool.padding):
-        n = pool_out(size, k, st, pd, pool.ceil_mode)
-        pads.append((pd, pd + max(0, (n - 1) * st + k - (size + 2 * pd))))  # a ceil-mode window past the end
-    xp = np.pad(x.astype(np.float64), [(0, 0), (0, 0), *pads], constant_values=-np.inf)
-    (kh, kw), (sh, sw) = pool.pool_size, pool.strides
-    win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
-    taken: np.ndarray = win.reshape(*win.shape[:4], kh * kw).argmax(-1)
-    return taken
-
-
-def _branches(art: Artifact, kinks: dict[str, tuple[float, ...]], channels_last: bool) -> dict[str, np.ndarray]:
-    """Which branch every non-smooth op took in ``art``'s own forward: the side of each kink of every ReLU/ReLU6
-    input, and the entry every max-pool window took (its gradient goes there alone)."""
-    out = {}
-    for layer, ks in kinks.items():
-        x = art.intermediates.get(layer)
-        if x is not None:
-            out[layer] = np.stack([np.asarray(x) > k for k in ks])
-    if isinstance(art.input, tuple):
-        return out
-    for path, (pool, x) in _pool_inputs(art).items():
-        y = art.intermediates.get(path)
-        try:
-            taken = _argmax_windows(pool, np.asarray(x), channels_last)
-        except (ValueError, TypeError):  # an input this look does not understand: only the kinks are compared
-            continue
-        if y is not None and taken.shape == (np.moveaxis(y, -1, 1) if channels_last else y).shape:
-            out[path] = taken  # (the windows' count checked against the pool's own output)
-    return out
-
-
-def _crossings(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> tuple[int, str | None]:
-    """How many activation inputs two forwards put on different sides of a kink, and the first such layer."""
-    count, first = 0, None
-    for layer, sides in a.items():
-        other = b.get(layer)
-        if other is None or other.shape != sides.shape:
-            continue
-        n = int(np.count_nonzero(sides != other))
-        if n and first is None:
-            first = layer
-        count += n
-    return count, first
 
 
 def _errors_of(a: Any, b: Any, atol: float, rtol: float) -> tuple[float, float, bool]:
@@ -329,9 +217,9 @@ def compare_artifacts(artifacts: Iterable[Artifact | str | Path], *, atol: float
     grad_arts = [a for a in arts if a.gradients and a is not ref]
     gtol = grad_atol if grad_atol is not None else atol * 10
     fd = finite_difference_checks(ref, grad_arts)
-    kinks = _kink_inputs(ref.intermediates)
+    kinks = kink_inputs(ref.intermediates)
     channels_last = getattr(ref.report, "data_format", "channels_first") == "channels_last"
-    branches = {a.backend: _branches(a, kinks, channels_last) for a in grad_arts}
+    branches = {a.backend: branches_of(a, kinks, channels_last) for a in grad_arts}
     results = {}
     for a in arts:
         if a is ref:
@@ -366,7 +254,7 @@ def compare_artifacts(artifacts: Iterable[Artifact | str | Path], *, atol: float
         # within ~1e-7 of a ReLU's kink, two entries of a max-pool window within ~1e-7 of each other) have
         # different gradients, each right for the values it computed: such a pair is reported, not compared;
         # the finite differences still check both.
-        crossed = [(b.backend, *_crossings(branches[a.backend], branches[b.backend])) for b in partners]
+        crossed = [(b.backend, *crossings(branches[a.backend], branches[b.backend])) for b in partners]
         res.grad_kink_crossings = [f"{name} ({n} value{'s' if n > 1 else ''}, first at '{layer}')"
                                    for name, n, layer in crossed if n]
         partners = [b for b, (_, n, _) in zip(partners, crossed) if not n]

@@ -10,7 +10,7 @@ import copy
 import numpy as np
 
 import deferinit as di
-from deferinit.parity import activation_kink_margin, compare_artifacts, make_artifact
+from deferinit.parity import compare_artifacts, make_artifact
 
 
 def _framework_copies(ref, grads):  # type: ignore[no-untyped-def]
@@ -87,7 +87,7 @@ def test_max_pool_window_taking_another_entry_is_reported() -> None:
 def test_max_pool_windows_follow_padding_and_ceil_mode() -> None:
     # 5 x 5 input, window 3, stride 2, padding 1, ceil mode: PyTorch gives 3 x 3 windows; the look at the windows
     # must count the same, or it leaves the pool out
-    from deferinit.parity import _argmax_windows
+    from deferinit.parity_branches import _argmax_windows
 
     pool = di.MaxPool2D(3, stride=2, padding=1, ceil_mode=True)
     x = np.arange(25, dtype=np.float32).reshape(1, 1, 5, 5)
@@ -95,10 +95,3 @@ def test_max_pool_windows_follow_padding_and_ceil_mode() -> None:
     assert taken.shape == (1, 1, 3, 3)
     # ascending values: each window takes its bottom-right entry that lies inside the input (flattened 3 x 3 index)
     assert taken[0, 0, 0, 0] == 8 and taken[0, 0, 2, 2] == 4  # the last window: rows 3-5, cols 3-5 padded at 5
-
-
-def test_kink_margin() -> None:
-    inter = {"a": np.array([[-0.5, 2e-7, 0.0, 3.0]], np.float32), "b": np.array([[0.0, 2e-7, 0.0, 3.0]], np.float32)}
-    margin, layer = activation_kink_margin(inter)
-    assert layer == "a" and np.isclose(margin, 2e-7)  # the exact 0 left out
-    assert activation_kink_margin({"a": inter["a"], "c": inter["a"] * 2}) == (np.inf, None)  # no ReLU there
