@@ -174,52 +174,6 @@ class Layer:
         return f"{type(self).__name__}({', '.join(parts)})"
 
 
-def content_key(layer: Layer) -> Any:
-    """A hashable key equal for two specs exactly when they describe the same model: every attribute of every
-    layer, with its type (``1``, ``1.0`` and ``True`` differ; floats by ``repr``, so ``-0.0`` is not ``0.0``), and
-    the ties (a layer object met again is keyed by where it was first met, so ``[d, d]`` is not ``[d, copy(d)]``).
-    Cheaper than ``to_dict`` (no serialization): results that depend only on the spec can be shared between
-    equal specs built separately. ``None`` when some attribute is unhashable (a dict, an array): no sharing."""
-    try:
-        key = _layer_key(layer, {})
-        hash(key)
-    except TypeError:
-        return None
-    return key
-
-
-_DERIVED = frozenset({"_children", "_depth"})  # set by validate from the fields (Sequential's segments, nesting)
-
-
-def _layer_key(layer: Any, memo: dict[int, int]) -> Any:
-    first = memo.get(id(layer))
-    if first is not None:
-        return ("tie", first)
-    memo[id(layer)] = len(memo)
-    return (type(layer), tuple((name, _value_key(value, memo)) for name, value in vars(layer).items()
-                               if name not in _DERIVED))
-
-
-def _value_key(value: Any, memo: dict[int, int]) -> Any:
-    # str, int and None stand for themselves (no other key is one of them, nor a tuple of ints); any other value
-    # is keyed with its type first (``(bool, True)`` is not ``1``; ``(float, '1.0')`` is not ``1`` either)
-    t = type(value)
-    if t is str or t is int or value is None:
-        return value
-    if t is bool:
-        return (t, value)
-    if t is float:
-        return (t, repr(value))
-    if t is tuple or t is list:
-        if t is tuple and all(type(v) is int for v in value):  # kernel sizes, strides, paddings: the common case
-            return value
-        return (t, tuple(_value_key(v, memo) for v in value))
-    if isinstance(value, Layer):
-        return _layer_key(value, memo)
-    # anything else (a dict, an array, a graph spec's symbolic tensors, whose equality may not see ties): no key
-    raise TypeError(f"no content key for {t.__name__}")
-
-
 def _as_layers(owner: str, field: str, items: Any) -> tuple[Layer, ...]:
     if isinstance(items, Layer) or isinstance(items, (str, bytes)) or not isinstance(items, (list, tuple)):
         raise _bad(owner, field, items, "a list of layers")

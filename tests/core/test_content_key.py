@@ -1,10 +1,10 @@
-"""``spec.content_key``: equal exactly for specs that describe the same model (the key the rules' results are shared
+"""``spec_key.content_key``: equal exactly for specs that describe the same model (the key the rules' results are shared
 under between separately built specs; see tests/contract/test_infer_cache.py)."""
 
 from __future__ import annotations
 
 import deferinit as di
-from deferinit.spec import content_key
+from deferinit.spec_key import content_key
 
 
 def test_equal_specs_built_apart_have_one_key() -> None:

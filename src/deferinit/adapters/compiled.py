@@ -35,7 +35,8 @@ from ..errors import DeferInitError, NotInitializedError, ShapeMismatchError, Un
 from ..report import ShapeReport
 from ..resources import Footprint, available_memory, footprint
 from ..shapes import Inference, as_dtype, infer, normalize_shape, plan
-from ..spec import LazyModel, content_key
+from ..spec import LazyModel
+from ..spec_key import content_key
 from ._gate import Gate
 from ._semantics import batch_norms, check_finite_batch
 from ._standin import stand_in
