@@ -9,28 +9,10 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from d2l_attention import masked_softmax  # d2l, chapter "Attention Scoring Functions"
 from torch import nn
 
 import deferinit as di
-
-
-def masked_softmax(X, valid_lens):  # d2l, chapter "Attention Scoring Functions"
-    def _sequence_mask(X, valid_len, value=0):
-        maxlen = X.size(1)
-        mask = torch.arange((maxlen), dtype=torch.float32, device=X.device)[None, :] < valid_len[:, None]
-        X[~mask] = value
-        return X
-
-    if valid_lens is None:
-        return F.softmax(X, dim=-1)
-    shape = X.shape
-    if valid_lens.dim() == 1:
-        valid_lens = torch.repeat_interleave(valid_lens, shape[1])
-    else:
-        valid_lens = valid_lens.reshape(-1)
-    X = _sequence_mask(X.reshape(-1, shape[-1]), valid_lens, value=-1e6)
-    return F.softmax(X.reshape(shape), dim=-1)
 
 
 class HandBlock(nn.Module):
