@@ -144,3 +144,30 @@ def test_the_shared_cache_is_bounded(backend: str) -> None:
         di.compile(di.LazyModel([di.Dense(units)]), backend).apply_init(di.ShapeDtype((1, 3), "float32"),
                                                                         abstract=True)
     assert len(compiled_mod._SHARED) <= compiled_mod._SHARED_MAX
+
+
+def test_threads_share_and_evict_the_cache_without_mixing_results(backend: str) -> None:
+    """Four threads compile specs of 1..40 units at once (more than the shared cache holds, so entries are evicted
+    while others are inserted): every report has its own spec's shapes, from infer_shapes."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def work(offset: int) -> None:
+        try:
+            for i in range(40):
+                units = (i + offset) % 40 + 1
+                spec = di.LazyModel([di.Dense(units), di.Dense(2)])
+                report = di.compile(spec, backend).apply_init(di.ShapeDtype((1, 3), "float32"), abstract=True)
+                assert report.params["0.weight"].shape == di.infer_shapes(spec, (1, 3)).params["0.weight"].shape
+                assert report.params["1.weight"].shape == (2, units)
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k * 10,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(compiled_mod._SHARED) <= compiled_mod._SHARED_MAX

@@ -26,6 +26,7 @@ hook on the native model): the call would wait for itself.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any, Mapping, TypeVar
 
 import numpy as np
@@ -53,6 +54,7 @@ _CACHED = 8
 #: the oldest of _SHARED_MAX goes first. Entries are never mutated once their three slots are filled.
 _SHARED: dict[tuple, list] = {}
 _SHARED_MAX = 32
+_SHARED_LOCK = threading.Lock()
 
 
 class CompiledModel(Checks[N]):
@@ -92,9 +94,10 @@ class CompiledModel(Checks[N]):
             if entry is None:
                 entry = [infer(self.spec, shape, dtype=dtype, backend=self.backend, root=self.root), None, None]
                 if shared is not None:
-                    if len(_SHARED) >= _SHARED_MAX:
-                        _SHARED.pop(next(iter(_SHARED)), None)
-                    _SHARED[shared] = entry
+                    with _SHARED_LOCK:  # models in other threads share it: evict and insert as one step
+                        if len(_SHARED) >= _SHARED_MAX:
+                            _SHARED.pop(next(iter(_SHARED)), None)
+                        _SHARED[shared] = entry
             if len(self._inferred) >= _CACHED:
                 del self._inferred[next(iter(self._inferred))]
             self._inferred[key] = entry
