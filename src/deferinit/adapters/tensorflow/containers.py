@@ -23,6 +23,7 @@ from ...merges import combine
 
 from contextlib import contextmanager
 
+from . import layout
 from .modules import build_child, call_layer
 
 __all__ = ["Seq", "Residual", "Concat", "Merge", "Positions", "Recorder", "recording"]
@@ -104,6 +105,8 @@ class Seq(keras.Sequential):  # type: ignore[misc]
         self.positions = positions or Positions([])
 
     def call(self, inputs: Any, training: Any = None, mask: Any = None) -> Any:
+        if layout.applies(inputs):  # channels-first convolutions without NCHW kernels: see layout.py
+            return layout.run(self.layers, inputs, training)
         x = inputs
         for i, layer in enumerate(self.layers):
             x = _observe(self.positions, i, lambda: call_layer(layer, x, training))  # noqa: B023

@@ -87,6 +87,16 @@ def _padded_shape(shape: tuple, pads: tuple, data_format: str) -> tuple:
 
 
 # ----------------------------------------------------------------------------------------------- convolution
+def _same_at_stride_one(padding: Any, kernel: Any, strides: tuple, dilation: tuple) -> bool:
+    """Whether explicit symmetric pads are what TensorFlow's ``same`` pads: at stride 1 it pads
+    ``dilation * (kernel - 1)`` in all, the odd pixel after, so pads ``p`` with ``2 p`` equal to that
+    (``Conv2D(c, 3, padding=1)``, ResNet's and VGG's) are ``same`` exactly."""
+    if isinstance(padding, str) or max(strides) > 1:
+        return False
+    kernel = tuple(kernel) if isinstance(kernel, (tuple, list)) else (kernel,) * len(padding)
+    return all(2 * p == d * (k - 1) for p, k, d in zip(padding, kernel, dilation))
+
+
 class _ConvMixin:
     """A Keras conv with the spec's padding and stride/dilation semantics.
 
@@ -101,29 +111,31 @@ class _ConvMixin:
         dilation = kwargs["dilation_rate"]
         subsample = tuple(spec_strides) if max(spec_strides) > 1 and max(dilation) > 1 else None
         keras_padding = spec_padding if spec_padding in ("same", "valid") and subsample is None else "valid"
+        if _same_at_stride_one(spec_padding, kwargs["kernel_size"], spec_strides, dilation):
+            keras_padding = "same"  # the same zeros, padded by the conv kernel itself: one op fewer per conv
         super().__init__(strides=1 if subsample else spec_strides, padding=keras_padding,  # type: ignore[call-arg]
                          **kwargs)
         self.subsample = subsample
         self.spec_padding = spec_padding
 
-    def _pads(self, shape: tuple) -> Any:
-        """Static (before, after) pads per spatial dim, None for none, or "dynamic" when they depend on a
-        spatial size not known while tracing (``same`` with stride and dilation, under relaxed shapes)."""
+    def _pads(self, shape: tuple, fmt: str) -> Any:
+        """Static (before, after) pads per spatial dim of data in ``fmt``, None for none, or "dynamic" when they
+        depend on a spatial size not known while tracing (``same`` with stride and dilation, relaxed shapes)."""
         if self.padding == "same" or self.spec_padding == "valid":  # type: ignore[attr-defined]
             return None
         if self.spec_padding != "same":
             return tuple((p, p) for p in self.spec_padding)
-        sizes = [shape[a] for a in spatial_axes(len(shape), self.data_format)]  # type: ignore[attr-defined]
+        sizes = [shape[a] for a in spatial_axes(len(shape), fmt)]
         if any(s is None for s in sizes):
             return "dynamic"
         return tuple(conv_pads(s, k, st, d, "same") for s, k, st, d in
                      zip(sizes, self.kernel_size, self.subsample, self.dilation_rate))  # type: ignore[attr-defined,arg-type]
 
-    def _pad_dynamic(self, x: Any) -> Any:
+    def _pad_dynamic(self, x: Any, fmt: str) -> Any:
         # TensorFlow's "same" rule with tensors: total = max((ceil(n / s) - 1) * s + eff - n, 0), odd pixel after
         width = [tf.zeros((2,), tf.int32) for _ in range(len(x.shape))]
         size = tf.shape(x)
-        for i, axis in enumerate(spatial_axes(len(x.shape), self.data_format)):  # type: ignore[attr-defined]
+        for i, axis in enumerate(spatial_axes(len(x.shape), fmt)):
             n, s = size[axis], self.subsample[i]  # type: ignore[index]
             eff = self.dilation_rate[i] * (self.kernel_size[i] - 1) + 1  # type: ignore[attr-defined]
             total = tf.maximum(((n + s - 1) // s - 1) * s + eff - n, 0)
@@ -135,26 +147,37 @@ class _ConvMixin:
             return super().convolution_op(inputs, kernel)  # type: ignore[misc]
         rank = len(inputs.shape)
         x = ops.transpose(inputs, (0,) + tuple(range(2, rank)) + (1,))
-        y = ops.conv(x, kernel, strides=list(self.strides), padding=self.padding,  # type: ignore[attr-defined]
-                     dilation_rate=self.dilation_rate, data_format="channels_last")  # type: ignore[attr-defined]
+        y = self._conv_last(x, kernel)
         return ops.transpose(y, (0, rank - 1) + tuple(range(1, rank - 1)))
 
+    def _conv_last(self, x: Any, kernel: Any) -> Any:
+        return ops.conv(x, kernel, strides=list(self.strides), padding=self.padding,  # type: ignore[attr-defined]
+                        dilation_rate=self.dilation_rate, data_format="channels_last")  # type: ignore[attr-defined]
+
     def call(self, inputs: Any) -> Any:
-        # BaseConv.call, written out because keras.layers.Conv1D.call skips convolution_op
-        pads = self._pads(tuple(inputs.shape))
+        return self._forward(inputs, self.data_format)  # type: ignore[attr-defined]
+
+    def _forward(self, inputs: Any, fmt: str) -> Any:
+        """BaseConv.call, written out (keras.layers.Conv1D.call skips convolution_op), on data in ``fmt``: the
+        layer's own format, or channels_last for a channels_first layer inside a channels-last run
+        (``layout.py``)."""
+        pads = self._pads(tuple(inputs.shape), fmt)
         if pads == "dynamic":
-            inputs = self._pad_dynamic(inputs)
+            inputs = self._pad_dynamic(inputs, fmt)
         elif pads is not None:
-            inputs = _pad(inputs, pads, self.data_format)  # type: ignore[attr-defined]
-        y = self.convolution_op(inputs, self.kernel)  # type: ignore[attr-defined]
+            inputs = _pad(inputs, pads, fmt)
+        if fmt == self.data_format:  # type: ignore[attr-defined]
+            y = self.convolution_op(inputs, self.kernel)  # type: ignore[attr-defined]
+        else:
+            y = self._conv_last(inputs, self.kernel)  # type: ignore[attr-defined]
         if self.subsample:
             index = [slice(None)] * len(y.shape)
-            for axis, s in zip(spatial_axes(len(y.shape), self.data_format), self.subsample):  # type: ignore[attr-defined]
+            for axis, s in zip(spatial_axes(len(y.shape), fmt), self.subsample):
                 index[axis] = slice(None, None, s)
             y = y[tuple(index)]
         if self.use_bias:  # type: ignore[attr-defined]
             shape = [1] * len(y.shape)
-            shape[1 if self.data_format == "channels_first" else -1] = self.filters  # type: ignore[attr-defined]
+            shape[1 if fmt == "channels_first" else -1] = self.filters  # type: ignore[attr-defined]
             # tf.add, not keras.ops.add: Keras turns an add of a bias-shaped tensor into tf.nn.bias_add and picks
             # NHWC whenever the last dim equals the channels, so an NCHW output with W == C got its bias gradient
             # summed over the wrong axes (found by the parity session's gradient comparison)
@@ -163,7 +186,7 @@ class _ConvMixin:
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         shape = tuple(input_shape)
-        pads = self._pads(shape)
+        pads = self._pads(shape, self.data_format)  # type: ignore[attr-defined]
         if pads is not None and pads != "dynamic":
             shape = _padded_shape(shape, pads, self.data_format)  # type: ignore[attr-defined]
         out = list(super().compute_output_shape(shape))  # type: ignore[misc]
@@ -196,6 +219,12 @@ class _PadPoolMixin:
     def call(self, inputs: Any) -> Any:
         return super().call(_pad(inputs, self.pads, self.data_format, self.fill))  # type: ignore[misc,attr-defined]
 
+    def _forward(self, inputs: Any, fmt: str) -> Any:
+        """The pooling on data in ``fmt`` (channels_last inside a channels-last run, ``layout.py``)."""
+        pool = ops.max_pool if self.pool_mode == "max" else ops.average_pool  # type: ignore[attr-defined]
+        return pool(_pad(inputs, self.pads, fmt, self.fill), self.pool_size, strides=self.strides,  # type: ignore[attr-defined]
+                    padding="valid", data_format=fmt)
+
     def compute_output_shape(self, input_shape: Any) -> Any:
         return super().compute_output_shape(_padded_shape(tuple(input_shape), self.pads, self.data_format))  # type: ignore[misc,attr-defined]
 
@@ -222,17 +251,26 @@ class BatchNorm(keras.layers.BatchNormalization):  # type: ignore[misc]
     def call(self, inputs: Any, training: Any = None, mask: Any = None) -> Any:
         if not (training and self.trainable) or mask is not None or self.renorm:
             return super().call(inputs, training=training, mask=mask)
+        return self._forward(inputs, training, self.axis)
+
+    def _forward(self, inputs: Any, training: Any, axis: int) -> Any:
+        """Normalize ``inputs`` whose channel axis is ``axis`` (the layer's own, or the last inside a
+        channels-last run, ``layout.py``): Keras's inference formula, and in training PyTorch's update rule."""
         x = ops.cast(inputs, backend_float(inputs))
-        mean, variance = self._moments(x, None)  # biased, centred (tf.nn.moments)
-        count = ops.cast(tf.size(x) // tf.shape(x)[self.axis], variance.dtype)
-        unbiased = variance * count / ops.maximum(count - 1.0, 1.0)
-        self.moving_mean.assign(ops.cast(self.moving_mean, mean.dtype) * self.momentum
-                                + mean * (1.0 - self.momentum))
-        self.moving_variance.assign(ops.cast(self.moving_variance, variance.dtype) * self.momentum
-                                    + unbiased * (1.0 - self.momentum))
+        if training and self.trainable:
+            rank = len(x.shape)
+            mean, variance = ops.moments(x, axes=[a for a in range(rank) if a != axis % rank])  # biased, centred
+            count = ops.cast(tf.size(x) // tf.shape(x)[axis], variance.dtype)
+            unbiased = variance * count / ops.maximum(count - 1.0, 1.0)
+            self.moving_mean.assign(ops.cast(self.moving_mean, mean.dtype) * self.momentum
+                                    + mean * (1.0 - self.momentum))
+            self.moving_variance.assign(ops.cast(self.moving_variance, variance.dtype) * self.momentum
+                                        + unbiased * (1.0 - self.momentum))
+        else:
+            mean, variance = ops.cast(self.moving_mean, x.dtype), ops.cast(self.moving_variance, x.dtype)
         gamma = ops.cast(self.gamma, x.dtype) if self.scale else None
         beta = ops.cast(self.beta, x.dtype) if self.center else None
-        y = ops.batch_normalization(x, mean, variance, axis=self.axis, offset=beta, scale=gamma,
+        y = ops.batch_normalization(x, mean, variance, axis=axis, offset=beta, scale=gamma,
                                     epsilon=self.epsilon)
         return ops.cast(y, self.compute_dtype)
 

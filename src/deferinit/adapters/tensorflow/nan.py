@@ -52,3 +52,8 @@ class MaxPool2D(kl.MaxPool2D):
         mean = ops.average_pool(kl._pad(inputs, self.pads, self.data_format), self.pool_size, strides=self.strides,
                                 padding="valid", data_format=self.data_format)
         return super().call(inputs) + 0.0 * ops.clip(mean, -1.0, 1.0)
+
+    def _forward(self, inputs: Any, fmt: str) -> Any:
+        mean = ops.average_pool(kl._pad(inputs, self.pads, fmt), self.pool_size, strides=self.strides,
+                                padding="valid", data_format=fmt)
+        return super()._forward(inputs, fmt) + 0.0 * ops.clip(mean, -1.0, 1.0)
