@@ -12,8 +12,8 @@ permutes once: LeNet's forward at batch 1 went from 1.51x to 1.06x, ResNet-18's 
 
 Each layer keeps its spec layout; only its call changes. What runs channels-last here (``kind``):
 
-* starts a run: the adapter's convolutions (``modules.Conv1D``/``Conv2D``, groups, dilation, explicit pads) and
-  poolings (``MaxPool2D``, NaN-keeping or not, ``AvgPool2D``);
+* starts a run: the adapter's convolutions (``modules.Conv1D``/``Conv2D``, groups, dilation, explicit pads),
+  transposed convolutions (``up.py``) and poolings (``MaxPool2D``, NaN-keeping or not, ``AvgPool2D``);
 * continues one: batch norm (its channel axis moved last), global average pooling, element-wise activations
   (not softmax: it has an axis), identity, dropout, stochastic depth, adaptive average pooling to 1x1, and the
   containers (``Seq``, ``Residual``,
@@ -81,11 +81,14 @@ def kind(layer: Any) -> int:
 
 def _kind(layer: Any) -> int:
     from . import containers as kc
+    from . import up
 
     if not getattr(layer, "built", False) or getattr(layer, "compute_dtype", "float32") != "float32":
         return 0
     first = getattr(layer, "data_format", "channels_first") == "channels_first"
     if isinstance(layer, kl._ConvMixin):
+        return START if first and _elementwise(layer.activation) else 0  # type: ignore[attr-defined]
+    if isinstance(layer, up._CropMixin):
         return START if first and _elementwise(layer.activation) else 0  # type: ignore[attr-defined]
     if isinstance(layer, kl._PadPoolMixin) and type(layer) in (kl.MaxPool2D, kl.AvgPool2D, kn.MaxPool2D):
         return START if first else 0
@@ -150,11 +153,14 @@ def _axis_last(axis: int, rank: int) -> int:
 def call_last(layer: Any, x: Any, training: Any) -> Any:
     """``layer`` (a kind START or CONTINUE) on channels-last ``x``: the channels-last form of its output."""
     from . import containers as kc
+    from . import up
 
     if isinstance(layer, kl._ConvMixin):
         return layer._forward(x, "channels_last")
     if isinstance(layer, kl._PadPoolMixin):
         return layer._forward(x, "channels_last")
+    if isinstance(layer, up._CropMixin):
+        return layer._forward_last(x)
     if isinstance(layer, kl.BatchNorm):
         return layer._forward(x, training, -1)
     if isinstance(layer, keras.layers.GlobalAveragePooling2D):

@@ -46,13 +46,18 @@ class _CropMixin:
         super().__init__(padding="valid", **kwargs)  # type: ignore[call-arg]
         self.crops = tuple(crops)
 
-    def _crop(self, y: Any) -> Any:
+    def _crop(self, y: Any, fmt: str | None = None) -> Any:
         if not any(a or b for a, b in self.crops):
             return y
         index = [slice(None)] * len(y.shape)
-        for axis, (a, b) in zip(spatial_axes(len(y.shape), self.data_format), self.crops):  # type: ignore[attr-defined]
+        for axis, (a, b) in zip(spatial_axes(len(y.shape), fmt or self.data_format), self.crops):  # type: ignore[attr-defined]
             index[axis] = slice(a, (-b) or None)
         return y[tuple(index)]
+
+    def _forward_last(self, x: Any) -> Any:
+        """A channels_first layer on channels-last data (inside a channels-last run, ``layout.py``)."""
+        y = self._crop(self._conv_last(x), "channels_last")
+        return self.activation(y) if self.activation is not None else y  # type: ignore[has-type]
 
     def call(self, inputs: Any) -> Any:
         if self.data_format == "channels_first" and transpose_channels_first():  # type: ignore[attr-defined]
@@ -71,6 +76,10 @@ class _CropMixin:
         modules.transpose_channels_first); with groups, each group's transposed conv the same way."""
         rank = len(inputs.shape)
         x = keras.ops.transpose(inputs, (0,) + tuple(range(2, rank)) + (1,))
+        return keras.ops.transpose(self._conv_last(x), (0, rank - 1) + tuple(range(1, rank - 1)))
+
+    def _conv_last(self, x: Any) -> Any:
+        """The transposed convolution (and bias) of channels-last ``x`` by TensorFlow's NHWC kernel."""
         groups = getattr(self, "groups", 1)
         per = x.shape[-1] // groups
         kernel = self.kernel  # type: ignore[attr-defined]
@@ -80,9 +89,7 @@ class _CropMixin:
             data_format="channels_last", dilation_rate=self.dilation_rate) for g in range(groups)]  # type: ignore[attr-defined]
         y = keras.ops.concatenate(outs, axis=-1) if groups > 1 else outs[0]
         bias = getattr(self, "bias", None)
-        if bias is not None:
-            y = y + bias
-        return keras.ops.transpose(y, (0, rank - 1) + tuple(range(1, rank - 1)))
+        return y + bias if bias is not None else y
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         out = list(super().compute_output_shape(input_shape))  # type: ignore[misc]
