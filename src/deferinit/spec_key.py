@@ -1,6 +1,6 @@
 """``content_key``: a hashable key equal for two specs exactly when they describe the same model, so that results
 depending only on the spec (the reference rules' answer, the memory bound) are shared between equal specs built
-separately (``adapters/compiled.py``). Layers compare by ``to_dict`` (:class:`deferinit.spec.Layer`), which
+separately (``adapters/rules_cache.py``). Layers compare by ``to_dict`` (:class:`deferinit.spec.Layer`), which
 serializes; this key reads the attributes directly and sees ties, which values alone do not."""
 
 from __future__ import annotations

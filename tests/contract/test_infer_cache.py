@@ -1,4 +1,4 @@
-"""The per-model cache of the reference rules' results (``CompiledModel._infer_once``, issue 17): apply_init runs
+"""The per-model cache of the reference rules' results (``rules_cache.RulesCache._infer_once``, issue 17): apply_init runs
 the rules once per (input shape, dtype) and keeps the memory estimate beside them, without changing any answer.
 
 Truth: :func:`deferinit.infer_shapes` on the same spec and input (the rules run afresh), and the errors the
@@ -11,21 +11,21 @@ import pytest
 
 import deferinit as di
 from deferinit.adapters import checks as checks_mod
-from deferinit.adapters import compiled as compiled_mod
+from deferinit.adapters import rules_cache as cache_mod
 from deferinit.errors import DTypeError, ShapeMismatchError
 
 
 @pytest.fixture(autouse=True)
 def _fresh_shared_cache() -> None:
     """The counts below start from no cached result, also of equal specs that other tests built."""
-    compiled_mod._SHARED.clear()
+    cache_mod._SHARED.clear()
 
 
 def _spec() -> di.LazyModel:
     return di.LazyModel([di.Dense(6, activation="relu"), di.Dense(3)])
 
 
-def _count(monkeypatch: pytest.MonkeyPatch, name: str, module: object = compiled_mod) -> list[int]:
+def _count(monkeypatch: pytest.MonkeyPatch, name: str, module: object = cache_mod) -> list[int]:
     calls = [0]
     real = getattr(module, name)
 
@@ -71,7 +71,7 @@ def test_load_weights_on_a_new_model_runs_the_rules_once(backend: str, monkeypat
     source = di.compile(_spec(), backend)
     source.apply_init(np.ones((1, 5), np.float32), init="xavier_uniform", key=1)
     weights = source.export_weights()
-    compiled_mod._SHARED.clear()  # (an equal spec's result would be shared: no rules at all)
+    cache_mod._SHARED.clear()  # (an equal spec's result would be shared: no rules at all)
     infers = _count(monkeypatch, "infer")
     model = di.compile(_spec(), backend)
     model.load_weights(weights, input_shape=(1, 5))
@@ -84,7 +84,7 @@ def test_the_cache_is_bounded(backend: str) -> None:
     model = di.compile(_spec(), backend)
     for features in range(1, 21):
         model.apply_init(di.ShapeDtype((1, features), "float32"), abstract=True)
-    assert len(model._inferred) <= compiled_mod._CACHED
+    assert len(model._inferred) <= cache_mod._CACHED
     assert model.report.params["0.weight"].shape == (6, 20)
 
 
@@ -140,10 +140,10 @@ def test_a_tied_spec_does_not_share_with_its_untied_twin(backend: str) -> None:
 
 
 def test_the_shared_cache_is_bounded(backend: str) -> None:
-    for units in range(1, compiled_mod._SHARED_MAX + 10):
+    for units in range(1, cache_mod._SHARED_MAX + 10):
         di.compile(di.LazyModel([di.Dense(units)]), backend).apply_init(di.ShapeDtype((1, 3), "float32"),
                                                                         abstract=True)
-    assert len(compiled_mod._SHARED) <= compiled_mod._SHARED_MAX
+    assert len(cache_mod._SHARED) <= cache_mod._SHARED_MAX
 
 
 def test_threads_share_and_evict_the_cache_without_mixing_results(backend: str) -> None:
@@ -170,4 +170,4 @@ def test_threads_share_and_evict_the_cache_without_mixing_results(backend: str) 
     for t in threads:
         t.join()
     assert not errors, errors
-    assert len(compiled_mod._SHARED) <= compiled_mod._SHARED_MAX
+    assert len(cache_mod._SHARED) <= cache_mod._SHARED_MAX

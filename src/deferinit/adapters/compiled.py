@@ -26,7 +26,6 @@ hook on the native model): the call would wait for itself.
 from __future__ import annotations
 
 import os
-import threading
 from typing import Any, Mapping, TypeVar
 
 import numpy as np
@@ -34,34 +33,25 @@ import numpy as np
 from .. import init as init_mod
 from ..errors import DeferInitError, NotInitializedError, ShapeMismatchError, UnsupportedLayerError, fmt_shape
 from ..report import ShapeReport
-from ..resources import Footprint, available_memory, footprint
-from ..shapes import Inference, as_dtype, infer, normalize_shape, plan
+from ..resources import available_memory
+from ..shapes import normalize_shape, plan
 from ..spec import LazyModel
-from ..spec_key import content_key
 from ._gate import Gate
 from ._semantics import batch_norms, check_finite_batch
 from ._standin import stand_in
-from .checks import Checks
 from .contract import NativeParam, ShapeDtype
+from .rules_cache import RulesCache
 
 __all__ = ["CompiledModel", "NativeParam", "ShapeDtype", "available_memory"]
 
 N = TypeVar("N")
 
-#: how many (input shape, dtype) results of the reference rules a compiled model keeps (``_infer_once``)
-_CACHED = 8
-#: (backend, spec content key, (shape, dtype)) -> the _infer_once entry, shared by the models of equal specs;
-#: the oldest of _SHARED_MAX goes first. Entries are never mutated once their three slots are filled.
-_SHARED: dict[tuple, list] = {}
-_SHARED_MAX = 32
-_SHARED_LOCK = threading.Lock()
-
-
-class CompiledModel(Checks[N]):
+class CompiledModel(RulesCache[N]):
     """A spec compiled for one backend. Create with :func:`deferinit.compile`.
 
     The hooks a backend fills in and the capabilities it declares are in ``contract.py``; the checks every
-    backend shares, and the report assembly, in ``checks.py``; here, the public API: validate -> build -> swap."""
+    backend shares, and the report assembly, in ``checks.py``; the reference rules' results kept per model and
+    shared between equal specs, in ``rules_cache.py``; here, the public API: validate -> build -> swap."""
 
     def __init__(self, spec: LazyModel) -> None:
         if not isinstance(spec, LazyModel):
@@ -80,61 +70,6 @@ class CompiledModel(Checks[N]):
         self._index_limit = self._find_index_limit()
         self._gate = Gate()
         self._inferred: dict[tuple, Any] = {}  # (input shape, dtype) -> [Inference, Footprint | None, small | None]: _infer_once
-
-    # ================================================================== pure results, cached per model
-    def _infer_once(self, shape: tuple, dtype: Any) -> Inference:
-        """The reference rules' result for this model's spec on an input of ``shape`` (normalized) and ``dtype``,
-        computed once per (shape, dtype): the spec is immutable and the plan is this model's, so the result
-        depends on nothing else. Bounded (the oldest of ``_CACHED`` entries goes first); errors are not cached."""
-        key = (shape, dtype if dtype is None else as_dtype(dtype))
-        entry = self._inferred.get(key)
-        if entry is None:
-            shared = self._shared_key(key)
-            entry = _SHARED.get(shared) if shared is not None else None
-            if entry is None:
-                entry = [infer(self.spec, shape, dtype=dtype, backend=self.backend, root=self.root), None, None]
-                if shared is not None:
-                    with _SHARED_LOCK:  # models in other threads share it: evict and insert as one step
-                        if len(_SHARED) >= _SHARED_MAX:
-                            _SHARED.pop(next(iter(_SHARED)), None)
-                        _SHARED[shared] = entry
-            if len(self._inferred) >= _CACHED:
-                del self._inferred[next(iter(self._inferred))]
-            self._inferred[key] = entry
-        return entry[0]
-
-    def _shared_key(self, key: tuple) -> tuple | None:
-        """The key of this spec's rules result among all models of this process: equal specs built separately
-        (a new ``LazyModel`` per call, as a training script or a benchmark makes them) share one result; ``None``
-        when the spec has an unhashable attribute. The backend is part of it (its rules may refuse a layer)."""
-        content = self.__dict__.get("_content")
-        if content is None:
-            content = self._content = (content_key(self.spec),)
-        return None if content[0] is None else (self.backend, content[0], key)
-
-    def _footprint(self, inference: Inference) -> Footprint:
-        """``resources.footprint(inference)``, kept beside a cached inference so the memory check of a later
-        apply_init (or materialize) on the same shapes reuses it."""
-        entry = self._entry(inference)
-        if entry is None:
-            return footprint(inference)
-        if entry[1] is None:
-            entry[1] = footprint(inference)
-        return entry[1]
-
-    def _small(self, inference: Inference) -> bool:
-        """``resources.small(inference)``, kept beside a cached inference as ``_footprint`` is."""
-        entry = self._entry(inference)
-        if entry is None:
-            return super()._small(inference)
-        if entry[2] is None:
-            entry[2] = super()._small(inference)
-        return entry[2]  # type: ignore[no-any-return]
-
-    def _entry(self, inference: Inference) -> list | None:
-        report = inference.report
-        entry = self._inferred.get((report.input_shape, as_dtype(report.input_dtype)))
-        return entry if entry is not None and entry[0] is inference else None
 
     # ================================================================== public API
     @property

@@ -1,0 +1,92 @@
+"""The reference rules' results, computed once per (spec, input shape, dtype): per model, and shared by the
+models of equal specs built apart in one process (issue 17).
+
+``apply_init``, ``materialize`` and the checks of ``load_weights`` all start from the reference rules' answer for
+the input (:func:`~deferinit.shapes.infer`). The spec is immutable and the plan is the model's own, so the answer
+depends on nothing else: a model keeps its last ``_CACHED`` answers, with the memory footprint and the "small"
+verdict computed from them, and equal specs (``spec_key.content_key``: a new ``LazyModel`` per call, as a training
+script or a benchmark makes them) share one answer across models through ``_SHARED``. Errors are not cached.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, TypeVar
+
+from ..resources import Footprint, footprint
+from ..shapes import Inference, as_dtype, infer
+from ..spec_key import content_key
+from .checks import Checks
+
+__all__ = ["RulesCache"]
+
+N = TypeVar("N")
+
+#: how many (input shape, dtype) results of the reference rules a compiled model keeps (``_infer_once``)
+_CACHED = 8
+#: (backend, spec content key, (shape, dtype)) -> the _infer_once entry, shared by the models of equal specs;
+#: the oldest of _SHARED_MAX goes first. Entries are never mutated once their three slots are filled.
+_SHARED: dict[tuple, list] = {}
+_SHARED_MAX = 32
+_SHARED_LOCK = threading.Lock()
+
+
+class RulesCache(Checks[N]):
+    """The cached rules results of a compiled model (``CompiledModel`` sets ``_inferred = {}`` and has ``spec``,
+    ``root`` and ``backend``)."""
+
+    _inferred: dict[tuple, Any]
+
+    def _infer_once(self, shape: tuple, dtype: Any) -> Inference:
+        """The reference rules' result for this model's spec on an input of ``shape`` (normalized) and ``dtype``,
+        computed once per (shape, dtype): the spec is immutable and the plan is this model's, so the result
+        depends on nothing else. Bounded (the oldest of ``_CACHED`` entries goes first); errors are not cached."""
+        key = (shape, dtype if dtype is None else as_dtype(dtype))
+        entry = self._inferred.get(key)
+        if entry is None:
+            shared = self._shared_key(key)
+            entry = _SHARED.get(shared) if shared is not None else None
+            if entry is None:
+                entry = [infer(self.spec, shape, dtype=dtype, backend=self.backend, root=self.root), None, None]
+                if shared is not None:
+                    with _SHARED_LOCK:  # models in other threads share it: evict and insert as one step
+                        if len(_SHARED) >= _SHARED_MAX:
+                            _SHARED.pop(next(iter(_SHARED)), None)
+                        _SHARED[shared] = entry
+            if len(self._inferred) >= _CACHED:
+                del self._inferred[next(iter(self._inferred))]
+            self._inferred[key] = entry
+        return entry[0]
+
+    def _shared_key(self, key: tuple) -> tuple | None:
+        """The key of this spec's rules result among all models of this process: equal specs built separately
+        (a new ``LazyModel`` per call, as a training script or a benchmark makes them) share one result; ``None``
+        when the spec has an unhashable attribute. The backend is part of it (its rules may refuse a layer)."""
+        content = self.__dict__.get("_content")
+        if content is None:
+            content = self._content = (content_key(self.spec),)
+        return None if content[0] is None else (self.backend, content[0], key)
+
+    def _footprint(self, inference: Inference) -> Footprint:
+        """``resources.footprint(inference)``, kept beside a cached inference so the memory check of a later
+        apply_init (or materialize) on the same shapes reuses it."""
+        entry = self._entry(inference)
+        if entry is None:
+            return footprint(inference)
+        if entry[1] is None:
+            entry[1] = footprint(inference)
+        return entry[1]
+
+    def _small(self, inference: Inference) -> bool:
+        """``resources.small(inference)``, kept beside a cached inference as ``_footprint`` is."""
+        entry = self._entry(inference)
+        if entry is None:
+            return super()._small(inference)
+        if entry[2] is None:
+            entry[2] = super()._small(inference)
+        return entry[2]  # type: ignore[no-any-return]
+
+    def _entry(self, inference: Inference) -> list | None:
+        report = inference.report
+        entry = self._inferred.get((report.input_shape, as_dtype(report.input_dtype)))
+        return entry if entry is not None and entry[0] is inference else None
