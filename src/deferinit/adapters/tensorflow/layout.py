@@ -71,11 +71,12 @@ def _elementwise(fn: Any) -> bool:
 
 
 def kind(layer: Any) -> int:
-    """START, CONTINUE or 0 for one built layer (cached on it: the answer depends on its type and config only)."""
+    """START, CONTINUE or 0 for one layer (0 until built; cached on a built one: its type and config decide)."""
     cached = layer.__dict__.get("_deferinit_cl_kind")
     if cached is None:
         cached = _kind(layer)
-        layer.__dict__["_deferinit_cl_kind"] = cached
+        if getattr(layer, "built", False):  # an unbuilt layer's 0 is not its answer once Keras has built it
+            layer.__dict__["_deferinit_cl_kind"] = cached
     return int(cached)
 
 

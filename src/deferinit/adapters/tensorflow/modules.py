@@ -217,10 +217,11 @@ class _PadPoolMixin:
         self.pads = tuple((p, p) for p in pads)
 
     def call(self, inputs: Any) -> Any:
-        return super().call(_pad(inputs, self.pads, self.data_format, self.fill))  # type: ignore[misc,attr-defined]
+        return self._forward(inputs, self.data_format)  # type: ignore[attr-defined]
 
     def _forward(self, inputs: Any, fmt: str) -> Any:
-        """The pooling on data in ``fmt`` (channels_last inside a channels-last run, ``layout.py``)."""
+        """Keras's pooling call (``BasePooling.call``) on padded data in ``fmt``: the layer's own format, or
+        channels_last for a channels_first layer inside a channels-last run (``layout.py``)."""
         pool = ops.max_pool if self.pool_mode == "max" else ops.average_pool  # type: ignore[attr-defined]
         return pool(_pad(inputs, self.pads, fmt, self.fill), self.pool_size, strides=self.strides,  # type: ignore[attr-defined]
                     padding="valid", data_format=fmt)

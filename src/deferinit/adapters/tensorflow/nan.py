@@ -48,11 +48,6 @@ def activation(name: str | None) -> Any:
 class MaxPool2D(kl.MaxPool2D):
     """The spec's max pooling (explicit -inf padding) that returns NaN for a window holding one."""
 
-    def call(self, inputs: Any) -> Any:
-        mean = ops.average_pool(kl._pad(inputs, self.pads, self.data_format), self.pool_size, strides=self.strides,
-                                padding="valid", data_format=self.data_format)
-        return super().call(inputs) + 0.0 * ops.clip(mean, -1.0, 1.0)
-
     def _forward(self, inputs: Any, fmt: str) -> Any:
         mean = ops.average_pool(kl._pad(inputs, self.pads, fmt), self.pool_size, strides=self.strides,
                                 padding="valid", data_format=fmt)
