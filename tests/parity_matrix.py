@@ -4,8 +4,10 @@
     python tests/parity_matrix.py produce --backends mxnet --out artifacts/parity      # in MXNet's venv
     python tests/parity_matrix.py compare artifacts/parity                              # exit 1 on any failure
 
-``produce`` with ``numpy`` writes every spec as JSON plus the reference artifact (input and weights); other
-backends load those files, so every virtualenv runs the very same spec, input and weights.
+``produce`` with ``numpy`` writes every spec as JSON plus the reference artifact (input, and the weights' digests:
+a portable initializer's draw is drawn again where it is needed and checked against them, see
+deferinit.parity_artifacts); other backends load those files, so every virtualenv runs the very same spec, input
+and weights.
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ Two ways to use it:
   ``.npz`` per backend (report, initial and loaded weights, input, outputs, intermediates, gradients,
   training-mode statistics; see :mod:`deferinit.parity_artifacts`), and :func:`compare_artifacts` compares
   artifacts made anywhere. Artifacts made from a reference artifact (``source=``) reuse its input and
-  weights, so nothing depends on random streams agreeing across NumPy versions; the portable initializers'
-  own bit-identity is checked separately (``init_identical``).
+  weights (a portable initializer's draw is not stored: it is drawn again and checked against the reference's
+  digests, see :mod:`deferinit.parity_artifacts`), so nothing silently depends on random streams agreeing
+  across NumPy versions; the portable initializers' own bit-identity is checked separately (``init_identical``).
 
 A comparison that compared nothing (only the reference) fails, and a column not compared shows ``-``.
 Gradients are compared pairwise between the frameworks (each against every other, the worst pair reported) and
@@ -33,7 +34,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .errors import SpecError
-from .parity_artifacts import FORMAT, GRAD_SAMPLE, Artifact, load_artifact, make_artifact, save_artifact
+from .parity_artifacts import FORMAT, GRAD_SAMPLE, Artifact, load_artifact, make_artifact, sample_like, save_artifact
 from .parity_branches import branches_of, crossings, kink_inputs
 from .parity_fd import FD_RTOL, finite_difference_checks
 from .spec import LazyModel
@@ -219,7 +220,9 @@ def compare_artifacts(artifacts: Iterable[Artifact | str | Path], *, atol: float
     fd = finite_difference_checks(ref, grad_arts)
     kinks = kink_inputs(ref.intermediates)
     channels_last = getattr(ref.report, "data_format", "channels_first") == "channels_last"
-    branches = {a.backend: branches_of(a, kinks, channels_last) for a in grad_arts}
+    # recorded by the producer from its full intermediates (a file may hold a sample of them), else read here
+    branches = {a.backend: a.branches if a.meta.get("branches") else branches_of(a, kinks, channels_last)
+                for a in grad_arts}
     results = {}
     for a in arts:
         if a is ref:
@@ -233,7 +236,7 @@ def compare_artifacts(artifacts: Iterable[Artifact | str | Path], *, atol: float
             got = a.intermediates.get(path)
             if got is None:
                 continue
-            err, _, layer_ok = _errors(got, want, atol, rtol)
+            err, _, layer_ok = _errors(got, sample_like(path, want, got), atol, rtol)
             if not layer_ok:
                 first, first_err = path, err
                 break

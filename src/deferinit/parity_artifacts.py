@@ -1,9 +1,17 @@
 """Parity artifacts: everything one backend produced for one spec and input, written and read as plain ``.npz``.
 
-An artifact made from a reference artifact (``source=``) reuses its input and weights, so nothing depends on
-random streams agreeing across NumPy versions or virtualenvs. Reading one checks its header field by field:
-artifacts travel between machines and virtualenvs, so a damaged or foreign one is a :class:`WeightsError`
-naming the file and the field, never a ``KeyError`` later.
+An artifact made from a reference artifact (``source=``) runs on its input and weights. The reference's file
+does not hold those weights when they are a portable initializer's draw (``xavier_uniform``...): they are a
+function of the spec, input, initializer name and key its header holds, and its header holds each one's sha256.
+A backend whose own portable draw has those digests runs on its own draw (the same bits); otherwise, and
+wherever the weights themselves are needed (the finite differences), they are drawn again by the numpy
+reference on first use and checked bit for bit against the digests, so nothing silently depends on random
+streams agreeing across NumPy versions or virtualenvs: a draw that differs is a :class:`WeightsError` naming
+the parameter. Other weights (a framework's own initializer, a custom one) are stored. This keeps the parity
+matrix's artifacts small (the vision zoo's reference weights were 1.65 GB of its 2.5).
+
+Reading one checks its header field by field: artifacts travel between machines and virtualenvs, so a damaged
+or foreign one is a :class:`WeightsError` naming the file and the field, never a ``KeyError`` later.
 """
 
 from __future__ import annotations
@@ -11,7 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -19,7 +27,7 @@ from .errors import DTypeError, ShapeMismatchError, SpecError, WeightsError
 from .report import ShapeReport
 from .spec import LazyModel
 
-__all__ = ["Artifact", "make_artifact", "save_artifact", "load_artifact", "FORMAT", "GRAD_SAMPLE"]
+__all__ = ["Artifact", "make_artifact", "save_artifact", "load_artifact", "redraw_weights", "FORMAT", "GRAD_SAMPLE"]
 
 FORMAT = "deferinit.parity"
 
@@ -33,13 +41,17 @@ class Artifact:
     report: ShapeReport
     input: Any                           # an array, or a tuple of arrays (one per input of a graph spec)
     init: dict[str, str]                 # sha256 of each weight after apply_init(init, key) on this backend
-    weights: dict[str, np.ndarray]       # the weights every backend ran with (stored by the reference only)
+    weights: Mapping[str, np.ndarray]    # the weights every backend ran with (the reference's only; drawn again
+    #                                      on first use when its file did not store them: see the module's doc)
     output: Any                          # an array, or a tuple of arrays (a graph spec with several outputs)
     intermediates: dict[str, np.ndarray]
     gradients: dict[str, np.ndarray] = field(default_factory=dict)
     train_output: Any = None             # an array, a tuple of arrays (several outputs), or None (no step)
     train_state: dict[str, np.ndarray] = field(default_factory=dict)  # non-trainable params after one step
     meta: dict[str, Any] = field(default_factory=dict)
+    # which branch each non-smooth op took in this forward (deferinit.parity_branches), worked out where the
+    # full intermediates were (make_artifact, when it records gradients): a file may keep only a sample of them
+    branches: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _input_for(spec: LazyModel, shape: Sequence[int], seed: int, dtype: str) -> np.ndarray:
@@ -120,7 +132,10 @@ def make_artifact(spec: LazyModel, backend: str, x: Any = None, *, input_shape: 
     report = model.apply_init(x, init=init, key=key)
     initial = model.export_weights()
     digests = {name: _digest(arr) for name, arr in initial.items()}
-    weights = source.weights if source is not None else initial
+    # the source's weights; this backend's own draw when it is the same bits (then the source's are never read,
+    # nor drawn again when its file did not store them)
+    own = source is None or (digests == source.init and list(digests) == list(source.init))
+    weights: Mapping[str, np.ndarray] = initial if own else source.weights  # type: ignore[union-attr]
     del initial
     model.load_weights(weights)
     y = model(x)
@@ -144,8 +159,73 @@ def make_artifact(spec: LazyModel, backend: str, x: Any = None, *, input_shape: 
             np.asarray(model.to_numpy(t), dtype=np.float32)
         after = model.export_weights()
         train_state = {n: after[n] for n, p in report.params.items() if not p.trainable}
-    return Artifact(backend, spec.to_dict(), report, x, digests, dict(weights) if source is None else {}, out, inter,
-                    grads, train_out, train_state, {"init": str(init), "key": key, "seed": seed})
+    meta: dict[str, Any] = {"init": str(init), "key": key, "seed": seed}
+    if source is None and backend == "numpy" and _portable_name(init):
+        meta["redrawable"] = True  # the numpy reference's portable draw: save_artifact need not store it
+    art = Artifact(backend, spec.to_dict(), report, x, digests, dict(weights) if source is None else {}, out, inter,
+                   grads, train_out, train_state, meta)
+    if grads:  # the branches, from the full intermediates, with the reference's kinks (where they are known)
+        from .parity_branches import branches_of, kink_inputs
+
+        ref = source if source is not None and source.intermediates else art
+        art.branches = branches_of(art, kink_inputs(dict(ref.intermediates)),
+                                   getattr(ref.report, "data_format", "channels_first") == "channels_last")
+        art.meta["branches"] = True
+    return art
+
+
+def _portable_name(init: Any) -> bool:
+    from .init import NAMES
+
+    return isinstance(init, str) and init.lower() in NAMES
+
+
+class _Redrawn(Mapping[str, np.ndarray]):
+    """A reference artifact's weights that its file did not store: names and order from its digests (no draw);
+    the values drawn on first use by the numpy reference's portable initializer from the artifact's spec,
+    input, initializer and key, and checked bit for bit against the digests."""
+
+    def __init__(self, where: str, spec: dict[str, Any], x: Any, init: str, key: int, digests: dict[str, str]) -> None:
+        self._where, self._spec, self._x, self._init, self._key = where, spec, x, init, key
+        self._digests = digests
+        self._values: dict[str, np.ndarray] | None = None
+
+    def _drawn(self) -> dict[str, np.ndarray]:
+        if self._values is None:
+            self._values = redraw_weights(self._spec, self._x, self._init, self._key, self._digests, self._where)
+        return self._values
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._digests:
+            raise KeyError(name)
+        return self._drawn()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._digests)
+
+    def __len__(self) -> int:
+        return len(self._digests)
+
+
+def redraw_weights(spec: dict[str, Any], x: Any, init: str, key: int, digests: dict[str, str],
+                   where: str = "parity") -> dict[str, np.ndarray]:
+    """The weights the numpy reference's ``apply_init(x, init=init, key=key)`` draws for ``spec`` (a spec dict),
+    checked against ``digests`` (name -> sha256, in order): a :class:`WeightsError` names the first that differs."""
+    from .registry import compile
+    from .spec import LazyModel
+
+    model = compile(LazyModel.from_dict(spec), "numpy")
+    model.apply_init(x, init=init, key=key)
+    weights: dict[str, np.ndarray] = model.export_weights()
+    drawn = f"drawing them again here ({init!r}, key {key}, numpy {np.__version__})"
+    if list(weights) != list(digests):
+        raise WeightsError(f"{where}: the weights were not stored, and {drawn} gave the parameters "
+                           f"{', '.join(list(weights)[:8])}, not the header's {', '.join(list(digests)[:8])}")
+    for name, arr in weights.items():
+        if _digest(arr) != digests[name]:
+            raise WeightsError(f"{where}: the weights were not stored, and {drawn} gave other values for '{name}' "
+                               f"than the header's sha256; write the reference with save_artifact(..., weights=True)")
+    return weights
 
 
 def _shape_list(shapes: Any) -> list[Sequence[int]]:
@@ -194,21 +274,54 @@ def _sample(name: str, grad: np.ndarray) -> np.ndarray:
     return flat[np.sort(idx)]
 
 
-def save_artifact(art: Artifact, path: str | Path) -> Path:
+def sample_like(name: str, full: np.ndarray, stored: np.ndarray) -> np.ndarray:
+    """``full`` as a file holds it when ``stored`` is its fixed sample (:func:`_sample`), else ``full``."""
+    if stored.shape != full.shape and stored.ndim == 1 and full.size > GRAD_SAMPLE and stored.size == GRAD_SAMPLE:
+        return _sample(name, full)
+    return full
+
+
+def save_artifact(art: Artifact, path: str | Path, *, weights: bool | None = None,
+                  sample: bool | None = None) -> Path:
+    """Write ``art`` as one ``.npz``. ``weights``: store its weights (True), or not (False: a reader that needs
+    them draws them again, which only a portable initializer's draw allows); None (default) stores them unless
+    they are the numpy reference's portable draw (``meta["redrawable"]``, set by :func:`make_artifact`).
+
+    ``sample``: keep only a fixed sample of each intermediate output bigger than :data:`GRAD_SAMPLE` entries (the
+    same entries on every backend, as for gradients; the comparison samples the reference's alike), or every
+    value. None (default) samples a framework's artifact whose branches are recorded (or that has no gradients)
+    and keeps the reference's whole: its intermediates are what every framework is compared on, and where the
+    activation kinks are found. The outputs are always kept whole."""
     from .weights import _write_atomic, _write_npz
 
     path = Path(path)
+    if sample is None:
+        sample = art.backend != "numpy" and (not art.gradients or bool(art.meta.get("branches")))
+    redraw = bool(art.weights) and not weights and (weights is False or bool(art.meta.get("redrawable")))
+    if redraw and not (_portable_name(art.meta.get("init")) and isinstance(art.meta.get("key"), int) and art.init):
+        raise WeightsError(f"{path}: weights=False expected weights a portable initializer drew (meta 'init' one of "
+                           f"its names, an int 'key', and their digests), received init "
+                           f"{art.meta.get('init')!r}, key {art.meta.get('key')!r}")
     arrays: dict[str, np.ndarray] = {}
     counts = {"inputs": _pack(arrays, "input", art.input), "outputs": _pack(arrays, "output", art.output)}
-    for prefix, group in (("weights", art.weights), ("inter", art.intermediates),
+    inter = {k: _sample(k, np.asarray(v)) for k, v in art.intermediates.items()} if sample else art.intermediates
+    for prefix, group in (("weights", {} if redraw else art.weights), ("inter", inter),
                           ("grad", art.gradients), ("train_state", art.train_state)):
         for name, arr in group.items():
             arrays[f"{prefix}/{name}"] = np.asarray(arr)
+    branches: dict[str, list[Any]] = {}
+    for name, arr in art.branches.items():  # sides of a kink: one bit each; a pool window's entry: one byte
+        arr = np.asarray(arr)
+        small = arr.dtype == bool or (arr.size and 0 <= arr.min() and arr.max() < 256)
+        arrays[f"branch/{name}"] = np.packbits(arr.reshape(-1)) if arr.dtype == bool else \
+            arr.reshape(-1).astype(np.uint8 if small else np.int64)
+        branches[name] = [list(arr.shape), "sides" if arr.dtype == bool else "taken"]
     if art.train_output is not None:
         counts["train_outputs"] = _pack(arrays, "train_output", art.train_output)
     meta = {"format": FORMAT, "version": 1, "backend": art.backend, "spec": art.spec,
             "report": art.report.to_dict(), "inter_order": list(art.intermediates), "meta": art.meta,
-            "init": art.init, **{k: n for k, n in counts.items() if n}}
+            "init": art.init, **({"weights": "redraw"} if redraw else {}), **({"branches": branches} if branches else {}),
+            **{k: n for k, n in counts.items() if n}}
     arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     _write_atomic(path, lambda fh: _write_npz(fh, arrays))
@@ -218,7 +331,8 @@ def save_artifact(art: Artifact, path: str | Path) -> Path:
 # header field -> (type, required): what save_artifact writes
 _FIELDS = {"format": (str, True), "version": (int, True), "backend": (str, True), "spec": (dict, True),
            "report": (dict, True), "inter_order": (list, True), "meta": (dict, False), "init": (dict, False),
-           "inputs": (int, False), "outputs": (int, False), "train_outputs": (int, False)}
+           "inputs": (int, False), "outputs": (int, False), "train_outputs": (int, False), "weights": (str, False),
+           "branches": (dict, False)}
 
 
 def _header(path: Path, data: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -238,6 +352,12 @@ def _header(path: Path, data: dict[str, np.ndarray]) -> dict[str, Any]:
         if (required or key in meta) and (not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool)):
             raise WeightsError(f"{path}: header field '{key}' expected a {kind.__name__}, received "
                                f"{str(meta.get(key, '(nothing)'))[:100]}")
+    if meta.get("weights", "redraw") != "redraw" or ("weights" in meta and not (
+            _portable_name(meta.get("meta", {}).get("init")) and isinstance(meta["meta"].get("key"), int)
+            and not isinstance(meta["meta"].get("key"), bool) and meta.get("init"))):
+        raise WeightsError(f"{path}: header field 'weights' expected 'redraw' with a portable initializer's name, "
+                           f"an int key and the digests to check the draw against, received "
+                           f"{str(meta.get('weights'))[:40]!r} with init {str(meta.get('meta', {}).get('init'))[:40]!r}")
     if meta["version"] != 1:
         raise WeightsError(f"{path}: expected artifact version 1, received version {meta['version']}")
     if not all(isinstance(k, str) for k in meta["inter_order"]) or \
@@ -275,13 +395,38 @@ def load_artifact(path: str | Path) -> Artifact:
                            f"received no {' or '.join(repr(k) for k in optional if k not in data)}")
     trained = [data.pop(k) for k in optional]
     train_output = (tuple(trained) if meta.get("train_outputs") else trained[0]) if trained else None
-    groups: dict[str, dict[str, np.ndarray]] = {"weights": {}, "inter": {}, "grad": {}, "train_state": {}}
+    groups: dict[str, dict[str, np.ndarray]] = {"weights": {}, "inter": {}, "grad": {}, "train_state": {},
+                                                "branch": {}}
     for key, arr in data.items():
         prefix, _, name = key.partition("/")
         if prefix in groups and name:
             groups[prefix][name] = arr
     inter = {k: groups["inter"][k] for k in meta["inter_order"] if k in groups["inter"]}
-    return Artifact(meta["backend"], meta["spec"], report, tuple(inputs) if meta.get("inputs") else inputs[0],
-                    dict(meta.get("init", {})), groups["weights"],
+    x = tuple(inputs) if meta.get("inputs") else inputs[0]
+    weights: Mapping[str, np.ndarray] = groups["weights"]
+    if meta.get("weights") == "redraw":
+        weights = _Redrawn(str(path), meta["spec"], x, meta["meta"]["init"], meta["meta"]["key"], dict(meta["init"]))
+    return Artifact(meta["backend"], meta["spec"], report, x, dict(meta.get("init", {})), weights,
                     tuple(outputs) if meta.get("outputs") else outputs[0], inter, groups["grad"], train_output,
-                    groups["train_state"], meta.get("meta", {}))
+                    groups["train_state"], meta.get("meta", {}), _branches(path, meta, groups["branch"]))
+
+
+def _branches(path: Path, meta: dict[str, Any], stored: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out = {}
+    for name, entry in meta.get("branches", {}).items():
+        ok = isinstance(entry, list) and len(entry) == 2 and entry[1] in ("sides", "taken") and \
+            isinstance(entry[0], list) and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40
+                                               for d in entry[0])
+        arr = stored.get(name)
+        size = int(np.prod(entry[0], dtype=np.int64)) if ok else -1
+        if ok and arr is not None and arr.ndim == 1 and arr.dtype.kind in "ui":
+            if entry[1] == "sides" and arr.size == -(-size // 8):
+                out[name] = np.unpackbits(arr.astype(np.uint8), count=size).astype(bool).reshape(entry[0])
+                continue
+            if entry[1] == "taken" and arr.size == size:
+                out[name] = arr.astype(np.int64).reshape(entry[0])
+                continue
+        raise WeightsError(f"{path}: header field 'branches' entry '{str(name)[:80]}' expected [shape, 'sides' or "
+                           f"'taken'] matching array 'branch/{str(name)[:80]}', received {str(entry)[:100]} and "
+                           f"{'no array' if arr is None else f'an array of {arr.size} {arr.dtype}'}")
+    return out

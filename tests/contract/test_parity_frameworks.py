@@ -48,6 +48,28 @@ def test_broken_conversion_is_located(framework: str, monkeypatch) -> None:  # t
     assert result.results[framework].first_divergence == "2"
 
 
+def test_artifacts_through_files_compare_as_in_memory(framework: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # the reference's file holds digests, not its Xavier draw; the framework's holds a sample of its big
+    # intermediates and the branches its forward took: read back, the comparison finds what it found in memory
+    from deferinit.parity import GRAD_SAMPLE, load_artifact, save_artifact
+
+    spec = di.LazyModel([di.Conv2D(20, 3, padding=1), di.Activation("relu"), di.MaxPool2D(2), di.Flatten(),
+                         di.Dense(3)])
+    x = np.random.default_rng(3).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    ref = make_artifact(spec, "numpy", x)
+    in_memory = compare_artifacts([ref, make_artifact(spec, framework, source=ref)]).results[framework]
+    ref_file = load_artifact(save_artifact(ref, tmp_path / "numpy.npz"))
+    art = make_artifact(spec, framework, source=ref_file)
+    assert art.meta["branches"] and set(art.branches) == {"0", "2"}  # the ReLU's input, the pool
+    loaded = load_artifact(save_artifact(art, tmp_path / f"{framework}.npz"))
+    assert ref.intermediates["0"].size > GRAD_SAMPLE and loaded.intermediates["0"].shape == (GRAD_SAMPLE,)
+    result = compare_artifacts([ref_file, loaded])
+    r = result.results[framework]
+    assert result.passed, "\n".join(result.failures())
+    assert r.init_identical is True and r.max_abs == in_memory.max_abs
+    assert r.grad_fd_ok is True and r.grad_fd_error == in_memory.grad_fd_error  # the redrawn weights' differences
+
+
 @settings(max_examples=8)
 @given(valid_specs())
 def test_random_specs_agree_with_reference(framework: str, spec_and_shape) -> None:  # type: ignore[no-untyped-def]

@@ -388,6 +388,9 @@ MALFORMED = {
     "version 2": (lambda m: dict(m, version=2), "version 2"),
     "init of lists": (lambda m: dict(m, init={"0.weight": [1]}), "'init'"),
     "meta a string": (lambda m: dict(m, meta="x"), "'meta'"),
+    "weights not 'redraw'": (lambda m: dict(m, weights="stored"), "'weights'"),
+    "redraw of no portable init": (lambda m: dict(m, weights="redraw", meta=dict(m["meta"], init="None")), "'weights'"),
+    "redraw with no key": (lambda m: dict(m, weights="redraw", meta={"init": "xavier_uniform"}), "'weights'"),
 }
 
 

@@ -58,6 +58,46 @@ def test_artifacts_round_trip_and_compare(tmp_path) -> None:  # type: ignore[no-
     assert compare_artifacts([again, other]).passed
 
 
+def test_reference_file_holds_digests_not_a_portable_draw(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    case = BY_ID["lenet"]
+    ref = make_artifact(case.make(), "numpy", case.data())
+    small, full = save_artifact(ref, tmp_path / "ref.npz"), save_artifact(ref, tmp_path / "full.npz", weights=True)
+    assert not [k for k in np.load(small).files if k.startswith("weights/")]
+    assert sorted(k for k in np.load(full).files if k.startswith("weights/")) == sorted(f"weights/{n}" for n in ref.weights)
+    nbytes = sum(w.nbytes for w in ref.weights.values())
+    assert full.stat().st_size - small.stat().st_size >= nbytes  # npz stores them uncompressed
+    again = load_artifact(small)
+    assert list(again.weights) == list(ref.weights)  # names and order from the digests
+    for name, w in ref.weights.items():  # drawn again, bit for bit
+        np.testing.assert_array_equal(again.weights[name], w)
+    other = make_artifact(case.make(), "numpy", source=again)
+    assert compare_artifacts([again, other]).passed
+
+
+def test_a_redraw_that_differs_from_the_digest_names_the_parameter(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    case = BY_ID["lenet"]
+    ref = make_artifact(case.make(), "numpy", case.data())
+    last = list(ref.init)[-1]
+    again = load_artifact(save_artifact(replace(ref, init={**ref.init, last: "0" * 64}), tmp_path / "ref.npz"))
+    with pytest.raises(di.WeightsError, match=f"'{last}'.*sha256"):
+        again.weights[list(ref.init)[0]]
+    # a backend run from it draws other bits than the header says, so it needs the weights: the same error
+    with pytest.raises(di.WeightsError, match=f"'{last}'"):
+        make_artifact(case.make(), "numpy", source=again)
+
+
+def test_weights_no_portable_initializer_drew_are_stored(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    case = BY_ID["mlp"]
+    ref = make_artifact(case.make(), "numpy", case.data(), init=None)  # the backend's own initializer
+    path = save_artifact(ref, tmp_path / "ref.npz")
+    assert sorted(k for k in np.load(path).files if k.startswith("weights/")) == sorted(f"weights/{n}" for n in ref.weights)
+    assert isinstance(load_artifact(path).weights, dict)
+    with pytest.raises(di.WeightsError, match="portable initializer.*'None'"):
+        save_artifact(ref, tmp_path / "no.npz", weights=False)
+
+
 def test_mismatched_inputs_are_refused() -> None:
     case = BY_ID["mlp"]
     a = make_artifact(case.make(), "numpy", case.data(seed=1))

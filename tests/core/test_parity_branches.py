@@ -95,3 +95,39 @@ def test_max_pool_windows_follow_padding_and_ceil_mode() -> None:
     assert taken.shape == (1, 1, 3, 3)
     # ascending values: each window takes its bottom-right entry that lies inside the input (flattened 3 x 3 index)
     assert taken[0, 0, 0, 0] == 8 and taken[0, 0, 2, 2] == 4  # the last window: rows 3-5, cols 3-5 padded at 5
+
+
+def test_branches_survive_a_file_that_samples_the_intermediates(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # the pool case above, as artifacts written to disk: fw_b's branches recorded from its full intermediates, the
+    # file keeping only a sample of a 70,000-entry intermediate, and the comparison still finds the crossing
+    from deferinit.parity import GRAD_SAMPLE, load_artifact, save_artifact
+    from deferinit.parity_branches import branches_of, kink_inputs
+
+    spec = di.LazyModel([di.Conv2D(70, 1), di.Activation("relu"), di.MaxPool2D(2), di.Flatten(), di.Dense(1)])
+    ref = make_artifact(spec, "numpy", np.random.default_rng(1).standard_normal((1, 1, 32, 32)).astype(np.float32))
+    assert ref.intermediates["0"].size == 70 * 32 * 32 > GRAD_SAMPLE
+    grads = {k: np.ones_like(v) for k, v in ref.weights.items()}
+    a, b = _framework_copies(ref, grads)
+    act = ref.intermediates["1"].copy()  # the pool's input
+    c, i, j = next((c, i, j) for c in range(70) for i in range(0, 32, 2) for j in range(0, 32, 2)
+                   if np.count_nonzero(act[0, c, i:i + 2, j:j + 2]) == 4)  # a window of four distinct positives
+    window = act[0, c, i:i + 2, j:j + 2]
+    hi = np.unravel_index(np.argmax(window), window.shape)
+    lo = np.unravel_index(np.argmin(window), window.shape)
+    act[0, c, i + lo[0], j + lo[1]] = window[hi] + 1e-7  # fw_b's window takes another entry
+    b.intermediates["1"] = act
+    b.gradients["0.weight"] += 0.5
+    for art in (a, b):  # what make_artifact records for a framework's artifact
+        art.branches, art.meta["branches"] = branches_of(art, kink_inputs(ref.intermediates), False), True
+    assert b.branches["2"].dtype.kind == "i" and b.branches["0"].dtype == bool  # pool entries; the ReLU's sides
+    paths = [save_artifact(x, tmp_path / f"{x.backend}.npz") for x in (ref, a, b)]
+    loaded = [load_artifact(p) for p in paths]
+    assert loaded[0].intermediates["0"].shape == (1, 70, 32, 32)  # the reference keeps every value
+    assert loaded[2].intermediates["0"].shape == (GRAD_SAMPLE,)  # a framework's file a sample
+    for name, arr in b.branches.items():
+        np.testing.assert_array_equal(loaded[2].branches[name], arr)
+    result = compare_artifacts(loaded)
+    assert result.results["fw_b"].grad_kink_crossings == ["fw_a (1 value, first at '2')"]
+    # sampled intermediates are compared on the reference's same entries: a layer off everywhere is still named
+    loaded[2].intermediates["0"] = loaded[2].intermediates["0"] + 1.0
+    assert compare_artifacts(loaded).results["fw_b"].first_divergence == "0"
