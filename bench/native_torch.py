@@ -14,6 +14,7 @@ construction under ``torch.device("meta")``; concrete init is construction plus 
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any, Callable
 
 import numpy as np
@@ -235,5 +236,11 @@ def _zoo_abstract(name: str) -> Callable[[list[tuple[tuple[int, ...], str]]], in
     return build
 
 
+# nox -s bench installs transformers (backends/torch.txt's "# tests:" line); a bare torch environment may lack it.
+# Looked up, not imported: the cold-start runs import this module and time it
+ZOO_NOTES: dict[str, str] = {}
+if importlib.util.find_spec("transformers") is None:
+    del _ZOO_MAKE["gpt2"], _ZOO_MAKE["bert_base"]
+    ZOO_NOTES = {name: "transformers is not installed: no native model" for name in ("gpt2", "bert_base")}
 ZOO = {name: _zoo(name) for name in _ZOO_MAKE}
 ZOO_ABSTRACT = {name: _zoo_abstract(name) for name in _ZOO_MAKE}
