@@ -182,7 +182,9 @@ def bench(session: nox.Session, backend: str) -> None:
     Each run writes bench/results/<backend>.json and refreshes results.md and ratios.png."""
     if backend != REFERENCE:
         _need_python(session, backend)
-    install(session, f"backends/{backend}.txt" if backend != REFERENCE else "numpy>=1.26", "matplotlib>=3.7")
+    # the tests' extra requirements too: the zoo bench's native GPT-2 and BERT are transformers' (torch)
+    install(session, *([f"backends/{backend}.txt", *_header(backend, "tests")] if backend != REFERENCE
+                       else ["numpy>=1.26"]), "matplotlib>=3.7")
     session.run("python", "bench/run.py", "--backend", backend, "--out", f"bench/results/{backend}.json",
                 *session.posargs, env=ENV)
     session.run("python", "bench/report.py", env=ENV)

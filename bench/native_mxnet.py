@@ -12,6 +12,13 @@ the 10-30 us of Python Gluon spends per call, which is why its small-model ratio
 ``wait_to_read`` (MXNet's engine is asynchronous). ``abstract_mlp`` is Gluon's own shape-only path:
 ``HybridBlock.infer_shape``, a symbolic trace whose ``infer_shape`` fills every Parameter's shape and
 allocates nothing.
+
+The zoo's large models (``ZOO``, ``ZOO_ABSTRACT``): torchvision's ResNet-50 (v1.5) and MobileNetV2 written as
+Gluon blocks. Gluon's own model zoo has neither exactly: its ``resnet50_v1`` strides the first 1x1 convolution
+and gives the 1x1 convolutions biases (25,629,032 values with the statistics, the spec 25,610,152), its
+``mobilenetv2_1.0`` expands the first block and ends on a bias-free 1x1 convolution (3,539,136 against
+3,538,984); the same network on both sides keeps the forward comparison one of the same arithmetic. MXNet 1.9
+has no GPT-2 or BERT in Gluon (GluonNLP is not installed): those two have no native model here.
 """
 
 from __future__ import annotations
@@ -139,3 +146,85 @@ def abstract_mlp(layers: int, width: int) -> int:
         net.add(nn.Dense(width, activation="relu"))
     net.infer_shape(nd.zeros((1, width)))
     return sum(int(np.prod(p.shape)) for p in net.collect_params().values())
+
+
+# ------------------------------------------------------------------------------------------------ the zoo
+def _cbn(channels: int, k: int, stride: int = 1, groups: int = 1, act: str | None = "relu") -> list[nn.HybridBlock]:
+    """torchvision's Conv2dNormActivation: a bias-free convolution padded (k-1)//2, BatchNorm, activation."""
+    from mxnet.gluon.model_zoo.vision.mobilenet import RELU6
+
+    layers = [nn.Conv2D(channels, k, stride, (k - 1) // 2, groups=groups, use_bias=False), nn.BatchNorm()]
+    return layers + ([] if act is None else [RELU6() if act == "relu6" else nn.Activation(act)])
+
+
+class Bottleneck(nn.HybridBlock):
+    """torchvision's ResNet v1.5 bottleneck (the stride on the 3x3 convolution)."""
+
+    def __init__(self, planes: int, stride: int, downsample: bool) -> None:
+        super().__init__()
+        with self.name_scope():
+            self.body = _seq(*_cbn(planes, 1), *_cbn(planes, 3, stride), *_cbn(planes * 4, 1, act=None))
+            self.downsample = _seq(*_cbn(planes * 4, 1, stride, act=None)) if downsample else None
+
+    def hybrid_forward(self, F: Any, x: Any) -> Any:
+        return F.relu(self.body(x) + (x if self.downsample is None else self.downsample(x)))
+
+
+class InvertedResidual(nn.HybridBlock):
+    def __init__(self, inp: int, oup: int, stride: int, t: int) -> None:
+        super().__init__()
+        self.use_res_connect = stride == 1 and inp == oup
+        with self.name_scope():
+            self.conv = _seq(*(_cbn(inp * t, 1, act="relu6") if t != 1 else []),
+                             *_cbn(inp * t, 3, stride, groups=inp * t, act="relu6"), *_cbn(oup, 1, act=None))
+
+    def hybrid_forward(self, F: Any, x: Any) -> Any:
+        return x + self.conv(x) if self.use_res_connect else self.conv(x)
+
+
+def _resnet50() -> nn.HybridBlock:
+    net = _seq(*_cbn(64, 7, 2), nn.MaxPool2D(pool_size=3, strides=2, padding=1))
+    for i, (planes, blocks) in enumerate(((64, 3), (128, 4), (256, 6), (512, 3))):
+        net.add(_seq(*[Bottleneck(planes, (1 if i == 0 else 2) if b == 0 else 1, b == 0) for b in range(blocks)]))
+    net.add(nn.GlobalAvgPool2D(), nn.Dense(1000))
+    return net
+
+
+def _mobilenet_v2() -> nn.HybridBlock:
+    features = _seq(*_cbn(32, 3, 2, act="relu6"))
+    inp = 32
+    for t, c, n, s in ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                       (6, 320, 1, 1)):
+        for i in range(n):
+            features.add(InvertedResidual(inp, c, s if i == 0 else 1, t))
+            inp = c
+    features.add(*_cbn(1280, 1, act="relu6"))
+    return _seq(features, nn.GlobalAvgPool2D(), nn.Dropout(0.2), nn.Dense(1000))
+
+
+_ZOO_MAKE: dict[str, Callable[[], nn.HybridBlock]] = {"resnet50": _resnet50, "mobilenet_v2": _mobilenet_v2}
+
+
+def _count(net: nn.HybridBlock) -> int:
+    return sum(int(np.prod(p.shape)) for p in net.collect_params().values())  # BatchNorm's statistics included
+
+
+def _zoo(name: str) -> Callable[[list[np.ndarray]], tuple[nn.HybridBlock, int]]:
+    def build(inputs: list[np.ndarray]) -> tuple[nn.HybridBlock, int]:
+        net = _dry_run(_ZOO_MAKE[name](), inputs[0])
+        return net, _count(net)
+    return build
+
+
+def _zoo_abstract(name: str) -> Callable[[list[tuple[tuple[int, ...], str]]], int]:
+    def build(inputs: list[tuple[tuple[int, ...], str]]) -> int:
+        net = _ZOO_MAKE[name]()
+        net.infer_shape(nd.zeros(inputs[0][0]))  # symbolic: every Parameter's shape, nothing allocated
+        return _count(net)
+    return build
+
+
+ZOO = {name: _zoo(name) for name in _ZOO_MAKE}
+ZOO_ABSTRACT = {name: _zoo_abstract(name) for name in _ZOO_MAKE}
+ZOO_NOTES = {name: "MXNet 1.9's Gluon has no GPT-2 or BERT (GluonNLP is not installed): no native model"
+             for name in ("gpt2", "bert_base")}

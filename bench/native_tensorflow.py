@@ -6,6 +6,12 @@ on x86), else permuted once to channels-last at the input (TensorFlow's own CPU 
 The forward is the fast path deferinit itself uses and Keras uses inside
 ``predict_on_batch``/``fit``: one ``tf.function`` over the model call in inference mode, with relaxed shapes.
 Both sides run the same ops, so the comparison is of the glue around them.
+
+The zoo's large models (``ZOO``, ``ZOO_ABSTRACT``): ``keras.applications``' ResNet50 and MobileNetV2 (``weights=
+None``, channels-last, the NCHW data permuted once at the input) and GPT-2 / BERT-base written as functional
+Keras models of stock layers (``MultiHeadAttention``, ``LayerNormalization``, ``Embedding``, ``Dense``), as
+keras_hub's backbones are. Their abstract path is the functional construction under
+``keras.StatelessScope(initialize_variables=False)`` (shaped variables, no values), as ``abstract_mlp``'s.
 """
 
 from __future__ import annotations
@@ -146,3 +152,113 @@ def abstract_mlp(layers: int, width: int) -> int:
     ours = {id(v) for v in net.variables}  # else the next symbolic Keras call anywhere would allocate them
     global_state.set_global_attribute("uninitialized_variables", [v for v in pending if id(v) not in ours])
     return sum(int(np.prod(v.shape)) for v in net.weights)
+
+
+# ------------------------------------------------------------------------------------------------ the zoo
+class PositionEmbedding(L.Layer):
+    """Learned positions: a (max_len, D) table whose first T rows are added (GPT-2's wpe, BERT's positions)."""
+
+    def __init__(self, max_len: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_len = max_len
+
+    def build(self, input_shape: Any) -> None:
+        self.table = self.add_weight(shape=(self.max_len, input_shape[-1]), initializer="random_normal")
+
+    def call(self, x: Any) -> Any:
+        return x + self.table[None, : keras.ops.shape(x)[1]]
+
+
+class TiedHead(L.Layer):
+    """GPT-2's LM head: the logits against the token embedding's own table (no weights of its own)."""
+
+    def __init__(self, embedding: L.Embedding, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._table = [embedding]  # in a list: Keras does not track it as a sublayer (its weights stay the embedding's)
+
+    def call(self, x: Any) -> Any:
+        return keras.ops.matmul(x, keras.ops.transpose(self._table[0].embeddings))
+
+
+class KeyMask(L.Layer):
+    """(N, 1, T) true on the valid keys, from the ids and the valid lengths (an attention mask of ones then zeros)."""
+
+    def call(self, ids: Any, lens: Any) -> Any:
+        return keras.ops.arange(keras.ops.shape(ids)[1])[None, None, :] < keras.ops.cast(lens, "int32")[:, None, None]
+
+
+def _gpt2(image: tuple[int, ...]) -> Any:
+    d, heads = 768, 12
+    ids = keras.Input((None,), dtype="int64", name="input_ids")
+    wte = L.Embedding(50257, d)
+    h = PositionEmbedding(1024)(wte(ids))
+    for _ in range(12):
+        x = L.LayerNormalization(epsilon=1e-5)(h)
+        h = h + L.MultiHeadAttention(heads, d // heads)(x, x, use_causal_mask=True)
+        x = L.LayerNormalization(epsilon=1e-5)(h)
+        x = L.Dense(4 * d, activation=lambda t: keras.activations.gelu(t, approximate=True))(x)
+        h = h + L.Dense(d)(x)
+    return keras.Model(ids, TiedHead(wte)(L.LayerNormalization(epsilon=1e-5)(h)))
+
+
+def _bert(image: tuple[int, ...]) -> Any:
+    d, heads, eps = 768, 12, 1e-12
+    ids = keras.Input((None,), dtype="int64", name="input_ids")
+    types = keras.Input((None,), dtype="int64", name="token_type_ids")
+    lens = keras.Input((), dtype="int64", name="valid_lens")
+    keys = KeyMask()(ids, lens)
+    h = L.Embedding(30522, d)(ids) + L.Embedding(2, d)(types)
+    h = L.LayerNormalization(epsilon=eps)(PositionEmbedding(512)(h))
+    for _ in range(12):
+        h = L.LayerNormalization(epsilon=eps)(h + L.MultiHeadAttention(heads, d // heads)(h, h, attention_mask=keys))
+        x = L.Dense(3072, activation=lambda t: keras.activations.gelu(t, approximate=False))(h)
+        h = L.LayerNormalization(epsilon=eps)(h + L.Dense(d)(x))
+    pooled = L.Dense(d, activation="tanh")(h[:, 0])
+    return keras.Model([ids, types, lens], [h, pooled])
+
+
+def _applications(name: str) -> Callable[[tuple[int, ...]], Any]:
+    from keras import applications
+
+    def make(image: tuple[int, ...]) -> Any:  # the NCHW input's shape; the Keras model's is (H, W, C)
+        return getattr(applications, name)(weights=None, classifier_activation=None, input_shape=(*image[2:], image[1]))
+    return make
+
+
+_ZOO_MAKE: dict[str, Callable[[tuple[int, ...]], Any]] = {"resnet50": _applications("ResNet50"),
+                                          "mobilenet_v2": _applications("MobileNetV2"), "gpt2": _gpt2, "bert_base": _bert}
+_IMAGES = ("resnet50", "mobilenet_v2")
+
+
+def _count(net: Any) -> int:
+    """Every variable once (trainable and BatchNorm's moving statistics), as deferinit counts them."""
+    return sum(int(np.prod(v.shape)) for v in {id(v): v for v in net.weights}.values())
+
+
+def _zoo(name: str) -> Callable[[list[np.ndarray]], tuple[Any, int]]:
+    def build(inputs: list[np.ndarray]) -> tuple[Any, int]:
+        net = _ZOO_MAKE[name](inputs[0].shape)
+        if name in _IMAGES:  # Keras's applications are channels-last: the NCHW data permuted once at the input
+            call = tf.function(lambda x: net(tf.transpose(x, (0, 2, 3, 1)), training=False), reduce_retracing=True)
+        else:
+            call = tf.function(lambda *xs: net(xs[0] if len(xs) == 1 else list(xs), training=False), reduce_retracing=True)
+        call(*inputs)  # the dry run (the functional construction already made every variable)
+        return call, _count(net)
+    return build
+
+
+def _zoo_abstract(name: str) -> Callable[[list[tuple[tuple[int, ...], str]]], int]:
+    def build(inputs: list[tuple[tuple[int, ...], str]]) -> int:
+        with keras.StatelessScope(initialize_variables=False):
+            net = _ZOO_MAKE[name](inputs[0][0])
+        pending = global_state.get_global_attribute("uninitialized_variables") or []
+        ours = {id(v) for v in net.weights}  # else the next symbolic Keras call anywhere would allocate them
+        global_state.set_global_attribute("uninitialized_variables", [v for v in pending if id(v) not in ours])
+        return _count(net)
+    return build
+
+
+ZOO = {name: _zoo(name) for name in _ZOO_MAKE}
+ZOO_ABSTRACT = {name: _zoo_abstract(name) for name in _ZOO_MAKE}
+ZOO_COUNT_DIFFERS = {"resnet50": "Keras's ResNet50 gives every convolution a bias (torchvision's, and the zoo's, "
+                                 "have none): 53,120 more parameters, one per BatchNorm channel"}

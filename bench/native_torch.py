@@ -5,10 +5,16 @@ model returns tensors that can be backpropagated), so the native forward is the 
 directly, autograd on too. The native dry run is the one an expert writes: eval mode under ``no_grad``
 (deferinit's is the same). ``abstract_mlp`` is torch's own shape-only path: lazy modules dry-run on the meta
 device.
+
+The zoo's large models (``ZOO``, ``ZOO_ABSTRACT``): torchvision's ResNet-50 and MobileNetV2 written out by hand
+(torchvision's wheels are CUDA builds; the definitions are those of tests/backends/torch/test_zoo_vision_torch.py)
+and ``transformers``' ``GPT2LMHeadModel`` / ``BertModel`` built from their configs. Their abstract path is
+construction under ``torch.device("meta")``; concrete init is construction plus an eval-mode dry run.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any, Callable
 
 import numpy as np
@@ -110,3 +116,131 @@ def abstract_mlp(layers: int, width: int) -> int:
         net = nn.Sequential(*[m for _ in range(layers) for m in (nn.LazyLinear(width), nn.ReLU())])
         net(torch.empty(1, width))
     return sum(p.numel() for p in net.parameters())
+
+
+# ------------------------------------------------------------------------------------------------ the zoo
+def _cbn(inp: int, out: int, k: int, stride: int = 1, groups: int = 1, act: type | None = nn.ReLU) -> nn.Sequential:
+    """torchvision.ops.Conv2dNormActivation"""
+    layers = [nn.Conv2d(inp, out, k, stride, (k - 1) // 2, groups=groups, bias=False), nn.BatchNorm2d(out)]
+    return nn.Sequential(*layers, *([act()] if act else []))
+
+
+class Bottleneck(nn.Module):
+    """torchvision's ResNet v1.5 bottleneck (the stride on the 3x3 convolution)."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(inplanes, planes, 1, bias=False), nn.BatchNorm2d(planes)
+        self.conv2, self.bn2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False), nn.BatchNorm2d(planes)
+        self.conv3, self.bn3 = nn.Conv2d(planes, planes * 4, 1, bias=False), nn.BatchNorm2d(planes * 4)
+        self.relu, self.downsample = nn.ReLU(inplace=True), downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.relu(self.bn3(self.conv3(out)) + identity)
+
+
+def _resnet50() -> nn.Module:
+    layers: list[nn.Module] = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+                               nn.MaxPool2d(3, 2, 1)]
+    inplanes = 64
+    for i, (planes, blocks) in enumerate(((64, 3), (128, 4), (256, 6), (512, 3))):
+        stride = 1 if i == 0 else 2
+        down = nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4))
+        layers.append(nn.Sequential(Bottleneck(inplanes, planes, stride, down),
+                                    *[Bottleneck(planes * 4, planes) for _ in range(1, blocks)]))
+        inplanes = planes * 4
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2048, 1000))
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int) -> None:
+        super().__init__()
+        hidden = inp * expand_ratio
+        self.use_res_connect = stride == 1 and inp == oup
+        layers: list[nn.Module] = [_cbn(inp, hidden, 1, act=nn.ReLU6)] if expand_ratio != 1 else []
+        layers += [_cbn(hidden, hidden, 3, stride, groups=hidden, act=nn.ReLU6), nn.Conv2d(hidden, oup, 1, bias=False),
+                   nn.BatchNorm2d(oup)]
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if self.use_res_connect else self.conv(x)
+
+
+def _mobilenet_v2() -> nn.Module:
+    features: list[nn.Module] = [_cbn(3, 32, 3, 2, act=nn.ReLU6)]
+    inp = 32
+    for t, c, n, s in ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                       (6, 320, 1, 1)):
+        for i in range(n):
+            features.append(InvertedResidual(inp, c, s if i == 0 else 1, t))
+            inp = c
+    features.append(_cbn(320, 1280, 1, act=nn.ReLU6))
+    return nn.Sequential(nn.Sequential(*features), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2),
+                         nn.Linear(1280, 1000))
+
+
+class GPT2(nn.Module):
+    """transformers' GPT2LMHeadModel (12 layers, the tied LM head): the logits of every position, no cache."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import transformers
+
+        self.net = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=12))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.net(input_ids=ids, use_cache=False).logits
+
+
+class Bert(nn.Module):
+    """transformers' BertModel (BERT-base, with its pooler); the valid lengths become the attention mask."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import transformers
+
+        self.net = transformers.BertModel(transformers.BertConfig())
+
+    def forward(self, ids: torch.Tensor, types: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = (torch.arange(ids.shape[1])[None] < lens[:, None]).long()  # ones, then zeros past each length
+        out = self.net(input_ids=ids, token_type_ids=types, attention_mask=mask)
+        return out.last_hidden_state, out.pooler_output
+
+
+_ZOO_MAKE: dict[str, Callable[[], nn.Module]] = {"resnet50": _resnet50, "mobilenet_v2": _mobilenet_v2, "gpt2": GPT2,
+                                                 "bert_base": Bert}
+
+
+def _count(net: nn.Module) -> int:
+    """Parameters (GPT-2's tied embedding once) and BatchNorm's running statistics, as deferinit counts them."""
+    stats = sum(b.numel() for n, b in net.named_buffers() if n.endswith(("running_mean", "running_var")))
+    return sum(p.numel() for p in net.parameters()) + stats
+
+
+def _zoo(name: str) -> Callable[[list[np.ndarray]], tuple[nn.Module, int]]:
+    def build(inputs: list[np.ndarray]) -> tuple[nn.Module, int]:
+        net = _ZOO_MAKE[name]().eval()
+        with torch.no_grad():
+            net(*(torch.from_numpy(x) for x in inputs))
+        return net, _count(net)
+    return build
+
+
+def _zoo_abstract(name: str) -> Callable[[list[tuple[tuple[int, ...], str]]], int]:
+    def build(inputs: list[tuple[tuple[int, ...], str]]) -> int:
+        with torch.device("meta"):  # the modules' shapes are in their constructors: no dry run needed
+            return _count(_ZOO_MAKE[name]())
+    return build
+
+
+# nox -s bench installs transformers (backends/torch.txt's "# tests:" line); a bare torch environment may lack it.
+# Looked up, not imported: the cold-start runs import this module and time it
+ZOO_NOTES: dict[str, str] = {}
+if importlib.util.find_spec("transformers") is None:
+    del _ZOO_MAKE["gpt2"], _ZOO_MAKE["bert_base"]
+    ZOO_NOTES = {name: "transformers is not installed: no native model" for name in ("gpt2", "bert_base")}
+ZOO = {name: _zoo(name) for name in _ZOO_MAKE}
+ZOO_ABSTRACT = {name: _zoo_abstract(name) for name in _ZOO_MAKE}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -51,20 +52,47 @@ def markdown(data: dict) -> str:
                             f"{d[cold]['deferinit_default']['first_forward_s']:.2f}")]
         for model in ("mlp", "lenet", "resnet18"):
             rows.append((f"{model}: apply_init / native dry run", lambda d, m=model: f"{d[m]['init_ratio']:.2f}"))
-            for key in sorted(k for k in data[have[0]][model] if k.startswith("forward_") and k.endswith("_ratio")):
+            for key in sorted({k for b in have for k in data[b].get(model, {})
+                               if k.startswith("forward_") and k.endswith("_ratio")}):  # a --only zoo run has none
                 batch = key.split("_")[1][1:]
                 rows.append((f"{model}: forward batch {batch}", lambda d, m=model, k=key: f"{d[m][k]:.3f}"))
+        rows += zoo_rows()
         for label, fn in rows:
             cells = []
             for b in have:
                 try:
                     cells.append(fn(data[b]))
-                except (KeyError, ZeroDivisionError):
+                except (KeyError, TypeError, ZeroDivisionError):  # TypeError: a figure recorded as null
                     cells.append("-")
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        if any("count_differs" in e for b in have for e in data[b].get("zoo", {}).values()):
+            lines += ["", "\\* the native model's parameter count differs from the spec's (see the backend's json, "
+                          "zoo.<model>.count_differs)."]
         when = sorted({d.get("when", "") for d in data.values()})
         lines += ["", f"Measured {', '.join(w for w in when if w)} on {data[have[0]].get('machine', '?')}."]
     return "\n".join(lines) + "\n"
+
+
+ZOO = ("resnet50", "mobilenet_v2", "gpt2", "bert_base")
+
+
+def zoo_rows() -> list:
+    """The zoo's large models at batch 1 (bench/run.py's zoo_bench): "—" where a backend has no native model."""
+    def cell(model: str, key: str) -> Any:
+        def fn(d: dict) -> str:
+            entry = d.get("zoo", {}).get(model, {})
+            if entry.get(key) is None:
+                return "—"
+            mark = "*" if "count_differs" in entry else ""  # the native variant is not the spec's network
+            return f"{entry[key]:.2f}{mark}"
+        return fn
+
+    rows = []
+    for model in ZOO:
+        rows += [(f"{model}: abstract init / native abstract", cell(model, "abstract_ratio")),
+                 (f"{model}: apply_init / native init", cell(model, "init_ratio")),
+                 (f"{model}: forward batch 1", cell(model, "forward_b1_ratio"))]
+    return rows
 
 
 def chart(data: dict) -> None:
@@ -82,12 +110,13 @@ def chart(data: dict) -> None:
     labels = []
     for model in ("mlp", "lenet", "resnet18"):
         labels.append((model, "init_ratio", f"{model}\ninit"))
-        for key in sorted(k for k in data[have[0]][model] if k.startswith("forward_") and k.endswith("_ratio")):
+        for key in sorted({k for b in have for k in data[b].get(model, {})
+                           if k.startswith("forward_") and k.endswith("_ratio")}):
             labels.append((model, key, f"{model}\nfwd b{key.split('_')[1][1:]}"))
     fig, ax = plt.subplots(figsize=(12, 4.5))
     width = 0.8 / len(have)
     for i, b in enumerate(have):
-        values = [data[b][m].get(k, 0) for m, k, _ in labels]
+        values = [data[b].get(m, {}).get(k, 0) for m, k, _ in labels]
         ax.bar([j + i * width for j in range(len(labels))], values, width, label=b)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.axhline(1.05, color="grey", linestyle="--", linewidth=0.8, label="forward target 1.05")

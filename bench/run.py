@@ -32,6 +32,12 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 BIG_MLP_LAYERS, BIG_MLP_WIDTH = 24, 8192
 SHAPES = {"mlp": (1, 20), "lenet": (1, 1, 28, 28), "resnet18": (1, 1, 96, 96)}
 BATCHES = {"mlp": (1, 256), "lenet": (1, 256), "resnet18": (1, 16)}
+# the zoo's large models at batch 1: each input's shape and dtype (images small, to keep the runs short)
+SEQ = 64
+ZOO_INPUTS: dict[str, list[tuple[tuple[int, ...], str]]] = {
+    "resnet50": [((1, 3, 64, 64), "float32")], "mobilenet_v2": [((1, 3, 64, 64), "float32")],
+    "gpt2": [((1, SEQ), "int64")],                                                    # input_ids
+    "bert_base": [((1, SEQ), "int64"), ((1, SEQ), "int64"), ((1,), "int64")]}         # ids, token types, valid lens
 
 
 def median_time(fn: Callable[[], Any], repeat: int, warmup: int = 3) -> float:
@@ -172,7 +178,108 @@ def cold_start(backend: str) -> dict[str, Any]:
     return out
 
 
-def backend_bench(backend: str, quick: bool) -> dict[str, Any]:
+def zoo_inputs(name: str) -> list[Any]:
+    """Data for one zoo model: images N(0, 1); token ids in the vocabulary, token types 0/1, full valid lengths."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    if name in ("resnet50", "mobilenet_v2"):
+        return [rng.standard_normal(ZOO_INPUTS[name][0][0]).astype(np.float32)]
+    (n, t), _ = ZOO_INPUTS[name][0]
+    ids = rng.integers(0, 30522, size=(n, t)).astype(np.int64)  # BERT's vocabulary, the smaller of the two
+    if name == "gpt2":
+        return [ids]
+    return [ids, rng.integers(0, 2, size=(n, t)).astype(np.int64), np.full((n,), t, np.int64)]
+
+
+def zoo_bench(backend: str, native: Any, quick: bool) -> dict[str, Any]:
+    """ResNet-50, MobileNetV2, GPT-2 (12 layers) and BERT-base at batch 1, against the native models of
+    ``native.ZOO`` (concrete init: construction and dry run; returns the forward and the framework's own
+    parameter count) and ``native.ZOO_ABSTRACT`` (the framework's own shape-only path; returns the count).
+    Three figures per model, each deferinit / native measured interleaved: abstract init, concrete init,
+    forward. The weights are not shared: each side draws its own, and the bench asserts that both count the
+    same parameters (``native.ZOO_COUNT_DIFFERS`` names a native variant that differs, and why)."""
+    from deferinit import zoo
+
+    makes = {"resnet50": zoo.resnet50, "mobilenet_v2": zoo.mobilenet_v2, "gpt2": lambda: zoo.gpt2(n_layer=12),
+             "bert_base": zoo.bert_base}
+    out: dict[str, Any] = {}
+    for name, make in makes.items():
+        out[name] = zoo_model(name, make, backend, native, quick)
+        gc.collect()
+    return out
+
+
+def zoo_model(name: str, make: Callable[[], Any], backend: str, native: Any, quick: bool) -> dict[str, Any]:
+    import deferinit as di
+
+    ours_zoo, ours_abstract = getattr(native, "ZOO", {}), getattr(native, "ZOO_ABSTRACT", {})
+    notes: dict[str, str] = getattr(native, "ZOO_NOTES", {})
+    differs: dict[str, str] = getattr(native, "ZOO_COUNT_DIFFERS", {})
+    # init: the median of 3 drops a first call's one-time costs (imports, caches) without a warm-up round, which
+    # the big models cannot afford (JAX's jitted init compiles anew for every model); --quick: one warm call
+    init_reps, init_warmup, fwd_reps = (1, 1, 5) if quick else (3, 0, 20)
+    graph = name in ("gpt2", "bert_base")  # graph specs take a tuple of inputs, one per di.Input
+    shapes = ZOO_INPUTS[name]
+    arrays = zoo_inputs(name)
+    abstract_in = tuple(di.ShapeDtype(s, d) for s, d in shapes) if graph else di.ShapeDtype(*shapes[0])
+    x0 = tuple(arrays) if graph else arrays[0]
+    entry: dict[str, Any] = {"inputs": [{"shape": list(s), "dtype": d} for s, d in shapes]}
+    if name in notes:
+        entry["notes"] = notes[name]
+    if name not in ours_zoo:
+        entry.setdefault("notes", f"no native {name} for {backend} in bench/native_{backend}.py")
+        return entry
+    # abstract init: deferinit's abstract apply_init vs the framework's own shape-only path
+    got: dict[str, Any] = {}
+    if name in ours_abstract:
+        def native_abstract() -> None:
+            got["native"] = ours_abstract[name](shapes)
+
+        def ours_abstract_init() -> None:
+            got["deferinit"] = di.compile(make(), backend).apply_init(abstract_in, abstract=True).total_params
+
+        t_nat, t_di = interleaved(native_abstract, ours_abstract_init, repeat=init_reps, warmup=init_warmup)
+        entry.update({"abstract_native_ms": t_nat * 1e3, "abstract_deferinit_ms": t_di * 1e3,
+                      "abstract_ratio": t_di / t_nat, "abstract_native_params": int(got["native"]),
+                      "abstract_deferinit_params": int(got["deferinit"])})
+        if name not in differs:
+            assert got["native"] == got["deferinit"], (name, got)
+    else:
+        entry.update({"abstract_native_ms": None, "abstract_deferinit_ms": None, "abstract_ratio": None})
+    got.clear()
+    gc.collect()
+
+    # concrete init: deferinit's apply_init (the framework's initializers) vs construction and dry run
+    def native_init() -> None:
+        got.pop("native", None)
+        got["native"] = ours_zoo[name](arrays)
+
+    def ours_init() -> None:
+        got.pop("deferinit", None)
+        model = di.compile(make(), backend)
+        got["deferinit"] = (model, model.apply_init(x0).total_params)
+
+    t_nat, t_di = interleaved(native_init, ours_init, repeat=init_reps, warmup=init_warmup)
+    forward, native_params = got.pop("native")
+    model, params = got.pop("deferinit")
+    entry.update({"init_native_ms": t_nat * 1e3, "init_deferinit_ms": t_di * 1e3, "init_ratio": t_di / t_nat,
+                  "native_params": int(native_params), "deferinit_params": int(params)})
+    if name in differs:
+        entry["count_differs"] = differs[name]
+    else:
+        assert native_params == params, (name, native_params, params)
+    # forward at batch 1 on the same data, inference mode on both sides
+    xs = [native.to_native(a) for a in arrays]
+    ours_in = tuple(xs) if graph else xs[0]
+    sync = native.sync
+    t_nat, t_di = interleaved(lambda: sync(forward(*xs)), lambda: sync(model(ours_in)), repeat=fwd_reps, warmup=3)
+    entry.update({"forward_b1_native_ms": t_nat * 1e3, "forward_b1_deferinit_ms": t_di * 1e3,
+                  "forward_b1_ratio": t_di / t_nat})
+    return entry
+
+
+def backend_bench(backend: str, quick: bool, only: str = "all") -> dict[str, Any]:
     import numpy as np
 
     import deferinit as di
@@ -180,6 +287,9 @@ def backend_bench(backend: str, quick: bool) -> dict[str, Any]:
 
     native = importlib.import_module(f"native_{backend}")
     out: dict[str, Any] = {}
+    if only == "zoo":
+        out["zoo"] = zoo_bench(backend, native, quick)
+        return out
     spec, shape = big_specs()["mlp_1.6e9"]
     # the framework's own abstract path, by hand, then deferinit's abstract apply_init
     t_native = median_time(lambda: native.abstract_mlp(BIG_MLP_LAYERS, BIG_MLP_WIDTH), repeat=3, warmup=1)
@@ -216,6 +326,7 @@ def backend_bench(backend: str, quick: bool) -> dict[str, Any]:
             entry[f"forward_b{batch}_deferinit_ms"] = t_di * 1e3
             entry[f"forward_b{batch}_ratio"] = t_di / t_nat
         out[name] = entry
+    out["zoo"] = zoo_bench(backend, native, quick)
     return out
 
 
@@ -224,6 +335,8 @@ def main() -> int:
     parser.add_argument("--backend", required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke test)")
+    parser.add_argument("--only", choices=("all", "zoo"), default="all",
+                        help="zoo: only the zoo's large models (ResNet-50, MobileNetV2, GPT-2, BERT-base)")
     args = parser.parse_args()
     result: dict[str, Any] = {"backend": args.backend, "python": platform.python_version(),
                               "machine": f"{platform.machine()}, {os.cpu_count()} cores",
@@ -232,7 +345,7 @@ def main() -> int:
         result["import"] = import_cost()
         result["reference"] = reference_inference()
     else:
-        result.update(backend_bench(args.backend, args.quick))
+        result.update(backend_bench(args.backend, args.quick, args.only))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
