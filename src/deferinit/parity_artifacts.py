@@ -27,7 +27,8 @@ from .errors import DTypeError, ShapeMismatchError, SpecError, WeightsError
 from .report import ShapeReport
 from .spec import LazyModel
 
-__all__ = ["Artifact", "make_artifact", "save_artifact", "load_artifact", "redraw_weights", "FORMAT", "GRAD_SAMPLE"]
+__all__ = ["Artifact", "make_artifact", "save_artifact", "load_artifact", "redraw_weights", "FORMAT", "GRAD_SAMPLE",
+           "INTER_SAMPLE"]
 
 FORMAT = "deferinit.parity"
 
@@ -234,6 +235,10 @@ def _shape_list(shapes: Any) -> list[Sequence[int]]:
 
 
 GRAD_SAMPLE = 65536
+#: entries of each bigger intermediate output a framework's artifact file keeps: they locate the first divergent
+#: layer, and a fault that moves 0.1% of a layer's entries misses all 8,192 with probability 0.999**8192 = 3e-4
+#: (the outputs, kept whole, are compared in full)
+INTER_SAMPLE = 8192
 
 
 def _finite(x: np.ndarray) -> np.ndarray:
@@ -262,22 +267,23 @@ def _digest(arr: np.ndarray) -> str:
     return hashlib.sha256(a.tobytes() + str(a.shape).encode()).hexdigest()
 
 
-def _sample(name: str, grad: np.ndarray) -> np.ndarray:
+def _sample(name: str, grad: np.ndarray, size: int = GRAD_SAMPLE) -> np.ndarray:
     """Gradients of big parameters are compared on a fixed sample of entries (the same on every backend),
     so artifacts of VGG-sized models stay small."""
     flat = grad.reshape(-1)
-    if flat.size <= GRAD_SAMPLE:
+    if flat.size <= size:
         return grad
     import zlib
 
-    idx = np.random.default_rng(zlib.crc32(name.encode())).choice(flat.size, GRAD_SAMPLE, replace=False)
+    idx = np.random.default_rng(zlib.crc32(name.encode())).choice(flat.size, size, replace=False)
     return flat[np.sort(idx)]
 
 
 def sample_like(name: str, full: np.ndarray, stored: np.ndarray) -> np.ndarray:
     """``full`` as a file holds it when ``stored`` is its fixed sample (:func:`_sample`), else ``full``."""
-    if stored.shape != full.shape and stored.ndim == 1 and full.size > GRAD_SAMPLE and stored.size == GRAD_SAMPLE:
-        return _sample(name, full)
+    if stored.shape != full.shape and stored.ndim == 1 and stored.size in (GRAD_SAMPLE, INTER_SAMPLE) and \
+            full.size > stored.size:
+        return _sample(name, full, stored.size)
     return full
 
 
@@ -287,7 +293,7 @@ def save_artifact(art: Artifact, path: str | Path, *, weights: bool | None = Non
     them draws them again, which only a portable initializer's draw allows); None (default) stores them unless
     they are the numpy reference's portable draw (``meta["redrawable"]``, set by :func:`make_artifact`).
 
-    ``sample``: keep only a fixed sample of each intermediate output bigger than :data:`GRAD_SAMPLE` entries (the
+    ``sample``: keep only a fixed sample of each intermediate output bigger than :data:`INTER_SAMPLE` entries (the
     same entries on every backend, as for gradients; the comparison samples the reference's alike), or every
     value. None (default) samples a framework's artifact whose branches are recorded (or that has no gradients)
     and keeps the reference's whole: its intermediates are what every framework is compared on, and where the
@@ -304,7 +310,8 @@ def save_artifact(art: Artifact, path: str | Path, *, weights: bool | None = Non
                            f"{art.meta.get('init')!r}, key {art.meta.get('key')!r}")
     arrays: dict[str, np.ndarray] = {}
     counts = {"inputs": _pack(arrays, "input", art.input), "outputs": _pack(arrays, "output", art.output)}
-    inter = {k: _sample(k, np.asarray(v)) for k, v in art.intermediates.items()} if sample else art.intermediates
+    inter = {k: _sample(k, np.asarray(v), INTER_SAMPLE) for k, v in art.intermediates.items()} if sample else \
+        art.intermediates
     for prefix, group in (("weights", {} if redraw else art.weights), ("inter", inter),
                           ("grad", art.gradients), ("train_state", art.train_state)):
         for name, arr in group.items():

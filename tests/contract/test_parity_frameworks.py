@@ -51,7 +51,7 @@ def test_broken_conversion_is_located(framework: str, monkeypatch) -> None:  # t
 def test_artifacts_through_files_compare_as_in_memory(framework: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     # the reference's file holds digests, not its Xavier draw; the framework's holds a sample of its big
     # intermediates and the branches its forward took: read back, the comparison finds what it found in memory
-    from deferinit.parity import GRAD_SAMPLE, load_artifact, save_artifact
+    from deferinit.parity_artifacts import INTER_SAMPLE, load_artifact, save_artifact
 
     spec = di.LazyModel([di.Conv2D(20, 3, padding=1), di.Activation("relu"), di.MaxPool2D(2), di.Flatten(),
                          di.Dense(3)])
@@ -62,7 +62,7 @@ def test_artifacts_through_files_compare_as_in_memory(framework: str, tmp_path) 
     art = make_artifact(spec, framework, source=ref_file)
     assert art.meta["branches"] and set(art.branches) == {"0", "2"}  # the ReLU's input, the pool
     loaded = load_artifact(save_artifact(art, tmp_path / f"{framework}.npz"))
-    assert ref.intermediates["0"].size > GRAD_SAMPLE and loaded.intermediates["0"].shape == (GRAD_SAMPLE,)
+    assert ref.intermediates["0"].size > INTER_SAMPLE and loaded.intermediates["0"].shape == (INTER_SAMPLE,)
     result = compare_artifacts([ref_file, loaded])
     r = result.results[framework]
     assert result.passed, "\n".join(result.failures())

@@ -100,12 +100,12 @@ def test_max_pool_windows_follow_padding_and_ceil_mode() -> None:
 def test_branches_survive_a_file_that_samples_the_intermediates(tmp_path) -> None:  # type: ignore[no-untyped-def]
     # the pool case above, as artifacts written to disk: fw_b's branches recorded from its full intermediates, the
     # file keeping only a sample of a 70,000-entry intermediate, and the comparison still finds the crossing
-    from deferinit.parity import GRAD_SAMPLE, load_artifact, save_artifact
+    from deferinit.parity_artifacts import INTER_SAMPLE, load_artifact, save_artifact
     from deferinit.parity_branches import branches_of, kink_inputs
 
     spec = di.LazyModel([di.Conv2D(70, 1), di.Activation("relu"), di.MaxPool2D(2), di.Flatten(), di.Dense(1)])
     ref = make_artifact(spec, "numpy", np.random.default_rng(1).standard_normal((1, 1, 32, 32)).astype(np.float32))
-    assert ref.intermediates["0"].size == 70 * 32 * 32 > GRAD_SAMPLE
+    assert ref.intermediates["0"].size == 70 * 32 * 32 > INTER_SAMPLE
     grads = {k: np.ones_like(v) for k, v in ref.weights.items()}
     a, b = _framework_copies(ref, grads)
     act = ref.intermediates["1"].copy()  # the pool's input
@@ -123,7 +123,7 @@ def test_branches_survive_a_file_that_samples_the_intermediates(tmp_path) -> Non
     paths = [save_artifact(x, tmp_path / f"{x.backend}.npz") for x in (ref, a, b)]
     loaded = [load_artifact(p) for p in paths]
     assert loaded[0].intermediates["0"].shape == (1, 70, 32, 32)  # the reference keeps every value
-    assert loaded[2].intermediates["0"].shape == (GRAD_SAMPLE,)  # a framework's file a sample
+    assert loaded[2].intermediates["0"].shape == (INTER_SAMPLE,)  # a framework's file a sample
     for name, arr in b.branches.items():
         np.testing.assert_array_equal(loaded[2].branches[name], arr)
     result = compare_artifacts(loaded)
