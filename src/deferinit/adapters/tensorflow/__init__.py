@@ -76,7 +76,7 @@ class _Table:
     def __init__(self) -> None:
         self.layers: dict[str, Any] = {}
         self.vars: dict[str, tuple[Any, Layout]] = {}
-        self.fns: dict[tuple[bool, int], Any] = {}
+        self.fns: dict[tuple[Any, ...], Any] = {}  # (training, rank); ("graph", training) for graph specs
         self.shapes: dict[str, tuple] = {}  # observed in apply_init's dry run, for the report
 
 
