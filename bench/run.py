@@ -306,10 +306,13 @@ def backend_bench(backend: str, quick: bool, only: str = "all") -> dict[str, Any
         make = zoo.MODELS[name]
         x0 = np.random.default_rng(0).standard_normal(SHAPES[name]).astype(np.float32)
         # concrete initialization: deferinit's apply_init vs the native dry run of the hand-written model
-        reps = 3 if name == "resnet18" or quick else 7
+        # the small models' inits take 0.3-6 ms: 7 interleaved pairs gave medians 1.5x apart between runs on this
+        # machine (torch MLP: 1.54 in the last bench, 0.80 as medians of 300 calls each on a loaded machine), so 40
+        # pairs after 5 warm ones
+        reps, warm = (3, 1) if quick or name == "resnet18" else (40, 5)
         t_init_native, t_init_ours = interleaved(lambda: native.MODELS[name](x0),  # noqa: B023
                                                  lambda: di.compile(make(), backend).apply_init(x0),  # noqa: B023
-                                                 repeat=reps, warmup=1)
+                                                 repeat=reps, warmup=warm)
         entry: dict[str, Any] = {"init_native_ms": t_init_native * 1e3, "init_deferinit_ms": t_init_ours * 1e3,
                                  "init_ratio": t_init_ours / t_init_native}
         for batch in BATCHES[name]:
