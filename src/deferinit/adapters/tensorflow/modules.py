@@ -143,7 +143,9 @@ class _ConvMixin:
         return tf.pad(x, tf.stack(width))
 
     def convolution_op(self, inputs: Any, kernel: Any) -> Any:
-        if self.data_format != "channels_first" or not transpose_channels_first():  # type: ignore[attr-defined]
+        if self.data_format == "channels_last":  # type: ignore[attr-defined]
+            return self._conv_last(inputs, kernel)
+        if not transpose_channels_first():
             return super().convolution_op(inputs, kernel)  # type: ignore[misc]
         rank = len(inputs.shape)
         x = ops.transpose(inputs, (0,) + tuple(range(2, rank)) + (1,))
@@ -151,6 +153,15 @@ class _ConvMixin:
         return ops.transpose(y, (0, rank - 1) + tuple(range(1, rank - 1)))
 
     def _conv_last(self, x: Any, kernel: Any) -> Any:
+        groups = self.groups  # type: ignore[attr-defined]
+        if groups > 1 and kernel.shape[-2] == 1:
+            # depthwise (one input channel per group): TensorFlow's depthwise kernel, as keras.layers.
+            # DepthwiseConv2D runs it; the grouped conv kernel took MobileNetV2 to 3.4x Keras's own model. Output
+            # channel g * mult + m of the grouped kernel (..., 1, groups * mult) is the depthwise (..., g, m)
+            shape = tuple(int(d) for d in kernel.shape)
+            kernel = ops.reshape(kernel, shape[:-2] + (groups, shape[-1] // groups))
+            return ops.depthwise_conv(x, kernel, strides=tuple(self.strides), padding=self.padding,  # type: ignore[attr-defined]
+                                      dilation_rate=self.dilation_rate, data_format="channels_last")  # type: ignore[attr-defined]
         return ops.conv(x, kernel, strides=list(self.strides), padding=self.padding,  # type: ignore[attr-defined]
                         dilation_rate=self.dilation_rate, data_format="channels_last")  # type: ignore[attr-defined]
 
