@@ -6,7 +6,7 @@
 
 ``produce`` with ``numpy`` writes every spec as JSON plus the reference artifact (input, and the weights' digests:
 a portable initializer's draw is drawn again where it is needed and checked against them, see
-deferinit.parity_artifacts); other backends load those files, so every virtualenv runs the very same spec, input
+deferinit.parity_files); other backends load those files, so every virtualenv runs the very same spec, input
 and weights.
 """
 

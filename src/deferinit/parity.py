@@ -7,10 +7,10 @@ Two ways to use it:
   (BatchNorm statistics) and gradients.
 * Across processes (MXNet cannot share a virtualenv with TensorFlow or JAX): :func:`make_artifact` writes one
   ``.npz`` per backend (report, initial and loaded weights, input, outputs, intermediates, gradients,
-  training-mode statistics; see :mod:`deferinit.parity_artifacts`), and :func:`compare_artifacts` compares
+  training-mode statistics; see :mod:`deferinit.parity_files`), and :func:`compare_artifacts` compares
   artifacts made anywhere. Artifacts made from a reference artifact (``source=``) reuse its input and
   weights (a portable initializer's draw is not stored: it is drawn again and checked against the reference's
-  digests, see :mod:`deferinit.parity_artifacts`), so nothing silently depends on random streams agreeing
+  digests, see :mod:`deferinit.parity_files`), so nothing silently depends on random streams agreeing
   across NumPy versions; the portable initializers' own bit-identity is checked separately (``init_identical``).
 
 A comparison that compared nothing (only the reference) fails, and a column not compared shows ``-``.
@@ -34,9 +34,10 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .errors import SpecError
-from .parity_artifacts import FORMAT, GRAD_SAMPLE, Artifact, load_artifact, make_artifact, sample_like, save_artifact
+from .parity_artifacts import GRAD_SAMPLE, Artifact, make_artifact, sample_like
 from .parity_branches import branches_of, crossings, kink_inputs
 from .parity_fd import FD_RTOL, finite_difference_checks
+from .parity_files import FORMAT, load_artifact, save_artifact
 from .spec import LazyModel
 
 __all__ = ["parity", "make_artifact", "save_artifact", "load_artifact", "compare_artifacts", "ParityReport", "BackendParity",

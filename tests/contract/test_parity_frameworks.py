@@ -51,7 +51,8 @@ def test_broken_conversion_is_located(framework: str, monkeypatch) -> None:  # t
 def test_artifacts_through_files_compare_as_in_memory(framework: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     # the reference's file holds digests, not its Xavier draw; the framework's holds a sample of its big
     # intermediates and the branches its forward took: read back, the comparison finds what it found in memory
-    from deferinit.parity_artifacts import INTER_SAMPLE, load_artifact, save_artifact
+    from deferinit.parity import load_artifact, save_artifact
+    from deferinit.parity_artifacts import INTER_SAMPLE
 
     spec = di.LazyModel([di.Conv2D(20, 3, padding=1), di.Activation("relu"), di.MaxPool2D(2), di.Flatten(),
                          di.Dense(3)])

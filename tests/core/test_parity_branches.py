@@ -100,7 +100,8 @@ def test_max_pool_windows_follow_padding_and_ceil_mode() -> None:
 def test_branches_survive_a_file_that_samples_the_intermediates(tmp_path) -> None:  # type: ignore[no-untyped-def]
     # the pool case above, as artifacts written to disk: fw_b's branches recorded from its full intermediates, the
     # file keeping only a sample of a 70,000-entry intermediate, and the comparison still finds the crossing
-    from deferinit.parity_artifacts import INTER_SAMPLE, load_artifact, save_artifact
+    from deferinit.parity import load_artifact, save_artifact
+    from deferinit.parity_artifacts import INTER_SAMPLE
     from deferinit.parity_branches import branches_of, kink_inputs
 
     spec = di.LazyModel([di.Conv2D(70, 1), di.Activation("relu"), di.MaxPool2D(2), di.Flatten(), di.Dense(1)])
