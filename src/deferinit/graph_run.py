@@ -20,18 +20,23 @@ from .shapes import plan
 __all__ = ["reference_forward", "masked_attention", "key_mask"]
 
 
-def key_mask(n: int, tq: int, tk: int, valid_lens: np.ndarray | None, causal: bool = False) -> np.ndarray | None:
+def key_mask(n: Any, tq: Any, tk: Any, valid_lens: Any, causal: bool = False, xp: Any = np) -> Any:
     """``(N, Tq, Tk)`` True where a query may attend to a key: ``j < valid_lens[b]`` (shape ``(N,)``) or
-    ``j < valid_lens[b, i]`` (shape ``(N, Tq)``), as d2l's ``masked_softmax``; ``j <= i`` too when causal."""
+    ``j < valid_lens[b, i]`` (shape ``(N, Tq)``), as d2l's ``masked_softmax``; ``j <= i`` too when causal.
+
+    ``xp`` is the array module it is built with: numpy here and on MXNet, ``jax.numpy`` on JAX and NNX (under
+    ``jax.jit`` the lengths are data). TensorFlow's sizes under ``tf.function`` are tensors: its adapter writes
+    the same rule in TensorFlow ops."""
     if valid_lens is None and not causal:
         return None
-    keep = np.ones((n, tq, tk), bool)
+    keys = xp.arange(tk)[None, None, :]
+    keep = xp.ones((n, tq, tk), bool)
     if valid_lens is not None:
-        lens = np.asarray(valid_lens)
-        lens = np.broadcast_to(lens[:, None], (n, tq)) if lens.ndim == 1 else lens
-        keep &= np.arange(tk)[None, None, :] < lens[:, :, None]
+        lens = xp.asarray(valid_lens)
+        lens = xp.broadcast_to(lens[:, None], (n, tq)) if lens.ndim == 1 else lens
+        keep = xp.logical_and(keep, xp.less(keys, lens[:, :, None]))
     if causal:
-        keep &= np.arange(tk)[None, None, :] <= np.arange(tq)[None, :, None]
+        keep = xp.logical_and(keep, xp.less_equal(keys, xp.arange(tq)[None, :, None]))
     return keep
 
 

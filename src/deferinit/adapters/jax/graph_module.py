@@ -21,6 +21,7 @@ import numpy as np
 
 from ...errors import SpecError
 from ...extend import register_builder
+from ...graph_run import key_mask
 from ...layers_graph import Attend, embedding_path
 from ...shapes import Node
 from ..graph_compiled import GraphCompiled
@@ -66,8 +67,8 @@ class GraphModule(nn.Module):
                     args = args * 3
                 if len(args) > 1:
                     q, kk, v = args[:3]
-                    keep = _key_mask(q.shape[0], q.shape[1], kk.shape[1], args[3] if node.get("valid_lens") else None,
-                                     bool(getattr(layer, "causal", False)))
+                    keep = key_mask(q.shape[0], q.shape[1], kk.shape[1], args[3] if node.get("valid_lens") else None,
+                                    bool(getattr(layer, "causal", False)), xp=jnp)
                     mask = None if keep is None else keep[:, None]
                     out = nn.MultiHeadDotProductAttention.__call__(self.layers[k], q, kk, v, mask=mask,
                                                                    deterministic=not train)
@@ -90,20 +91,6 @@ class GraphModule(nn.Module):
                 out = jnp.concatenate(args, axis=axis)
             slots.append(out)
         return [slots[o] for o in (spec.outputs if spec.multi_output else [spec.outputs])]
-
-
-def _key_mask(n: int, tq: int, tk: int, valid_lens: Any, causal: bool) -> Any:
-    """``graph_run.key_mask`` in jax.numpy, so that it traces under ``jax.jit`` (the lengths are data)."""
-    if valid_lens is None and not causal:
-        return None
-    keys = jnp.arange(tk)[None, None, :]
-    keep = jnp.ones((n, tq, tk), bool)
-    if valid_lens is not None:
-        lens = jnp.broadcast_to(valid_lens[:, None], (n, tq)) if valid_lens.ndim == 1 else valid_lens
-        keep = keep & (keys < lens[:, :, None])
-    if causal:
-        keep = keep & (keys <= jnp.arange(tq)[None, :, None])
-    return keep
 
 
 def _st(native: Any) -> dict[str, Any]:

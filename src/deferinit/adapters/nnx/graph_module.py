@@ -21,6 +21,7 @@ from flax import nnx
 
 from ...errors import ShapeMismatchError, SpecError
 from ...extend import register_builder
+from ...graph_run import key_mask
 from ...graph_shapes import infer_graph
 from ...layers_graph import Attend, embedding_path
 from ...shapes import Node
@@ -55,15 +56,9 @@ class _Static:
 
 
 def _mask(q: Any, k: Any, lens: Any, causal: bool) -> Any:
-    """``(N, 1, Tq, Tk)``: True where a query may attend (d2l's ``valid_lens``, ``(N,)`` or ``(N, Tq)``; causal)."""
-    n, tq, tk = q.shape[0], q.shape[1], k.shape[1]
-    keep = jnp.ones((n, tq, tk), bool)
-    if lens is not None:
-        per_query = jnp.broadcast_to(lens[:, None], (n, tq)) if lens.ndim == 1 else lens
-        keep = keep & (jnp.arange(tk)[None, None, :] < per_query[:, :, None])
-    if causal:
-        keep = keep & (jnp.arange(tk)[None, None, :] <= jnp.arange(tq)[None, :, None])
-    return keep[:, None]
+    """``(N, 1, Tq, Tk)`` (a head axis for ``nnx.MultiHeadAttention``): :func:`~deferinit.graph_run.key_mask`."""
+    keep = key_mask(q.shape[0], q.shape[1], k.shape[1], lens, causal, xp=jnp)
+    return None if keep is None else keep[:, None]
 
 
 class _Runner(tree.Runner[Any]):

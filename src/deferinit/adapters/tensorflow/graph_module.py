@@ -106,8 +106,9 @@ class GraphLayer(keras.layers.Layer):  # type: ignore[misc]
 
 
 def _key_mask(q: Any, k: Any, valid_lens: Any, causal: bool) -> Any:
-    """deferinit.graph_run.key_mask in tensor ops (the forward runs under tf.function, where the lengths have no
-    value yet): ``(N, Tq, Tk)`` True where a query may attend to a key."""
+    """:func:`deferinit.graph_run.key_mask` in TensorFlow ops: the forward runs under ``tf.function`` with relaxed
+    shapes, where the sizes are tensors, which ``tf.experimental.numpy``'s ``arange``/``ones`` do not take (so
+    it cannot be that function's ``xp``, as ``jax.numpy`` is for JAX and NNX)."""
     if valid_lens is None and not causal:
         return None
     n, tq, tk = tf.shape(q)[0], tf.shape(q)[1], tf.shape(k)[1]
