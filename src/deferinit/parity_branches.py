@@ -19,7 +19,7 @@ from .parity_artifacts import Artifact
 from .shapes import plan
 from .spec import LazyModel, Sequential
 
-__all__ = ["kink_inputs", "branches_of", "crossings"]
+__all__ = ["kink_inputs", "branches_of", "crossings", "pool_key"]
 
 
 def kink_inputs(intermediates: dict[str, np.ndarray]) -> dict[str, tuple[float, ...]]:
@@ -83,7 +83,8 @@ def _argmax_windows(pool: MaxPool2D, x: np.ndarray, channels_last: bool) -> np.n
 
 def branches_of(art: Artifact, kinks: dict[str, tuple[float, ...]], channels_last: bool) -> dict[str, np.ndarray]:
     """Which branch every non-smooth op took in ``art``'s own forward: the side of each kink of every ReLU/ReLU6
-    input, and the entry every max-pool window took (its gradient goes there alone)."""
+    input (keyed by the layer's path), and the entry every max-pool window took (its gradient goes there alone; keyed
+    by :func:`pool_key`)."""
     out = {}
     for layer, ks in kinks.items():
         x = art.intermediates.get(layer)
@@ -98,8 +99,14 @@ def branches_of(art: Artifact, kinks: dict[str, tuple[float, ...]], channels_las
         except (ValueError, TypeError):  # an input this look does not understand: only the kinks are compared
             continue
         if y is not None and taken.shape == (np.moveaxis(y, -1, 1) if channels_last else y).shape:
-            out[path] = taken  # (the windows' count checked against the pool's own output)
+            out[pool_key(path)] = taken  # (the windows' count checked against the pool's own output)
     return out
+
+
+def pool_key(path: str) -> str:
+    """The record of a max pool's windows: a key of its own, since the pool's output may also feed a ReLU, whose
+    sides are recorded under the pool's path."""
+    return f"{path} (max-pool windows)"
 
 
 def crossings(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> tuple[int, str | None]:

@@ -76,12 +76,36 @@ def test_max_pool_window_taking_another_entry_is_reported() -> None:
     b.intermediates["0"] = conv
     b.gradients["0.weight"] += 0.5
     result = compare_artifacts([ref, a, b])
-    assert result.results["fw_b"].grad_kink_crossings == ["fw_a (1 value, first at '1')"]
+    assert result.results["fw_b"].grad_kink_crossings == ["fw_a (1 value, first at '1 (max-pool windows)')"]
     assert result.results["fw_b"].grad_ok is None
     # a change inside a window that leaves its max where it was is no crossing
     b.intermediates["0"] = ref.intermediates["0"].copy()
     b.intermediates["0"][0, 0, lo[0], lo[1]] -= 1.0
     assert compare_artifacts([ref, a, b]).results["fw_b"].grad_ok is False
+
+
+def test_relu_right_after_a_max_pool_keeps_both_branch_records() -> None:
+    # the pool's output feeds a ReLU: the pool's windows and the ReLU's sides are two records, and a crossing of either
+    # is found (one record per path let the windows overwrite the sides, and a ReLU crossing passed as a failure)
+    from deferinit.parity_branches import branches_of, kink_inputs
+
+    spec = di.LazyModel([di.Conv2D(2, 1), di.MaxPool2D(2), di.Activation("relu"), di.Flatten(), di.Dense(1)])
+    ref = make_artifact(spec, "numpy", np.random.default_rng(0).standard_normal((1, 1, 8, 8)).astype(np.float32))
+    pooled = ref.intermediates["1"]
+    assert np.array_equal(ref.intermediates["2"], np.maximum(pooled, 0)) and (pooled < 0).any() and (pooled > 0).any()
+    branches = branches_of(ref, kink_inputs(ref.intermediates), False)
+    assert set(branches) == {"1", "1 (max-pool windows)"}
+    np.testing.assert_array_equal(branches["1"][0], pooled > 0)  # the ReLU's sides, from the pool's own output
+    assert branches["1 (max-pool windows)"].shape == (1, 2, 4, 4)  # the entry each window took
+    grads = {k: np.ones_like(v) for k, v in ref.weights.items()}
+    a, b = _framework_copies(ref, grads)
+    i = np.unravel_index(np.argmin(np.abs(pooled)), pooled.shape)
+    b.intermediates["1"] = pooled.copy()
+    b.intermediates["1"][i] = -pooled[i]  # fw_b's pooled value on the other side of the ReLU's kink
+    b.gradients["0.bias"][i[1]] += 0.5
+    result = compare_artifacts([ref, a, b])
+    assert result.results["fw_b"].grad_kink_crossings == ["fw_a (1 value, first at '1')"]
+    assert result.results["fw_b"].grad_ok is None
 
 
 def test_max_pool_windows_follow_padding_and_ceil_mode() -> None:
@@ -120,7 +144,7 @@ def test_branches_survive_a_file_that_samples_the_intermediates(tmp_path) -> Non
     b.gradients["0.weight"] += 0.5
     for art in (a, b):  # what make_artifact records for a framework's artifact
         art.branches, art.meta["branches"] = branches_of(art, kink_inputs(ref.intermediates), False), True
-    assert b.branches["2"].dtype.kind == "i" and b.branches["0"].dtype == bool  # pool entries; the ReLU's sides
+    assert b.branches["2 (max-pool windows)"].dtype.kind == "i" and b.branches["0"].dtype == bool  # pool entries; the ReLU's sides
     paths = [save_artifact(x, tmp_path / f"{x.backend}.npz") for x in (ref, a, b)]
     loaded = [load_artifact(p) for p in paths]
     assert loaded[0].intermediates["0"].shape == (1, 70, 32, 32)  # the reference keeps every value
@@ -128,7 +152,7 @@ def test_branches_survive_a_file_that_samples_the_intermediates(tmp_path) -> Non
     for name, arr in b.branches.items():
         np.testing.assert_array_equal(loaded[2].branches[name], arr)
     result = compare_artifacts(loaded)
-    assert result.results["fw_b"].grad_kink_crossings == ["fw_a (1 value, first at '2')"]
+    assert result.results["fw_b"].grad_kink_crossings == ["fw_a (1 value, first at '2 (max-pool windows)')"]
     # sampled intermediates are compared on the reference's same entries: a layer off everywhere is still named
     loaded[2].intermediates["0"] = loaded[2].intermediates["0"] + 1.0
     assert compare_artifacts(loaded).results["fw_b"].first_divergence == "0"
