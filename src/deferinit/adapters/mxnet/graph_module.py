@@ -165,8 +165,10 @@ class GluonGraphModel(GraphCompiled[GraphBlock]):
             return native(*xs)  # type: ignore[no-any-return]
 
     def _record(self, native: GraphBlock, xs: list[Any]) -> dict[str, Any]:
+        """The intermediates, computed as ``_grads`` computes them (see ``MXNetModel._intermediates``: the parity
+        comparison reads each gradient's branches at ReLU kinks from them)."""
         record: dict[str, Any] = {}
-        with autograd.pause(train_mode=False):
+        with graph.inference_layers(), autograd.pause(train_mode=True):
             native.forward(*xs, record=record)
         return record
 
