@@ -50,3 +50,35 @@ def test_group_norm_is_mxnets_operator_with_per_channel_affine() -> None:
     model = di.compile(di.LazyModel([di.GroupNorm(3)]), "mxnet")
     model.apply_init(x)
     assert model.report.params["0.weight"].shape == (6,)
+
+
+def _ops(block) -> list[str]:  # type: ignore[no-untyped-def]
+    """The operators of the graph Gluon cached last for ``block``."""
+    import json
+
+    return [n["op"] for n in json.loads(block._cached_graph[1].tojson())["nodes"] if n["op"] != "null"]
+
+
+def test_relu6_inference_graph_is_one_clip_and_recorded_graphs_keep_the_exact_kinks() -> None:
+    # inference: MXNet's own clip, one op (the kink-exact form is six, and MobileNetV2's forward paid 1.76x for it)
+    x = np.zeros((2, 3, 2, 2), np.float32)
+    x[0, 0] = 1.0  # channel 0: four values inside (0, 6); channel 1: saturated; channel 2: exact zeros, on the kink
+    x[1, 1] = 7.0
+    model = di.compile(di.LazyModel([di.BatchNorm(), di.Activation("relu6")]), "mxnet")
+    model.apply_init(x)
+    y = model(x)
+    np.testing.assert_array_equal(y.asnumpy(), mx.nd.clip(mx.nd.array(x) / np.sqrt(1 + 1e-5), 0, 6).asnumpy())
+    ops = _ops(model.native)
+    assert ops.count("clip") == 1 and "where" not in ops, ops
+    # an inference-mode graph recorded by the user is one of its own, with PyTorch's gradient at the kinks: the BN
+    # shift's gradient counts the values strictly inside (0, 6) (derived by hand: 4, 0, 0; plain clip, which passes
+    # it at its bounds, gives 8, 4, 8)
+    with mx.autograd.record(train_mode=False):
+        total = model.native(mx.nd.array(x)).sum()
+    total.backward()
+    assert "where" in _ops(model.native)
+    np.testing.assert_allclose(model.native._deferinit.params["0.bias"].grad().asnumpy(), [4.0, 0.0, 0.0], atol=1e-6)
+    # and deferinit's own gradients (a training-mode pass with inference BatchNorm) agree
+    np.testing.assert_allclose(model.gradients(x)["0.bias"], [4.0, 0.0, 0.0], atol=1e-6)
+    # back to inference: the cached clip graph again, same values
+    np.testing.assert_array_equal(model(x).asnumpy(), y.asnumpy())

@@ -188,7 +188,9 @@ class Graph:
         if "_di_shaped" not in d:
             blocks = _descendants(self)  # type: ignore[arg-type]
             d["_di_shaped"] = any(getattr(b, "shape_dependent", False) for b in blocks)
-        mode = (bool(autograd.is_training()), frozen())
+        mode: tuple = (bool(autograd.is_training()), frozen())
+        if not mode[0] and autograd.is_recording():  # an inference graph that will be differentiated: relu6's
+            mode += ("recorded",)                      # exact kinks (activations.py), which plain inference skips
         return mode + (tuple(args[0].shape[1:]),) if d["_di_shaped"] else mode
 
     def _get_graph(self, *args):  # type: ignore[no-untyped-def]
