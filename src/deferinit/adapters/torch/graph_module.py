@@ -78,6 +78,7 @@ class GraphNet(nn.Module):
         super().__init__()
         self.spec, self.root = spec, root
         self.channels_last = spec.data_format == "channels_last"
+        self._arranged: dict[str, Any] = {}  # TorchRunner's modules of each leaf, kept across forwards
         built = tree.build(root, TorchBuilder(root, self.channels_last))[0][0].module
         for name, module in built.named_children():
             self.add_module(name, module)
@@ -98,7 +99,7 @@ class GraphNet(nn.Module):
 
     def run(self, inputs: list[torch.Tensor], record: dict[str, Any] | None = None) -> list[torch.Tensor]:
         """The outputs as a list; with ``record``, each layer position's output at the layer's first call."""
-        runner = TorchRunner(self.module_at, self.channels_last)
+        runner = TorchRunner(self.module_at, self.channels_last, self._arranged)
         slots = list(inputs)
         for node in self.spec.nodes:
             args = [slots[a] for a in node["args"]]
