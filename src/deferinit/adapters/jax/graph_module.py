@@ -231,5 +231,5 @@ class FlaxGraphModel(GraphCompiled[Any]):
         new = jax.tree_util.tree_map(lambda a: a, dict(variables))
         new = {c: dict(v) for c, v in new.items()}
         for k, value in shares.items():
-            T.put(new, k, jnp.asarray(np.ascontiguousarray(value, dtype=np.float32)))
+            T.put(new, k, jax.device_put(np.ascontiguousarray(value, dtype=np.float32)))
         _st(native)["variables"] = new

@@ -240,6 +240,6 @@ class NnxModel(CompiledModel[nnx.Module]):
             shapes = [tuple(find(native, k).shape) for k in keys]
             for k, part in zip(keys, layout.native(np.asarray(weights[name], np.float32), shapes)):
                 shares[k] = part if k not in shares else shares[k] + part
-        values = {k: jnp.asarray(np.ascontiguousarray(v, dtype=np.float32)) for k, v in shares.items()}
+        values = {k: jax.device_put(np.ascontiguousarray(v, dtype=np.float32)) for k, v in shares.items()}
         write(native, values)
 

@@ -234,4 +234,4 @@ class NnxGraphModel(GraphCompiled[Any]):
             shapes = [tuple(find(native, k).shape) for k in keys]
             for k, part in zip(keys, layout.native(np.asarray(value, np.float32), shapes)):
                 shares[k] = part if k not in shares else shares[k] + part
-        write(native, {k: jnp.asarray(np.ascontiguousarray(v, dtype=np.float32)) for k, v in shares.items()})
+        write(native, {k: jax.device_put(np.ascontiguousarray(v, dtype=np.float32)) for k, v in shares.items()})
