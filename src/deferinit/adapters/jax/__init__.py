@@ -7,15 +7,17 @@ Shapes come from Flax itself: ``jax.eval_shape(module.init, key, ShapeDtypeStruc
 ``init`` symbolically (Dense finds its fan-in, Conv its input channels, ...) and allocates nothing: 60-90 ms
 and under 1 MiB for 24 x Dense(8192) (1.6e9 parameters). The concrete path then draws each variable with the
 initializer its module declares (``kernel_init``, ``bias_init``, ``embedding_init``, or the Flax ``init``
-given, for kernels) inside ONE jitted function cached on its (initializer, shape) plan, with each variable's
-key ``fold_in(key, crc32(native name))``: the same distributions as ``module.init``, other draws. Cost on
-CPU is compiling the random draws. d2l's ResNet-18 on 1x1x96x96, measured side by side on the 2-core
+given, for kernels): the same distributions as ``module.init``, other draws. JAX's own initializers (every
+Flax default) are drawn on the host in NumPy (``host_init.py``), which compiles nothing; any other initializer
+is drawn in ONE jitted function cached on its (initializer, shape) plan, with each variable's key
+``fold_in(key, crc32(native name))``. d2l's ResNet-18 on 1x1x96x96, measured side by side on the 2-core
 machine under load: un-jitted ``module.init`` 10-15 s (one compilation per operation), ``jax.jit(module.init)``
-8-9 s (and again for every new module instance), this path 2.8-4.4 s cold and 0.4 s for a second model of the
-same architecture. With a portable ``init`` (or ``load_weights``) no random draw is compiled at all: the
-default draw is deferred until the values are first read (see ``params.State``), and the values go to the
-device with ``jax.device_put``, never ``jnp.asarray``, which compiles a conversion for every new shape (ResNet-18:
-22 compilations, about 0.3 s of a cold portable ``apply_init``, measured with cProfile).
+8-9 s (and again for every new module instance), one jitted draw of every variable 2.8-4.4 s cold, the host
+draw 1.1-1.3 s cold for the whole ``apply_init`` and ``export_weights`` in a fresh process. The default draw is
+deferred until the values are first read (see ``params.State``): a portable ``init`` or ``load_weights``
+overwrites them first. Values go to the device with ``jax.device_put``, never ``jnp.asarray``, which compiles a
+conversion for every new shape (ResNet-18: 22 compilations, about 0.3 s of a cold portable ``apply_init``,
+measured with cProfile).
 
 Variables live on the native module they belong to, so when the base class swaps models (or restores the
 previous one after a failed ``apply_init``) they follow. The steady-state forward is one cached

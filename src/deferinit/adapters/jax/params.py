@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .host_init import host_draw, key_words
+
 __all__ = ["Leaf", "Layout", "One", "Gates", "Flat", "Made", "Built", "State", "get", "put", "count_leaves"]
 
 
@@ -217,6 +219,15 @@ def _draw(key: Any, plan: tuple) -> list:
     return _draw_cached(key, plan)
 
 
+def _host_value(ini: Any, shape: tuple, seed: list[int]) -> np.ndarray | None:
+    """``ini``'s draw in NumPy (``host_init``), a DenseGeneral kernel's flattened as Flax draws it; None: JAX draws."""
+    if isinstance(ini, Flat):
+        flat = (math.prod(shape[:ini.split]), math.prod(shape[ini.split:]))
+        value = host_draw(ini.init, flat, seed)
+        return None if value is None else value.reshape(shape)
+    return host_draw(ini, shape, seed)
+
+
 class State:
     """One native module tree's variables and compiled functions (kept on the module: see ``_new_native``).
 
@@ -250,14 +261,22 @@ class State:
         self._variables, self.pending = None, (None, rng)
 
     def draw(self, init: Any, rng: Any) -> dict:
-        """Every variable drawn with its module's initializer (or ``init`` for kernels) in one jitted call, each
-        with the key ``fold_in(rng, crc32(its native name))``."""
+        """Every variable drawn with its module's initializer (or ``init`` for kernels). JAX's own initializers
+        (Flax's defaults among them) are drawn on the host (``host_init``: no compilation), each variable's
+        generator seeded by the key's words and ``crc32(its native name)``; any other initializer is drawn by
+        JAX in one jitted call, with the key ``fold_in(rng, crc32(its native name))``."""
         entries = list(self.built.leaves.items())
         plan = tuple((leaf.initializer(init), tuple(get(self.shapes, keys).shape), zlib.crc32("/".join(keys).encode()))
                      for keys, leaf in entries)
+        words = key_words(rng) if plan else []
+        values: list[Any] = [_host_value(ini, shape, [*words, salt]) for ini, shape, salt in plan]
+        missing = [i for i, v in enumerate(values) if v is None]
+        if missing:
+            for i, value in zip(missing, _draw(rng, tuple(plan[i] for i in missing))):
+                values[i] = value
         variables: dict = {}
-        for (keys, _), value in zip(entries, _draw(rng, plan) if plan else []):
-            put(variables, keys, value)
+        for (keys, _), value in zip(entries, values):
+            put(variables, keys, jax.device_put(value) if isinstance(value, np.ndarray) else value)
         return variables
 
     def shape_of(self, keys: tuple[str, ...]) -> tuple[int, ...]:
