@@ -1,8 +1,10 @@
 """Hand-written Keras 3 (TensorFlow) models for bench/run.py: what an expert writes for the d2l models.
 
 Each model is a ``keras.Sequential`` of stock layers built on its first call (the book's lazy
-initialization), channels-first like the spec's data where TensorFlow runs NCHW convolutions (its oneDNN kernels
-on x86), else permuted once to channels-last at the input (TensorFlow's own CPU kernels are NHWC-only).
+initialization), on a CPU permuted once to channels-last at the input, as Keras's own models run there
+(TensorFlow's own CPU kernels are NHWC-only, and oneDNN's NCHW kernels ran these models 2-3x slower than
+channels-last on the CI machine's AMD EPYC, see ``adapters/tensorflow/modules.transpose_channels_first``),
+channels-first like the spec's data with a GPU that runs NCHW convolutions.
 The forward is the fast path deferinit itself uses and Keras uses inside
 ``predict_on_batch``/``fit``: one ``tf.function`` over the model call in inference mode, with relaxed shapes.
 Both sides run the same ops, so the comparison is of the glue around them.
@@ -29,7 +31,10 @@ from keras.src.backend.common import global_state  # noqa: E402
 
 
 def _nchw_runs() -> bool:
-    """Whether this TensorFlow runs NCHW convolutions on the CPU (its oneDNN kernels do; its own take NHWC only)."""
+    """Whether an expert's model runs NCHW: with a GPU that runs NCHW convolutions (on a CPU channels-last is
+    faster where oneDNN runs NCHW at all, see the module docstring)."""
+    if not tf.config.list_logical_devices("GPU"):
+        return False
     try:
         tf.nn.conv2d(tf.zeros((1, 1, 1, 1)), tf.zeros((1, 1, 1, 1)), 1, "VALID", data_format="NCHW")
         return True
@@ -37,7 +42,7 @@ def _nchw_runs() -> bool:
         return False
 
 
-# where NCHW does not run, an expert's model takes the NCHW data, permutes it once to NHWC and runs channels-last
+# elsewhere an expert's model takes the NCHW data, permutes it once to NHWC and runs channels-last
 NCHW = _nchw_runs()
 CF = "channels_first" if NCHW else "channels_last"
 

@@ -29,16 +29,22 @@ TRANSPOSE_CF: bool | None = None
 
 
 def transpose_channels_first() -> bool:
-    """Whether channels_first convolutions must run as channels_last between two transposes.
+    """Whether channels_first convolutions run as channels_last (a run of them between one transpose in and one
+    out, see ``layout.py``).
 
-    TensorFlow's own CPU Conv2D kernel takes only NHWC; the oneDNN kernels (on by default on x86 Linux) and
-    GPUs take NCHW too. So the answer is asked of TensorFlow once, with a 1-pixel NCHW convolution, instead
-    of assumed: where NCHW runs natively that is what a hand-written channels_first Keras model does, and
-    elsewhere (``TF_ENABLE_ONEDNN_OPTS=0``, CPUs without oneDNN) two transposes per conv keep it correct.
+    On a CPU, yes: TensorFlow's own CPU Conv2D kernel takes only NHWC, and where the oneDNN kernels (on by default
+    on x86 Linux) do take NCHW they were 2-3x slower than channels-last on the 2-core CI machine's AMD EPYC
+    (2026-12-04, TensorFlow 2.21, deferinit's forwards at batch 1, one process per path: MobileNetV2 32.0 against
+    9.9 ms, ResNet-50 43.6 against 20.8, ResNet-18 25.8 against 12.9), and Keras's own models (its applications,
+    its default ``image_data_format``) run channels-last there. With a GPU, NCHW runs natively (cuDNN's preferred
+    layout): asked of TensorFlow once, with a 1-pixel NCHW convolution, and used where it runs.
     """
     global TRANSPOSE_CF
     if TRANSPOSE_CF is None:
         with tf.init_scope():  # run eagerly even while a tf.function is being traced
+            if not tf.config.list_logical_devices("GPU"):
+                TRANSPOSE_CF = True
+                return TRANSPOSE_CF
             try:
                 tf.nn.conv2d(tf.zeros((1, 1, 1, 1)), tf.zeros((1, 1, 1, 1)), 1, "VALID", data_format="NCHW")
                 TRANSPOSE_CF = False
