@@ -27,7 +27,10 @@ from deferinit.registry import REFERENCE, framework_backends  # noqa: E402  (the
 
 BACKENDS = framework_backends()
 PARITY_JOBS = max(1, min(2, os.cpu_count() or 1))  # parity producers at a time (two cores on the CI machine)
-TEST_DEPS = ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "pyyaml>=6", "tomli-w>=1.0"]
+# filelock: JAX's compilation cache takes a size cap (JAX_COMPILATION_CACHE_MAX_SIZE, below) only with it installed;
+# without it JAX turned the cache off with a warning (tests(jax) wrote nothing; torch's requirements had brought it
+# into the parity virtualenv, which is why only the parity producers hit the cache)
+TEST_DEPS = ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "pyyaml>=6", "tomli-w>=1.0", "filelock>=3.12"]
 # pytest workers per test session (pytest-xdist): one per core, at most 4 (each TensorFlow worker holds ~1.5 GB).
 # On the 2-core CI machine two workers took tests(tensorflow) from 5.8 to 3.3 min, nnx from 9 to 6.5, torch from
 # 4 to 2; DEFERINIT_TEST_JOBS=1 runs the tests in one process.
