@@ -21,7 +21,7 @@ from keras import ops
 from ...layers import conv_pads
 
 __all__ = ["Conv1D", "Conv2D", "MaxPool2D", "AvgPool2D", "BatchNorm",
-           "spatial_axes", "call_layer"]
+           "spatial_axes", "call_layer", "nchw_runs", "transpose_channels_first"]
 
 
 #: None: ask TensorFlow once (see ``transpose_channels_first``); tests set True/False to force a path
@@ -42,15 +42,18 @@ def transpose_channels_first() -> bool:
     global TRANSPOSE_CF
     if TRANSPOSE_CF is None:
         with tf.init_scope():  # run eagerly even while a tf.function is being traced
-            if not tf.config.list_logical_devices("GPU"):
-                TRANSPOSE_CF = True
-                return TRANSPOSE_CF
-            try:
-                tf.nn.conv2d(tf.zeros((1, 1, 1, 1)), tf.zeros((1, 1, 1, 1)), 1, "VALID", data_format="NCHW")
-                TRANSPOSE_CF = False
-            except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
-                TRANSPOSE_CF = True
+            TRANSPOSE_CF = not (bool(tf.config.list_logical_devices("GPU")) and nchw_runs())
     return TRANSPOSE_CF
+
+
+def nchw_runs() -> bool:
+    """Whether this TensorFlow runs an NCHW convolution at all (a 1-pixel one, run eagerly)."""
+    with tf.init_scope():
+        try:
+            tf.nn.conv2d(tf.zeros((1, 1, 1, 1)), tf.zeros((1, 1, 1, 1)), 1, "VALID", data_format="NCHW")
+            return True
+        except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
+            return False
 
 
 def spatial_axes(rank: int, data_format: str) -> tuple[int, ...]:
