@@ -45,7 +45,8 @@ BENCH_ENV = dict(ENV)
 # program, the compile options and the jax/jaxlib versions (not by file paths), so a rerun (a new clone too) loads
 # what an earlier run compiled instead of compiling it again. Compiling is most of the JAX suites' time: on the
 # 2-core CI machine tests(jax) took 207 s with no cache, 190 s with an empty one and 80 s with a full one; tests(nnx)
-# 179 s and 74 s (full); the parity producers of jax 308 s and 94 s, of nnx 324 s and 114 s (2026-12-04, measured).
+# 179 s and 74 s (full); the parity producers of jax 308 s and 94 s, of nnx 324 s and 114 s (2026-12-04, measured
+# by hand with no size cap; with the cap below, the run that fills it is slower: tests(jax) 251 s, see README).
 # Like pip's cache it lives outside the clone (least recently used entries go past 2 GB);
 # DEFERINIT_JAX_CACHE=<dir> moves it, DEFERINIT_JAX_CACHE= (empty) turns it off.
 JAX_CACHE = os.environ.get("DEFERINIT_JAX_CACHE", str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
