@@ -53,11 +53,12 @@ def _fans(shape: tuple[int, ...], in_axis: Any, out_axis: Any, batch_axis: Any) 
 
 
 def _truncated(gen: np.random.Generator, lower: float, upper: float, shape: tuple[int, ...]) -> np.ndarray:
-    """A standard normal truncated to (lower, upper), by redrawing the values outside."""
-    z = gen.standard_normal(shape)
+    """A standard normal truncated to (lower, upper), by redrawing the values outside (float32 draws: NumPy's
+    float32 ziggurat is about 2x faster than its float64 one, and the values end in float32 anyway)."""
+    z = gen.standard_normal(shape, dtype=np.float32)
     out = ~((z > lower) & (z < upper))
     while out.any():
-        z[out] = gen.standard_normal(int(out.sum()))
+        z[out] = gen.standard_normal(int(out.sum()), dtype=np.float32)
         out = ~((z > lower) & (z < upper))
     return z
 
@@ -93,20 +94,22 @@ def _recognize(fn: Any) -> tuple | None:
     return None
 
 
-def host_draw(fn: Any, shape: tuple[int, ...], seed: Sequence[int]) -> np.ndarray | None:
-    """``fn(key, shape, float32)``'s distribution drawn in NumPy with a generator seeded by ``seed``; None where
-    ``fn`` is not recognized (the caller draws it with JAX)."""
+def host_draw(fn: Any, shape: tuple[int, ...], seed: Sequence[int] | np.random.Generator) -> np.ndarray | None:
+    """``fn(key, shape, float32)``'s distribution drawn in NumPy with a generator seeded by ``seed`` (or with
+    ``seed`` itself, a generator shared by several draws); None where ``fn`` is not recognized (the caller draws
+    it with JAX)."""
     kind = _recognize(fn)
     if kind is None:
         return None
     shape = tuple(int(d) for d in shape)
     if kind[0] == "constant":
         return np.full(shape, kind[1], np.float32)
-    gen = np.random.Generator(np.random.PCG64(np.random.SeedSequence(list(seed))))
+    gen = seed if isinstance(seed, np.random.Generator) else \
+        np.random.Generator(np.random.PCG64(np.random.SeedSequence(list(seed))))
     if kind[0] == "normal":
-        return (gen.standard_normal(shape) * kind[1]).astype(np.float32)
+        return gen.standard_normal(shape, dtype=np.float32) * np.float32(kind[1])
     if kind[0] == "uniform":  # [0, scale)
-        return (gen.random(shape) * kind[1]).astype(np.float32)
+        return gen.random(shape, dtype=np.float32) * np.float32(kind[1])
     if kind[0] == "truncated_normal":
         _, stddev, lower, upper = kind
         return (_truncated(gen, lower, upper, shape) * stddev).astype(np.float32)
@@ -124,9 +127,9 @@ def host_draw(fn: Any, shape: tuple[int, ...], seed: Sequence[int]) -> np.ndarra
         return None
     variance = scale / denominator
     if distribution == "truncated_normal":
-        z = _truncated(gen, -2.0, 2.0, shape) * (math.sqrt(variance) / _TRUNC_STD)
+        z = _truncated(gen, -2.0, 2.0, shape) * np.float32(math.sqrt(variance) / _TRUNC_STD)
     elif distribution == "normal":
-        z = gen.standard_normal(shape) * math.sqrt(variance)
+        z = gen.standard_normal(shape, dtype=np.float32) * np.float32(math.sqrt(variance))
     else:  # uniform on [-1, 1) times sqrt(3 variance)
-        z = gen.uniform(-1.0, 1.0, shape) * math.sqrt(3 * variance)
-    return z.astype(np.float32)
+        z = (gen.random(shape, dtype=np.float32) * np.float32(2) - np.float32(1)) * np.float32(math.sqrt(3 * variance))
+    return z.astype(np.float32, copy=False)

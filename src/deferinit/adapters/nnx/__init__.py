@@ -4,7 +4,8 @@
 NNX modules are eager: ``nnx.Linear(in_features, out_features, rngs=...)`` must be told its fan-in, and NNX's
 only lazy path is wrapping linen modules. Here ``apply_init`` takes each layer's input shape from the reference
 rules, builds NNX's own modules with ``rngs=nnx.Rngs(key)`` (under ``nnx.eval_shape`` when ``abstract``: nothing
-allocated), then reads back every variable NNX created and checks its shape, through the jax backend's layouts,
+allocated; NNX's default initializers drawn on the host in NumPy, ``modules.hosted``: the same distributions as
+NNX's, no XLA compilation per initializer and shape), then reads back every variable NNX created and checks its shape, through the jax backend's layouts,
 against the rules: a disagreement is a ShapeMismatchError, never trusted silently. The report's native names are
 the ``nnx.state`` paths joined by ``/`` (``layers/0/kernel``), its layer shapes NNX's own, from an
 ``nnx.eval_shape`` of the forward. ``model.native`` is the root ``nnx.Module``: ``nnx.jit``, ``nnx.grad``,
@@ -26,6 +27,7 @@ from ...shapes import Inference, Node
 from .. import tree
 from ..compiled import CompiledModel, NativeParam
 from ..jax import FlaxModel
+from ..jax.host_init import key_words
 from ..jax.modules import activate
 from . import leaves as _leaves  # noqa: F401  (registers the built-in builders)
 from . import modules as M
@@ -95,7 +97,11 @@ class NnxModel(CompiledModel[nnx.Module]):
         # on this CPU: 34 s for a 13-layer spec's first apply_init); when portable values overwrite them all right
         # after, the modules are constructed abstractly and nothing is drawn (set_weights gives every variable data)
         if abstract or not values_follow:
-            made = nnx.eval_shape(make) if abstract else make()
+            if abstract:
+                made = nnx.eval_shape(make)
+            else:
+                with M.host_draws(key_words(rng)):  # NNX's default initializers, drawn in NumPy (M.hosted)
+                    made = make()
         else:
             made = nnx.eval_shape(make)
             rest = nnx.Not(nnx.Any(nnx.Param, nnx.BatchStat))  # Rngs streams (Dropout, nnx.RNN): key and count

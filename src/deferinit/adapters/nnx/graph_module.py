@@ -27,7 +27,9 @@ from ...layers_graph import Attend, embedding_path
 from ...shapes import Node
 from .. import tree
 from ..graph_compiled import GraphCompiled
+from ..jax.host_init import key_words
 from ..jax.modules import activate
+from . import modules as M
 from .leaves import Made
 from .structure import Built, NnxBuilder, find, write
 
@@ -160,7 +162,11 @@ class NnxGraphModel(GraphCompiled[Any]):
                                  inference.inputs)
             holder[:] = [builder]
             return tree.build(self.root, builder)[0]
-        made = nnx.eval_shape(make) if abstract else make()
+        if abstract:
+            made = nnx.eval_shape(make)
+        else:
+            with M.host_draws(key_words(jax.random.key(int(key)))):  # NNX's default initializers, drawn in NumPy
+                made = make()
         built = holder[0].built
         native.layers = made.layers
         native.graph = _Static((self.spec, self.root, built))
