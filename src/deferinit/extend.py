@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, TypeVar
 
 from .errors import SpecError
 
-__all__ = ["register_layer", "register_builder", "builders", "builder_for", "load_plugins", "GROUP"]
+__all__ = ["register_layer", "register_builder", "builders", "builder_for", "load_plugins", "generation", "GROUP"]
 
 GROUP = "deferinit.layers"
 F = TypeVar("F", bound=Callable[..., Any])
@@ -26,6 +26,7 @@ L = TypeVar("L", bound=type)
 
 _BUILDERS: dict[str, dict[type, Callable[..., Any]]] = {}
 _plugins_loaded = False
+_generation = 0  # how many builders have been registered: a result that depends on them is keyed with it
 
 
 def register_layer(cls: L) -> L:
@@ -56,9 +57,11 @@ def register_builder(backend: str, *layer_types: type) -> Callable[[F], F]:
                         f"received {layer_types!r}")
 
     def decorate(fn: F) -> F:
+        global _generation
         table = _BUILDERS.setdefault(name, {})
         for t in layer_types:
             table[t] = fn
+        _generation += 1
         return fn
 
     return decorate
@@ -77,6 +80,11 @@ def builder_for(backend: str, layer_type: type) -> Callable[..., Any] | None:
         load_plugins()
         fn = _BUILDERS.get(backend, {}).get(layer_type)
     return fn
+
+
+def generation() -> int:
+    """A number that changes whenever a builder is registered (a cache of what builders made checks it)."""
+    return _generation
 
 
 def load_plugins() -> None:

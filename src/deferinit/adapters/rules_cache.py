@@ -6,13 +6,20 @@ the input (:func:`~deferinit.shapes.infer`). The spec is immutable and the plan 
 depends on nothing else: a model keeps its last ``_CACHED`` answers, with the memory footprint and the "small"
 verdict computed from them, and equal specs (``spec_key.content_key``: a new ``LazyModel`` per call, as a training
 script or a benchmark makes them) share one answer across models through ``_SHARED``. Errors are not cached.
+
+Beside each answer sit the framework's own per-layer output shapes (``_layer_shapes_once``) where a backend must
+trace the model to learn them (NNX, whose modules are built with every dim given, so nothing else runs a forward;
+MXNet's symbolic shape inference of the traced graph): the framework is asked once per (spec, input shape, dtype,
+abstract, registered builders) in a process, and every report still checks its answer against the rules.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any, TypeVar
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, TypeVar
 
+from ..extend import generation
 from ..resources import Footprint, footprint
 from ..shapes import Inference, as_dtype, infer
 from ..spec_key import content_key
@@ -47,7 +54,7 @@ class RulesCache(Checks[N]):
             shared = self._shared_key(key)
             entry = _SHARED.get(shared) if shared is not None else None
             if entry is None:
-                entry = [infer(self.spec, shape, dtype=dtype, backend=self.backend, root=self.root), None, None]
+                entry = [infer(self.spec, shape, dtype=dtype, backend=self.backend, root=self.root), None, None, {}]
                 if shared is not None:
                     with _SHARED_LOCK:  # models in other threads share it: evict and insert as one step
                         if len(_SHARED) >= _SHARED_MAX:
@@ -85,6 +92,26 @@ class RulesCache(Checks[N]):
         if entry[2] is None:
             entry[2] = super()._small(inference)
         return entry[2]  # type: ignore[no-any-return]
+
+    def _layer_shapes_once(self, inference: Inference, abstract: bool,
+                           ask: Callable[[], Mapping[str, tuple]]) -> Mapping[str, tuple]:
+        """``ask()``, the framework's per-layer output shapes for ``inference``'s input, kept beside the cached
+        inference (``_framework_once``)."""
+        return self._framework_once(inference, "layer shapes", abstract,  # type: ignore[no-any-return]
+                                    lambda: MappingProxyType(dict(ask())))
+
+    def _framework_once(self, inference: Inference, what: str, abstract: bool, ask: Callable[[], Any]) -> Any:
+        """``ask()``, a fact the framework gives about the model it built for ``inference``'s input (its layer
+        shapes, how many variables it created), kept beside the cached inference: equal specs on equal inputs are
+        built by the same builders into the same native modules, so the framework's answer is the same; a builder
+        registered since is a new key. Errors are not kept."""
+        entry = self._entry(inference)
+        if entry is None:
+            return ask()
+        key = (what, abstract, generation())
+        if key not in entry[3]:
+            entry[3][key] = ask()
+        return entry[3][key]
 
     def _entry(self, inference: Inference) -> list | None:
         report = inference.report

@@ -10,7 +10,15 @@ import pytest
 import deferinit as di
 from cases import BY_ID, CASES
 from deferinit import zoo
+from deferinit.adapters import rules_cache
 from deferinit.adapters.mxnet import graph
+
+
+@pytest.fixture(autouse=True)
+def _fresh_shared_cache() -> None:
+    """MXNet's layer shapes are kept per equal spec and input (``_framework_once``): the tests below that break
+    MXNet's answer need it asked afresh, not an equal spec's answer from an earlier test."""
+    rules_cache._SHARED.clear()
 
 
 def _native_and_equal(report: di.ShapeReport, spec: di.LazyModel, shape: tuple, dtype: str) -> None:
@@ -71,6 +79,15 @@ def test_a_wrong_abstract_shape_is_a_backend_error_naming_the_layer(monkeypatch:
     spec = di.LazyModel([di.Dense(8), di.ReLU(), di.Dense(3)])
     with pytest.raises(di.BackendError, match=r"layer '2' \(Dense\)"):
         di.compile(spec, "mxnet").apply_init(di.ShapeDtype((2, 5)), abstract=True)
+
+
+def test_equal_specs_ask_mxnet_once_per_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    real, calls = graph.observed_shapes, []
+    monkeypatch.setattr(graph, "observed_shapes", lambda observer, shape: calls.append(shape) or real(observer, shape))
+    spec = lambda: di.LazyModel([di.Dense(8), di.ReLU(), di.Dense(3)])  # noqa: E731
+    for shape in ((2, 5), (2, 5), (4, 5), (2, 5)):
+        _native_and_equal(di.compile(spec(), "mxnet").apply_init(np.zeros(shape, np.float32)), spec(), shape, "float32")
+    assert calls == [(2, 5), (4, 5)]
 
 
 def test_a_dropped_output_is_a_backend_error(monkeypatch: pytest.MonkeyPatch) -> None:

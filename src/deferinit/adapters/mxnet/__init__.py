@@ -193,8 +193,9 @@ class GluonModel(CompiledModel[modules.Sequential]):
         if observer is None:  # pragma: no cover - _native_init always leaves one
             return {}
         shapes = dict(observer.shapes)  # abstract: all found by the one infer_shape; concrete: the dry run's output
-        if not abstract:  # the dry run's trace, through MXNet's symbolic shape inference (nothing runs)
-            shapes.update(graph.observed_shapes(observer, tuple(x.shape)))
+        if not abstract:  # the dry run's trace, through MXNet's symbolic shape inference (nothing runs), once
+            shapes.update(self._layer_shapes_once(inference, abstract,
+                                                  lambda: graph.observed_shapes(observer, tuple(x.shape))))
         return shapes
 
     def _materialize(self, init: Any, key: Any) -> None:
