@@ -17,9 +17,17 @@ from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["core", "tests", "parity", "lint"]
+nox.options.sessions = ["parity", "core", "tests", "lint"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
+# Two sessions at a time (nox's --parallel, 2026.10.20 and later; an older nox runs them one after the other). On
+# the 2-core CI machine a session is never CPU-bound from start to end: pip installs from its cache on one core,
+# pytest starts its workers and collects on one, the parity session compares on one. Sessions write disjoint
+# files (each its own virtualenv; parity artifacts/parity), and the longest, parity, starts first.
+# NOX_PARALLEL=1 (or -j 1) runs them one at a time; each session's output is printed whole when it ends.
+if hasattr(nox.options, "parallel"):
+    nox.options.parallel = 2
+    nox.options.allow_parallel = True
 
 ROOT = Path(__file__).parent
 sys.path.insert(0, str(ROOT / "src"))
