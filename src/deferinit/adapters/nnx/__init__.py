@@ -5,12 +5,13 @@ NNX modules are eager: ``nnx.Linear(in_features, out_features, rngs=...)`` must 
 only lazy path is wrapping linen modules. Here ``apply_init`` takes each layer's input shape from the reference
 rules, builds NNX's own modules with ``rngs=nnx.Rngs(key)`` (under ``nnx.eval_shape`` when ``abstract``: nothing
 allocated; NNX's default initializers drawn on the host in NumPy, ``modules.hosted``: the same distributions as
-NNX's, no XLA compilation per initializer and shape), then reads back every variable NNX created and checks its shape, through the jax backend's layouts,
-against the rules: a disagreement is a ShapeMismatchError, never trusted silently. The report's native names are
-the ``nnx.state`` paths joined by ``/`` (``layers/0/kernel``), its layer shapes NNX's own, from an
-``nnx.eval_shape`` of the forward. ``model.native`` is the root ``nnx.Module``: ``nnx.jit``, ``nnx.grad``,
-``nnx.split``/``merge``, ``nnx.state`` and ``nnx.Optimizer(model.native, tx, wrt=nnx.Param)`` work on it as on
-any NNX model, and ``model(x)`` sees what they change (the forward reads the module's current state).
+NNX's, no XLA compilation per initializer and shape), then reads back every variable NNX created and checks its
+shape, through the jax backend's layouts, against the rules: a disagreement is a ShapeMismatchError, never trusted
+silently. The report's native names are the ``nnx.state`` paths joined by ``/`` (``layers/0/kernel``), its layer
+shapes NNX's own, from an ``nnx.eval_shape`` of the forward (asked once per spec and input in a process).
+``model.native`` is the root ``nnx.Module``: ``nnx.jit``, ``nnx.grad``, ``nnx.split``/``merge``, ``nnx.state`` and
+``nnx.Optimizer(model.native, tx, wrt=nnx.Param)`` work on it as on any NNX model, and ``model(x)`` sees what they
+change (the forward reads the module's current state).
 """
 
 from __future__ import annotations
