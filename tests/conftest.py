@@ -47,6 +47,24 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--backend", action="append", default=[],
                      help="backend to test (repeatable); a selected backend that cannot be imported fails the run")
+    parser.addoption("--framework-free", choices=("run", "skip"), default="run",
+                     help="skip: leave out the tests of tests/core that take no backend and do not depend on what is "
+                          "installed (marked 'installed'); nox's framework sessions whose numpy is the core "
+                          "session's pass it, since the core session runs those tests in the same conditions")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--framework-free") != "skip":
+        return
+    core = Path(__file__).resolve().parent / "core"
+    keep, drop = [], []
+    for item in items:
+        free = Path(str(item.path)).resolve().parent == core and item.get_closest_marker("installed") is None and \
+            not {"backend", "framework"} & set(getattr(item, "fixturenames", ()))
+        (drop if free else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 def _selected(config: pytest.Config) -> list[str]:

@@ -11,6 +11,8 @@ import pytest
 
 from deferinit.cli import main
 
+pytestmark = pytest.mark.installed  # the CLI lists and uses the backends installed here
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -11,6 +11,8 @@ import pytest
 
 import deferinit as di
 
+pytestmark = pytest.mark.installed  # the example runs on every installed backend
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

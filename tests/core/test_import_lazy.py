@@ -9,7 +9,11 @@ import importlib
 import subprocess
 import sys
 
+import pytest
+
 import deferinit as di
+
+pytestmark = pytest.mark.installed  # 'import deferinit' must load no framework where frameworks are installed
 
 _DEFERRED = ("deferinit.serialize", "deferinit.layers_seq", "deferinit.graph", "deferinit.shapes", "deferinit.report",
              "json", "difflib", "pathlib", "numpy")

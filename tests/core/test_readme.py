@@ -29,6 +29,8 @@ import deferinit as di
 from deferinit.registry import BUILTINS, REFERENCE, framework_backends, resolve
 from isolated import ROOT, run_isolated
 
+pytestmark = pytest.mark.installed  # README's blocks run on the backends installed here
+
 README = ROOT / "README.md"
 FENCE = re.compile(r"^```(\w*)[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
 PRINTS = re.compile(r"`([^`\n]+)` prints:\s*\n```\w*[ \t]*\n(.*?)^```", re.M | re.S)

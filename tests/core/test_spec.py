@@ -13,6 +13,8 @@ import pytest
 import deferinit as di
 from cases import CASES
 
+pytestmark = pytest.mark.installed  # available_backends() and the missing-framework errors see what is installed
+
 
 @pytest.mark.parametrize("make,match", [
     (lambda: di.Dense(-3), r"Dense: units must be a positive integer. Received: units=-3"),
