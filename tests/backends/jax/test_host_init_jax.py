@@ -79,3 +79,25 @@ def test_a_models_default_draw_compiles_nothing() -> None:
         jax.monitoring.clear_event_listeners()
     assert seen == []
     assert abs(w["0.0.weight"].std() - (7 * 7) ** -0.5) < 0.1 * (7 * 7) ** -0.5  # lecun_normal, fan-in 7 x 7 x 1
+
+
+def test_big_draws_are_drawn_in_chunks_on_every_core_and_stay_deterministic(monkeypatch: pytest.MonkeyPatch) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from deferinit.adapters.jax import host_init
+
+    shape = (3, host_init.CHUNK + 7)  # four chunks, the last one short
+    a = host_draw(I.normal(1.0), shape, [9, 1])
+    gen_a = host_draw(I.lecun_normal(), shape, np.random.default_rng(4))
+    monkeypatch.setattr(host_init, "_POOL", [ThreadPoolExecutor(max_workers=1)])  # one thread: the same values
+    b = host_draw(I.normal(1.0), shape, [9, 1])
+    gen_b = host_draw(I.lecun_normal(), shape, np.random.default_rng(4))
+    assert a is not None and b is not None and gen_a is not None and gen_b is not None
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(gen_a, gen_b)
+    flat = a.reshape(-1)
+    chunks = [flat[i * host_init.CHUNK:(i + 1) * host_init.CHUNK] for i in range(4)]
+    assert len({c[:16].tobytes() for c in chunks}) == 4  # each chunk its own stream
+    for c in chunks[:3]:  # each chunk a standard normal on its own
+        assert abs(c.mean()) < 6 / np.sqrt(c.size) and abs(c.std() - 1) < 6 / np.sqrt(2 * c.size)
+    assert np.abs(gen_a).max() <= T2 * (3 ** -0.5) + 1e-6  # lecun_normal, fan-in 3

@@ -16,6 +16,7 @@ returns None and is drawn by JAX as before. The formulas are JAX's (``jax/_src/n
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Sequence
 
 import jax
@@ -52,15 +53,55 @@ def _fans(shape: tuple[int, ...], in_axis: Any, out_axis: Any, batch_axis: Any) 
     return in_size * receptive, out_size * receptive
 
 
-def _truncated(gen: np.random.Generator, lower: float, upper: float, shape: tuple[int, ...]) -> np.ndarray:
-    """A standard normal truncated to (lower, upper), by redrawing the values outside (float32 draws: NumPy's
-    float32 ziggurat is about 2x faster than its float64 one, and the values end in float32 anyway)."""
-    z = gen.standard_normal(shape, dtype=np.float32)
-    out = ~((z > lower) & (z < upper))
-    while out.any():
-        z[out] = gen.standard_normal(int(out.sum()), dtype=np.float32)
-        out = ~((z > lower) & (z < upper))
-    return z
+#: values per chunk of a big draw: each chunk has its own generator (spawned from the variable's seed, so the values
+#: depend on the seed and the shape only, never on the thread count) and the chunks are drawn on every core
+#: (NumPy releases the GIL while it fills an array): on 2 cores a 2.4 M-value kernel took 14 ms, 25 in one thread
+CHUNK = 1 << 16
+_POOL: list[Any] = []
+
+
+def _pool() -> Any:
+    if not _POOL:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL.append(ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1)),
+                                        thread_name_prefix="deferinit-host-init"))
+    return _POOL[0]
+
+
+def _fill(gen: np.random.Generator, kind: tuple, out: np.ndarray) -> None:
+    """``out`` (flat float32) filled with ``kind``'s values: ("normal", scale), ("uniform", low, high) or
+    ("truncated", lower, upper, scale): a standard normal truncated to (lower, upper), by redrawing the values
+    outside (float32 draws throughout: NumPy's float32 ziggurat is about 2x faster than its float64 one)."""
+    if kind[0] == "uniform":
+        gen.random(out=out, dtype=np.float32)
+        out *= np.float32(kind[2] - kind[1])
+        out += np.float32(kind[1])
+        return
+    gen.standard_normal(out=out, dtype=np.float32)
+    if kind[0] == "truncated":
+        lower, upper = np.float32(kind[1]), np.float32(kind[2])
+        bad = np.flatnonzero((out <= lower) | (out >= upper))
+        while bad.size:
+            new = gen.standard_normal(bad.size, dtype=np.float32)
+            out[bad] = new
+            bad = bad[(new <= lower) | (new >= upper)]
+    out *= np.float32(kind[-1])
+
+
+def _draw(seed: Sequence[int] | np.random.Generator, kind: tuple, shape: tuple[int, ...]) -> np.ndarray:
+    out = np.empty(math.prod(shape), np.float32)
+    if out.size <= CHUNK:
+        gen = seed if isinstance(seed, np.random.Generator) else \
+            np.random.Generator(np.random.PCG64(np.random.SeedSequence(list(seed))))
+        _fill(gen, kind, out)
+    else:
+        words = seed.integers(0, 2**32, size=4).tolist() if isinstance(seed, np.random.Generator) else list(seed)
+        children = np.random.SeedSequence(words).spawn(-(-out.size // CHUNK))
+        parts = [(np.random.Generator(np.random.PCG64(c)), out[i * CHUNK:(i + 1) * CHUNK])
+                 for i, c in enumerate(children)]
+        list(_pool().map(lambda p: _fill(p[0], kind, p[1]), parts))
+    return out.reshape(shape)
 
 
 def _recognize(fn: Any) -> tuple | None:
@@ -104,15 +145,13 @@ def host_draw(fn: Any, shape: tuple[int, ...], seed: Sequence[int] | np.random.G
     shape = tuple(int(d) for d in shape)
     if kind[0] == "constant":
         return np.full(shape, kind[1], np.float32)
-    gen = seed if isinstance(seed, np.random.Generator) else \
-        np.random.Generator(np.random.PCG64(np.random.SeedSequence(list(seed))))
     if kind[0] == "normal":
-        return gen.standard_normal(shape, dtype=np.float32) * np.float32(kind[1])
+        return _draw(seed, ("normal", kind[1]), shape)
     if kind[0] == "uniform":  # [0, scale)
-        return gen.random(shape, dtype=np.float32) * np.float32(kind[1])
+        return _draw(seed, ("uniform", 0.0, kind[1]), shape)
     if kind[0] == "truncated_normal":
         _, stddev, lower, upper = kind
-        return (_truncated(gen, lower, upper, shape) * stddev).astype(np.float32)
+        return _draw(seed, ("truncated", lower, upper, stddev), shape)
     _, scale, mode, distribution, in_axis, out_axis, batch_axis = kind
     try:
         fans = _fans(shape, in_axis, out_axis, batch_axis)
@@ -127,9 +166,8 @@ def host_draw(fn: Any, shape: tuple[int, ...], seed: Sequence[int] | np.random.G
         return None
     variance = scale / denominator
     if distribution == "truncated_normal":
-        z = _truncated(gen, -2.0, 2.0, shape) * np.float32(math.sqrt(variance) / _TRUNC_STD)
-    elif distribution == "normal":
-        z = gen.standard_normal(shape, dtype=np.float32) * np.float32(math.sqrt(variance))
-    else:  # uniform on [-1, 1) times sqrt(3 variance)
-        z = (gen.random(shape, dtype=np.float32) * np.float32(2) - np.float32(1)) * np.float32(math.sqrt(3 * variance))
-    return z.astype(np.float32, copy=False)
+        return _draw(seed, ("truncated", -2.0, 2.0, math.sqrt(variance) / _TRUNC_STD), shape)
+    if distribution == "normal":
+        return _draw(seed, ("normal", math.sqrt(variance)), shape)
+    bound = math.sqrt(3 * variance)  # uniform on [-bound, bound)
+    return _draw(seed, ("uniform", -bound, bound), shape)
