@@ -59,7 +59,7 @@ def _dry_run(net: nn.HybridBlock, x0: np.ndarray) -> nn.HybridBlock:
     net.initialize()
     net.hybridize(static_alloc=True, static_shape=True)
     net(nd.array(x0))  # Gluon's deferred initialization: infer_shape, allocation, the graph
-    return net  # not waited for, as deferinit's apply_init does not wait for MXNet's asynchronous engine either
+    return net  # the bench waits for MXNet's engine after each side's init (settle)
 
 
 def _seq(*blocks: nn.HybridBlock) -> nn.HybridSequential:
@@ -137,6 +137,12 @@ def to_native(x: np.ndarray) -> Any:
 def sync(y: Any) -> Any:
     y.wait_to_read()
     return y
+
+
+def settle() -> None:
+    """Wait for everything MXNet's engine has queued: the bench calls it at the end of each timed init, on both
+    sides, so that neither is charged for work the other left queued (the engine runs ops in order)."""
+    nd.waitall()
 
 
 def abstract_mlp(layers: int, width: int) -> int:
