@@ -76,3 +76,15 @@ def test_recurrent_names_match_the_rules() -> None:
 def test_unknown_kind() -> None:
     with pytest.raises(ValueError, match="layout kind"):
         L.to_native("hwoi", np.zeros((2, 2)))
+
+
+def test_contiguous_copies_views_into_c_order_float32_with_the_same_values() -> None:
+    rng = np.random.default_rng(3)
+    big = rng.standard_normal((1100, 1000)).astype(np.float32)  # above the tiled threshold, ragged tiles at the edges
+    for view in (big.T, big[:, :7].T, big[::2].T, big.astype(np.float64).T,
+                 rng.standard_normal((3, 4, 5)).transpose(2, 0, 1), np.arange(6.0)):
+        out = L.contiguous(view)
+        assert out.flags.c_contiguous and out.dtype == np.float32 and out.shape == view.shape
+        np.testing.assert_array_equal(out, np.asarray(view, np.float32))
+        assert not np.shares_memory(out, big)
+    assert L.contiguous(big) is big  # already C-ordered float32: no copy, as np.ascontiguousarray

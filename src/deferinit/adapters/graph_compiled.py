@@ -30,6 +30,7 @@ from ..errors import (
 from ..graph import GraphModel
 from ..graph_resources import graph_footprint
 from ..graph_shapes import infer_graph
+from ..layouts import contiguous
 from ..report import ParamInfo, ShapeReport
 from ..resources import check_fits, check_sizes, fmt_bytes
 from ..shapes import Inference, input_kind, plan
@@ -235,7 +236,7 @@ class GraphCompiled(Generic[N]):
         self(inputs)  # validates the inputs with the same errors as a call
         xs = [self._to_native(a) for a in self._arrays(inputs)]
         grads = self._guard("gradients", lambda: self._grads(self.native, xs))
-        return {n: np.ascontiguousarray(grads[n], dtype=np.float32)
+        return {n: contiguous(grads[n])
                 for n, p in self.report.params.items() if p.trainable}
 
     def _guard(self, doing: str, fn: Any) -> Any:

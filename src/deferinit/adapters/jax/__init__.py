@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ...errors import DTypeError, SpecError
+from ...layouts import contiguous
 from ...shapes import Inference, Node
 from ..compiled import CompiledModel, NativeParam
 from . import fastpath, structure
@@ -237,7 +238,7 @@ class FlaxModel(CompiledModel[nn.Module]):
             if info.trainable:
                 path, layout = st.built.variables[name]
                 parts = [np.asarray(T.get(grads, leaf.keys(path)[1:])) for leaf in layout.leaves]  # params only
-                out[name] = np.ascontiguousarray(layout.grad(parts), dtype=np.float32)
+                out[name] = contiguous(layout.grad(parts))
         return out
 
     def _intermediates(self, x: Any) -> dict[str, np.ndarray]:
@@ -267,7 +268,7 @@ class FlaxModel(CompiledModel[nn.Module]):
         for name in self.report.params:
             path, layout = st.built.variables[name]
             parts = [np.asarray(T.get(variables, leaf.keys(path))) for leaf in layout.leaves]
-            out[name] = np.ascontiguousarray(layout.canonical(parts), dtype=np.float32)
+            out[name] = contiguous(layout.canonical(parts))
         return out
 
     def _set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
@@ -281,7 +282,7 @@ class FlaxModel(CompiledModel[nn.Module]):
                 shares[k] = part if k not in shares else shares[k] + part
         variables: dict = {}
         for k, value in shares.items():
-            T.put(variables, k, jax.device_put(np.ascontiguousarray(value, dtype=np.float32)))
+            T.put(variables, k, jax.device_put(contiguous(value)))
         st.variables = variables
 
     # ---------------------------------------------------------------- Flax-side access

@@ -23,6 +23,7 @@ from ...errors import SpecError
 from ...extend import register_builder
 from ...graph_run import key_mask
 from ...layers_graph import Attend, embedding_path
+from ...layouts import contiguous
 from ...shapes import Node
 from ..graph_compiled import GraphCompiled
 from . import modules as M
@@ -208,7 +209,7 @@ class FlaxGraphModel(GraphCompiled[Any]):
             if info.trainable:
                 path, layout = _st(native)["built"].variables[name]
                 parts = [np.asarray(T.get(grads, leaf.keys(path)[1:])) for leaf in layout.leaves]  # params only
-                out[name] = np.ascontiguousarray(layout.grad(parts), dtype=np.float32)
+                out[name] = contiguous(layout.grad(parts))
         return out
 
     def _get(self, native: Any) -> dict[str, np.ndarray]:
@@ -216,7 +217,7 @@ class FlaxGraphModel(GraphCompiled[Any]):
         for name in self.report.params:
             path, layout = _st(native)["built"].variables[name]
             parts = [np.asarray(T.get(_st(native)["variables"], leaf.keys(path))) for leaf in layout.leaves]
-            out[name] = np.ascontiguousarray(layout.canonical(parts), dtype=np.float32)
+            out[name] = contiguous(layout.canonical(parts))
         return out
 
     def _set(self, native: Any, weights: Mapping[str, np.ndarray]) -> None:
@@ -231,5 +232,5 @@ class FlaxGraphModel(GraphCompiled[Any]):
         new = jax.tree_util.tree_map(lambda a: a, dict(variables))
         new = {c: dict(v) for c, v in new.items()}
         for k, value in shares.items():
-            T.put(new, k, jax.device_put(np.ascontiguousarray(value, dtype=np.float32)))
+            T.put(new, k, jax.device_put(contiguous(value)))
         _st(native)["variables"] = new

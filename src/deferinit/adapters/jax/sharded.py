@@ -17,6 +17,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ... import init as init_mod
 from ...errors import SpecError, UnsupportedShardingError
+from ...layouts import contiguous
 from ...sharding import ShardedReport, ShardingPlan, check_mesh
 from . import params as T
 
@@ -113,7 +114,7 @@ def shard_init(model: Any, x: Any, plan: ShardingPlan, mesh: Any, portable: init
                     _callback(name, specs[name], layout, axes, native_shape, portable, key)))
             replicated = NamedSharding(jmesh, PartitionSpec())
             for k, value in shares.items():
-                T.put(variables, k, jax.device_put(np.ascontiguousarray(value, dtype=np.float32), replicated))
+                T.put(variables, k, jax.device_put(contiguous(value), replicated))
             st.variables = variables
             model._abstract = False
             st.fns.clear()

@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from ...errors import ShapeMismatchError, SpecError, fmt_shape
+from ...layouts import contiguous
 from ...shapes import Inference, Node
 from .. import tree
 from ..compiled import CompiledModel, NativeParam
@@ -227,7 +228,7 @@ class NnxModel(CompiledModel[nnx.Module]):
             if info.trainable:
                 layout = built.variables[name][1]
                 parts = [np.asarray(flat[k][...]) for k in built.keys(name)]
-                out[name] = np.ascontiguousarray(layout.grad(parts), dtype=np.float32)
+                out[name] = contiguous(layout.grad(parts))
         return out
 
     def _intermediates(self, x: Any) -> dict[str, np.ndarray]:
@@ -243,7 +244,7 @@ class NnxModel(CompiledModel[nnx.Module]):
         for name in self.report.params:
             layout = built.variables[name][1]
             parts = [np.asarray(find(native, k)[...]) for k in built.keys(name)]
-            out[name] = np.ascontiguousarray(layout.canonical(parts), dtype=np.float32)
+            out[name] = contiguous(layout.canonical(parts))
         return out
 
     def _set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
@@ -254,6 +255,6 @@ class NnxModel(CompiledModel[nnx.Module]):
             shapes = [tuple(find(native, k).shape) for k in keys]
             for k, part in zip(keys, layout.native(np.asarray(weights[name], np.float32), shapes)):
                 shares[k] = part if k not in shares else shares[k] + part
-        values = {k: jax.device_put(np.ascontiguousarray(v, dtype=np.float32)) for k, v in shares.items()}
+        values = {k: jax.device_put(contiguous(v)) for k, v in shares.items()}
         write(native, values)
 

@@ -24,6 +24,7 @@ from ...extend import register_builder
 from ...graph_run import key_mask
 from ...graph_shapes import infer_graph
 from ...layers_graph import Attend, embedding_path
+from ...layouts import contiguous
 from ...shapes import Node
 from .. import tree
 from ..graph_compiled import GraphCompiled
@@ -220,8 +221,7 @@ class NnxGraphModel(GraphCompiled[Any]):
         for name, info in self.report.params.items():
             if info.trainable:
                 layout = built.variables[name][1]
-                out[name] = np.ascontiguousarray(layout.grad([np.asarray(flat[k][...]) for k in built.keys(name)]),
-                                                 dtype=np.float32)
+                out[name] = contiguous(layout.grad([np.asarray(flat[k][...]) for k in built.keys(name)]))
         return out
 
     def _get(self, native: Any) -> dict[str, np.ndarray]:
@@ -229,7 +229,7 @@ class NnxGraphModel(GraphCompiled[Any]):
         for name in self.report.params:
             layout = built.variables[name][1]
             parts = [np.asarray(find(native, k)[...]) for k in built.keys(name)]
-            out[name] = np.ascontiguousarray(layout.canonical(parts), dtype=np.float32)
+            out[name] = contiguous(layout.canonical(parts))
         return out
 
     def _set(self, native: Any, weights: Mapping[str, np.ndarray]) -> None:
@@ -240,4 +240,4 @@ class NnxGraphModel(GraphCompiled[Any]):
             shapes = [tuple(find(native, k).shape) for k in keys]
             for k, part in zip(keys, layout.native(np.asarray(value, np.float32), shapes)):
                 shares[k] = part if k not in shares else shares[k] + part
-        write(native, {k: jax.device_put(np.ascontiguousarray(v, dtype=np.float32)) for k, v in shares.items()})
+        write(native, {k: jax.device_put(contiguous(v)) for k, v in shares.items()})

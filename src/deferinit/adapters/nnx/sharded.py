@@ -13,12 +13,12 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from ... import init as init_mod
 from ...errors import UnsupportedShardingError
+from ...layouts import contiguous
 from ...sharding import ShardedReport, ShardingPlan
 from .. import tree
 from ..jax.sharded import _callback, _native_axes, make_mesh
@@ -78,7 +78,7 @@ def shard_init(model: Any, x: Any, plan: ShardingPlan, mesh: Any, portable: init
                     _callback(name, specs[name], layout, axes, shapes[0], portable, key))
             replicated = NamedSharding(jmesh, PartitionSpec())
             for k, value in shares.items():
-                values[k] = jax.device_put(np.ascontiguousarray(value, dtype=np.float32), replicated)
+                values[k] = jax.device_put(contiguous(value), replicated)
             for k, value in values.items():  # the variables hold ShapeDtypeStructs: set_value, not [...] =
                 find(native, k).set_value(value)
             nnx.update(native, jax.device_put(_other_state(model, key), replicated))

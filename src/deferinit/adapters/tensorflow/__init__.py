@@ -46,6 +46,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ...errors import SpecError
+from ...layouts import contiguous
 from ...merges import combine
 from ...shapes import Inference, Node
 from .. import tree
@@ -320,13 +321,13 @@ class KerasModel(CompiledModel[Any]):
         out = {}
         for name, var, g in zip(names, variables, grads):
             g = np.zeros(var.shape, np.float32) if g is None else tf.convert_to_tensor(g).numpy()
-            out[name] = np.ascontiguousarray(table.vars[name][1].grad(g), dtype=np.float32)
+            out[name] = contiguous(table.vars[name][1].grad(g))
         return out
 
     # ------------------------------------------------------------------ weights
     def _get_weights(self) -> dict[str, np.ndarray]:
         table = self._table()
-        return {name: np.ascontiguousarray(layout.canonical(var.numpy()), dtype=np.float32)
+        return {name: contiguous(layout.canonical(var.numpy()))
                 for name, (var, layout) in ((n, table.vars[n]) for n in self.report.params)}
 
     def _set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
@@ -340,4 +341,4 @@ class KerasModel(CompiledModel[Any]):
             else:
                 values[id(var)] = [var, part]
         for var, value in values.values():
-            var.assign(np.ascontiguousarray(value, dtype=np.float32))
+            var.assign(contiguous(value))

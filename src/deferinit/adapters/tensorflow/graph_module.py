@@ -17,6 +17,7 @@ from ...errors import SpecError
 from ...extend import register_builder
 from ...graph import GraphModel
 from ...layers_graph import Attend, embedding_path
+from ...layouts import contiguous
 from ...shapes import Node
 from .. import tree
 from ..graph_compiled import GraphCompiled
@@ -184,12 +185,12 @@ class KerasGraphModel(GraphCompiled[GraphLayer]):
         out = {}
         for name, var, g in zip(names, variables, grads):
             g = np.zeros(var.shape, np.float32) if g is None else tf.convert_to_tensor(g).numpy()
-            out[name] = np.ascontiguousarray(slots[name][1].grad(g), dtype=np.float32)
+            out[name] = contiguous(slots[name][1].grad(g))
         return out
 
     def _get(self, native: GraphLayer) -> dict[str, np.ndarray]:
         slots = self._slots(native)
-        return {n: np.ascontiguousarray(slots[n][1].canonical(slots[n][0].numpy()), dtype=np.float32)
+        return {n: contiguous(slots[n][1].canonical(slots[n][0].numpy()))
                 for n in self.report.params}
 
     def _set(self, native: GraphLayer, weights: Mapping[str, np.ndarray]) -> None:
@@ -203,4 +204,4 @@ class KerasGraphModel(GraphCompiled[GraphLayer]):
             else:
                 values[id(var)] = [var, part]
         for var, value in values.values():
-            var.assign(np.ascontiguousarray(value, dtype=np.float32))
+            var.assign(contiguous(value))
