@@ -109,15 +109,26 @@ def finite_difference_checks(ref: Artifact, arts: Sequence[Artifact]) -> dict[st
     spec = LazyModel.from_dict(ref.spec)
     model = compile(spec, "numpy")
     weights = {k: np.asarray(v, dtype=np.float32) for k, v in ref.weights.items()}
-    if hasattr(spec, "input_names"):  # a graph spec: its inputs fix the shapes; every output is summed
-        model.apply_init(ref.input, init="zeros", key=0)
-        model.load_weights(weights)
-    else:
-        model.load_weights(weights, input_shape=tuple(ref.input.shape))
+    # zeros, then the reference's weights (a graph spec's inputs fix its shapes; every output is summed): the
+    # default initializer's draw, overwritten at once, took 6.5 of the parity comparison's 83 s
+    model.apply_init(ref.input, init="zeros", key=0)
+    model.load_weights(weights)
+    # the reference's own parameter table (list specs): a moved parameter is swapped in and back, where
+    # load_weights checked and copied every parameter for each of the ~1,700 forwards (12 s of the 83)
+    table = getattr(model.native, "params", None)
+    table = table if isinstance(table, dict) and set(table) == set(weights) else None
 
     def loss(w: dict[str, np.ndarray]) -> tuple[float, float]:
-        model.load_weights(w)
-        out = model(ref.input)
+        if table is None:
+            model.load_weights(w)
+            out = model(ref.input)
+        else:
+            saved = {k: table[k] for k in w if w[k] is not weights[k]}
+            table.update({k: w[k] for k in saved})
+            try:
+                out = model(ref.input)
+            finally:
+                table.update(saved)
         ys = [np.asarray(o, dtype=np.float32) for o in (out if isinstance(out, tuple) else (out,))]
         return (float(sum(np.sum(y, dtype=np.float64) for y in ys)),
                 float(sum(np.sum(np.abs(y), dtype=np.float64) for y in ys)))
