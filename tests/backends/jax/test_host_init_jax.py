@@ -82,6 +82,7 @@ def test_a_models_default_draw_compiles_nothing() -> None:
 
 
 def test_big_draws_are_drawn_in_chunks_on_every_core_and_stay_deterministic(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
     from concurrent.futures import ThreadPoolExecutor
 
     from deferinit.adapters.jax import host_init
@@ -89,7 +90,7 @@ def test_big_draws_are_drawn_in_chunks_on_every_core_and_stay_deterministic(monk
     shape = (3, host_init.CHUNK + 7)  # four chunks, the last one short
     a = host_draw(I.normal(1.0), shape, [9, 1])
     gen_a = host_draw(I.lecun_normal(), shape, np.random.default_rng(4))
-    monkeypatch.setattr(host_init, "_POOL", [ThreadPoolExecutor(max_workers=1)])  # one thread: the same values
+    monkeypatch.setattr(host_init, "_POOL", [ThreadPoolExecutor(max_workers=1), os.getpid()])  # one thread
     b = host_draw(I.normal(1.0), shape, [9, 1])
     gen_b = host_draw(I.lecun_normal(), shape, np.random.default_rng(4))
     assert a is not None and b is not None and gen_a is not None and gen_b is not None
@@ -101,3 +102,25 @@ def test_big_draws_are_drawn_in_chunks_on_every_core_and_stay_deterministic(monk
     for c in chunks[:3]:  # each chunk a standard normal on its own
         assert abs(c.mean()) < 6 / np.sqrt(c.size) and abs(c.std() - 1) < 6 / np.sqrt(2 * c.size)
     assert np.abs(gen_a).max() <= T2 * (3 ** -0.5) + 1e-6  # lecun_normal, fan-in 3
+
+
+def test_a_forked_child_draws_with_a_pool_of_its_own() -> None:
+    """A fork copies the pool but not its threads: the child must make its own, not wait on the parent's."""
+    import os
+    import signal
+
+    from deferinit.adapters.jax import host_init
+
+    shape = (4, host_init.CHUNK)
+    parent = host_draw(I.normal(1.0), shape, [3])  # the parent's pool exists (its threads) before the fork
+    assert parent is not None
+    pid = os.fork()
+    if pid == 0:  # the child: the same draw, within 20 s, or exit 1
+        signal.alarm(20)
+        try:
+            child = host_draw(I.normal(1.0), shape, [3])
+            os._exit(0 if child is not None and np.array_equal(child, parent) else 1)
+        except BaseException:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status

@@ -57,15 +57,17 @@ def _fans(shape: tuple[int, ...], in_axis: Any, out_axis: Any, batch_axis: Any) 
 #: depend on the seed and the shape only, never on the thread count) and the chunks are drawn on every core
 #: (NumPy releases the GIL while it fills an array): on 2 cores a 2.4 M-value kernel took 14 ms, 25 in one thread
 CHUNK = 1 << 16
-_POOL: list[Any] = []
+_POOL: list[Any] = []  # [executor, the pid that made it]
 
 
 def _pool() -> Any:
-    if not _POOL:
+    """The draws' thread pool, made on first use, and made again in a forked child: a fork copies the executor
+    but not its threads, and work submitted to it there would wait forever."""
+    if not _POOL or _POOL[1] != os.getpid():
         from concurrent.futures import ThreadPoolExecutor
 
-        _POOL.append(ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1)),
-                                        thread_name_prefix="deferinit-host-init"))
+        _POOL[:] = [ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1)),
+                                       thread_name_prefix="deferinit-host-init"), os.getpid()]
     return _POOL[0]
 
 
