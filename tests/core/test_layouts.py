@@ -88,3 +88,21 @@ def test_contiguous_copies_views_into_c_order_float32_with_the_same_values() -> 
         np.testing.assert_array_equal(out, np.asarray(view, np.float32))
         assert not np.shares_memory(out, big)
     assert L.contiguous(big) is big  # already C-ordered float32: no copy, as np.ascontiguousarray
+
+
+def test_contiguous_in_a_forked_child_uses_a_pool_of_its_own() -> None:
+    """A fork copies the thread pool but not its threads: the child's big copy must not wait on the parent's."""
+    import os
+    import signal
+
+    big = np.random.default_rng(4).standard_normal((1100, 1000)).astype(np.float32)
+    parent = L.contiguous(big.T)  # the pool and its threads exist before the fork
+    pid = os.fork()
+    if pid == 0:  # the child: the same copy within 20 s, or exit 1
+        signal.alarm(20)
+        try:
+            os._exit(0 if np.array_equal(L.contiguous(big.T), parent) else 1)
+        except BaseException:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status

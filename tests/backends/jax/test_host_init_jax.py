@@ -85,12 +85,13 @@ def test_big_draws_are_drawn_in_chunks_on_every_core_and_stay_deterministic(monk
     import os
     from concurrent.futures import ThreadPoolExecutor
 
+    from deferinit import _threads
     from deferinit.adapters.jax import host_init
 
     shape = (3, host_init.CHUNK + 7)  # four chunks, the last one short
     a = host_draw(I.normal(1.0), shape, [9, 1])
     gen_a = host_draw(I.lecun_normal(), shape, np.random.default_rng(4))
-    monkeypatch.setattr(host_init, "_POOL", [ThreadPoolExecutor(max_workers=1), os.getpid()])  # one thread
+    monkeypatch.setattr(_threads, "_POOL", [ThreadPoolExecutor(max_workers=1), os.getpid()])  # one thread
     b = host_draw(I.normal(1.0), shape, [9, 1])
     gen_b = host_draw(I.lecun_normal(), shape, np.random.default_rng(4))
     assert a is not None and b is not None and gen_a is not None and gen_b is not None

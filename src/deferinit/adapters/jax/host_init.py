@@ -16,11 +16,12 @@ returns None and is drawn by JAX as before. The formulas are JAX's (``jax/_src/n
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Sequence
 
 import jax
 import numpy as np
+
+from ... import _threads
 
 __all__ = ["host_draw", "key_words"]
 
@@ -57,20 +58,6 @@ def _fans(shape: tuple[int, ...], in_axis: Any, out_axis: Any, batch_axis: Any) 
 #: depend on the seed and the shape only, never on the thread count) and the chunks are drawn on every core
 #: (NumPy releases the GIL while it fills an array): on 2 cores a 2.4 M-value kernel took 14 ms, 25 in one thread
 CHUNK = 1 << 16
-_POOL: list[Any] = []  # [executor, the pid that made it]
-
-
-def _pool() -> Any:
-    """The draws' thread pool, made on first use, and made again in a forked child: a fork copies the executor
-    but not its threads, and work submitted to it there would wait forever."""
-    if not _POOL or _POOL[1] != os.getpid():
-        from concurrent.futures import ThreadPoolExecutor
-
-        _POOL[:] = [ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1)),
-                                       thread_name_prefix="deferinit-host-init"), os.getpid()]
-    return _POOL[0]
-
-
 def _fill(gen: np.random.Generator, kind: tuple, out: np.ndarray) -> None:
     """``out`` (flat float32) filled with ``kind``'s values: ("normal", scale), ("uniform", low, high) or
     ("truncated", lower, upper, scale): a standard normal truncated to (lower, upper), by redrawing the values
@@ -102,7 +89,7 @@ def _draw(seed: Sequence[int] | np.random.Generator, kind: tuple, shape: tuple[i
         children = np.random.SeedSequence(words).spawn(-(-out.size // CHUNK))
         parts = [(np.random.Generator(np.random.PCG64(c)), out[i * CHUNK:(i + 1) * CHUNK])
                  for i, c in enumerate(children)]
-        list(_pool().map(lambda p: _fill(p[0], kind, p[1]), parts))
+        list(_threads.pool().map(lambda p: _fill(p[0], kind, p[1]), parts))
     return out.reshape(shape)
 
 
