@@ -139,9 +139,10 @@ def sync(y: Any) -> Any:
     return y
 
 
-def settle() -> None:
+def settle(made: Any) -> None:
     """Wait for everything MXNet's engine has queued: the bench calls it at the end of each timed init, on both
-    sides, so that neither is charged for work the other left queued (the engine runs ops in order)."""
+    sides (``made``: the hand-written model or deferinit's compiled one), so that neither is charged for work the
+    other left queued (the engine runs ops in order)."""
     nd.waitall()
 
 

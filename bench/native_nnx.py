@@ -165,6 +165,14 @@ def to_native(x: np.ndarray) -> Any:
     return jnp.asarray(x)
 
 
+def settle(made: Any) -> None:
+    """Wait for every variable an init made (``made``: the hand-written model's Forward or ZooForward, or
+    deferinit's compiled model): the bench calls it at the end of each timed init, on both sides, so that neither
+    is charged for draws the other left in JAX's queue."""
+    module = made.native if hasattr(made, "native") else made.model
+    jax.block_until_ready(nnx.state(module))
+
+
 def sync(y: Any) -> Any:
     return jax.block_until_ready(y)  # one array, or a tuple of them (BERT's two outputs)
 

@@ -251,18 +251,18 @@ def zoo_model(name: str, make: Callable[[], Any], backend: str, native: Any, qui
     gc.collect()
 
     # concrete init: deferinit's apply_init (the framework's initializers) vs construction and dry run
-    settle = getattr(native, "settle", lambda: None)
+    settle = getattr(native, "settle", lambda made: None)
 
     def native_init() -> None:
         got.pop("native", None)
         got["native"] = ours_zoo[name](arrays)
-        settle()
+        settle(got["native"][0])
 
     def ours_init() -> None:
         got.pop("deferinit", None)
         model = di.compile(make(), backend)
         got["deferinit"] = (model, model.apply_init(x0).total_params)
-        settle()
+        settle(model)
 
     t_nat, t_di = interleaved(native_init, ours_init, repeat=init_reps, warmup=init_warmup)
     forward, native_params = got.pop("native")
@@ -281,6 +281,11 @@ def zoo_model(name: str, make: Callable[[], Any], backend: str, native: Any, qui
     entry.update({"forward_b1_native_ms": t_nat * 1e3, "forward_b1_deferinit_ms": t_di * 1e3,
                   "forward_b1_ratio": t_di / t_nat})
     return entry
+
+
+def _initialized(model: Any, x0: Any) -> Any:
+    model.apply_init(x0)
+    return model
 
 
 def backend_bench(backend: str, quick: bool, only: str = "all") -> dict[str, Any]:
@@ -306,10 +311,11 @@ def backend_bench(backend: str, quick: bool, only: str = "all") -> dict[str, Any
                                  "deferinit_abstract_peak_rss_mb": mem, "reference_infer_ms": t_ref * 1e3,
                                  "reference_speedup_vs_native_abstract": t_native / t_ref}
     out["cold_resnet18"] = cold_start(backend)
-    # each side's asynchronous work is waited for inside its own timing (native.settle: MXNet's engine runs its ops
-    # in order on one worker thread, so work one side left queued was timed in the other's first synchronous step:
-    # ResNet-50's native dry run left ~110 ms that deferinit's input copy waited for)
-    settle = getattr(native, "settle", lambda: None)
+    # each side's asynchronous work is waited for inside its own timing (native.settle(what the init made)): MXNet's
+    # engine runs its ops in order on one worker thread, and JAX's CPU client its dispatched ops, so work one side
+    # left queued was timed in the other's first synchronous step (ResNet-50: MXNet's native dry run left ~110 ms
+    # that deferinit's input copy waited for; NNX's ratio was 1.22 without, 1.07 with both sides waiting)
+    settle = getattr(native, "settle", lambda made: None)
     for name in ("mlp", "lenet", "resnet18"):
         make = zoo.MODELS[name]
         x0 = np.random.default_rng(0).standard_normal(SHAPES[name]).astype(np.float32)
@@ -318,9 +324,8 @@ def backend_bench(backend: str, quick: bool, only: str = "all") -> dict[str, Any
         # machine (torch MLP: 1.54 in the last bench, 0.80 as medians of 300 calls each on a loaded machine), so 40
         # pairs after 5 warm ones
         reps, warm = (3, 1) if quick or name == "resnet18" else (40, 5)
-        t_init_native, t_init_ours = interleaved(lambda: (native.MODELS[name](x0), settle()),  # noqa: B023
-                                                 lambda: (di.compile(make(), backend).apply_init(x0),  # noqa: B023
-                                                          settle()),
+        t_init_native, t_init_ours = interleaved(lambda: settle(native.MODELS[name](x0)),  # noqa: B023
+                                                 lambda: settle(_initialized(di.compile(make(), backend), x0)),  # noqa: B023
                                                  repeat=reps, warmup=warm)
         entry: dict[str, Any] = {"init_native_ms": t_init_native * 1e3, "init_deferinit_ms": t_init_ours * 1e3,
                                  "init_ratio": t_init_ours / t_init_native}
