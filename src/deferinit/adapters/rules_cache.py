@@ -7,10 +7,11 @@ depends on nothing else: a model keeps its last ``_CACHED`` answers, with the me
 verdict computed from them, and equal specs (``spec_key.content_key``: a new ``LazyModel`` per call, as a training
 script or a benchmark makes them) share one answer across models through ``_SHARED``. Errors are not cached.
 
-Beside each answer sit the framework's own per-layer output shapes (``_layer_shapes_once``) where a backend must
-trace the model to learn them (NNX, whose modules are built with every dim given, so nothing else runs a forward;
-MXNet's symbolic shape inference of the traced graph): the framework is asked once per (spec, input shape, dtype,
-abstract, registered builders) in a process, and every report still checks its answer against the rules.
+Beside each answer sit the facts a backend must ask its framework for at a cost (``_framework_once``): the
+per-layer output shapes where only a trace gives them (NNX, whose modules are built with every dim given, so
+nothing else runs a forward; MXNet's symbolic shape inference of the traced graph) and how many variables NNX
+created. The framework is asked once per (spec, input shape, dtype, abstract, registered builders) in a process,
+and every apply_init still checks the answers against the rules.
 """
 
 from __future__ import annotations
