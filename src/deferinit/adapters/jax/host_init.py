@@ -58,6 +58,8 @@ def _fans(shape: tuple[int, ...], in_axis: Any, out_axis: Any, batch_axis: Any) 
 #: depend on the seed and the shape only, never on the thread count) and the chunks are drawn on every core
 #: (NumPy releases the GIL while it fills an array): on 2 cores a 2.4 M-value kernel took 14 ms, 25 in one thread
 CHUNK = 1 << 16
+
+
 def _fill(gen: np.random.Generator, kind: tuple, out: np.ndarray) -> None:
     """``out`` (flat float32) filled with ``kind``'s values: ("normal", scale), ("uniform", low, high) or
     ("truncated", lower, upper, scale): a standard normal truncated to (lower, upper), by redrawing the values
