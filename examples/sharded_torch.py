@@ -36,6 +36,9 @@ def rank_main(rank: int, port: int) -> None:
         print(f"rank {rank}: local 0.weight {tuple(weight.to_local().shape)} of {tuple(weight.shape)}, "
               f"{sharded.bytes_per_device:,} of {sharded.total_bytes:,} bytes per rank, output {tuple(y.shape)}, "
               f"identical to unsharded: {same}")
+    # both ranks leave together: rank 1, done first, once tore its group down while rank 0 was still checking,
+    # and died with "terminate called without an active exception" (SIGABRT, seen 2026-12-05 under load)
+    dist.barrier()
     dist.destroy_process_group()
 
 
