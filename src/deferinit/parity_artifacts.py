@@ -127,7 +127,8 @@ def make_artifact(spec: LazyModel, backend: str, x: Any = None, *, input_shape: 
     own = source is None or (digests == source.init and list(digests) == list(source.init))
     weights: Mapping[str, np.ndarray] = initial if own else source.weights  # type: ignore[union-attr]
     del initial
-    model.load_weights(weights)
+    if not own:  # this backend's own draw is already in the model: loading it again copied every weight twice
+        model.load_weights(weights)  # (VGG-11: 2.2 s of torch's 10.2, 3.3 s of MXNet's 17.8, measured)
     y = model(x)
     out = tuple(np.asarray(model.to_numpy(o), dtype=np.float32) for o in y) if isinstance(y, tuple) else \
         np.asarray(model.to_numpy(y), dtype=np.float32)
@@ -195,7 +196,9 @@ def _digest(arr: np.ndarray) -> str:
     import hashlib
 
     a = np.ascontiguousarray(arr, dtype=np.float32)
-    return hashlib.sha256(a.tobytes() + str(a.shape).encode()).hexdigest()
+    h = hashlib.sha256(memoryview(a.reshape(-1)).cast("B"))  # the bytes of tobytes(), hashed where they lie
+    h.update(str(a.shape).encode())
+    return h.hexdigest()
 
 
 def _sample(name: str, grad: np.ndarray, size: int = GRAD_SAMPLE) -> np.ndarray:
