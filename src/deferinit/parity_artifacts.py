@@ -196,7 +196,7 @@ def _digest(arr: np.ndarray) -> str:
     import hashlib
 
     a = np.ascontiguousarray(arr, dtype=np.float32)
-    h = hashlib.sha256(memoryview(a.reshape(-1)).cast("B"))  # the bytes of tobytes(), hashed where they lie
+    h = hashlib.sha256(a.reshape(-1).data)  # the bytes of tobytes(), hashed where they lie
     h.update(str(a.shape).encode())
     return h.hexdigest()
 
