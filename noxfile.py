@@ -1,4 +1,5 @@
-"""Test sessions: one virtualenv per backend (MXNet needs numpy<1.24, TensorFlow and JAX need numpy>=1.26).
+"""Test sessions: one virtualenv per set of pins that can live together: torch, tensorflow, jax and nnx share
+.nox/env-shared (numpy 2), MXNet has .nox/env-mxnet (numpy<1.24); core and lint have their own.
 
     nox                      # the default run: core, every backend, parity, lint (what .ci/run runs)
     nox -s core              # framework-free tests, no deep-learning framework installed
@@ -111,6 +112,11 @@ def _need_python(session: nox.Session, backend: str) -> None:
                       f"{versions[-1]}`) and run nox again")
 
 
+# numpy 2 backends share one virtualenv (their pins agree); "# env: own" in backends/<name>.txt: one of its own
+SHARED = [b for b in BACKENDS if _header(b, "env") != ["own"]]
+OWN = [b for b in BACKENDS if b not in SHARED]
+
+
 def install(session: nox.Session, *requirements: str) -> None:
     args = []
     for req in requirements:
@@ -121,16 +127,21 @@ def install(session: nox.Session, *requirements: str) -> None:
         session.install("--no-deps", "--force-reinstall", ".")
 
 
-@contextlib.contextmanager
-def _building() -> Iterator[None]:
+def _building() -> contextlib.AbstractContextManager[None]:
     """One build of the package at a time: pip builds it in the clone's own ``build/`` folder, and two sessions
     building at once (nox's --parallel) failed with ``File exists: 'build/bdist.linux-x86_64/wheel/...dist-info'``
-    (seen 2026-12-05, core beside parity, both virtualenvs already made). The lock is a file under .nox/, held by
-    the nox process of the session that builds (nox runs each parallel session in a process of its own)."""
+    (seen 2026-12-05, core beside parity, both virtualenvs already made)."""
+    return _locked("build")
+
+
+@contextlib.contextmanager
+def _locked(name: str) -> Iterator[None]:
+    """An exclusive lock on ``.nox/<name>.lock``, held by the nox process of the session (nox runs each parallel
+    session in a process of its own)."""
     import fcntl
 
     (ROOT / ".nox").mkdir(exist_ok=True)
-    with open(ROOT / ".nox" / "build.lock", "w") as handle:
+    with open(ROOT / ".nox" / f"{name}.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -146,66 +157,97 @@ def core(session: nox.Session) -> None:
     session.run(*PYTEST, "--backend", REFERENCE, *session.posargs, env=ENV)
 
 
-@nox.session
-@nox.parametrize(("python", "backend"), [(_interpreter(b), b) for b in BACKENDS], ids=BACKENDS)
+@nox.session(venv_backend="none")
+@nox.parametrize("backend", [*OWN, *SHARED], ids=[*OWN, *SHARED])
 def tests(session: nox.Session, backend: str) -> None:
     """The contract suite (tests/contract), the hand-built native comparisons (tests/backends/<backend>) and the
-    core (tests/core) on one framework, in its own virtualenv.
-
-    The virtualenv uses the Python that backends/<backend>.txt names when nox's own is not one of them."""
-    _need_python(session, backend)
-    install(session, f"backends/{backend}.txt", *_header(backend, "tests"))
+    core (tests/core) on one framework, in the virtualenv of its pins (:func:`_env`: torch, tensorflow, jax and nnx
+    share one; MXNet's is its own, with the Python that backends/mxnet.txt names when nox's own is not one of them).
+    The own-virtualenv backends come first, so that their sessions run while the shared virtualenv is made."""
+    python, env = _env(session, backend)
     # the tests of tests/core that take no backend and do not depend on what is installed run in the core session;
     # a backend that shares its numpy with it (numpy 2) runs only the others (430 of torch's 1,636); MXNet's own
     # virtualenv (numpy 1.23) runs them all, the core's coverage of the oldest numpy it supports
-    free = [] if _header(backend, "env") == ["own"] else ["--framework-free=skip"]
-    session.run(*PYTEST, "--backend", backend, *free, *session.posargs, env=ENV)
+    free = [] if backend in OWN else ["--framework-free=skip"]
+    session.run(python, *PYTEST[1:], "--backend", backend, *free, *session.posargs, env={**ENV, **env}, external=True)
 
 
-@nox.session
+@nox.session(venv_backend="none")
 def parity(session: nox.Session) -> None:
     """Cross-framework parity across processes and virtualenvs; fails if any pair disagrees.
 
-    The backends whose requirements say ``# env: shared`` (numpy 2: torch, tensorflow, jax) share this session's
-    virtualenv; each ``# env: own`` backend (MXNet: numpy<1.24) gets one of its own. Every environment runs the
-    same specs, inputs and weights; the artifacts are compared with the reference and with each other."""
-    shared = [b for b in BACKENDS if _header(b, "env") != ["own"]]
-    own = [b for b in BACKENDS if b not in shared]
-    install(session, *(f"backends/{b}.txt" for b in shared))
+    The backends whose requirements say ``# env: shared`` (numpy 2: torch, tensorflow, jax, nnx) run in the shared
+    virtualenv, each ``# env: own`` backend (MXNet: numpy<1.24) in its own: the test sessions' virtualenvs
+    (:func:`_env`). Every environment runs the same specs, inputs and weights; the artifacts are compared with the
+    reference and with each other."""
+    pythons = {}
+    for backend in OWN:
+        pythons[backend] = _env(session, backend)[0]
+    python, env = _env(session, SHARED[0])
+    env = {**ENV, **env}
     out = ROOT / "artifacts" / "parity"
     if out.exists():
-        import shutil
-
         shutil.rmtree(out)
     matrix = str(ROOT / "tests" / "parity_matrix.py")
-    pythons = {}
-    for backend in own:
-        _need_python(session, backend)
-        pythons[backend] = _side_env(session, f"parity-{backend}", f"backends/{backend}.txt", _interpreter(backend))
     # the reference first, then every framework in a process of its own, two at a time (each in its virtualenv's
     # interpreter): the producers are independent, and two cores halve the session's longest part
-    session.run("python", matrix, "produce", "--backends", ",".join([REFERENCE, *shared, *own]), "--out", str(out),
-                "--jobs", str(PARITY_JOBS), *(f"--python={b}={p}" for b, p in pythons.items()), env=ENV)
-    session.run("python", matrix, "compare", str(out), "--expect", ",".join(BACKENDS), env=ENV)
-    # README's code blocks, verbatim: the Python one uses torch and jax together (only this virtualenv has both),
-    # the parity commands every backend's interpreter; DEFERINIT_README_ALL makes a block that cannot run an error
-    session.run("python", "-m", "pytest", "--backend", ",".join([REFERENCE, *shared]), "tests/core/test_readme.py",
-                env={**ENV, "DEFERINIT_README_ALL": "1",
-                     **{f"DEFERINIT_PYTHON_{b.upper()}": p for b, p in pythons.items()}})
+    session.run(python, matrix, "produce", "--backends", ",".join([REFERENCE, *SHARED, *OWN]), "--out", str(out),
+                "--jobs", str(PARITY_JOBS), *(f"--python={b}={p}" for b, p in pythons.items()), env=env, external=True)
+    session.run(python, matrix, "compare", str(out), "--expect", ",".join(BACKENDS), env=env, external=True)
+    # README's code blocks, verbatim: the Python one uses torch and jax together (only the shared virtualenv has
+    # both), the parity commands every backend's interpreter; DEFERINIT_README_ALL makes a block that cannot run an
+    # error
+    session.run(python, "-m", "pytest", "--backend", ",".join([REFERENCE, *SHARED]), "tests/core/test_readme.py",
+                env={**env, "DEFERINIT_README_ALL": "1",
+                     **{f"DEFERINIT_PYTHON_{b.upper()}": p for b, p in pythons.items()}}, external=True)
 
 
-def _side_env(session: nox.Session, name: str, requirements: str, interpreter: str | None = None) -> str:
-    """A second virtualenv owned by a session (nox gives each session one), made by ``interpreter`` (a version such
-    as "3.11"; None: the session's own python): returns its python."""
-    venv = ROOT / ".nox" / name
+def _env(session: nox.Session, backend: str) -> tuple[str, dict[str, str]]:
+    """The virtualenv ``backend`` runs in, made (or brought up to date) once: its python and the variables that
+    activate it. The shared backends' pins (with every one's ``# tests:`` requirements) go into ``.nox/env-shared``,
+    an own backend's into ``.nox/env-<backend>``; the test session of each backend and the parity session use them.
+    One virtualenv per set of pins instead of one per session: a clean clone installed torch, tensorflow and jax
+    twice each (their test sessions and parity's), and the test sessions of jax and nnx the same packages twice.
+
+    Sessions run two at a time, so the first to need a virtualenv makes it while the others wait (a lock per
+    virtualenv, under .nox/); a stamp in the virtualenv (the requirements' text, the test requirements and a hash
+    of the package's sources) says it is up to date, so a later session neither runs pip again nor reinstalls the
+    package under a test run that is using it."""
+    group = backend if backend in OWN else "shared"
+    members = [backend] if backend in OWN else SHARED
+    for member in members:
+        _need_python(session, member)
+    requirements = [f"backends/{b}.txt" for b in members]
+    extra = [req for b in members for req in _header(b, "tests")]
+    venv = ROOT / ".nox" / f"env-{group}"
     python = venv / "bin" / "python"
-    if not python.exists():
-        maker = shutil.which(f"python{interpreter}") if interpreter else "python"
-        session.run(maker, "-m", "venv", str(venv), external=True)
-    session.run(str(python), "-m", "pip", "install", "-q", "-r", requirements, *TEST_DEPS, external=True)
-    with _building():
-        session.run(str(python), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", ".", external=True)
-    return str(python)
+    stamp = "\n".join([*(Path(ROOT / r).read_text() for r in requirements), *extra, *TEST_DEPS, _sources_hash()])
+    with _locked(f"env-{group}"):
+        if not (venv / "deferinit-env.stamp").is_file() or (venv / "deferinit-env.stamp").read_text() != stamp:
+            if not python.exists():
+                version = _interpreter(members[0])  # virtualenv, as nox's own sessions are made (its pip, seeded)
+                interpreter = shutil.which(f"python{version}") if version else sys.executable
+                session.run(sys.executable, "-m", "virtualenv", "-q", "-p", str(interpreter), str(venv), external=True)
+            session.run(str(python), "-m", "pip", "install", "-q", *(a for r in requirements for a in ("-r", r)),
+                        *extra, *TEST_DEPS, external=True)
+            with _building():
+                session.run(str(python), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", ".",
+                            external=True)
+            (venv / "deferinit-env.stamp").write_text(stamp)
+        else:
+            session.log(f"{venv.relative_to(ROOT)} is up to date (its stamp matches the pins and the sources)")
+    return str(python), {"VIRTUAL_ENV": str(venv), "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def _sources_hash() -> str:
+    """A hash of what ``pip install .`` installs: pyproject.toml and every file under src/ (paths and bytes)."""
+    import hashlib
+
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes())
+    for path in sorted((ROOT / "src").rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts and ".egg-info" not in str(path):
+            digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 @nox.session

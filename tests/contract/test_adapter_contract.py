@@ -1,6 +1,6 @@
 """The adapter contract (``deferinit.adapters.contract``) holds for every selected backend: the required hooks
 are implemented, every hook it overrides keeps the contract's parameters, the capabilities it declares are
-coherent, and the shared modules import no framework."""
+coherent, the shared modules import no framework, and a backend imports no framework but its own."""
 
 from __future__ import annotations
 
@@ -66,3 +66,30 @@ def test_compiled_still_exports_the_names_backends_import(name: str) -> None:
     import deferinit.adapters.compiled as compiled
 
     assert name in compiled.__all__ and hasattr(compiled, name)
+
+
+def test_a_backend_imports_no_other_framework(backend: str) -> None:
+    """The test sessions of torch, tensorflow, jax and nnx share one virtualenv with every one of those frameworks
+    installed (noxfile.py, ``_env``), where an adapter importing another backend's framework would no longer fail
+    to import. A fresh process imports the backend's own framework (TensorFlow 2.21 imports jax itself where it is
+    installed, in tensorflow/lite/python/util.py), then compiles, initializes, runs and differentiates a small spec
+    on ``backend`` and lists the other frameworks loaded since."""
+    own = list(registry.BUILTINS[backend][1]) if backend in registry.BUILTINS else []
+    others = sorted(set(framework_modules()) - set(own))
+    out = run_isolated(f"""
+import sys
+import numpy as np
+for name in {own!r}:
+    __import__(name)
+before = {{p for p in {others!r} if p in sys.modules}}
+import deferinit as di
+m = di.compile(di.LazyModel([di.Conv2D(4, 3), di.ReLU(), di.Flatten(), di.Dense(3)]), {backend!r})
+m.apply_init(np.zeros((2, 1, 8, 8), np.float32), init="xavier_uniform", key=0)
+m.to_numpy(m(np.ones((2, 1, 8, 8), np.float32)))
+if {backend!r} != "numpy":  # the reference has no gradients (its own are finite differences, parity_fd)
+    m.gradients(np.ones((2, 1, 8, 8), np.float32))
+m.export_weights()
+print(sorted(p for p in {others!r} if p in sys.modules and p not in before))
+""", timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
