@@ -69,7 +69,7 @@ def gated_dense_numpy(net: NumpyNet, node: Node, x: np.ndarray, training: bool) 
 
 # >>> torch
 try:
-    from torch import nn
+    from torch import nn as torch_nn  # one name per framework: each section runs in one module
 
     from deferinit.adapters.torch.modules import SPEC, Step
 except ImportError:  # torch is not installed here: no torch builder
@@ -78,8 +78,8 @@ else:
     @di.register_builder("torch", GatedDense)
     def gated_dense_torch(layer: GatedDense, rank: int | None) -> list[Step]:
         """torch's own ``nn.LazyLinear`` finds ``in`` on the dry run and holds ``weight``/``bias`` under their
-        canonical names and layout; ``nn.GLU(dim=-1)`` is exactly ``h[..., :units] * sigmoid(h[..., units:])``."""
-        return [Step("", nn.LazyLinear(2 * layer.units), SPEC), Step("glu", nn.GLU(dim=-1), SPEC)]
+        canonical names and layout; ``torch_nn.GLU(dim=-1)`` is exactly ``h[..., :units] * sigmoid(h[..., units:])``."""
+        return [Step("", torch_nn.LazyLinear(2 * layer.units), SPEC), Step("glu", torch_nn.GLU(dim=-1), SPEC)]
 # <<< torch
 
 
@@ -128,32 +128,32 @@ def build_gated_dense_keras(node: Any, data_format: str) -> Any:
 
 # >>> jax
 try:  # the jax builder, as a user writes one (the signature is documented in deferinit/adapters/jax/leaves.py)
-    import flax.linen as nn
+    import flax.linen as linen
 
     from deferinit.adapters.jax import params as jax_params
 except ImportError:  # jax/flax not installed: no jax builder
     pass
 else:
-    class FlaxGatedDense(nn.Module):
+    class FlaxGatedDense(linen.Module):
         """The Flax module: a kernel ``(in, 2 * units)`` (Flax's layout) and a bias, then the gate."""
 
         units: int
 
-        @nn.compact
+        @linen.compact
         def __call__(self, x, train=False):
-            kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], 2 * self.units))
-            bias = self.param("bias", nn.initializers.zeros, (2 * self.units,))
+            kernel = self.param("kernel", linen.initializers.lecun_normal(), (x.shape[-1], 2 * self.units))
+            bias = self.param("bias", linen.initializers.zeros, (2 * self.units,))
             h = x @ kernel + bias
-            return h[..., :self.units] * nn.sigmoid(h[..., self.units:])
+            return h[..., :self.units] * linen.sigmoid(h[..., self.units:])
 
     @di.register_builder("jax", GatedDense)
     def _gated_dense_jax(node, channels_first, name):
         module = FlaxGatedDense(node.layer.units, name=name)
         # canonical weight (2 * units, in) is Flax's kernel transposed: the "dense" layout
         return module, {
-            "weight": jax_params.One(jax_params.Leaf("params", "kernel", nn.initializers.lecun_normal(), kernel=True),
+            "weight": jax_params.One(jax_params.Leaf("params", "kernel", linen.initializers.lecun_normal(), kernel=True),
                                      "dense"),
-            "bias": jax_params.One(jax_params.Leaf("params", "bias", nn.initializers.zeros)),
+            "bias": jax_params.One(jax_params.Leaf("params", "bias", linen.initializers.zeros)),
         }
 
 # <<< jax
@@ -194,7 +194,7 @@ if "mxnet" in di.available_backends():
     with warnings.catch_warnings():  # MXNet 1.9 touches numpy aliases deprecated since numpy 1.20 at import
         warnings.simplefilter("ignore", DeprecationWarning)
         from mxnet import gluon
-        from mxnet.gluon import nn
+        from mxnet.gluon import nn as gluon_nn
 
     class MxGatedDense(gluon.HybridBlock):
         """One Dense of ``2 * units`` (its input size left at 0 for Gluon to infer), then the gate."""
@@ -203,7 +203,7 @@ if "mxnet" in di.available_backends():
             super().__init__()
             self.units = units
             with self.name_scope():
-                self.dense = nn.Dense(2 * units, flatten=False, in_units=0)
+                self.dense = gluon_nn.Dense(2 * units, flatten=False, in_units=0)
 
         def hybrid_forward(self, F, x):  # type: ignore[no-untyped-def]
             h = self.dense(x)
