@@ -117,14 +117,19 @@ SHARED = [b for b in BACKENDS if _header(b, "env") != ["own"]]
 OWN = [b for b in BACKENDS if b not in SHARED]
 
 
-def install(session: nox.Session, *requirements: str) -> None:
-    args = []
-    for req in requirements:
-        args += ["-r", req] if req.endswith(".txt") else [req]
+def install(session: nox.Session, *requirements: str, python: str | None = None) -> None:
+    """The requirements (``.txt`` files or specifiers), the test requirements, then the package itself, into the
+    session's virtualenv or (``python``) the one whose interpreter that is."""
+    def pip(*args: str) -> None:
+        if python is None:
+            session.install(*args)
+        else:
+            session.run(python, "-m", "pip", "install", "-q", *args, external=True)
+
+    pip(*(a for req in requirements for a in (("-r", req) if req.endswith(".txt") else (req,))), *TEST_DEPS)
     # the package itself without deps: its only dependency, numpy, is pinned by the backend file
-    session.install(*args, *TEST_DEPS)
     with _building():
-        session.install("--no-deps", "--force-reinstall", ".")
+        pip("--no-deps", "--force-reinstall", ".")
 
 
 def _building() -> contextlib.AbstractContextManager[None]:
@@ -228,11 +233,7 @@ def _env(session: nox.Session, backend: str) -> tuple[str, dict[str, str]]:
                 version = _interpreter(members[0])  # virtualenv, as nox's own sessions are made (its pip, seeded)
                 interpreter = shutil.which(f"python{version}") if version else sys.executable
                 session.run(sys.executable, "-m", "virtualenv", "-q", "-p", str(interpreter), str(venv), external=True)
-            session.run(str(python), "-m", "pip", "install", "-q", *(a for r in requirements for a in ("-r", r)),
-                        *extra, *TEST_DEPS, external=True)
-            with _building():
-                session.run(str(python), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", ".",
-                            external=True)
+            install(session, *requirements, *extra, python=str(python))
             (venv / "deferinit-env.stamp").write_text(stamp)
         else:
             session.log(f"{venv.relative_to(ROOT)} is up to date (its stamp matches the pins and the sources)")
