@@ -62,6 +62,12 @@ BENCH_ENV = dict(ENV)
 THREADS = str(max(1, (os.cpu_count() or 1) // (2 * PARITY_JOBS)))
 ENV.update({name: os.environ.get(name, THREADS) for name in
             ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")})
+# XLA's CPU thread pool likewise (JAX and NNX), where one thread per process is the share: tests(jax) took 117 s of
+# user CPU with it against 130 s without (2026-12-05, the 2-core CI machine, pytest -n 2, a full compilation cache
+# each). The flags are part of JAX's compilation-cache key, so the first run after a change fills the cache again.
+# The sharded tests set their own XLA_FLAGS (eight host devices) in their children.
+if THREADS == "1":
+    ENV["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 # JAX's persistent compilation cache for the test and parity sessions: XLA executables on disk, keyed by the
 # program, the compile options and the jax/jaxlib versions (not by file paths), so a rerun (a new clone too) loads
 # what an earlier run compiled instead of compiling it again. Compiling is most of the JAX suites' time: on the
@@ -119,12 +125,13 @@ OWN = [b for b in BACKENDS if b not in SHARED]
 
 def install(session: nox.Session, *requirements: str, python: str | None = None) -> None:
     """The requirements (``.txt`` files or specifiers), the test requirements, then the package itself, into the
-    session's virtualenv or (``python``) the one whose interpreter that is."""
+    session's virtualenv or (``python``) the one whose interpreter that is. The shared virtualenvs are installed
+    without byte-compiling every module (``--no-compile``; :func:`_warm` compiles those the tests import)."""
     def pip(*args: str) -> None:
         if python is None:
             session.install(*args)
         else:
-            session.run(python, "-m", "pip", "install", "-q", *args, external=True)
+            session.run(python, "-m", "pip", "install", "-q", "--no-compile", *args, external=True)
 
     pip(*(a for req in requirements for a in (("-r", req) if req.endswith(".txt") else (req,))), *TEST_DEPS)
     # the package itself without deps: its only dependency, numpy, is pinned by the backend file
@@ -234,10 +241,29 @@ def _env(session: nox.Session, backend: str) -> tuple[str, dict[str, str]]:
                 interpreter = shutil.which(f"python{version}") if version else sys.executable
                 session.run(sys.executable, "-m", "virtualenv", "-q", "-p", str(interpreter), str(venv), external=True)
             install(session, *requirements, *extra, python=str(python))
+            _warm(session, str(python), members)
             (venv / "deferinit-env.stamp").write_text(stamp)
         else:
             session.log(f"{venv.relative_to(ROOT)} is up to date (its stamp matches the pins and the sources)")
     return str(python), {"VIRTUAL_ENV": str(venv), "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def _warm(session: nox.Session, python: str, backends: list[str]) -> None:
+    """Byte-compile what the sessions import, by importing it once per backend (in parallel processes), with
+    bytecode writing on whatever PYTHONDONTWRITEBYTECODE says: pip's own compile step byte-compiles every module of
+    every package (15,067 files in the shared virtualenv), most of which no test imports. Measured on the 2-core CI
+    machine (2026-12-05): making the shared virtualenv took 57 s with pip compiling, 24 s without, and the imports
+    of torch, tensorflow, jax, flax, transformers, pytest and hypothesis then wrote 4,259 .pyc files in 13 s (one
+    process; 6 s once written). A module imported later is compiled on its first import."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env.update(ENV)
+    code = "import pytest, xdist, hypothesis, deferinit.registry as r; r.load_backend({!r})"
+    procs = [subprocess.Popen([python, "-c", code.format(b)], env=env, stdout=subprocess.DEVNULL) for b in backends]
+    failed = [b for b, p in zip(backends, procs) if p.wait() != 0]
+    if failed:
+        session.error(f"importing the {', '.join(failed)} backend failed in {python} (its output is above)")
 
 
 def _sources_hash() -> str:
