@@ -11,6 +11,7 @@ return code) and printed them all. The footprint arithmetic is checked against n
 from __future__ import annotations
 
 import re
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -47,6 +48,48 @@ def child(backend: str, code: str, expect: int, memory_mib: int = CAP_MIB, timeo
     assert proc.returncode == 0, report  # < 0: killed by a signal (segfault, abort)
     assert proc.stdout.count("OK ") == expect, report
     return proc.stdout
+
+
+# The checks under the default cap share one child per backend (and pytest worker): each child imported its
+# framework anew, which was most of the 3.5 s each of these tests took on TensorFlow (2026-12-05, 2-core CI machine).
+# Each check runs in a namespace of its own, between BEGIN and END markers; its test asserts its own section: all
+# its OK lines, no exception, and a child that exited normally (or, if the child died, the section that it died in).
+SHARED_SECTIONS: dict[str, Callable[[str], str]] = {}
+_shared_runs: dict[str, tuple[int, str, str]] = {}
+
+
+def _section(name: str) -> Callable[[Callable[[str], str]], Callable[[str], str]]:
+    def register(code: Callable[[str], str]) -> Callable[[str], str]:
+        SHARED_SECTIONS[name] = code
+        return code
+    return register
+
+
+def shared_child(backend: str, name: str, expect: int) -> str:
+    """The output of section ``name`` of the backend's shared child (run on the first call in this process)."""
+    run = _shared_runs.get(backend)
+    if run is None:
+        body = ["import gc, traceback"]
+        for section, code in SHARED_SECTIONS.items():
+            text = code(backend)
+            if text:
+                body.append(f"print('BEGIN {section}', flush=True)\ntry:\n    exec({text!r}, dict(globals()))\n"
+                            f"except BaseException:\n    traceback.print_exc(file=sys.stdout)\n"
+                            f"    print('RAISED {section}', flush=True)\ngc.collect()\n"
+                            f"print('END {section}', flush=True)")
+        proc = run_isolated(PRELUDE.format(backend=backend) + "import sys\n" + "\n".join(body), timeout=480,
+                            memory_mib=CAP_MIB)
+        run = _shared_runs[backend] = (proc.returncode, proc.stdout, proc.stderr)
+    rc, out, err = run
+    start, end = out.find(f"BEGIN {name}\n"), out.find(f"END {name}\n")
+    report = f"rc={rc}\n{out[start:end + 80][-3000:] if start >= 0 else out[-3000:]}\n{err[-3000:]}"
+    assert start >= 0, f"section {name} did not start (the shared child died before it)\n{report}"
+    assert end > start, f"section {name} did not finish: the child died in it (rc {rc})\n{report}"
+    text = out[start:end]
+    assert f"RAISED {name}" not in text, report
+    assert text.count("OK ") == expect, report
+    assert rc == 0 or out.find("BEGIN ", end) >= 0, report  # a crash after the last section's END is still a crash
+    return text
 
 
 # ------------------------------------------------------------------------------------------------ the estimate
@@ -96,8 +139,9 @@ def test_available_memory_sees_the_process_heap_cap() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ crashes before
-def test_a_forward_that_cannot_fit_is_refused(backend: str) -> None:
-    child(backend, """
+@_section("forward")
+def _forward(backend: str) -> str:
+    return """
 m = di.compile(di.LazyModel([di.Dense(2**16)]), B)
 m.apply_init(np.zeros((2, 16), np.float32))
 refused(lambda: m.to_numpy(m(np.zeros((2**17, 16), np.float32))), di.ResourceError,
@@ -105,11 +149,16 @@ refused(lambda: m.to_numpy(m(np.zeros((2**17, 16), np.float32))), di.ResourceErr
 print("OK", "forward refused")
 assert m.to_numpy(m(np.ones((3, 16), np.float32))).shape == (3, 65536)
 print("OK", "the model still runs")
-""", expect=2)
+"""
 
 
-def test_init_whose_activations_cannot_fit_is_refused(backend: str) -> None:
-    child(backend, """
+def test_a_forward_that_cannot_fit_is_refused(backend: str) -> None:
+    shared_child(backend, "forward", expect=2)
+
+
+@_section("init")
+def _init(backend: str) -> str:
+    return """
 oh = di.compile(di.LazyModel([di.OneHot(2**31)]), B)
 refused(lambda: oh.apply_init(np.zeros((2, 3), np.int64)), di.ResourceError, "layer '0' (OneHot)", "nothing was allocated")
 assert not oh.initialized
@@ -121,14 +170,19 @@ print("OK", "Conv2D(padding=2**20)")
 big = di.compile(di.LazyModel([di.Dense(3)]), B)
 refused(lambda: big.apply_init(di.ShapeDtype((2**40, 20))), di.ResourceError, "(1099511627776, 20)", "apply_init")
 print("OK", "a 2**40 dummy batch")
-""", expect=3)
+"""
 
 
-def test_positional_table_is_refused_before_it_is_built(backend: str) -> None:
+def test_init_whose_activations_cannot_fit_is_refused(backend: str) -> None:
+    shared_child(backend, "init", expect=3)
+
+
+@_section("positional")
+def _positional(backend: str) -> str:
     # PyTorch (meta device), MXNet and the reference build no table abstractly; TensorFlow and JAX (linen and NNX,
     # whose report traces the same jax module) build it anyway
     builds_abstractly = backend in ("tensorflow", "jax", "nnx")
-    child(backend, f"""
+    return f"""
 pe = di.compile(di.LazyModel([di.PositionalEncoding(max_len=10**9)]), B)
 if {builds_abstractly}:
     refused(lambda: pe.apply_init(di.ShapeDtype((2, 5, 8)), abstract=True), di.ResourceError,
@@ -139,12 +193,17 @@ else:
 print("OK", "abstract")
 refused(lambda: pe.apply_init(np.zeros((2, 5, 8), np.float32)), di.ResourceError, "sinusoidal table", "29.8 GiB")
 print("OK", "concrete")
-""", expect=2)
+"""
 
 
-def test_training_sized_calls_are_refused_when_inference_fits(backend: str) -> None:
+def test_positional_table_is_refused_before_it_is_built(backend: str) -> None:
+    shared_child(backend, "positional", expect=2)
+
+
+@_section("training")
+def _training(backend: str) -> str:
     # n ReLUs over a 64 MiB activation: inference holds two at a time, a backward pass keeps all n
-    child(backend, """
+    return """
 from deferinit.resources import available_memory
 n = int(available_memory() / 2**26) + 4
 m = di.compile(di.LazyModel([di.Dense(1024)] + [di.ReLU() for _ in range(n)]), B)
@@ -159,7 +218,11 @@ refused(lambda: m(x, training=True), di.ResourceError, "a training forward and b
 print("OK", "training call refused")
 assert m.to_numpy(m(x[:4], training=True)).shape == (4, 1024)
 print("OK", "a smaller batch is not")
-""", expect=4)
+"""
+
+
+def test_training_sized_calls_are_refused_when_inference_fits(backend: str) -> None:
+    shared_child(backend, "training", expect=4)
 
 
 def test_framework_out_of_memory_is_a_resource_error(backend: str) -> None:
@@ -183,15 +246,10 @@ print("OK", "mapped")
 """, expect=1, memory_mib=1536)
 
 
-def test_backend_tensor_limits(backend: str) -> None:
-    if backend not in ("mxnet", "tensorflow"):
-        # only MXNet (2**31 elements per tensor) and TensorFlow (int32 one_hot depth) have such limits: the others
-        # declare none, and the 2**63-byte bound of every backend is tested above
-        model = di.compile(di.LazyModel([di.Dense(2)]), backend)
-        assert model.max_elements is None and model.max_dim is None
-        return
+@_section("limits")
+def _limits(backend: str) -> str:
     # memory is not the limit here (memory_fraction switched off); the framework's indexing is
-    code = {"mxnet": """
+    return {"mxnet": """
 m = di.compile(di.LazyModel([di.Dense(2**16)]), B)
 m.apply_init(np.zeros((1, 16), np.float32))
 m.memory_fraction = 1e9
@@ -204,8 +262,17 @@ m.memory_fraction = 1e9
 refused(lambda: m.apply_init(di.ShapeDtype((1, 1), "int64"), abstract=True), di.ResourceError,
         "layer '0' (OneHot) output (1, 1, 2147483648)", "one_hot's depth as int32")
 print("OK", "elements")
-"""}[backend]
-    child(backend, code, expect=1)
+"""}.get(backend, "")
+
+
+def test_backend_tensor_limits(backend: str) -> None:
+    if backend not in ("mxnet", "tensorflow"):
+        # only MXNet (2**31 elements per tensor) and TensorFlow (int32 one_hot depth) have such limits: the others
+        # declare none, and the 2**63-byte bound of every backend is tested above
+        model = di.compile(di.LazyModel([di.Dense(2)]), backend)
+        assert model.max_elements is None and model.max_dim is None
+        return
+    shared_child(backend, "limits", expect=1)
 
 
 # ------------------------------------------------------------------------------------------------ odd inputs
