@@ -28,7 +28,8 @@ nox.options.error_on_missing_interpreters = True
 # pytest starts its workers and collects on one, the parity session compares on one. Sessions write disjoint
 # files (each its own virtualenv; parity artifacts/parity), and the longest, parity, starts first.
 # NOX_PARALLEL=1 (or -j 1) runs them one at a time; each session's output is printed whole when it ends. Measured
-# on clean clones (2026-12-05): one at a time 15 min 42 s, two 12 min 56 s, three 14 min 13 s.
+# on clean clones (2026-12-05): one at a time 15 min 42 s, two 12 min 56 s, three 14 min 13 s (3be3c27); two 11 min 8 s
+# on a8062a7, with XLA on one thread, the shared virtualenvs and the hostile-resources checks in one child per backend.
 if hasattr(nox.options, "parallel"):
     nox.options.parallel = 2
     nox.options.allow_parallel = True
