@@ -124,15 +124,17 @@ SHARED = [b for b in BACKENDS if _header(b, "env") != ["own"]]
 OWN = [b for b in BACKENDS if b not in SHARED]
 
 
-def install(session: nox.Session, *requirements: str, python: str | None = None) -> None:
+def install(session: nox.Session, *requirements: str, python: str | None = None, byte_compile: bool = True) -> None:
     """The requirements (``.txt`` files or specifiers), the test requirements, then the package itself, into the
-    session's virtualenv or (``python``) the one whose interpreter that is. The shared virtualenvs are installed
-    without byte-compiling every module (``--no-compile``; :func:`_warm` compiles those the tests import)."""
+    session's virtualenv or (``python``) the one whose interpreter that is. ``byte_compile=False``: pip does not
+    byte-compile every module it installs (the shared virtualenvs, whose :func:`_warm` compiles what is imported)."""
+    flags = () if byte_compile else ("--no-compile",)
+
     def pip(*args: str) -> None:
         if python is None:
-            session.install(*args)
+            session.install(*flags, *args)
         else:
-            session.run(python, "-m", "pip", "install", "-q", "--no-compile", *args, external=True)
+            session.run(python, "-m", "pip", "install", "-q", *flags, *args, external=True)
 
     pip(*(a for req in requirements for a in (("-r", req) if req.endswith(".txt") else (req,))), *TEST_DEPS)
     # the package itself without deps: its only dependency, numpy, is pinned by the backend file
@@ -241,7 +243,7 @@ def _env(session: nox.Session, backend: str) -> tuple[str, dict[str, str]]:
                 version = _interpreter(members[0])  # virtualenv, as nox's own sessions are made (its pip, seeded)
                 interpreter = shutil.which(f"python{version}") if version else sys.executable
                 session.run(sys.executable, "-m", "virtualenv", "-q", "-p", str(interpreter), str(venv), external=True)
-            install(session, *requirements, *extra, python=str(python))
+            install(session, *requirements, *extra, python=str(python), byte_compile=False)
             _warm(session, str(python), members)
             (venv / "deferinit-env.stamp").write_text(stamp)
         else:
@@ -250,12 +252,13 @@ def _env(session: nox.Session, backend: str) -> tuple[str, dict[str, str]]:
 
 
 def _warm(session: nox.Session, python: str, backends: list[str]) -> None:
-    """Byte-compile what the sessions import, by importing it once per backend (in parallel processes), with
-    bytecode writing on whatever PYTHONDONTWRITEBYTECODE says: pip's own compile step byte-compiles every module of
-    every package (15,067 files in the shared virtualenv), most of which no test imports. Measured on the 2-core CI
-    machine (2026-12-05): making the shared virtualenv took 57 s with pip compiling, 24 s without, and the imports
-    of torch, tensorflow, jax, flax, transformers, pytest and hypothesis then wrote 4,259 .pyc files in 13 s (one
-    process; 6 s once written). A module imported later is compiled on its first import."""
+    """Byte-compile what the sessions import, by importing each backend (its framework) and the test tools once, one
+    process per backend, side by side, with bytecode writing on even where PYTHONDONTWRITEBYTECODE is set (it is in
+    this machine's shell). pip's own compile step byte-compiles every module of every package (15,067 files in the shared
+    virtualenv), most of which no test imports. Measured by hand on the 2-core CI machine (2026-12-05): installing
+    the shared virtualenv's requirements took 57 s with pip compiling, 24 s without; importing torch, tensorflow,
+    jax, flax, transformers, pytest and hypothesis then wrote 4,259 .pyc files in 13 s (one process; 6 s once
+    written). A module first imported later (transformers' models, say) is compiled then, as Python does."""
     import subprocess
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
