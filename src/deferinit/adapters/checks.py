@@ -224,15 +224,24 @@ class Checks(Contract[N]):
             raise BackendError(f"{self._who()}: the framework's parameters do not match the spec's: missing "
                                f"{missing or 'none'}, unexpected {extra or 'none'}")
         params = {}
+        # the ParamInfo of an earlier report on this (cached, shared) inference, reused where the framework gave the
+        # same facts again: frozen, so sharing one is safe, and building each anew was most of a small model's report
+        made = inference.__dict__.setdefault("_param_infos", {})
         for name, info in ref.params.items():
             got = found[name]
-            if tuple(got.shape) != info.shape:
+            shape = tuple(got.shape)
+            if shape != info.shape:
                 raise BackendError(f"{self._who()}: the framework inferred {fmt_shape(got.shape)} for parameter "
                                    f"'{name}' (native '{got.native_name}' {fmt_shape(got.native_shape)}) where the "
                                    f"reference rules give {fmt_shape(info.shape)}")
-            params[name] = ParamInfo(shape=tuple(got.shape), dtype=info.dtype, trainable=info.trainable,
-                                     native_name=got.native_name, native_shape=tuple(got.native_shape),
-                                     source=got.source)
+            native_shape = tuple(got.native_shape)
+            last = made.get(name)
+            if last is None or last.native_name != got.native_name or last.native_shape != native_shape or \
+                    last.source != got.source:
+                last = made[name] = ParamInfo(shape=shape, dtype=info.dtype, trainable=info.trainable,
+                                              native_name=got.native_name, native_shape=native_shape,
+                                              source=got.source)
+            params[name] = last
         layers, output = dict(ref.layers), ref.output_shape  # a copy: the inference may be cached (_infer_once)
         if layer_shapes is not None:
             # where the framework's shape is the reference's (always, but for dims the input leaves None), the

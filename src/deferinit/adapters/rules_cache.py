@@ -55,7 +55,7 @@ class RulesCache(Checks[N]):
             shared = self._shared_key(key)
             entry = _SHARED.get(shared) if shared is not None else None
             if entry is None:
-                entry = [infer(self.spec, shape, dtype=dtype, backend=self.backend, root=self.root), None, None, {}]
+                entry = [infer(self.spec, shape, dtype=dtype, backend=self.backend, root=self.root), None, {}]
                 if shared is not None:
                     with _SHARED_LOCK:  # models in other threads share it: evict and insert as one step
                         if len(_SHARED) >= _SHARED_MAX:
@@ -86,13 +86,12 @@ class RulesCache(Checks[N]):
         return entry[1]
 
     def _small(self, inference: Inference) -> bool:
-        """``resources.small(inference)``, kept beside a cached inference as ``_footprint`` is."""
-        entry = self._entry(inference)
-        if entry is None:
-            return super()._small(inference)
-        if entry[2] is None:
-            entry[2] = super()._small(inference)
-        return entry[2]  # type: ignore[no-any-return]
+        """``resources.small(inference)``, kept on the inference itself (it depends on nothing else): looking the
+        cached entry up again, as ``_footprint`` does, cost a small model's apply_init 3 us."""
+        known = inference.__dict__.get("_small")
+        if known is None:
+            known = inference.__dict__["_small"] = super()._small(inference)
+        return known  # type: ignore[no-any-return]
 
     def _layer_shapes_once(self, inference: Inference, abstract: bool,
                            ask: Callable[[], Mapping[str, tuple]]) -> Mapping[str, tuple]:
@@ -110,9 +109,9 @@ class RulesCache(Checks[N]):
         if entry is None:
             return ask()
         key = (what, abstract, generation())
-        if key not in entry[3]:
-            entry[3][key] = ask()
-        return entry[3][key]
+        if key not in entry[2]:
+            entry[2][key] = ask()
+        return entry[2][key]
 
     def _entry(self, inference: Inference) -> list | None:
         report = inference.report
