@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
-from torch.nn.parameter import is_lazy
+from torch.nn.parameter import UninitializedTensorMixin, is_lazy
 
 from ...errors import BackendError, SpecError, UnsupportedLayerError, where
 from ...layers import Embedding
@@ -124,30 +124,22 @@ class TorchModel(CompiledModel[nn.Module]):
                 if init_fn is not None:
                     with torch.no_grad():
                         init_fn(net)
-        left = []
-        if any(isinstance(m, LazyModuleMixin) or any(map(is_lazy, m._parameters.values())) or
-               any(map(is_lazy, m._buffers.values())) for m in net.modules()):  # names only for the message
+        if _lazy_left(net):  # names only for the message
+            left = []
             for prefix, m in net.named_modules():
                 left += [prefix] if isinstance(m, LazyModuleMixin) else []
                 left += [f"{prefix}.{k}" for k, t in (*m._parameters.items(), *m._buffers.items()) if is_lazy(t)]
-        if left:
             raise BackendError(f"{self._who()}: the dry run left uninitialized modules or tensors: {left}")
         found: dict[str, NativeParam] = {}
-        native_paths: dict[str, str] = {}
         check = init_fn is not None and not abstract
-        for name in inference.params:
-            owner, _, pname = name.rpartition(".")
-            attr = native_attr(leaves[owner].layer, pname)  # the canonical name, but for attention's W_q.weight...
+        for name, owner, parts, native_name in _param_paths(inference, leaves):
             t: Any = modules[owner]
-            for part in attr.split("."):
+            for part in parts:
                 t = t._parameters.get(part) if part in t._parameters else getattr(t, part)
-            native_path = native_paths.get(owner)
-            if native_path is None:
-                native_path = native_paths[owner] = ".".join(child_name(s) for s in owner.split("."))
             if check:
                 self._check_init(name, t, inference.params[name].shape)
             shape = tuple(t.shape)
-            found[name] = NativeParam(f"{native_path}.{attr}", shape, shape)
+            found[name] = NativeParam(native_name, shape, shape)
         return found
 
     @property
@@ -319,6 +311,43 @@ class TorchModel(CompiledModel[nn.Module]):
         with torch.no_grad():
             tree.run(self.root, x if x.dtype in tt.READY else tt.coerce(x), runner, record)
         return record
+
+
+def _lazy_left(net: nn.Module) -> bool:
+    """Whether any module of ``net`` is still lazy or holds an uninitialized tensor after the dry run: a walk of
+    ``_modules`` (``net.modules()`` builds every module's dotted name), and ``issubclass`` on each tensor's type
+    (``isinstance`` goes through ``Parameter``'s metaclass in Python). 3 us on the MLP, against 9."""
+    stack = [net]
+    while stack:
+        m = stack.pop()
+        if m is None:
+            continue
+        if isinstance(m, LazyModuleMixin):
+            return True
+        for t in m._parameters.values():
+            if issubclass(type(t), UninitializedTensorMixin):
+                return True
+        for t in m._buffers.values():
+            if issubclass(type(t), UninitializedTensorMixin):
+                return True
+        stack.extend(m._modules.values())
+    return False
+
+
+def _param_paths(inference: Inference, leaves: Mapping[str, Node]) -> list[tuple[str, str, list[str], str]]:
+    """(canonical name, owner position, torch attribute path below the owner's module, native name) of every
+    parameter: they depend on the spec alone, so they are kept on the inference, which equal specs on equal inputs
+    share (``rules_cache``)."""
+    paths = inference.__dict__.get("_torch_param_paths")
+    if paths is None:
+        paths = []
+        for name in inference.params:
+            owner, _, pname = name.rpartition(".")
+            attr = native_attr(leaves[owner].layer, pname)  # the canonical name, but for attention's W_q.weight...
+            native = ".".join(child_name(s) for s in owner.split("."))
+            paths.append((name, owner, attr.split("."), f"{native}.{attr}"))
+        inference.__dict__["_torch_param_paths"] = paths
+    return paths
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:

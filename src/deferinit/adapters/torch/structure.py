@@ -168,11 +168,9 @@ class Observer:
     model is measurable): its frame is the stack's first, and its output is the dry run's return (``finish``)."""
 
     def __init__(self, builder: TorchBuilder) -> None:
+        self.builder = builder
         self.slots = {(parent, id(m), k): (path, cf) for path, (parent, m, k, cf) in builder.ends.items()}
-        self.root = builder.containers[""]
-        self.modules = {id(m): m for _, m, _, _ in builder.ends.values()}
-        self.modules.update({id(m): m for m in builder.containers.values() if m is not self.root})
-        self.container_ids = {id(m) for m in builder.containers.values()}
+        self.container_ids: set[int] = set()  # the hooks' (attach): a flat root needs neither
         self.shapes: dict[str, tuple] = {}
         self._stack: list[tuple[str | None, dict[int, int]]] = []
 
@@ -208,7 +206,7 @@ class Observer:
         hook on the root, local or global) is run here as its own forward is written (``for module in self: x =
         module(x)``), each child's output read as torch returns it: no hook on every module, whose attaching and
         firing cost more than a small model's forward. Anything else runs ``net(x)`` with the hooks."""
-        hooked = len(self.container_ids) > 1 or type(net) is not nn.Sequential or net._forward_hooks or \
+        hooked = len(self.builder.containers) > 1 or type(net) is not nn.Sequential or net._forward_hooks or \
             net._forward_pre_hooks or any(getattr(nn.modules.module, g, None) for g in _GLOBAL_HOOKS)
         if hooked:
             handles = self.attach()
@@ -218,20 +216,28 @@ class Observer:
                 for h in handles:
                     h.remove()
         else:
+            slots, record = self.slots, self._record
             seen: dict[int, int] = {}
             out = x
             for module in net._modules.values():
                 out = module(out)
-                k = seen.get(id(module), 0)
-                seen[id(module)] = k + 1
-                self._record(self.slots.get(("", id(module), k)), out)
+                i = id(module)
+                k = seen[i] = seen.get(i, -1) + 1  # which run of this module object in the root's forward
+                slot = slots.get(("", i, k))
+                if slot is not None:
+                    record(slot, out)
         self.finish(out)
         return out
 
     def attach(self) -> list[Any]:
+        builder = self.builder
+        root = builder.containers[""]
+        modules = {id(m): m for _, m, _, _ in builder.ends.values()}
+        modules.update({id(m): m for m in builder.containers.values() if m is not root})
+        self.container_ids = {id(m) for m in builder.containers.values()}
         self._stack[:] = [("", defaultdict(int))]  # the root's frame: its children are its direct modules
         handles = []
-        for i, m in self.modules.items():
+        for i, m in modules.items():
             if i in self.container_ids:
                 handles.append(m.register_forward_pre_hook(self._pre))
             handles.append(m.register_forward_hook(self._post))

@@ -26,12 +26,14 @@ def uninitialized(module: nn.Module) -> nn.Module:
     return module
 
 
+def seeded(key: Any) -> contextlib.AbstractContextManager[None]:
+    """torch's default init draws from the global CPU generator: seed it for the block, then restore it (no key:
+    the generator as it is, with no generator frame around the block)."""
+    return contextlib.nullcontext() if key is None else _seeded(key)
+
+
 @contextlib.contextmanager
-def seeded(key: Any) -> Iterator[None]:
-    """torch's default init draws from the global CPU generator: seed it for the block, then restore it."""
-    if key is None:
-        yield
-        return
+def _seeded(key: Any) -> Iterator[None]:
     if isinstance(key, torch.Generator):
         if key.device.type != "cpu":
             raise SpecError(f"key: the torch backend expected an int seed or a CPU torch.Generator, received a "
