@@ -119,9 +119,28 @@ def abstract_mlp(layers: int, width: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ the zoo
+# The vision models are written once, with every input dim as torchvision writes it; ``_lazy_modules()`` builds
+# the same code with torch's lazy modules instead (the in-dims left to torch's dry run, as deferinit's torch
+# backend builds its models): the bench times both against deferinit, so it shows which part of the gap to the
+# eager model is torch's own lazy path.
+_LAZY = False
+
+
+def _conv2d(inp: int, out: int, *args: Any, **kwargs: Any) -> nn.Module:
+    return nn.LazyConv2d(out, *args, **kwargs) if _LAZY else nn.Conv2d(inp, out, *args, **kwargs)
+
+
+def _bn2d(channels: int) -> nn.Module:
+    return nn.LazyBatchNorm2d() if _LAZY else nn.BatchNorm2d(channels)
+
+
+def _linear(inp: int, out: int) -> nn.Module:
+    return nn.LazyLinear(out) if _LAZY else nn.Linear(inp, out)
+
+
 def _cbn(inp: int, out: int, k: int, stride: int = 1, groups: int = 1, act: type | None = nn.ReLU) -> nn.Sequential:
     """torchvision.ops.Conv2dNormActivation"""
-    layers = [nn.Conv2d(inp, out, k, stride, (k - 1) // 2, groups=groups, bias=False), nn.BatchNorm2d(out)]
+    layers = [_conv2d(inp, out, k, stride, (k - 1) // 2, groups=groups, bias=False), _bn2d(out)]
     return nn.Sequential(*layers, *([act()] if act else []))
 
 
@@ -130,9 +149,9 @@ class Bottleneck(nn.Module):
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
         super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(inplanes, planes, 1, bias=False), nn.BatchNorm2d(planes)
-        self.conv2, self.bn2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False), nn.BatchNorm2d(planes)
-        self.conv3, self.bn3 = nn.Conv2d(planes, planes * 4, 1, bias=False), nn.BatchNorm2d(planes * 4)
+        self.conv1, self.bn1 = _conv2d(inplanes, planes, 1, bias=False), _bn2d(planes)
+        self.conv2, self.bn2 = _conv2d(planes, planes, 3, stride, 1, bias=False), _bn2d(planes)
+        self.conv3, self.bn3 = _conv2d(planes, planes * 4, 1, bias=False), _bn2d(planes * 4)
         self.relu, self.downsample = nn.ReLU(inplace=True), downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -143,16 +162,16 @@ class Bottleneck(nn.Module):
 
 
 def _resnet50() -> nn.Module:
-    layers: list[nn.Module] = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+    layers: list[nn.Module] = [_conv2d(3, 64, 7, 2, 3, bias=False), _bn2d(64), nn.ReLU(inplace=True),
                                nn.MaxPool2d(3, 2, 1)]
     inplanes = 64
     for i, (planes, blocks) in enumerate(((64, 3), (128, 4), (256, 6), (512, 3))):
         stride = 1 if i == 0 else 2
-        down = nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4))
+        down = nn.Sequential(_conv2d(inplanes, planes * 4, 1, stride, bias=False), _bn2d(planes * 4))
         layers.append(nn.Sequential(Bottleneck(inplanes, planes, stride, down),
                                     *[Bottleneck(planes * 4, planes) for _ in range(1, blocks)]))
         inplanes = planes * 4
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2048, 1000))
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), _linear(2048, 1000))
 
 
 class InvertedResidual(nn.Module):
@@ -161,8 +180,8 @@ class InvertedResidual(nn.Module):
         hidden = inp * expand_ratio
         self.use_res_connect = stride == 1 and inp == oup
         layers: list[nn.Module] = [_cbn(inp, hidden, 1, act=nn.ReLU6)] if expand_ratio != 1 else []
-        layers += [_cbn(hidden, hidden, 3, stride, groups=hidden, act=nn.ReLU6), nn.Conv2d(hidden, oup, 1, bias=False),
-                   nn.BatchNorm2d(oup)]
+        layers += [_cbn(hidden, hidden, 3, stride, groups=hidden, act=nn.ReLU6), _conv2d(hidden, oup, 1, bias=False),
+                   _bn2d(oup)]
         self.conv = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -179,7 +198,7 @@ def _mobilenet_v2() -> nn.Module:
             inp = c
     features.append(_cbn(320, 1280, 1, act=nn.ReLU6))
     return nn.Sequential(nn.Sequential(*features), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2),
-                         nn.Linear(1280, 1000))
+                         _linear(1280, 1000))
 
 
 class GPT2(nn.Module):
@@ -229,6 +248,21 @@ def _zoo(name: str) -> Callable[[list[np.ndarray]], tuple[nn.Module, int]]:
     return build
 
 
+def _zoo_lazy(name: str) -> Callable[[list[np.ndarray]], tuple[nn.Module, int]]:
+    """The same model with torch's lazy modules, then the dry run that materializes them."""
+    def build(inputs: list[np.ndarray]) -> tuple[nn.Module, int]:
+        global _LAZY
+        _LAZY = True
+        try:
+            net = _ZOO_MAKE[name]().eval()
+        finally:
+            _LAZY = False
+        with torch.no_grad():
+            net(*(torch.from_numpy(x) for x in inputs))
+        return net, _count(net)
+    return build
+
+
 def _zoo_abstract(name: str) -> Callable[[list[tuple[tuple[int, ...], str]]], int]:
     def build(inputs: list[tuple[tuple[int, ...], str]]) -> int:
         with torch.device("meta"):  # the modules' shapes are in their constructors: no dry run needed
@@ -243,4 +277,5 @@ if importlib.util.find_spec("transformers") is None:
     del _ZOO_MAKE["gpt2"], _ZOO_MAKE["bert_base"]
     ZOO_NOTES = {name: "transformers is not installed: no native model" for name in ("gpt2", "bert_base")}
 ZOO = {name: _zoo(name) for name in _ZOO_MAKE}
+ZOO_LAZY = {name: _zoo_lazy(name) for name in ("resnet50", "mobilenet_v2")}  # the vision models
 ZOO_ABSTRACT = {name: _zoo_abstract(name) for name in _ZOO_MAKE}

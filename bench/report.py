@@ -91,6 +91,7 @@ def zoo_rows() -> list:
     for model in ZOO:
         rows += [(f"{model}: abstract init / native abstract", cell(model, "abstract_ratio")),
                  (f"{model}: apply_init / native init", cell(model, "init_ratio")),
+                 (f"{model}: apply_init / native init, lazy modules", cell(model, "init_lazy_ratio")),
                  (f"{model}: forward batch 1", cell(model, "forward_b1_ratio"))]
     return rows
 

@@ -273,6 +273,17 @@ def zoo_model(name: str, make: Callable[[], Any], backend: str, native: Any, qui
         entry["count_differs"] = differs[name]
     else:
         assert native_params == params, (name, native_params, params)
+    lazy = getattr(native, "ZOO_LAZY", {}).get(name)
+    if lazy is not None:  # the same native model built with the framework's lazy modules (torch): its own dry run
+        def lazy_init() -> None:
+            got.pop("lazy", None)
+            got["lazy"] = lazy(arrays)
+
+        t_lazy, t_di = interleaved(lazy_init, ours_init, repeat=init_reps, warmup=init_warmup)
+        assert got.pop("lazy")[1] == params, name
+        got.pop("deferinit")
+        entry.update({"init_lazy_native_ms": t_lazy * 1e3, "init_lazy_deferinit_ms": t_di * 1e3,
+                      "init_lazy_ratio": t_di / t_lazy})
     # forward at batch 1 on the same data, inference mode on both sides
     xs = [native.to_native(a) for a in arrays]
     ours_in = tuple(xs) if graph else xs[0]
