@@ -34,7 +34,7 @@ from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedTensorMixin, is_lazy
 
-from ...errors import BackendError, SpecError, UnsupportedLayerError, where
+from ...errors import BackendError, DeferInitError, SpecError, UnsupportedLayerError, where
 from ...layers import Embedding
 from ...shapes import Inference, Node
 from .. import tree
@@ -267,6 +267,24 @@ class TorchModel(CompiledModel[nn.Module]):
         return y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
 
     # ---------------------------------------------------------------- running
+    def _call(self, x: Any, training: bool) -> Any:
+        """The steady state of an inference call, the base class's ``_call`` with its hooks inlined: a plain tensor
+        whose (shape, dtype) was already checked (``_checked`` is emptied by every init and load, and stays empty
+        while the model has no values), of a dtype the model takes, on a model with no token ids to range-check.
+        Anything else takes the base class's path. Saves three Python calls, 0.3-0.4 us of the MLP's 20 us."""
+        if not training and type(x) is torch.Tensor and (x.shape, x.dtype) in self._checked and \
+                x.dtype in tt.READY and self._index_limit is None and fastpath.ENABLED:
+            net = self._native
+            if net.training:  # type: ignore[union-attr]
+                net.train(False)  # type: ignore[union-attr]
+            try:
+                return fastpath.call(net, x)  # type: ignore[arg-type]
+            except (DeferInitError, KeyboardInterrupt):
+                raise
+            except Exception as exc:
+                raise self._backend_error("forward", exc) from exc
+        return super()._call(x, training)
+
     def _forward(self, x: torch.Tensor, training: bool) -> torch.Tensor:
         net = self._native
         if net.training != training:  # type: ignore[union-attr]
