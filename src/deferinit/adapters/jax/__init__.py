@@ -175,6 +175,9 @@ class FlaxModel(CompiledModel[nn.Module]):
     def _public_signature(self, x: Any) -> Any:
         return super()._signature(x)
 
+    def _public_call(self, x: Any, training: bool) -> Any:
+        return super()._call(x, training)
+
     def to_numpy(self, y: Any) -> np.ndarray:
         return np.asarray(y)
 
