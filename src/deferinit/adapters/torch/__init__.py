@@ -4,7 +4,8 @@ find every input-dependent dim in a dry run, exactly as in the d2l book's lazy-i
 The native model mirrors the spec tree: an ``nn.Sequential`` per Sequential/LazyModel (children named by the
 canonical segments, so ``state_dict`` keys are the canonical names), torch's own modules for the leaves, and
 two small modules for Residual and Concat (``modules.py``; the walk is ``structure.py`` over ``adapters/tree.py``, the
-leaf table ``leaves.py``). Tied layers are the same module object.
+leaf table ``leaves.py``; what is read off the native model after the dry run, ``native_state.py``). Tied layers
+are the same module object.
 Every canonical layout is torch's own layout, so no weight is transposed.
 
 * Concrete ``apply_init``: dry run on CPU in eval mode under ``no_grad`` (so BatchNorm statistics are not
@@ -31,8 +32,6 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.modules.lazy import LazyModuleMixin
-from torch.nn.parameter import UninitializedTensorMixin, is_lazy
 
 from ...errors import BackendError, DeferInitError, SpecError, UnsupportedLayerError, where
 from ...layers import Embedding
@@ -41,8 +40,9 @@ from .. import tree
 from .._standin import stand_in
 from ..compiled import CompiledModel, NativeParam
 from . import fastpath
+from . import native_state as ns
 from . import tensors as tt
-from .leaves import LAZY_BN, kernel_attrs, native_attr
+from .leaves import LAZY_BN, kernel_attrs
 from .modules import F32, child_name
 from .structure import Observer, TorchBuilder, TorchRunner
 
@@ -124,15 +124,11 @@ class TorchModel(CompiledModel[nn.Module]):
                 if init_fn is not None:
                     with torch.no_grad():
                         init_fn(net)
-        if _lazy_left(net):  # names only for the message
-            left = []
-            for prefix, m in net.named_modules():
-                left += [prefix] if isinstance(m, LazyModuleMixin) else []
-                left += [f"{prefix}.{k}" for k, t in (*m._parameters.items(), *m._buffers.items()) if is_lazy(t)]
-            raise BackendError(f"{self._who()}: the dry run left uninitialized modules or tensors: {left}")
+        if ns.lazy_left(net):
+            raise BackendError(f"{self._who()}: the dry run left uninitialized modules or tensors: {ns.lazy_names(net)}")
         found: dict[str, NativeParam] = {}
         check = init_fn is not None and not abstract
-        for name, owner, parts, native_name in _param_paths(inference, leaves):
+        for name, owner, parts, native_name in ns.param_paths(inference, leaves):
             t: Any = modules[owner]
             for part in parts:
                 t = t._parameters.get(part) if part in t._parameters else getattr(t, part)
@@ -209,27 +205,7 @@ class TorchModel(CompiledModel[nn.Module]):
         net.eval()
 
     def _abstract_snapshot(self) -> Callable[[], None]:
-        # to_empty gives every module new tensor objects (meta and CPU tensors cannot share one), so putting the
-        # old meta objects back makes the model abstract again, unallocated, whatever the init did to the new ones
-        net = self._native
-        saved = [(m, dict(m._parameters), dict(m._buffers)) for m in net.modules()]  # type: ignore[union-attr]
-        shapes = {id(t): (tuple(t.shape), t.dtype) for _, ps, bs in saved for t in (*ps.values(), *bs.values())
-                  if t is not None}
-        training = net.training  # type: ignore[union-attr]
-
-        def undo() -> None:
-            for m, params, buffers in saved:
-                for store, old in ((m._parameters, params), (m._buffers, buffers)):
-                    store.clear()
-                    store.update(old)
-                    for k, t in old.items():
-                        if t is not None and not t.is_meta:  # torch.__future__'s swap-on-conversion swapped it
-                            meta = torch.empty(shapes[id(t)][0], dtype=shapes[id(t)][1], device="meta")
-                            store[k] = nn.Parameter(meta, t.requires_grad) if isinstance(t, nn.Parameter) else meta
-                if isinstance(m, nn.RNNBase):
-                    m._init_flat_weights()
-            net.train(training)  # type: ignore[union-attr]
-        return undo
+        return ns.abstract_snapshot(self._native)  # type: ignore[arg-type]
 
     def _inference_mode(self) -> None:
         net = self._native
@@ -298,7 +274,7 @@ class TorchModel(CompiledModel[nn.Module]):
         return getattr(self._native.get_submodule(owner), attr)  # type: ignore[union-attr]
 
     def _get_weights(self) -> dict[str, np.ndarray]:
-        return {name: _full(self._tensor(name)).detach().to("cpu", F32).numpy() for name in self.report.params}
+        return {name: ns.full(self._tensor(name)).detach().to("cpu", F32).numpy() for name in self.report.params}
 
     def _shard_init(self, x: Any, plan: Any, mesh: Any, init: Any, key: int) -> Any:
         from .sharded import shard_init  # deferinit.shard_init's hook: DTensors over a DeviceMesh
@@ -329,46 +305,3 @@ class TorchModel(CompiledModel[nn.Module]):
         with torch.no_grad():
             tree.run(self.root, x if x.dtype in tt.READY else tt.coerce(x), runner, record)
         return record
-
-
-def _lazy_left(net: nn.Module) -> bool:
-    """Whether any module of ``net`` is still lazy or holds an uninitialized tensor after the dry run: a walk of
-    ``_modules`` (``net.modules()`` builds every module's dotted name), and ``issubclass`` on each tensor's type
-    (``isinstance`` goes through ``Parameter``'s metaclass in Python). 3 us on the MLP, against 9."""
-    stack = [net]
-    while stack:
-        m = stack.pop()
-        if m is None:
-            continue
-        if isinstance(m, LazyModuleMixin):
-            return True
-        for t in m._parameters.values():
-            if issubclass(type(t), UninitializedTensorMixin):
-                return True
-        for t in m._buffers.values():
-            if issubclass(type(t), UninitializedTensorMixin):
-                return True
-        stack.extend(m._modules.values())
-    return False
-
-
-def _param_paths(inference: Inference, leaves: Mapping[str, Node]) -> list[tuple[str, str, list[str], str]]:
-    """(canonical name, owner position, torch attribute path below the owner's module, native name) of every
-    parameter: they depend on the spec alone, so they are kept on the inference, which equal specs on equal inputs
-    share (``rules_cache``)."""
-    paths = inference.__dict__.get("_torch_param_paths")
-    if paths is None:
-        paths = []
-        for name in inference.params:
-            owner, _, pname = name.rpartition(".")
-            attr = native_attr(leaves[owner].layer, pname)  # the canonical name, but for attention's W_q.weight...
-            native = ".".join(child_name(s) for s in owner.split("."))
-            paths.append((name, owner, attr.split("."), f"{native}.{attr}"))
-        inference.__dict__["_torch_param_paths"] = paths
-    return paths
-
-
-def _full(t: torch.Tensor) -> torch.Tensor:
-    """A sharded parameter (a DTensor, after deferinit.shard_init) gathered; any other tensor as it is."""
-    full = getattr(t, "full_tensor", None)
-    return full() if full is not None else t
