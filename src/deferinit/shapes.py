@@ -8,7 +8,7 @@ memory proportional to the number of layers, so a 1.7e11-parameter spec is repor
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 from .errors import DTypeError, ShapeMismatchError, fmt_shape, where
 from .layers import Leaf, ParamSpec, RuleContext, check_kind
@@ -128,6 +128,10 @@ def input_kind(dtype: Any) -> str:
                      f"received dtype {dt.name}")
 
 
+T = TypeVar("T")
+_MISSING = object()
+
+
 @dataclass
 class Inference:
     """What a walk found: the report plus what adapters and initializers need beside it."""
@@ -136,6 +140,15 @@ class Inference:
     params: dict[str, ParamSpec]      # canonical name -> rule's view (with init role)
     root: Node
     inputs: dict[str, Shape] = field(default_factory=dict)  # path -> input shape of each position
+
+    def kept(self, name: str, make: Callable[[], T]) -> T:
+        """``make()``, computed once and kept on this inference: facts that depend on it alone (its memory footprint,
+        a backend's parameter paths, the report's frozen entries). The adapters' rules cache shares one inference
+        between equal specs on equal inputs, so what is kept here is shared with them too."""
+        value = self.__dict__.get(name, _MISSING)
+        if value is _MISSING:
+            value = self.__dict__[name] = make()
+        return value  # type: ignore[no-any-return]
 
 
 class _Walk:

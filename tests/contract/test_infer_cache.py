@@ -12,6 +12,7 @@ import pytest
 import deferinit as di
 from deferinit.adapters import checks as checks_mod
 from deferinit.adapters import rules_cache as cache_mod
+from deferinit.adapters.contract import NativeParam
 from deferinit.errors import DTypeError, ShapeMismatchError
 
 
@@ -171,3 +172,22 @@ def test_threads_share_and_evict_the_cache_without_mixing_results(backend: str) 
         t.join()
     assert not errors, errors
     assert len(cache_mod._SHARED) <= cache_mod._SHARED_MAX
+
+
+def test_a_report_reuses_an_entry_only_where_the_framework_gave_the_same_facts(backend: str) -> None:
+    """Checks._make_report keeps each ParamInfo it builds on the (shared) inference and hands the same frozen object
+    to a later report whose framework facts are equal; a different native name gets an entry of its own, and each
+    report has its own mapping. Truth: the NativeParam facts passed in."""
+    model = di.compile(_spec(), backend)
+    first = model.apply_init(np.ones((2, 5), np.float32))
+    inference = model._inference
+    found = {n: NativeParam(p.native_name, p.native_shape, p.shape, p.source) for n, p in first.params.items()}
+    again = model._make_report(inference, found)
+    assert again.params == first.params and again.params is not first.params
+    assert all(again.params[n] is first.params[n] for n in found)
+    w = found["0.weight"]
+    other = model._make_report(inference, {**found, "0.weight": NativeParam("elsewhere.w", w.native_shape, w.shape)})
+    assert other.params["0.weight"].native_name == "elsewhere.w"
+    assert other.params["0.weight"].shape == first.params["0.weight"].shape == (6, 5)
+    assert first.params["0.weight"].native_name == w.native_name != "elsewhere.w"  # the earlier report is untouched
+    assert other.params["0.bias"] is first.params["0.bias"]

@@ -46,3 +46,15 @@ def test_a_model_over_the_limit_is_not_small() -> None:
     assert footprint(inference).params == SMALL
     assert not small(inference, SMALL)
     assert small(inference, SMALL + 8 * 4096 + 4 * 4096 + 1)  # plus the input at 8 bytes and the output
+
+
+def test_an_inference_keeps_what_is_derived_from_it_once() -> None:
+    """Inference.kept: the memory footprint and the small verdict (rules_cache) are computed once per inference and
+    shared through it; a falsy value is kept too. Truth: the count of calls and the first value given."""
+    inference = infer(zoo.mlp(), (1, 20))
+    calls: list[int] = []
+    assert inference.kept("_probe", lambda: calls.append(1) or False) is False
+    assert inference.kept("_probe", lambda: calls.append(2) or True) is False
+    assert calls == [1]
+    other = infer(zoo.mlp(), (1, 20))  # an equal inference computed apart keeps its own
+    assert other.kept("_probe", lambda: True) is True

@@ -226,7 +226,7 @@ class Checks(Contract[N]):
         params = {}
         # the ParamInfo of an earlier report on this (cached, shared) inference, reused where the framework gave the
         # same facts again: frozen, so sharing one is safe, and building each anew was most of a small model's report
-        made = inference.__dict__.setdefault("_param_infos", {})
+        made: dict[str, ParamInfo] = inference.kept("_param_infos", dict)
         for name, info in ref.params.items():
             got = found[name]
             shape = tuple(got.shape)
@@ -246,12 +246,10 @@ class Checks(Contract[N]):
         if layer_shapes is not None:
             # where the framework's shape is the reference's (always, but for dims the input leaves None), the
             # report holds the same frozen LayerInfo each time: made once per cached inference, not per apply_init
-            same = inference.__dict__.get("_native_layers")
-            if same is None:
-                same = inference.__dict__["_native_layers"] = {
-                    path: LayerInfo(path=info.path, type=info.type, params=info.params, tied_to=info.tied_to,
-                                    output_shape=info.output_shape, source="native")
-                    for path, info in ref.layers.items()}
+            same = inference.kept("_native_layers", lambda: {
+                path: LayerInfo(path=info.path, type=info.type, params=info.params, tied_to=info.tied_to,
+                                output_shape=info.output_shape, source="native")
+                for path, info in ref.layers.items()})
             layers = {}
             for path, layer in ref.layers.items():
                 seen = layer_shapes.get(path)

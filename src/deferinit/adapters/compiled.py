@@ -69,7 +69,7 @@ class CompiledModel(RulesCache[N]):
         self._abstract = False
         self._index_limit = self._find_index_limit()
         self._gate = Gate()
-        # (input shape, dtype) -> [Inference, Footprint | None, framework facts]: _infer_once
+        # (input shape, dtype) -> [Inference, framework facts]: _infer_once
         self._inferred: dict[tuple, Any] = {}
 
     # ================================================================== public API

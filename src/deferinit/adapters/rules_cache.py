@@ -3,9 +3,10 @@ models of equal specs built apart in one process (issue 17).
 
 ``apply_init``, ``materialize`` and the checks of ``load_weights`` all start from the reference rules' answer for
 the input (:func:`~deferinit.shapes.infer`). The spec is immutable and the plan is the model's own, so the answer
-depends on nothing else: a model keeps its last ``_CACHED`` answers, with the memory footprint and the "small"
-verdict computed from them, and equal specs (``spec_key.content_key``: a new ``LazyModel`` per call, as a training
-script or a benchmark makes them) share one answer across models through ``_SHARED``. Errors are not cached.
+depends on nothing else: a model keeps its last ``_CACHED`` answers (what is derived from an answer alone, such as
+its memory footprint, is kept on the answer itself: ``Inference.kept``), and equal specs (``spec_key.content_key``:
+a new ``LazyModel`` per call, as a training script or a benchmark makes them) share one answer across models
+through ``_SHARED``. Errors are not cached.
 
 Beside each answer sit the facts a backend must ask its framework for at a cost (``_framework_once``): the
 per-layer output shapes where only a trace gives them (NNX, whose modules are built with every dim given, so
@@ -55,7 +56,7 @@ class RulesCache(Checks[N]):
             shared = self._shared_key(key)
             entry = _SHARED.get(shared) if shared is not None else None
             if entry is None:
-                entry = [infer(self.spec, shape, dtype=dtype, backend=self.backend, root=self.root), None, {}]
+                entry = [infer(self.spec, shape, dtype=dtype, backend=self.backend, root=self.root), {}]
                 if shared is not None:
                     with _SHARED_LOCK:  # models in other threads share it: evict and insert as one step
                         if len(_SHARED) >= _SHARED_MAX:
@@ -76,22 +77,13 @@ class RulesCache(Checks[N]):
         return None if content[0] is None else (self.backend, content[0], key)
 
     def _footprint(self, inference: Inference) -> Footprint:
-        """``resources.footprint(inference)``, kept beside a cached inference so the memory check of a later
-        apply_init (or materialize) on the same shapes reuses it."""
-        entry = self._entry(inference)
-        if entry is None:
-            return footprint(inference)
-        if entry[1] is None:
-            entry[1] = footprint(inference)
-        return entry[1]
+        """``resources.footprint(inference)``, kept on the inference, so the memory check of a later apply_init (or
+        materialize) on the same shapes, by this model or one of an equal spec, reuses it."""
+        return inference.kept("_footprint", lambda: footprint(inference))
 
     def _small(self, inference: Inference) -> bool:
-        """``resources.small(inference)``, kept on the inference itself (it depends on nothing else): looking the
-        cached entry up again, as ``_footprint`` does, cost a small model's apply_init 3 us."""
-        known = inference.__dict__.get("_small")
-        if known is None:
-            known = inference.__dict__["_small"] = super()._small(inference)
-        return known  # type: ignore[no-any-return]
+        """``resources.small(inference)``, kept on the inference as ``_footprint`` is."""
+        return inference.kept("_small", lambda: super(RulesCache, self)._small(inference))
 
     def _layer_shapes_once(self, inference: Inference, abstract: bool,
                            ask: Callable[[], Mapping[str, tuple]]) -> Mapping[str, tuple]:
@@ -109,9 +101,9 @@ class RulesCache(Checks[N]):
         if entry is None:
             return ask()
         key = (what, abstract, generation())
-        if key not in entry[2]:
-            entry[2][key] = ask()
-        return entry[2][key]
+        if key not in entry[1]:
+            entry[1][key] = ask()
+        return entry[1][key]
 
     def _entry(self, inference: Inference) -> list | None:
         report = inference.report

@@ -44,16 +44,15 @@ def param_paths(inference: Inference, leaves: Mapping[str, Node]) -> list[tuple[
     """(canonical name, owner position, torch attribute path below the owner's module, native name) of every
     parameter: they depend on the spec alone, so they are kept on the inference, which equal specs on equal inputs
     share (``rules_cache``)."""
-    paths = inference.__dict__.get("_torch_param_paths")
-    if paths is None:
+    def make() -> list[tuple[str, str, list[str], str]]:
         paths = []
         for name in inference.params:
             owner, _, pname = name.rpartition(".")
             attr = native_attr(leaves[owner].layer, pname)  # the canonical name, but for attention's W_q.weight...
             native = ".".join(child_name(s) for s in owner.split("."))
             paths.append((name, owner, attr.split("."), f"{native}.{attr}"))
-        inference.__dict__["_torch_param_paths"] = paths
-    return paths
+        return paths
+    return inference.kept("_torch_param_paths", make)
 
 
 def full(t: torch.Tensor) -> torch.Tensor:
