@@ -30,3 +30,23 @@ def test_a_module_the_dry_run_left_lazy_is_named_and_nothing_changes() -> None:
     assert model.report is report and model.report.params["0.weight"].shape == (4, 3)
     del model._new_native
     assert model.apply_init(np.ones((1, 7), np.float32)).params["0.weight"].shape == (4, 7)
+
+
+def test_an_uninitialized_buffer_in_a_plain_module_is_named() -> None:
+    """The walk checks every tensor, not only lazy modules: an ``UninitializedBuffer`` on the activation module (not
+    lazy itself, nothing in the dry run materializes it) is named, and the model is left as it was."""
+    from torch.nn.parameter import UninitializedBuffer
+
+    model = di.compile(di.LazyModel([di.Dense(4, activation="relu"), di.Dense(2)]), "torch")
+    report = model.apply_init(np.ones((1, 3), np.float32))
+    build = model._new_native
+
+    def planted() -> nn.Module:
+        net = build()
+        net._modules["0:relu"].register_buffer("stray", UninitializedBuffer())
+        return net
+
+    model._new_native = planted  # type: ignore[method-assign]
+    with pytest.raises(BackendError, match=r"left uninitialized modules or tensors: \['0:relu\.stray'\]"):
+        model.apply_init(np.ones((1, 7), np.float32))
+    assert model.report is report

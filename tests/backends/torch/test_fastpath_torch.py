@@ -57,3 +57,37 @@ def test_the_switch_is_read_from_the_environment() -> None:
     env = dict(os.environ, DEFERINIT_FASTPATH="0")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_the_steady_state_call_is_the_native_forward_in_inference_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TorchModel._call's short path (a plain tensor of a checked signature) against the hand-called native module:
+    the same numbers, the module put back in eval mode, and it is taken (no signature computed again); a new shape,
+    a float64 tensor and a framework error still get what the base class's path gives."""
+    from deferinit.adapters.torch import TorchModel
+    from deferinit.errors import BackendError, ShapeMismatchError
+
+    monkeypatch.setattr(fastpath, "ENABLED", True)
+    model = di.compile(di.LazyModel([di.Dense(4, activation="relu"), di.BatchNorm(), di.Dense(2)]), "torch")
+    model.apply_init(np.ones((3, 5), np.float32), key=0)
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal((3, 5)).astype(np.float32))
+    model(x)  # checks the signature
+    signatures = [0]
+    real = TorchModel._signature
+    monkeypatch.setattr(TorchModel, "_signature", lambda self, t: signatures.__setitem__(0, signatures[0] + 1)
+                        or real(self, t))
+    model.native.train()  # left in training mode by the user: an inference call must not use batch statistics
+    y = model(x)
+    assert signatures == [0] and not model.native.training
+    with torch.no_grad():
+        want = model.native(x)
+    torch.testing.assert_close(y, want, rtol=0, atol=0)
+    torch.testing.assert_close(model(x.double()), want, rtol=0, atol=0)  # coerced to float32 on the checked path
+    with pytest.raises(ShapeMismatchError, match=r"layer '0' \(Dense\)"):
+        model(torch.ones(3, 6))
+
+    def broken(t: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("kernel gave up")
+
+    model.native.forward = broken  # type: ignore[method-assign]
+    with pytest.raises(BackendError, match=r"forward failed in the framework .*RuntimeError: kernel gave up"):
+        model(x)
