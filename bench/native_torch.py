@@ -119,8 +119,8 @@ def abstract_mlp(layers: int, width: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ the zoo
-# The vision models are written once, with every input dim as torchvision writes it; ``_lazy_modules()`` builds
-# the same code with torch's lazy modules instead (the in-dims left to torch's dry run, as deferinit's torch
+# The vision models are written once, with every input dim as torchvision writes it; ``_zoo_lazy`` builds the
+# same code with torch's lazy modules instead (the in-dims left to torch's dry run, as deferinit's torch
 # backend builds its models): the bench times both against deferinit, so it shows which part of the gap to the
 # eager model is torch's own lazy path.
 _LAZY = False
