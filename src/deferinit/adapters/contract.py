@@ -7,7 +7,7 @@ validates user input and never sees a partly initialized model of its own.
 
 Required hooks: ``_new_native``, ``_native_init``, ``_to_native``, ``_forward``, ``_get_weights``,
 ``_set_weights``. Optional hooks with a default here: ``_native_layer_shapes`` (None: no framework to ask),
-``_init_value_error``, ``_shape_dtype``, ``_is_native``, ``_signature``, ``to_numpy``, ``_inference_mode``,
+``_native_for``, ``_init_value_error``, ``_shape_dtype``, ``_is_native``, ``_signature``, ``to_numpy``, ``_inference_mode``,
 ``_gradients`` (refused). Optional hooks found by ``getattr`` (absent means "not available"), so they are only
 described here:
 
@@ -101,6 +101,11 @@ class Contract(Generic[N]):
     def _new_native(self) -> N:
         """Build a fresh native model (its parameters still deferred) from ``self.root``."""
         raise NotImplementedError
+
+    def _native_for(self, inference: Inference, abstract: bool) -> N:
+        """The native model ``apply_init`` hands to ``_native_init`` for ``inference``'s input: by default a fresh
+        one (``_new_native``); a backend may start it from what an earlier init on an equal input kept (torch)."""
+        return self._new_native()
 
     def _native_init(self, native: N, x: Any, inference: Inference, init: Any, key: Any,
                      abstract: bool, *, values_follow: bool = False) -> dict[str, NativeParam]:

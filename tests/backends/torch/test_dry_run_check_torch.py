@@ -9,10 +9,12 @@ import pytest
 from torch import nn
 
 import deferinit as di
+from deferinit.adapters import rules_cache
 from deferinit.errors import BackendError
 
 
 def test_a_module_the_dry_run_left_lazy_is_named_and_nothing_changes() -> None:
+    rules_cache._SHARED.clear()  # no template of an earlier test's equal model: this one's dry run runs
     model = di.compile(di.LazyModel([di.Dense(4, activation="relu"), di.Dense(2)]), "torch")
     report = model.apply_init(np.ones((1, 3), np.float32))
     build = model._new_native
@@ -37,6 +39,7 @@ def test_an_uninitialized_buffer_in_a_plain_module_is_named() -> None:
     lazy itself, nothing in the dry run materializes it) is named, and the model is left as it was."""
     from torch.nn.parameter import UninitializedBuffer
 
+    rules_cache._SHARED.clear()  # no template of an earlier test's equal model: this one's dry run runs
     model = di.compile(di.LazyModel([di.Dense(4, activation="relu"), di.Dense(2)]), "torch")
     report = model.apply_init(np.ones((1, 3), np.float32))
     build = model._new_native

@@ -12,6 +12,7 @@ from torch import nn
 import deferinit as di
 from cases import CASES, Case
 from deferinit import zoo
+from deferinit.adapters import rules_cache
 from deferinit.adapters.torch import structure
 from deferinit.errors import BackendError
 from deferinit.extend import builder_for, register_builder
@@ -133,6 +134,7 @@ def test_a_flat_model_is_observed_without_hooks_and_gives_the_hooks_shapes(monke
     returns it; a nested container, or a hook the user set on every module, takes the hooked ``net(x)``."""
     from deferinit import zoo
 
+    rules_cache._SHARED.clear()  # no template of an earlier test's equal model: this one's dry run runs
     x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
     attached = []
     attach = structure.Observer.attach

@@ -1,4 +1,4 @@
-"""Per-call shortcuts on torch's private APIs, behind one switch.
+"""Shortcuts on torch's private APIs, per call and per init, behind one switch.
 
 ``DEFERINIT_FASTPATH=0`` in the environment (read at import) turns them off: every call then takes torch's
 public path (``module(x)``) and gives the same results (tests/backends/torch/test_fastpath_torch.py runs a
@@ -9,6 +9,10 @@ model both ways).
   global ones), no ``torch.compile`` wrapper is installed and no TorchScript trace is running, ``forward`` is
   called directly: the same test ``_call_impl`` makes, minus its two Python frames. Any hook sends the call down
   the public path, so a user's hooks on the native model still fire.
+* The init template (``template.py``): a repeat ``apply_init`` of an equal spec on an equal input copies the
+  modules torch built the first time (their ``__dict__``, new tensors) instead of building lazy modules and
+  dry-running them; off, every ``apply_init`` takes the lazy path (tests/backends/torch/test_template_torch.py
+  compares the two).
 """
 
 from __future__ import annotations
