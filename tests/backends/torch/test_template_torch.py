@@ -34,7 +34,7 @@ def _count_lazy_builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 def _template(model: di.CompiledModel) -> object:
     entry = model._entry(model._inference)  # type: ignore[attr-defined]
-    return entry[1].get(model._template_key()) if entry is not None else None  # type: ignore[attr-defined]
+    return entry[1].get(model._template_key(False)) if entry is not None else None  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("hid", SNAPSHOT)
@@ -157,18 +157,54 @@ def test_models_with_a_module_that_is_not_plain_take_the_lazy_path_every_time(mo
         np.testing.assert_array_equal(w, b.export_weights()[k], err_msg=k)
 
 
-def test_abstract_inits_varying_dims_and_the_switch_take_the_lazy_path(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_varying_dims_a_global_hook_and_the_switch_take_the_lazy_path(monkeypatch: pytest.MonkeyPatch) -> None:
     h = native.BY_HAND["mlp"]
     built = _count_lazy_builds(monkeypatch)
     native._compiled(h)
     model = di.compile(h.spec(), "torch")
-    model.apply_init(di.ShapeDtype(h.shape), abstract=True)  # shapes only: no template, nothing allocated
-    assert len(built) == 2 and all(p.is_meta for p in model.native.parameters())
-    model.apply_init(di.ShapeDtype((None, 20)))  # a varying batch dim is dry-run on meta
+    model.apply_init(di.ShapeDtype((None, 20)))  # a varying batch dim is dry-run on meta at a stand-in size
+    model.apply_init(di.ShapeDtype((None, 20)))
     assert len(built) == 3
+    seen: list[str] = []
+    handle = nn.modules.module.register_module_forward_hook(lambda m, a, y: seen.append(type(m).__name__))
+    try:
+        native._compiled(h)  # the user's global hook watches every forward: it sees the dry run
+    finally:
+        handle.remove()
+    assert len(built) == 4 and "Linear" in seen
     monkeypatch.setattr(fastpath, "ENABLED", False)
     native._compiled(h)
-    assert len(built) == 4
+    assert len(built) == 5
+
+
+@pytest.mark.parametrize("hid", ["bn_lenet", "embedding", "tied"])
+def test_an_abstract_repeat_is_a_meta_clone_that_materializes_to_the_concrete_init(
+        hid: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    h = native.BY_HAND[hid]
+    built = _count_lazy_builds(monkeypatch)
+    abstract = []
+    for _ in range(2):  # the first one's meta dry run keeps an abstract template; the second starts from it
+        model = di.compile(h.spec(), "torch")
+        model.apply_init(di.ShapeDtype(h.shape, h.dtype), abstract=True)
+        abstract.append(model)
+    assert len(built) == 1
+    concrete = native._compiled(h, key=4)  # an abstract template has no buffer values: never used concretely
+    assert len(built) == 2
+    model = di.compile(h.spec(), "torch")
+    model.apply_init(di.ShapeDtype(h.shape, h.dtype), abstract=True)  # from the concrete template now
+    assert len(built) == 2
+    abstract.append(model)
+    hand = native._state(native._dry_run(h, seed=4))
+    for m in abstract:
+        assert all(t.is_meta for t in (*m.native.parameters(), *m.native.buffers()))
+        assert m.report == abstract[0].report == concrete.report
+        m.materialize(key=4)
+        for name, w in m.export_weights().items():
+            np.testing.assert_array_equal(w, hand[h.to_hand(name)].detach().numpy(), err_msg=name)
+        for name, b in m.native.named_buffers():
+            assert torch.equal(b, dict(concrete.native.named_buffers())[name]), name
+        x = h.data(seed=1)
+        np.testing.assert_array_equal(m(x).detach().numpy(), concrete(x).detach().numpy())
 
 
 class _Unused(di.Dense):  # a layer type of this test only: registering its builder changes no model

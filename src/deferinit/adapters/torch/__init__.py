@@ -77,20 +77,23 @@ class TorchModel(CompiledModel[nn.Module]):
     def _native_for(self, inference: Inference, abstract: bool) -> nn.Module:
         """A clone of the template an earlier concrete init on an equal input kept (``template.py``), if there is one;
         else a fresh lazy model."""
-        if not abstract and fastpath.ENABLED and not any(getattr(_module_mod, g, None) for g in GLOBAL_HOOKS):
+        if fastpath.ENABLED and not any(getattr(_module_mod, g, None) for g in GLOBAL_HOOKS):
             # (a global module hook of the user's watches every forward: it sees the dry run, as it always did)
             entry = self._entry(inference)
-            template = entry[1].get(self._template_key()) if entry is not None else None
-            if template is not None:
-                net, modules = template.clone()
-                self._cloned = (net, template, modules)
-                return net
+            if entry is not None:
+                template = entry[1].get(self._template_key(False))
+                if template is None and abstract:
+                    template = entry[1].get(self._template_key(True))
+                if template is not None:
+                    net, modules = template.clone("meta" if abstract else "cpu")
+                    self._cloned = (net, template, modules)
+                    return net
         return self._new_native()
 
     @staticmethod
-    def _template_key() -> tuple:
+    def _template_key(abstract: bool) -> tuple:
         # a builder registered since builds other modules; another default dtype makes other tensors
-        return ("torch template", generation(), torch.get_default_dtype())
+        return ("torch template", abstract, generation(), torch.get_default_dtype())
 
     def _module(self, net: nn.Module, path: str) -> nn.Module:
         for seg in path.split("."):
@@ -124,7 +127,7 @@ class TorchModel(CompiledModel[nn.Module]):
                      abstract: bool, *, values_follow: bool = False) -> dict[str, NativeParam]:
         cloned, self._cloned = self._cloned, None
         if cloned is not None and cloned[0] is net:
-            return self._clone_init(net, cloned[1], cloned[2], inference, init, key)
+            return self._clone_init(net, cloned[1], cloned[2], inference, init, key, abstract)
         builder = self._builder_of(net)
         observer = Observer(builder)
         init_fn = self._init_fn(init)
@@ -148,8 +151,8 @@ class TorchModel(CompiledModel[nn.Module]):
             with torch.no_grad(), (torch.device("meta") if on_meta else contextlib.nullcontext()):
                 observer.run(net, self._dry_input(x, inference, on_meta))
             self._observed = (net, observer.shapes)
-            if not on_meta:
-                self._keep_template(inference, net, modules, observer.shapes)
+            if not on_meta or (abstract and None not in inference.report.input_shape):
+                self._keep_template(inference, net, modules, observer.shapes, abstract)
             if not abstract:
                 if on_meta:
                     net.to_empty(device="cpu")
@@ -162,20 +165,25 @@ class TorchModel(CompiledModel[nn.Module]):
         return self._found(inference, modules, init_fn is not None and not abstract)
 
     def _keep_template(self, inference: Inference, net: nn.Module, modules: Mapping[str, nn.Module],
-                       shapes: Mapping[str, tuple]) -> None:
-        """After a CPU dry run: the template of ``net`` for later inits on an equal input, once per cached input."""
+                       shapes: Mapping[str, tuple], abstract: bool) -> None:
+        """After a dry run at the input's own shape: the template of ``net`` for later inits on an equal input, once
+        per cached input (a concrete one and an abstract one)."""
         entry = self._entry(inference)
-        key = self._template_key()
+        key = self._template_key(abstract)
         if entry is not None and key not in entry[1] and fastpath.ENABLED and not ns.lazy_left(net):
-            template = snapshot(net, modules, shapes)
+            template = snapshot(net, modules, shapes, not abstract)
             if template is not None:
                 entry[1][key] = template
 
     def _clone_init(self, net: nn.Module, template: Template, modules: dict[str, nn.Module], inference: Inference,
-                    init: Any, key: Any) -> dict[str, NativeParam]:
-        """The concrete init of a clone of ``template``: every module's default init in the concrete path's order
-        (``_reset``, as ``materialize`` does), then ``init``; the dry run's shapes are the template's."""
+                    init: Any, key: Any, abstract: bool) -> dict[str, NativeParam]:
+        """The init of a clone of ``template``: concrete, every module's default init in the concrete path's order
+        (``_reset``, as ``materialize`` does), then ``init``; abstract, nothing (the clone is on meta). The dry
+        run's shapes are the template's."""
         init_fn = self._init_fn(init)
+        if abstract:
+            self._observed = (net, template.shapes)
+            return self._found(inference, modules, False)
         with tt.seeded(key):
             self._reset(net, modules)
             if init_fn is not None:

@@ -19,6 +19,10 @@ Only a model whose every module keeps its state in its parameters, buffers, chil
 Linear, Conv, BatchNorm, LayerNorm, Embedding, pools and activations, and deferinit's own modules); anything else
 (an RNN's list of its weights, a module object held as an attribute, a user's module with a tensor attribute)
 keeps taking the lazy path every time.
+
+An abstract init keeps a template too (from its dry run on meta: no buffer values), which only abstract inits use;
+an abstract init also starts from a concrete init's template. A model cloned on meta is materialized as any
+abstract model is (``to_empty``, then ``reset_parameters`` in the dry run's order).
 """
 
 from __future__ import annotations
@@ -94,21 +98,23 @@ class Template:
     """A materialized torch model's structure (meta parameters, CPU buffer values), the modules of its leaves by
     path, and the per-position shapes its dry run observed."""
 
-    __slots__ = ("root", "leaves", "shapes")
+    __slots__ = ("root", "leaves", "shapes", "values")
 
-    def __init__(self, root: nn.Module, leaves: dict[str, nn.Module], shapes: Mapping[str, tuple]) -> None:
-        self.root, self.leaves, self.shapes = root, leaves, shapes
+    def __init__(self, root: nn.Module, leaves: dict[str, nn.Module], shapes: Mapping[str, tuple], values: bool) -> None:
+        self.root, self.leaves, self.shapes, self.values = root, leaves, shapes, values
 
-    def clone(self) -> tuple[nn.Module, dict[str, nn.Module]]:
-        """A new model (parameters allocated on CPU, not yet drawn; buffers as the template's) and its leaves'
-        modules by path."""
+    def clone(self, device: str) -> tuple[nn.Module, dict[str, nn.Module]]:
+        """A new model and its leaves' modules by path: on ``"cpu"`` its parameters allocated, not yet drawn, and
+        its buffers the template's values (only a template of a concrete init has them); on ``"meta"`` shapes
+        only, as an abstract init leaves a model."""
         memo: dict[int, nn.Module] = {}
-        net = _copy(self.root, memo, "cpu", True)
+        net = _copy(self.root, memo, device, device == "cpu")
         return net, {path: memo[id(m)] for path, m in self.leaves.items()}
 
 
-def snapshot(net: nn.Module, leaves: Mapping[str, nn.Module], shapes: Mapping[str, tuple]) -> Template | None:
-    """The template of ``net`` just after its dry run, or None where a module of it is not plain (see above)."""
+def snapshot(net: nn.Module, leaves: Mapping[str, nn.Module], shapes: Mapping[str, tuple], values: bool) -> Template | None:
+    """The template of ``net`` just after its dry run (on CPU with ``values``, the buffers' values kept; else on
+    meta, shapes only), or None where a module of it is not plain (see above)."""
     for m in net.modules():
         if any(getattr(m, h, None) for h in _HOOKS):
             return None
@@ -119,11 +125,11 @@ def snapshot(net: nn.Module, leaves: Mapping[str, nn.Module], shapes: Mapping[st
     try:
         with torch.no_grad():
             root = _copy(net, memo, "meta", False)
-            for m in net.modules():  # buffers keep their values (BatchNorm statistics, a sinusoid table)
+            for m in net.modules() if values else ():  # buffers keep their values (BatchNorm statistics, a sinusoid table)
                 new = memo[id(m)]
                 for k, b in m._buffers.items():
                     if b is not None:
                         new._buffers[k] = b.detach().to("cpu", copy=True)
     except _NotPlain:
         return None
-    return Template(root, {path: memo[id(m)] for path, m in leaves.items()}, MappingProxyType(dict(shapes)))
+    return Template(root, {path: memo[id(m)] for path, m in leaves.items()}, MappingProxyType(dict(shapes)), values)
