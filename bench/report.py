@@ -52,6 +52,8 @@ def markdown(data: dict) -> str:
                             f"{d[cold]['deferinit_default']['first_forward_s']:.2f}")]
         for model in ("mlp", "lenet", "resnet18"):
             rows.append((f"{model}: apply_init / native dry run", lambda d, m=model: f"{d[m]['init_ratio']:.2f}"))
+            rows.append((f"{model}: apply_init, first of its spec and input / native dry run",
+                         lambda d, m=model: f"{d[m]['init_first_ratio']:.2f}"))
             for key in sorted({k for b in have for k in data[b].get(model, {})
                                if k.startswith("forward_") and k.endswith("_ratio")}):  # a --only zoo run has none
                 batch = key.split("_")[1][1:]

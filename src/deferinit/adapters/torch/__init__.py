@@ -11,8 +11,8 @@ Every canonical layout is torch's own layout, so no weight is transposed.
 * Concrete ``apply_init``: dry run on CPU in eval mode under ``no_grad`` (so BatchNorm statistics are not
   touched); the lazy modules materialize with torch's default init, under ``torch.manual_seed(key)`` inside
   ``torch.random.fork_rng`` for an int key (deterministic, and the caller's global RNG stream is left alone).
-* A repeat concrete ``apply_init`` of an equal spec on an equal input (shape, dtype) in the process starts from the
-  template the first one kept right after its dry run (``template.py``): new modules of the shapes torch found,
+* From the third concrete ``apply_init`` of an equal spec on an equal input (shape, dtype) in the process on, an
+  init starts from the template the second one kept right after its dry run (``template.py``): new modules of the shapes torch found,
   drawn by their own ``reset_parameters`` in the dry run's order (bit for bit the first path's weights for the
   same key), with no lazy module and no dry run: 0.4-0.6x the hand-written lazy dry run where the lazy path is
   1.3-1.6x on small models. Behind ``fastpath.ENABLED``; a module that is not plain, a global module hook of
@@ -82,9 +82,9 @@ class TorchModel(CompiledModel[nn.Module]):
             entry = self._entry(inference)
             if entry is not None:
                 template = entry[1].get(self._template_key(False))
-                if template is None and abstract:
+                if not template and abstract:
                     template = entry[1].get(self._template_key(True))
-                if template is not None:
+                if template:
                     net, modules = template.clone("meta" if abstract else "cpu")
                     self._cloned = (net, template, modules)
                     return net
@@ -167,13 +167,16 @@ class TorchModel(CompiledModel[nn.Module]):
     def _keep_template(self, inference: Inference, net: nn.Module, modules: Mapping[str, nn.Module],
                        shapes: Mapping[str, tuple], abstract: bool) -> None:
         """After a dry run at the input's own shape: the template of ``net`` for later inits on an equal input, once
-        per cached input (a concrete one and an abstract one)."""
+        per cached input (a concrete one and an abstract one). The first init of an input only marks it: an input
+        initialized once does not pay for a copy (47 us of the MLP's 450); the second keeps the template."""
         entry = self._entry(inference)
         key = self._template_key(abstract)
-        if entry is not None and key not in entry[1] and fastpath.ENABLED and not ns.lazy_left(net):
-            template = snapshot(net, modules, shapes, not abstract)
-            if template is not None:
-                entry[1][key] = template
+        if entry is None or not fastpath.ENABLED:
+            return
+        if key not in entry[1]:
+            entry[1][key] = None  # seen once
+        elif entry[1][key] is None:  # a template, or False: a module that is not plain, not copied again
+            entry[1][key] = (None if ns.lazy_left(net) else snapshot(net, modules, shapes, not abstract)) or False
 
     def _clone_init(self, net: nn.Module, template: Template, modules: dict[str, nn.Module], inference: Inference,
                     init: Any, key: Any, abstract: bool) -> dict[str, NativeParam]:

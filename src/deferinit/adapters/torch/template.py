@@ -1,8 +1,9 @@
 """A repeat ``apply_init`` of one spec on one input shape and dtype, without torch's lazy machinery again (issue 17).
 
-The first concrete ``apply_init`` of a (spec, input shape, dtype) in a process builds torch's lazy modules and
-dry-runs them: torch finds every shape. Right after that dry run (before any init function of the user runs),
-:func:`snapshot` keeps the model's structure as a *template*: every module copied with its parameters and buffers
+A concrete ``apply_init`` builds torch's lazy modules and dry-runs them: torch finds every shape. The first one of
+a (spec, input shape, dtype) in a process only marks that input as seen (an input initialized once pays nothing
+more); right after the second one's dry run (before any init function of the user runs), :func:`snapshot` keeps
+the model's structure as a *template*: every module copied with its parameters and buffers
 as meta tensors of the shapes torch found, beside the per-position shapes the dry run observed. The template is
 kept with the cached rules answer for that input (``rules_cache``: a builder registered since, or another default
 dtype, is another key), so a later model of an equal spec, on an equal input, starts from it.
