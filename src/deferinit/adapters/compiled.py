@@ -119,8 +119,8 @@ class CompiledModel(RulesCache[N]):
             if not abstract:
                 if isinstance(x, ShapeDtype):
                     x = self._to_native(np.zeros(stand_in(self.spec, inference, self.root), dtype=np.dtype(dtype)))
-            native = self._native_for(inference, abstract)
             follow = portable is not None and not abstract  # portable values overwrite every parameter right after
+            native = self._native_for(inference, abstract, follow)
             found = self._guard("apply_init", lambda: self._native_init(
                 native, x, inference, None if portable is not None else init, key, abstract, values_follow=follow))
             layer_shapes = self._guard("apply_init", lambda: self._native_layer_shapes(native, x, inference, abstract))

@@ -102,9 +102,10 @@ class Contract(Generic[N]):
         """Build a fresh native model (its parameters still deferred) from ``self.root``."""
         raise NotImplementedError
 
-    def _native_for(self, inference: Inference, abstract: bool) -> N:
-        """The native model ``apply_init`` hands to ``_native_init`` for ``inference``'s input: by default a fresh
-        one (``_new_native``); a backend may start it from what an earlier init on an equal input kept (torch)."""
+    def _native_for(self, inference: Inference, abstract: bool, values_follow: bool) -> N:
+        """The native model ``apply_init`` hands to ``_native_init`` for ``inference``'s input (``values_follow`` as
+        there): by default a fresh one (``_new_native``); a backend may start it from what an earlier init on an
+        equal input kept (torch, NNX: ``template.py``)."""
         return self._new_native()
 
     def _native_init(self, native: N, x: Any, inference: Inference, init: Any, key: Any,

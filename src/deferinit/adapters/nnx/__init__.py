@@ -9,6 +9,10 @@ NNX's, no XLA compilation per initializer and shape), then reads back every vari
 shape, through the jax backend's layouts, against the rules: a disagreement is a ShapeMismatchError, never trusted
 silently. The report's native names are the ``nnx.state`` paths joined by ``/`` (``layers/0/kernel``), its layer
 shapes NNX's own, from an ``nnx.eval_shape`` of the forward (asked once per spec and input in a process).
+From the third init of an equal spec on an equal input in a process, the model is ``nnx.merge``d from the template
+the second kept and its values redrawn in construction order (``template.py``: bit for bit the constructed values,
+0.1 ms where construction takes 3-8 ms on the small models); behind ``DEFERINIT_FASTPATH``, as the jax backend's
+call shortcut.
 ``model.native`` is the root ``nnx.Module``: ``nnx.jit``, ``nnx.grad``, ``nnx.split``/``merge``, ``nnx.state`` and
 ``nnx.Optimizer(model.native, tx, wrt=nnx.Param)`` work on it as on any NNX model, and ``model(x)`` sees what they
 change (the forward reads the module's current state).
@@ -24,16 +28,19 @@ import numpy as np
 from flax import nnx
 
 from ...errors import ShapeMismatchError, SpecError, fmt_shape
+from ...extend import generation
 from ...layouts import contiguous
 from ...shapes import Inference, Node
 from .. import tree
 from ..compiled import CompiledModel, NativeParam
 from ..jax import FlaxModel
+from ..jax import fastpath as _switch
 from ..jax.host_init import key_words
 from ..jax.modules import activate
 from . import leaves as _leaves  # noqa: F401  (registers the built-in builders)
 from . import modules as M
 from .structure import Built, NnxBuilder, find, write
+from .template import Template, snapshot
 
 __all__ = ["NnxModel"]
 
@@ -72,8 +79,43 @@ class NnxModel(CompiledModel[nnx.Module]):
         self._builds: dict[int, tuple[nnx.Module, Built]] = {}
         self._fns: dict[str, Any] = {}
 
+    _cloned: tuple[nnx.Module, Template, list] | None = None  # the last clone of a template, until its init
+
     def _new_native(self) -> nnx.Module:
         return M.Sequential()  # its children are built by apply_init, once the rules know every input dim
+
+    def _native_for(self, inference: Inference, abstract: bool, values_follow: bool) -> nnx.Module:
+        """A model merged from the template an earlier init on an equal input kept (``template.py``), if there is
+        one; else a fresh root, whose children ``_native_init`` constructs. Shape-only values do where none is
+        read: an abstract init, or portable values written over every variable right after."""
+        if _switch.ENABLED:
+            entry = self._entry(inference)
+            if entry is not None:
+                shape_only = abstract or values_follow
+                template = entry[1].get(self._template_key(False))
+                if not template and shape_only:
+                    template = entry[1].get(self._template_key(True))
+                if template:
+                    native, variables = template.clone(shape_only)
+                    self._cloned = (native, template, variables)
+                    return native
+        return self._new_native()
+
+    @staticmethod
+    def _template_key(abstract: bool) -> tuple:
+        return ("nnx template", abstract, generation())
+
+    def _recording(self, inference: Inference, abstract: bool) -> bool:
+        """Whether this init keeps a template: the first init of an input only marks it (an input initialized once
+        pays for no snapshot), the second keeps one, or False (a model that cannot be replayed, not tried again)."""
+        entry = self._entry(inference)
+        if entry is None or not _switch.ENABLED:
+            return False
+        key = self._template_key(abstract)
+        if key not in entry[1]:
+            entry[1][key] = None
+            return False
+        return entry[1][key] is None
 
     def _built(self, native: nnx.Module | None = None) -> Built:
         native = self.native if native is None else native
@@ -88,6 +130,12 @@ class NnxModel(CompiledModel[nnx.Module]):
                             f"(a name such as 'xavier_uniform' or a deferinit.init object) or a Flax/JAX initializer "
                             f"init(key, shape, dtype) (e.g. flax.nnx.initializers.xavier_uniform()), received {init!r}")
         rng = self._key(key)
+        cloned, self._cloned = self._cloned, None
+        if cloned is not None and cloned[0] is native:
+            template, variables = cloned[1], cloned[2]
+            if not abstract and not values_follow:  # (portable values overwrite every variable right after)
+                template.draw(variables, key_words(rng))
+            return self._found(native, template.built, inference, init, rng, abstract)
         cf = self.spec.data_format == "channels_first"
         holder: list[NnxBuilder] = []
 
@@ -98,11 +146,15 @@ class NnxModel(CompiledModel[nnx.Module]):
         # NNX draws each variable as its module is constructed, one XLA compile per initializer and shape (1-2 s each
         # on this CPU: 34 s for a 13-layer spec's first apply_init); when portable values overwrite them all right
         # after, the modules are constructed abstractly and nothing is drawn (set_weights gives every variable data)
+        records: list | None = None
+        shape_only = abstract or values_follow  # constructed under nnx.eval_shape: nothing drawn
+        keep = self._recording(inference, shape_only)
         if abstract or not values_follow:
             if abstract:
                 made = nnx.eval_shape(make)
             else:
-                with M.host_draws(key_words(rng)):  # NNX's default initializers, drawn in NumPy (M.hosted)
+                records = [] if keep else None
+                with M.host_draws(key_words(rng), records):  # NNX's default initializers, drawn in NumPy (M.hosted)
                     made = make()
         else:
             made = nnx.eval_shape(make)
@@ -111,6 +163,16 @@ class NnxModel(CompiledModel[nnx.Module]):
                 nnx.update(made, jax.jit(lambda: nnx.state(make(), rest))())  # jit whose parameters XLA drops
         native.layers = made.layers
         built = holder[0].built
+        if keep:  # before an init function of the user's changes any value
+            entry = self._entry(inference)
+            if entry is not None:
+                entry[1][self._template_key(shape_only)] = snapshot(native, records, built) or False
+        return self._found(native, built, inference, init, rng, abstract)
+
+    def _found(self, native: nnx.Module, built: Built, inference: Inference, init: Any, rng: Any,
+               abstract: bool) -> dict[str, NativeParam]:
+        """Every variable NNX holds for a canonical parameter, its shape checked against the rules; then the user's
+        Flax initializer, if one was given, and the count of what NNX created."""
         self._builds = {k: v for k, v in self._builds.items() if v[0] is self._native}
         self._builds[id(native)] = (native, built)
         self._fns = {}

@@ -88,16 +88,18 @@ _HOST = threading.local()
 
 
 @contextmanager
-def host_draws(words: list[int]) -> Iterator[None]:
+def host_draws(words: list[int], record: list | None = None) -> Iterator[None]:
     """While the modules of one ``apply_init`` are built: every ``hosted`` draw takes its values from one NumPy
     generator seeded by the apply_init key's words, in construction order (deterministic per spec and key). One
-    seeding and no device-to-host read of each variable's key: each costs more than a small draw."""
-    before = getattr(_HOST, "gen", None)
+    seeding and no device-to-host read of each variable's key: each costs more than a small draw. ``record``, if
+    given, gets (initializer, shape, the array given) for every host draw, in order (``template.py``)."""
+    before = getattr(_HOST, "gen", None), getattr(_HOST, "record", None)
     _HOST.gen = np.random.Generator(np.random.PCG64(np.random.SeedSequence(words)))
+    _HOST.record = record
     try:
         yield
     finally:
-        _HOST.gen = before
+        _HOST.gen, _HOST.record = before
 
 
 def hosted(fn: Callable) -> Callable:
@@ -117,7 +119,11 @@ def hosted(fn: Callable) -> Callable:
             gen = getattr(_HOST, "gen", None)
             value = host_draw(fn, tuple(shape), key_words(key) if gen is None else gen)
             if value is not None:
-                return jax.device_put(value)
+                out = jax.device_put(value)
+                record = getattr(_HOST, "record", None) if gen is not None else None
+                if record is not None:
+                    record.append((fn, tuple(shape), out))
+                return out
         return fn(key, shape, dtype, *args, **kwargs)
 
     draw._deferinit_hosted = True  # type: ignore[attr-defined]

@@ -74,7 +74,7 @@ class TorchModel(CompiledModel[nn.Module]):
         self._built = (net, builder)  # the observer of its dry run needs where each position ends
         return net
 
-    def _native_for(self, inference: Inference, abstract: bool) -> nn.Module:
+    def _native_for(self, inference: Inference, abstract: bool, values_follow: bool) -> nn.Module:
         """A clone of the template an earlier concrete init on an equal input kept (``template.py``), if there is one;
         else a fresh lazy model."""
         if fastpath.ENABLED and not any(getattr(_module_mod, g, None) for g in GLOBAL_HOOKS):
