@@ -159,9 +159,16 @@ import numpy as np
 native = __import__("native_" + {backend!r})
 x0 = np.random.default_rng(0).standard_normal({shape!r}).astype(np.float32)
 t1 = time.perf_counter()
+def ready(model):  # every value drawn and on its device, on both sides; nothing read back to the host
+    if {backend!r} == "jax":
+        import jax
+        jax.block_until_ready(model.variables)  # deferinit's deferred draw happens here; jax.jit(net.init)'s is async
+    else:
+        getattr(native, "settle", lambda made: None)(model)  # MXNet's engine and JAX's CPU client run queued work
 if {who!r} == "native":
     t2 = time.perf_counter()
     model = native.MODELS["resnet18"](x0)   # the hand-written model's dry run (JAX: jax.jit(net.init))
+    ready(model)
     t3 = time.perf_counter()
     call = lambda: model(native.to_native(x0))
 else:
@@ -170,7 +177,7 @@ else:
     t2 = time.perf_counter()
     model = di.compile(zoo.resnet18(), {backend!r})
     model.apply_init(x0, init={init!r}, key=0)
-    model.export_weights()                  # every value drawn and read (a deferred draw happens here)
+    ready(model)
     t3 = time.perf_counter()
     call = lambda: model(x0)
 native.sync(call())
@@ -181,9 +188,11 @@ print(json.dumps({{"import_s": t1 - t0, "init_s": t3 - t2, "first_forward_s": t4
 
 def cold_start(backend: str) -> dict[str, Any]:
     """ResNet-18 (1 x 1 x 96 x 96) in fresh processes, medians of 3: the framework's import, then the first init
-    that leaves every parameter with its value (deferinit: apply_init with the framework's default initializers,
-    and with a portable one, then export_weights; native: the hand-written model's dry run), then the first
-    forward. What a user waits for before the first number, JIT compiles included."""
+    that leaves every parameter with its value on its device (deferinit: apply_init with the framework's default
+    initializers, and with a portable one; native: the hand-written model's dry run; each waited for: JAX's values
+    with ``block_until_ready``, deferinit's deferred draw made by reading ``model.variables``; until 2026-12-05
+    deferinit's side also copied every value back to NumPy in the canonical layout, ``export_weights``, which the
+    native side did not do), then the first forward. What a user waits for before the first number, JIT compiles included."""
     out: dict[str, Any] = {}
     for who, init in (("native", None), ("deferinit", None), ("deferinit", "xavier_uniform")):
         code = _COLD.format(here=str(HERE), backend=backend, shape=SHAPES["resnet18"], who=who, init=init)
@@ -215,8 +224,9 @@ def zoo_bench(backend: str, native: Any, quick: bool) -> dict[str, Any]:
     parameter count) and ``native.ZOO_ABSTRACT`` (the framework's own shape-only path; returns the count).
     Three figures per model, each deferinit / native measured interleaved: abstract init, concrete init,
     forward; both inits twice: as the first of their spec and input in the process, and as a repeat (after two
-    untimed inits: what the torch and nnx backends keep at the second, ``template.py``, is then in use). The weights are not shared: each side draws its own, and the bench asserts that both count the
-    same parameters (``native.ZOO_COUNT_DIFFERS`` names a native variant that differs, and why)."""
+    untimed inits: what the torch and nnx backends keep at the second, ``template.py``, is then in use). The
+    weights are not shared: each side draws its own, and the bench asserts that both count the same parameters
+    (``native.ZOO_COUNT_DIFFERS`` names a native variant that differs, and why)."""
     from deferinit import zoo
 
     makes = {"resnet50": zoo.resnet50, "mobilenet_v2": zoo.mobilenet_v2, "gpt2": lambda: zoo.gpt2(n_layer=12),
