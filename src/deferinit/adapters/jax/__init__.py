@@ -81,9 +81,13 @@ class FlaxModel(CompiledModel[nn.Module]):
 
     def _key(self, key: Any) -> Any:
         if key is None:
-            return jax.random.PRNGKey(0)
+            key = 0
         if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
             seed = int(key) % 2**64  # PRNGKey takes a C long
+            if not jax.config.jax_enable_x64 and jax.config.jax_default_prng_impl == "threefry2x32":
+                # PRNGKey(seed) is the raw key [0, seed mod 2**32] here, built on the device by a compiled
+                # threefry_seed (69 ms of a fresh process's first apply_init); the same array, put there directly
+                return jax.device_put(np.array([0, seed % 2**32], np.uint32))
             return jax.random.PRNGKey(seed - 2**64 if seed >= 2**63 else seed)
         if isinstance(key, jax.Array) and (jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
                                            or (key.dtype == jnp.uint32 and key.shape == (2,))):
@@ -116,7 +120,8 @@ class FlaxModel(CompiledModel[nn.Module]):
         # convolutions transpose back inside modules.Conv), so no transposition is needed here
         st.layer_shapes = {path: tuple(d if isinstance(d, int) else None for d in s.shape)
                            for path, s in outputs.items()}
-        st.shapes, st.rng = found, jax.random.fold_in(rng, 0x5EED)
+        st.shapes = found
+        st.seed_rng(rng)  # the dropout key, fold_in(rng, 0x5EED), made at the first training call
         out = {}
         for name, (path, layout) in st.built.variables.items():
             shapes = [st.shape_of(leaf.keys(path)) for leaf in layout.leaves]
@@ -166,7 +171,8 @@ class FlaxModel(CompiledModel[nn.Module]):
 
     # ---------------------------------------------------------------- data
     def _to_native(self, x: Any) -> Any:
-        return jnp.asarray(x)
+        # device_put, not jnp.asarray: the same array and dtype, no compiled conversion per shape (9 ms each, cold)
+        return jax.device_put(x) if isinstance(x, np.ndarray) else jnp.asarray(x)
 
     # The public forms of the per-call methods; fastpath.py puts its shortcuts over them unless switched off
     def _public_is_native(self, x: Any) -> bool:

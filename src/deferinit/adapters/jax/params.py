@@ -242,8 +242,24 @@ class State:
         self.layer_shapes: dict[str, tuple] = {}  # each layer position's output shape, from the same trace
         self._variables: dict | None = None
         self.pending: tuple | None = None  # (init, key) of a draw not made yet
-        self.rng: Any = None               # dropout key, advanced by every training call
+        self._rng: Any = None              # dropout key, advanced by every training call
+        self._rng_from: Any = None         # the init's key, until the dropout key is first needed
         self.fns: dict[str, Callable] = {}
+
+    @property
+    def rng(self) -> Any:
+        """The dropout key: ``fold_in(init key, 0x5EED)``, made when first read (a fresh process compiles
+        ``fold_in``: 51 ms of ResNet-18's first apply_init, for a key only training calls use)."""
+        if self._rng is None and self._rng_from is not None:
+            self._rng, self._rng_from = jax.random.fold_in(self._rng_from, 0x5EED), None
+        return self._rng
+
+    @rng.setter
+    def rng(self, value: Any) -> None:
+        self._rng, self._rng_from = value, None
+
+    def seed_rng(self, key: Any) -> None:
+        self._rng, self._rng_from = None, key
 
     @property
     def variables(self) -> dict:

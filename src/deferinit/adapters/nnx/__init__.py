@@ -243,7 +243,7 @@ class NnxModel(CompiledModel[nnx.Module]):
 
     # ---------------------------------------------------------------- data and forward
     def _to_native(self, x: Any) -> Any:
-        return jnp.asarray(x)
+        return jax.device_put(x) if isinstance(x, np.ndarray) else jnp.asarray(x)  # no compiled conversion (jax's)
 
     def _is_native(self, x: Any) -> bool:
         return isinstance(x, jax.Array)
