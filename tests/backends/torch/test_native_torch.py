@@ -580,13 +580,15 @@ def test_tied_layer_is_one_module_as_in_d2l() -> None:
     assert net[4].weight[0, 0] == 100.0 and model.export_weights()["2.weight"][0, 0] == 100.0
 
 
-def test_init_functions_are_applied_like_net_apply() -> None:
-    def init_normal(module: nn.Module) -> None:  # d2l's
-        if type(module) is nn.Linear:  # d2l writes ==
-            nn.init.normal_(module.weight, mean=0, std=0.01)
-            nn.init.zeros_(module.bias)
+def init_normal(module: nn.Module) -> None:  # d2l's
+    if type(module) is nn.Linear:  # d2l writes ==
+        nn.init.normal_(module.weight, mean=0, std=0.01)
+        nn.init.zeros_(module.bias)
 
-    h = BY_HAND["mlp"]
+
+def check_init_functions_like_net_apply(h: Hand) -> None:
+    """The MLP's ``apply_init(init=fn, key=3)`` against the hand-built dry run under seed 3, then ``fn`` applied by
+    hand: d2l's module function with ``net.apply``, a ``torch.nn.init`` function on each Linear's weight."""
     for init in (init_normal, nn.init.xavier_uniform_):
         got = _compiled(h, init=init, key=3).export_weights()
         hand = _dry_run(h, seed=3)
@@ -598,6 +600,11 @@ def test_init_functions_are_applied_like_net_apply() -> None:
                     nn.init.xavier_uniform_(m.weight)
         for name, w in _state(hand).items():
             np.testing.assert_array_equal(got[name], w.detach().numpy(), err_msg=name)
+
+
+def test_init_functions_are_applied_like_net_apply() -> None:
+    h = BY_HAND["mlp"]
+    check_init_functions_like_net_apply(h)
     model = di.compile(h.spec(), "torch")
     model.apply_init(di.ShapeDtype(h.shape), abstract=True)
     model.materialize(init=init_normal, key=0)

@@ -137,24 +137,9 @@ def test_without_a_key_each_repeat_draws_new_values_and_with_one_leaves_the_glob
 
 
 def test_init_functions_on_a_repeat_are_applied_like_net_apply() -> None:
-    def init_normal(module: nn.Module) -> None:
-        if type(module) is nn.Linear:
-            nn.init.normal_(module.weight, mean=0, std=0.01)
-            nn.init.zeros_(module.bias)
-
     h = native.BY_HAND["mlp"]
     _warm(h)
-    for init in (init_normal, nn.init.xavier_uniform_):
-        got = native._compiled(h, init=init, key=3).export_weights()
-        hand = native._dry_run(h, seed=3)
-        with torch.no_grad():
-            if init is init_normal:
-                hand.apply(init_normal)
-            else:
-                for m in (hand[0], hand[2]):
-                    nn.init.xavier_uniform_(m.weight)
-        for name, w in native._state(hand).items():
-            np.testing.assert_array_equal(got[name], w.detach().numpy(), err_msg=name)
+    native.check_init_functions_like_net_apply(h)
 
 
 def test_models_with_a_module_that_is_not_plain_take_the_lazy_path_every_time(monkeypatch: pytest.MonkeyPatch) -> None:
