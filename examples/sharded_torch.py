@@ -9,7 +9,9 @@ apply_init with the same init and key.
 
 from __future__ import annotations
 
+import os
 import socket
+import sys
 
 import numpy as np
 import torch.distributed as dist
@@ -36,10 +38,13 @@ def rank_main(rank: int, port: int) -> None:
         print(f"rank {rank}: local 0.weight {tuple(weight.to_local().shape)} of {tuple(weight.shape)}, "
               f"{sharded.bytes_per_device:,} of {sharded.total_bytes:,} bytes per rank, output {tuple(y.shape)}, "
               f"identical to unsharded: {same}")
-    # both ranks leave together: rank 1, done first, once tore its group down while rank 0 was still checking,
-    # and died with "terminate called without an active exception" (SIGABRT, seen 2026-12-05 under load)
+    # both ranks leave together, and at once: tearing gloo's group down (destroy_process_group, or the interpreter's
+    # shutdown) can abort a rank with "terminate called without an active exception" while one of gloo's threads is
+    # still joinable (SIGABRT, seen twice on 2026-12-05 under load, with and without a barrier first; pytorch/pytorch
+    # issue 190489); once every rank has passed the barrier no collective is left, so each leaves without teardown
     dist.barrier()
-    dist.destroy_process_group()
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

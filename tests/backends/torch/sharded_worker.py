@@ -89,10 +89,15 @@ def worker(rank: int, world: int, port: int, mode: str, out: str) -> None:
                   "vm_data_growth": [s[3] for s in sums],
                   "bytes_per_device": report.bytes_per_device, "total_bytes": report.total_bytes}
     dist.barrier()
-    dist.destroy_process_group()
     if rank == 0:
         with open(out, "w") as f:
             json.dump(result, f)
+    # every rank has passed the barrier: no collective is left, so leave without tearing gloo's group down, which
+    # aborted a rank under load ("terminate called without an active exception", a joinable gloo thread at
+    # teardown; CI rehearsal of 2026-12-05, and examples/sharded_torch.py)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def single_process_checksum() -> int:
