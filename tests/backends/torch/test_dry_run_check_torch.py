@@ -4,6 +4,8 @@ where the dry run cannot reach it (a child of a leaf module whose ``forward`` ne
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import pytest
 from torch import nn
@@ -13,7 +15,8 @@ from deferinit.adapters import rules_cache
 from deferinit.errors import BackendError
 
 
-def test_a_module_the_dry_run_left_lazy_is_named_and_nothing_changes() -> None:
+def _planted(plant: Callable[[nn.Module], None]) -> tuple[di.CompiledModel, di.ShapeReport]:
+    """A model initialized once, whose next native models get ``plant`` applied before their dry run."""
     rules_cache._SHARED.clear()  # no template of an earlier test's equal model: this one's dry run runs
     model = di.compile(di.LazyModel([di.Dense(4, activation="relu"), di.Dense(2)]), "torch")
     report = model.apply_init(np.ones((1, 3), np.float32))
@@ -21,11 +24,16 @@ def test_a_module_the_dry_run_left_lazy_is_named_and_nothing_changes() -> None:
 
     def planted() -> nn.Module:
         net = build()
-        first = next(iter(net._modules.values()))
-        first.add_module("stray", nn.LazyLinear(5))  # nn.Linear.forward never calls it
+        plant(net)
         return net
 
     model._new_native = planted  # type: ignore[method-assign]
+    return model, report
+
+
+def test_a_module_the_dry_run_left_lazy_is_named_and_nothing_changes() -> None:
+    # nn.Linear.forward never calls the planted child
+    model, report = _planted(lambda net: next(iter(net._modules.values())).add_module("stray", nn.LazyLinear(5)))
     with pytest.raises(BackendError, match=r"left uninitialized modules or tensors: \['0\.stray', '0\.stray\.weight', "
                                            r"'0\.stray\.bias'\]"):
         model.apply_init(np.ones((1, 7), np.float32))
@@ -39,17 +47,7 @@ def test_an_uninitialized_buffer_in_a_plain_module_is_named() -> None:
     lazy itself, nothing in the dry run materializes it) is named, and the model is left as it was."""
     from torch.nn.parameter import UninitializedBuffer
 
-    rules_cache._SHARED.clear()  # no template of an earlier test's equal model: this one's dry run runs
-    model = di.compile(di.LazyModel([di.Dense(4, activation="relu"), di.Dense(2)]), "torch")
-    report = model.apply_init(np.ones((1, 3), np.float32))
-    build = model._new_native
-
-    def planted() -> nn.Module:
-        net = build()
-        net._modules["0:relu"].register_buffer("stray", UninitializedBuffer())
-        return net
-
-    model._new_native = planted  # type: ignore[method-assign]
+    model, report = _planted(lambda net: net._modules["0:relu"].register_buffer("stray", UninitializedBuffer()))
     with pytest.raises(BackendError, match=r"left uninitialized modules or tensors: \['0:relu\.stray'\]"):
         model.apply_init(np.ones((1, 7), np.float32))
     assert model.report is report
