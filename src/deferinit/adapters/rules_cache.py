@@ -105,6 +105,44 @@ class RulesCache(Checks[N]):
             entry[1][key] = ask()
         return entry[1][key]
 
+    # ---------------------------------------------------------------- templates (torch, nnx: template.py)
+    def _template_context(self) -> Any:
+        """What besides the builders changes what a backend builds for equal specs on equal inputs (torch: the
+        default dtype); part of a template's key."""
+        return None
+
+    def _template_key(self, abstract: bool) -> tuple:
+        return ("template", abstract, generation(), self._template_context())
+
+    def _template(self, inference: Inference, shape_only: bool) -> Any:
+        """The template kept for ``inference``'s input, or None: the one of a concrete init, or where only shapes
+        are needed (an abstract init) also the one of an abstract init."""
+        entry = self._entry(inference)
+        if entry is None:
+            return None
+        template = entry[1].get(self._template_key(False))
+        if not template and shape_only:
+            template = entry[1].get(self._template_key(True))
+        return template or None
+
+    def _template_turn(self, inference: Inference, abstract: bool) -> bool:
+        """Whether this init keeps a template (then ``_keep_template``): the first init of an input only marks it (an
+        input initialized once pays for no copy), the second keeps one; never again after that, kept or refused."""
+        entry = self._entry(inference)
+        if entry is None:
+            return False
+        key = self._template_key(abstract)
+        if key not in entry[1]:
+            entry[1][key] = None
+            return False
+        return entry[1][key] is None
+
+    def _keep_template(self, inference: Inference, abstract: bool, template: Any) -> None:
+        """Keeps ``template`` for ``inference``'s input; None: this model cannot be copied (False: not tried again)."""
+        entry = self._entry(inference)
+        if entry is not None:
+            entry[1][self._template_key(abstract)] = template or False
+
     def _entry(self, inference: Inference) -> list | None:
         report = inference.report
         entry = self._inferred.get((report.input_shape, as_dtype(report.input_dtype)))

@@ -142,7 +142,7 @@ def test_a_model_with_an_rngs_stream_constructs_its_modules_every_time(monkeypat
     models = [_init(make, (2, 4), key=1) for _ in range(3)]
     assert len(built) == 3
     entry = models[2]._entry(models[2]._inference)
-    assert entry[1][NnxModel._template_key(False)] is False  # tried once, refused: the Dropout's key depends on the init's
+    assert entry[1][models[2]._template_key(False)] is False  # tried once, refused: the Dropout's key depends on the init's
     assert all(_equal(m.export_weights(), models[0].export_weights()) for m in models)
 
 

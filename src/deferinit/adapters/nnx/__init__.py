@@ -28,7 +28,6 @@ import numpy as np
 from flax import nnx
 
 from ...errors import ShapeMismatchError, SpecError, fmt_shape
-from ...extend import generation
 from ...layouts import contiguous
 from ...shapes import Inference, Node
 from .. import tree
@@ -88,34 +87,13 @@ class NnxModel(CompiledModel[nnx.Module]):
         """A model merged from the template an earlier init on an equal input kept (``template.py``), if there is
         one; else a fresh root, whose children ``_native_init`` constructs. Shape-only values do where none is
         read: an abstract init, or portable values written over every variable right after."""
-        if _switch.ENABLED:
-            entry = self._entry(inference)
-            if entry is not None:
-                shape_only = abstract or values_follow
-                template = entry[1].get(self._template_key(False))
-                if not template and shape_only:
-                    template = entry[1].get(self._template_key(True))
-                if template:
-                    native, variables = template.clone(shape_only)
-                    self._cloned = (native, template, variables)
-                    return native
+        shape_only = abstract or values_follow
+        template = self._template(inference, shape_only) if _switch.ENABLED else None
+        if template is not None:
+            native, variables = template.clone(shape_only)
+            self._cloned = (native, template, variables)
+            return native
         return self._new_native()
-
-    @staticmethod
-    def _template_key(abstract: bool) -> tuple:
-        return ("nnx template", abstract, generation())
-
-    def _recording(self, inference: Inference, abstract: bool) -> bool:
-        """Whether this init keeps a template: the first init of an input only marks it (an input initialized once
-        pays for no snapshot), the second keeps one, or False (a model that cannot be replayed, not tried again)."""
-        entry = self._entry(inference)
-        if entry is None or not _switch.ENABLED:
-            return False
-        key = self._template_key(abstract)
-        if key not in entry[1]:
-            entry[1][key] = None
-            return False
-        return entry[1][key] is None
 
     def _built(self, native: nnx.Module | None = None) -> Built:
         native = self.native if native is None else native
@@ -148,7 +126,7 @@ class NnxModel(CompiledModel[nnx.Module]):
         # after, the modules are constructed abstractly and nothing is drawn (set_weights gives every variable data)
         records: list | None = None
         shape_only = abstract or values_follow  # constructed under nnx.eval_shape: nothing drawn
-        keep = self._recording(inference, shape_only)
+        keep = _switch.ENABLED and self._template_turn(inference, shape_only)  # the second init of this input
         if abstract or not values_follow:
             if abstract:
                 made = nnx.eval_shape(make)
@@ -164,9 +142,7 @@ class NnxModel(CompiledModel[nnx.Module]):
         native.layers = made.layers
         built = holder[0].built
         if keep:  # before an init function of the user's changes any value
-            entry = self._entry(inference)
-            if entry is not None:
-                entry[1][self._template_key(shape_only)] = snapshot(native, records, built) or False
+            self._keep_template(inference, shape_only, snapshot(native, records, built))
         return self._found(native, built, inference, init, rng, abstract)
 
     def _found(self, native: nnx.Module, built: Built, inference: Inference, init: Any, rng: Any,
