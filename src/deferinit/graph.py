@@ -129,6 +129,8 @@ class GraphModel(LazyModel):
     inputs: Any = ()
     nodes: Any = ()
     outputs: Any = ()
+    #: plain data (checked by ``_check_plain``): keyed by value in ``spec_key.content_key``
+    _plain_fields = ("inputs", "nodes", "outputs")
 
     def __init__(self, layers: Sequence[Layer] | None = None, *, inputs: Any = None, outputs: Any = None,
                  nodes: Any = None, name: str | None = None, data_format: str = "channels_first") -> None:

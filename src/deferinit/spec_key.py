@@ -34,8 +34,20 @@ def _layer_key(layer: Any, memo: dict[int, int]) -> Any:
     if first is not None:
         return ("tie", first)
     memo[id(layer)] = len(memo)
-    return (type(layer), tuple((name, _value_key(value, memo)) for name, value in vars(layer).items()
-                               if name not in _DERIVED))
+    plain = getattr(type(layer), "_plain_fields", ())  # a graph spec's inputs, nodes and outputs (graph.GraphModel)
+    return (type(layer), tuple((name, _plain_key(value, memo) if name in plain else _value_key(value, memo))
+                               for name, value in vars(layer).items() if name not in _DERIVED))
+
+
+def _plain_key(value: Any, memo: dict[int, int]) -> Any:
+    """The key of a field a class declares plain data (``_plain_fields``: lists and dicts of strings, numbers and
+    None, checked by its ``validate`` and never mutated once built): dicts are keyed by their sorted items."""
+    t = type(value)
+    if t is dict:
+        return (t, tuple(sorted((k, _plain_key(v, memo)) for k, v in value.items())))
+    if t is tuple or t is list:
+        return (t, tuple(_plain_key(v, memo) for v in value))
+    return _value_key(value, memo)
 
 
 def _value_key(value: Any, memo: dict[int, int]) -> Any:

@@ -40,8 +40,27 @@ def test_ties_are_part_of_the_key() -> None:
     assert content_key(di.LazyModel([d, d])) == content_key(di.LazyModel([e, e]))
 
 
-def test_graph_specs_have_no_key() -> None:
-    """Their symbolic tensors compare by value, which does not see which layer object each call used: no sharing."""
-    x = di.Input()
-    g = di.LazyModel(inputs=x, outputs=di.Dense(2)(x))
-    assert content_key(g) is None
+def test_a_graph_called_twice_is_not_two_layers() -> None:
+    """A traced graph keeps its layers once each and its calls as indices into them: a tie is in the key."""
+    x, d = di.Input(), di.Dense(2)
+    once = content_key(di.LazyModel(inputs=x, outputs=d(d(x))))
+    y = di.Input()
+    assert once is not None and once != content_key(di.LazyModel(inputs=y, outputs=di.Dense(2)(di.Dense(2)(y))))
+
+
+def _graph(op: str = "add", act: str = "relu", second_dtype: str = "float32", tie: bool = False) -> di.LazyModel:
+    a, b = di.Input(name="a"), di.Input(name="b", dtype=second_dtype)
+    d = di.Dense(4, activation=act)
+    x = d(a)
+    y = d(b) if tie else di.Dense(4, activation=act)(b)
+    return di.LazyModel(inputs=[a, b], outputs=di.add(x, y) if op == "add" else di.multiply(x, y))
+
+
+def test_graph_specs_are_keyed_by_their_inputs_nodes_and_outputs() -> None:
+    # a graph spec's structure is plain data (lists of dicts): equal graphs traced apart share a key...
+    assert content_key(_graph()) is not None and content_key(_graph()) == content_key(_graph())
+    # ...and each difference of the graph itself changes it: the op joining two branches, a layer, an input's
+    # dtype, a layer called twice (one set of weights) instead of two layers
+    base = content_key(_graph())
+    for other in (_graph(op="multiply"), _graph(act="tanh"), _graph(second_dtype="int64"), _graph(tie=True)):
+        assert content_key(other) != base

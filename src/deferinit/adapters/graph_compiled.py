@@ -60,6 +60,11 @@ class GraphCompiled(Generic[N]):
     def _new_native(self) -> N:
         raise NotImplementedError
 
+    def _native_for(self, arrays: list[Any], abstract: bool) -> N:
+        """The native model ``apply_init`` on ``arrays`` (arrays, or ``ShapeDtype`` when abstract) fills: a fresh one;
+        a backend may start from what an earlier init of an equal spec on equal inputs kept (torch: ``template``)."""
+        return self._new_native()
+
     def _dry_run(self, native: N, xs: list[Any], init: Any) -> None:
         """Run the framework's deferred initialization on ``xs`` (native tensors), then ``init`` if it is the
         framework's own initializer."""
@@ -153,7 +158,7 @@ class GraphCompiled(Generic[N]):
         portable = init_mod.get(init)
         seed = _int_key(key) if portable is not None else key
         self._check_memory(inference, arrays, "abstract apply_init" if abstract else "apply_init")
-        native = self._new_native()
+        native = self._native_for(arrays, abstract)
         if abstract:
             self._guard("apply_init", lambda: self._abstract_init(native, arrays))
         else:

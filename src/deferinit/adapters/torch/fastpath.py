@@ -12,7 +12,8 @@ model both ways).
 * The init template (``template.py``): a repeat ``apply_init`` of an equal spec on an equal input copies the
   modules torch built the first time (their ``__dict__``, new tensors) instead of building lazy modules and
   dry-running them; off, every ``apply_init`` takes the lazy path (tests/backends/torch/test_template_torch.py
-  compares the two).
+  compares the two); for graph specs, a repeat abstract ``apply_init`` the same way
+  (tests/backends/torch/test_graph_template_torch.py).
 """
 
 from __future__ import annotations

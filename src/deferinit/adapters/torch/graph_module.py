@@ -10,27 +10,32 @@ keys as d2l's ``masked_softmax`` does (``-1e6`` before the softmax).
 # mypy: allow-subclassing-any
 from __future__ import annotations
 
+import threading
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as _module_mod
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import is_lazy
 
 from ...errors import BackendError
-from ...extend import register_builder
+from ...extend import generation, register_builder
 from ...graph import GraphModel
 from ...layers import Embedding
 from ...layers_graph import Attend, embedding_path
 from ...shapes import Node
+from ...spec_key import content_key
 from .. import tree
 from ..graph_compiled import GraphCompiled
+from . import fastpath
 from . import tensors as tt
 from .leaves import kernel_attrs, native_attr
 from .modules import F32, SPEC, Step, child_name
-from .structure import TorchBuilder, TorchRunner
+from .structure import GLOBAL_HOOKS, TorchBuilder, TorchRunner
+from .template import Template, snapshot
 
 __all__ = ["GraphNet", "TorchGraphModel", "masked_attention"]
 
@@ -58,6 +63,8 @@ class TiedProjection(nn.Module):
     """``x @ table.T`` with the table of an embedding module elsewhere in the net (not a submodule of this one,
     so ``state_dict`` and ``parameters()`` hold it once, under the embedding)."""
 
+    _template_own = ("table",)  # a copy of the net (template.py) ties it anew: GraphNet.adopt
+
     def __init__(self) -> None:
         super().__init__()
         self.table: Any = None  # a function returning the embedding's weight, set by GraphNet
@@ -74,18 +81,26 @@ def _attend(layer: Attend, rank: int | None) -> list[Step]:
 class GraphNet(nn.Module):
     """The native module of a graph spec: ``forward(*inputs)`` returns one tensor, or a tuple for several outputs."""
 
+    _template_own = ("spec", "root", "_arranged")  # not copied with the modules (template.py): see adopt
+
     def __init__(self, spec: GraphModel, root: Node) -> None:
         super().__init__()
+        built = tree.build(root, TorchBuilder(root, spec.data_format == "channels_last"))[0][0].module
+        for name, module in built.named_children():
+            self.add_module(name, module)
+        self.adopt(spec, root)
+
+    def adopt(self, spec: GraphModel, root: Node) -> GraphNet:
+        """Sets what is not a module: the spec, its plan, the runner's arrangement of each leaf and the tied
+        projections' tables (each reads its embedding's weight). Called once built, and on a copy of a template."""
         self.spec, self.root = spec, root
         self.channels_last = spec.data_format == "channels_last"
         self._arranged: dict[str, Any] = {}  # TorchRunner's modules of each leaf, kept across forwards
-        built = tree.build(root, TorchBuilder(root, self.channels_last))[0][0].module
-        for name, module in built.named_children():
-            self.add_module(name, module)
         for node in root.leaves():
             if isinstance(node.layer, Attend):
                 emb = self.module_at(embedding_path(root, node.layer))
                 self.module_at(node.path).table = lambda emb=emb: emb.weight
+        return self
 
     def module_at(self, path: str) -> nn.Module:
         net: nn.Module = self
@@ -129,11 +144,56 @@ class GraphNet(nn.Module):
         return [slots[o] for o in (self.spec.outputs if self.spec.multi_output else [self.spec.outputs])]
 
 
+#: abstract inits' templates (template.py) of graph specs, by (spec content, inputs, builders, default dtype); a key
+#: maps to None once seen (the first abstract init of its inputs only marks them), False where no copy can be made
+_TEMPLATES: dict[tuple, Template | None | bool] = {}
+_TEMPLATES_MAX = 16
+_TEMPLATES_LOCK = threading.Lock()
+
+
 class TorchGraphModel(GraphCompiled[GraphNet]):
+    """A graph spec on torch. A repeat abstract ``apply_init`` of an equal spec on inputs of equal shapes and dtypes
+    copies the modules (meta tensors) the second one's meta dry run left (``template.py``, as list specs do)
+    instead of dry-running torch's lazy modules again; the shapes it reports are still the tensors torch made."""
+
     backend = "torch"
+    _cloned: GraphNet | None = None  # the last template copy, until its abstract init
+    _template_at: tuple | None = None  # the template key of the current abstract init
 
     def _new_native(self) -> GraphNet:
         return GraphNet(self.spec, self.root)
+
+    def _native_for(self, arrays: list[Any], abstract: bool) -> GraphNet:
+        self._cloned = self._template_at = None
+        if not (abstract and fastpath.ENABLED) or any(getattr(_module_mod, g, None) for g in GLOBAL_HOOKS):
+            return self._new_native()  # (a user's global module hook sees every dry run, as it always did)
+        if "_content" not in self.__dict__:
+            self._content = content_key(self.spec)
+        content = self._content
+        if content is None or any(None in a.shape for a in arrays):
+            return self._new_native()
+        self._template_at = key = (content, tuple((tuple(a.shape), a.dtype) for a in arrays), generation(),
+                                   torch.get_default_dtype())
+        template = _TEMPLATES.get(key)
+        if not isinstance(template, Template):
+            return self._new_native()
+        self._cloned = template.clone("meta")[0].adopt(self.spec, self.root)  # type: ignore[attr-defined]
+        return self._cloned
+
+    def _keep(self, native: GraphNet) -> None:
+        """After an abstract dry run: mark its key the first time, keep a template the second."""
+        key, self._template_at = self._template_at, None
+        if key is None:
+            return
+        with _TEMPLATES_LOCK:
+            if key not in _TEMPLATES:
+                if len(_TEMPLATES) >= _TEMPLATES_MAX:
+                    _TEMPLATES.pop(next(iter(_TEMPLATES)))
+                _TEMPLATES[key] = None
+                return
+            if _TEMPLATES[key] is not None:
+                return
+        _TEMPLATES[key] = snapshot(native, {}, {}, False) or False
 
     def _to_native(self, x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(x))
@@ -164,7 +224,11 @@ class TorchGraphModel(GraphCompiled[GraphNet]):
             raise BackendError(f"{self._who()}: the dry run left uninitialized modules or tensors: {left}")
 
     def _abstract_init(self, native: GraphNet, specs: list[Any]) -> None:
-        """torch's own lazy modules on the meta device: shapes only, no parameter memory (as list specs)."""
+        """torch's own lazy modules on the meta device: shapes only, no parameter memory (as list specs); a copy of
+        a template (``_native_for``) is that already."""
+        cloned, self._cloned = self._cloned, None
+        if cloned is native:
+            return
         meta = torch.device("meta")
         for node in self.root.leaves():
             if isinstance(node.layer, Embedding):
@@ -175,6 +239,7 @@ class TorchGraphModel(GraphCompiled[GraphNet]):
               for s in specs]
         with torch.no_grad(), meta:
             native(*xs)
+        self._keep(native)
 
     _key: Any = None
 
@@ -185,9 +250,19 @@ class TorchGraphModel(GraphCompiled[GraphNet]):
         finally:
             self._key = None
 
+    @property
+    def _nodes(self) -> dict[str, Node]:
+        """Every plan position by path, first occurrence (the plan is fixed: computed once)."""
+        nodes = self.__dict__.get("_node_at")
+        if nodes is None:
+            nodes = self._node_at = {}
+            for c in self.root.walk():
+                nodes.setdefault(c.path, c)
+        return nodes
+
     def _tensor(self, native: GraphNet, name: str) -> torch.Tensor:
         owner, _, pname = name.rpartition(".")
-        node = next(c for c in self.root.walk() if c.path == owner)
+        node = self._nodes[owner]
         t: Any = native.module_at(owner)
         for part in native_attr(node.layer, pname).split("."):
             t = getattr(t, part)
@@ -195,7 +270,7 @@ class TorchGraphModel(GraphCompiled[GraphNet]):
 
     def _native_param(self, native: GraphNet, name: str) -> tuple[str, tuple[int, ...]]:
         owner, _, pname = name.rpartition(".")
-        node = next(c for c in self.root.walk() if c.path == owner)
+        node = self._nodes[owner]
         native_name = ".".join(child_name(s) for s in owner.split(".")) + "." + native_attr(node.layer, pname)
         return native_name, tuple(self._tensor(native, name).shape)
 

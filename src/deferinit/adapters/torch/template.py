@@ -19,11 +19,16 @@ Only a model whose every module keeps its state in its parameters, buffers, chil
 (numbers, strings, dtypes, tuples, lists and dicts of them, functions) and has no hook is snapshotted (torch's
 Linear, Conv, BatchNorm, LayerNorm, Embedding, pools and activations, and deferinit's own modules); anything else
 (an RNN's list of its weights, a module object held as an attribute, a user's module with a tensor attribute)
-keeps taking the lazy path every time.
+keeps taking the lazy path every time. A module class may list in ``_template_own`` attributes that are not copied
+because whoever copies it sets them anew (``graph_module.GraphNet.adopt``: the spec, its plan, the tied
+projections' reads of their embedding).
 
 An abstract init keeps a template too (from its dry run on meta: no buffer values), which only abstract inits use;
 an abstract init also starts from a concrete init's template. A model cloned on meta is materialized as any
 abstract model is (``to_empty``, then ``reset_parameters`` in the dry run's order).
+
+Graph specs (``graph_module.TorchGraphModel``) keep templates of abstract inits only, by (spec content, every
+input's shape and dtype, builders, default dtype): their concrete init dry-runs on CPU each time.
 """
 
 from __future__ import annotations
@@ -76,8 +81,9 @@ def _copy(m: nn.Module, memo: dict[int, nn.Module], device: str, values: bool) -
     if new is not None:
         return new
     d = m.__dict__
+    own = getattr(type(m), "_template_own", ())  # attributes the copy's owner sets anew (``GraphNet.adopt``)
     state = {k: (v if k in ("training", "_is_full_backward_hook") else _plain(v))
-             for k, v in d.items() if k not in _STORES}
+             for k, v in d.items() if k not in _STORES and k not in own}
     for h in _HOOKS:
         if h in d:
             state[h] = OrderedDict()
