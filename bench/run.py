@@ -270,7 +270,7 @@ def zoo_model(name: str, make: Callable[[], Any], backend: str, native: Any, qui
         def ours_first_abstract_init() -> None:  # the first of its spec and input in the process
             from deferinit.adapters import rules_cache
 
-            rules_cache._SHARED.clear()
+            rules_cache.clear()
             ours_abstract_init()
 
         t_nat, t_di = interleaved(native_abstract, ours_first_abstract_init, repeat=init_reps, warmup=init_warmup)
@@ -305,7 +305,7 @@ def zoo_model(name: str, make: Callable[[], Any], backend: str, native: Any, qui
     def ours_first_init() -> None:  # the first init of its spec and input in the process: nothing kept from the last
         from deferinit.adapters import rules_cache
 
-        rules_cache._SHARED.clear()
+        rules_cache.clear()
         ours_init()
 
     t_nat, t_di = interleaved(native_init, ours_first_init, repeat=init_reps, warmup=init_warmup)
@@ -354,7 +354,7 @@ def _first_initialized(make: Callable[[], Any], backend: str, x0: Any) -> Any:
     import deferinit as di
     from deferinit.adapters import rules_cache
 
-    rules_cache._SHARED.clear()
+    rules_cache.clear()
     return _initialized(di.compile(make(), backend), x0)
 
 

@@ -27,7 +27,7 @@ from ..shapes import Inference, as_dtype, infer
 from ..spec_key import content_key
 from .checks import Checks
 
-__all__ = ["RulesCache"]
+__all__ = ["RulesCache", "TemplateShelf", "GRAPH_TEMPLATES", "clear"]
 
 N = TypeVar("N")
 
@@ -147,3 +147,49 @@ class RulesCache(Checks[N]):
         report = inference.report
         entry = self._inferred.get((report.input_shape, as_dtype(report.input_dtype)))
         return entry if entry is not None and entry[0] is inference else None
+
+
+class TemplateShelf:
+    """Templates kept outside a rules entry (graph specs, which have no ``RulesCache``), by a key of everything
+    they depend on; the same turns as ``RulesCache._template_turn``: a key's first init marks it, the second keeps a
+    template (or False: none can be made), later ones copy it. Bounded: the oldest key goes first."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._kept: dict[tuple, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> Any:
+        return self._kept.get(key) or None
+
+    def turn(self, key: tuple) -> bool:
+        """Whether the init under ``key`` keeps a template (then ``keep``)."""
+        with self._lock:
+            if key not in self._kept:
+                if len(self._kept) >= self.size:
+                    self._kept.pop(next(iter(self._kept)))
+                self._kept[key] = None
+                return False
+            return self._kept[key] is None
+
+    def keep(self, key: tuple, template: Any) -> None:
+        self._kept[key] = template or False
+
+    def templates(self) -> list[Any]:
+        return [t for t in self._kept.values() if t]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._kept.clear()
+
+
+#: abstract inits' templates of graph specs (``torch/graph_module.py``)
+GRAPH_TEMPLATES = TemplateShelf(16)
+
+
+def clear() -> None:
+    """Forget every rules answer, framework answer and template kept in this process: the next init of any spec
+    is its first (``nox -s bench``'s first-init rows)."""
+    with _SHARED_LOCK:
+        _SHARED.clear()
+    GRAPH_TEMPLATES.clear()

@@ -11,8 +11,11 @@ from torch import nn
 
 import deferinit as di
 from deferinit import zoo
+from deferinit.adapters import rules_cache
+from deferinit.adapters.rules_cache import GRAPH_TEMPLATES
 from deferinit.adapters.torch import fastpath
 from deferinit.adapters.torch import graph_module as gm
+from deferinit.adapters.torch.template import Template
 
 
 def _gpt2() -> di.LazyModel:
@@ -39,7 +42,7 @@ def _data(shapes: list) -> tuple:
 
 @pytest.fixture(autouse=True)
 def _fresh(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gm, "_TEMPLATES", {})
+    rules_cache.clear()
     monkeypatch.setattr(fastpath, "ENABLED", True)
 
 
@@ -66,7 +69,7 @@ def test_a_repeat_abstract_init_is_a_meta_copy_that_materializes_to_the_lazy_pat
     built = _count_builds(monkeypatch)
     models = [_abstract(make, shapes) for _ in range(4)]
     assert len(built) == 2  # the first marks the inputs, the second keeps the template, the rest copy it
-    assert isinstance(next(iter(gm._TEMPLATES.values())), gm.Template)
+    assert [type(t) for t in GRAPH_TEMPLATES.templates()] == [Template]
     x = _data(shapes)
     lazy.materialize(key=3)
     want = lazy.export_weights()
@@ -86,8 +89,7 @@ def test_a_repeat_abstract_init_is_a_meta_copy_that_materializes_to_the_lazy_pat
 def test_copies_share_no_tensor_and_a_tied_projection_reads_its_own_embedding(monkeypatch: pytest.MonkeyPatch) -> None:
     make, shapes = CASES["gpt2"]
     models = [_abstract(make, shapes) for _ in range(4)]
-    template = next(iter(gm._TEMPLATES.values()))
-    assert isinstance(template, gm.Template)
+    [template] = GRAPH_TEMPLATES.templates()
     seen = {id(t) for t in (*template.root.parameters(), *template.root.buffers())}
     for m in models[2:]:
         net = m.native

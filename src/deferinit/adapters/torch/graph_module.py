@@ -10,7 +10,6 @@ keys as d2l's ``masked_softmax`` does (``-1e6`` before the softmax).
 # mypy: allow-subclassing-any
 from __future__ import annotations
 
-import threading
 from typing import Any, Mapping
 
 import numpy as np
@@ -30,12 +29,13 @@ from ...shapes import Node
 from ...spec_key import content_key
 from .. import tree
 from ..graph_compiled import GraphCompiled
+from ..rules_cache import GRAPH_TEMPLATES
 from . import fastpath
 from . import tensors as tt
 from .leaves import kernel_attrs, native_attr
 from .modules import F32, SPEC, Step, child_name
 from .structure import GLOBAL_HOOKS, TorchBuilder, TorchRunner
-from .template import Template, snapshot
+from .template import snapshot
 
 __all__ = ["GraphNet", "TorchGraphModel", "masked_attention"]
 
@@ -144,13 +144,6 @@ class GraphNet(nn.Module):
         return [slots[o] for o in (self.spec.outputs if self.spec.multi_output else [self.spec.outputs])]
 
 
-#: abstract inits' templates (template.py) of graph specs, by (spec content, inputs, builders, default dtype); a key
-#: maps to None once seen (the first abstract init of its inputs only marks them), False where no copy can be made
-_TEMPLATES: dict[tuple, Template | None | bool] = {}
-_TEMPLATES_MAX = 16
-_TEMPLATES_LOCK = threading.Lock()
-
-
 class TorchGraphModel(GraphCompiled[GraphNet]):
     """A graph spec on torch. A repeat abstract ``apply_init`` of an equal spec on inputs of equal shapes and dtypes
     copies the modules (meta tensors) the second one's meta dry run left (``template.py``, as list specs do)
@@ -174,8 +167,8 @@ class TorchGraphModel(GraphCompiled[GraphNet]):
             return self._new_native()
         self._template_at = key = (content, tuple((tuple(a.shape), a.dtype) for a in arrays), generation(),
                                    torch.get_default_dtype())
-        template = _TEMPLATES.get(key)
-        if not isinstance(template, Template):
+        template = GRAPH_TEMPLATES.get(key)
+        if template is None:
             return self._new_native()
         self._cloned = template.clone("meta")[0].adopt(self.spec, self.root)  # type: ignore[attr-defined]
         return self._cloned
@@ -185,15 +178,8 @@ class TorchGraphModel(GraphCompiled[GraphNet]):
         key, self._template_at = self._template_at, None
         if key is None:
             return
-        with _TEMPLATES_LOCK:
-            if key not in _TEMPLATES:
-                if len(_TEMPLATES) >= _TEMPLATES_MAX:
-                    _TEMPLATES.pop(next(iter(_TEMPLATES)))
-                _TEMPLATES[key] = None
-                return
-            if _TEMPLATES[key] is not None:
-                return
-        _TEMPLATES[key] = snapshot(native, {}, {}, False) or False
+        if GRAPH_TEMPLATES.turn(key):
+            GRAPH_TEMPLATES.keep(key, snapshot(native, {}, {}, False))
 
     def _to_native(self, x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(x))
@@ -253,11 +239,12 @@ class TorchGraphModel(GraphCompiled[GraphNet]):
     @property
     def _nodes(self) -> dict[str, Node]:
         """Every plan position by path, first occurrence (the plan is fixed: computed once)."""
-        nodes = self.__dict__.get("_node_at")
+        nodes: dict[str, Node] | None = self.__dict__.get("_node_at")
         if nodes is None:
-            nodes = self._node_at = {}
+            nodes = {}
             for c in self.root.walk():
                 nodes.setdefault(c.path, c)
+            self._node_at = nodes
         return nodes
 
     def _tensor(self, native: GraphNet, name: str) -> torch.Tensor:
