@@ -752,3 +752,37 @@ def test_training_mode_and_float64_around_the_direct_inference_call() -> None:
         np.testing.assert_allclose(model.to_numpy(model(as_nd(x.astype(np.float64)))), ref(x), rtol=2e-4, atol=2e-5)
     np.testing.assert_allclose(model.export_weights()["1.running_mean"], ref.export_weights()["1.running_mean"],
                                rtol=1e-5, atol=1e-6)
+
+
+def test_batch_norm_ranks_come_from_the_rules_not_from_a_symbolic_inference_per_block(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each BatchNorm block knows its input's rank (3 after the Conv1D, 4 after a Conv2D, 2 after a Dense) from the
+    reference rules, so tracing asks MXNet's symbolic shape inference for none (it walks the graph up to the block:
+    quadratic in depth); the 3-D one is still run as (N, C, L, 1), which the finite-difference gradients above
+    check, and here the outputs must equal those of the traced-rank path."""
+    from deferinit.adapters.mxnet import modules as mxm
+
+    def spec() -> di.LazyModel:
+        return di.LazyModel([di.Conv1D(4, 3), di.BatchNorm(), di.Flatten(), di.Dense(6), di.BatchNorm(), di.Dense(2)])
+
+    x = np.random.default_rng(0).standard_normal((3, 2, 9)).astype(np.float32)
+    asked: list[int] = []
+    real = mxm.traced_rank
+    monkeypatch.setattr(mxm, "traced_rank", lambda s: asked.append(1) or real(s))
+    model = di.compile(spec(), "mxnet")
+    model.apply_init(x, key=0)
+    ranks = [b.rank for b in model.native._deferinit.blocks.values() if isinstance(b, mxm.BatchNorm)]
+    assert ranks == [3, 2]
+    weights = model.export_weights()  # before the training call moves the running statistics
+    y_infer, y_train = model(x).asnumpy(), model(x, training=True).asnumpy()
+    assert asked == []
+    monkeypatch.setattr(mxm.BatchNorm, "rank", None)  # the old path: every block asks MXNet in each trace
+    old = di.compile(spec(), "mxnet")
+    old.apply_init(x, key=0)
+    for b in old.native._deferinit.blocks.values():
+        if isinstance(b, mxm.BatchNorm):
+            b.__dict__.pop("rank", None)
+    old.load_weights(weights)
+    np.testing.assert_array_equal(old(x).asnumpy(), y_infer)
+    np.testing.assert_array_equal(old(x, training=True).asnumpy(), y_train)
+    assert asked

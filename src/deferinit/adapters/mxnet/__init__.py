@@ -116,6 +116,18 @@ def _build(root: Node, fmt: str) -> modules.Sequential:
     return net  # type: ignore[return-value]
 
 
+def _batch_norm_ranks(table: _Table, norms: tuple[Node, ...], inference: Inference) -> None:
+    """Tells each BatchNorm block its input's rank, from the rules (``modules.BatchNorm.rank``); a block tied
+    across ranks (refused at a call by ``checks.batch_norm_rank_error``) is left to ask MXNet."""
+    ranks: dict[int, tuple[Any, set[int]]] = {}
+    for node in norms:
+        block = table.blocks.get(node.path) or table.blocks.get((node.tied_to or node).path)
+        if isinstance(block, modules.BatchNorm):
+            ranks.setdefault(id(block), (block, set()))[1].add(len(inference.inputs[node.path]))
+    for block, found in ranks.values():
+        block.rank = next(iter(found)) if len(found) == 1 else None
+
+
 class _Runner(tree.Runner[Any]):
     """NDArray operations for ``tree.run`` (``intermediates``): each leaf is its block called alone (the children
     are imperative, see ``_hybridize``)."""
@@ -171,6 +183,7 @@ class GluonModel(CompiledModel[modules.Sequential]):
                      abstract: bool, *, values_follow: bool = False) -> dict[str, NativeParam]:
         check_init(init)
         table: _Table = native._deferinit
+        _batch_norm_ranks(table, self._batch_norms, inference)
         # the report's layer shapes: the symbols each position returns in the trace below (see graph.Observer)
         observer = table.observer = graph.Observer({p: table.blocks[p] for p in inference.report.layers})
         if abstract:  # a symbolic trace and infer_shape: Parameter shapes only, nothing allocated

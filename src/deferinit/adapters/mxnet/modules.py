@@ -95,6 +95,9 @@ class BatchNorm(nn.BatchNorm):
     """
 
     _warned = False
+    #: the input's rank, from the reference rules (set at init: ``MXNetModel._native_init``); None: asked of MXNet's
+    #: symbolic shape inference in each trace, which walks the graph up to this block (quadratic in depth)
+    rank: int | None = None
 
     def __init__(self, axis: int, momentum: float, epsilon: float) -> None:
         super().__init__(axis=axis, momentum=1.0 - momentum, epsilon=epsilon, in_channels=0)
@@ -137,7 +140,7 @@ class BatchNorm(nn.BatchNorm):
         of a Conv1D before it (its weight gradient fails ``Check failed: !is_view``, in a hand-built Gluon model
         too); the same values laid out as (N, C, L, 1) do not. Only 3-D: a reshape makes oneDNN reorder 4-D
         activations out of its blocked layout, which costs about as much as the BatchNorm itself."""
-        rank = x.ndim if F is not symbol else traced_rank(x)
+        rank = x.ndim if F is not symbol else (self.rank or traced_rank(x))
         if rank != 3:
             return None
         if self._kwargs["axis"] == 1:
