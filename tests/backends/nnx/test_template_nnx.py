@@ -134,15 +134,71 @@ def test_an_abstract_repeat_is_shape_only_and_materializes_to_the_concrete_init(
         assert _equal(m.export_weights(), concrete[0].export_weights())
 
 
-def test_a_model_with_an_rngs_stream_constructs_its_modules_every_time(monkeypatch: pytest.MonkeyPatch) -> None:
+def _dropouts() -> di.LazyModel:
+    return di.LazyModel([di.Dense(8), di.Dropout(0.5), di.Dense(6), di.Dropout(0.25), di.Dense(2)])
+
+
+def _stream_keys(m: di.CompiledModel) -> list:
+    return [np.asarray(jax.random.key_data(v[...])) for _, v in nnx.to_flat_state(nnx.state(m.native, nnx.RngKey))]
+
+
+def test_a_dropouts_stream_on_a_repeat_is_the_key_nnx_forked_for_the_same_init_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    shape = (4, 5)
+    x = _x(shape)
+    monkeypatch.setattr(fastpath, "ENABLED", False)  # NNX's own construction: Dropout forks the init's nnx.Rngs
+    constructed = {k: _init(_dropouts, shape, key=k) for k in (3, 4)}
+    portable = _init(_dropouts, shape, key=3, init="xavier_uniform")
+    # a training forward draws its masks from the stream: the first call's key, then the next
+    masks = {k: [np.asarray(m(x, training=True)) for _ in range(2)] for k, m in [*constructed.items(), ("p", portable)]}
+    monkeypatch.setattr(fastpath, "ENABLED", True)
+    built = _count_constructions(monkeypatch)
+    models = [_init(_dropouts, shape, key=3) for _ in range(3)]
+    assert len(built) == 2  # the third merges the template
+    other = _init(_dropouts, shape, key=4)
+    assert len(built) == 2
+    keys = {k: _stream_keys(m) for k, m in constructed.items()}  # (the calls above advanced the counts, not the keys)
+    assert len(keys[3]) == 2 and not np.array_equal(keys[3][0], keys[4][0])
+    for m, k in [*((m, 3) for m in models), (other, 4)]:
+        assert all(np.array_equal(a, b) for a, b in zip(_stream_keys(m), keys[k]))
+        assert _equal(m.export_weights(), constructed[k].export_weights())
+        for want in masks[k]:
+            np.testing.assert_array_equal(np.asarray(m(x, training=True)), want)
+    for _ in range(3):  # portable values: the streams are still NNX's, the values the portable initializer's
+        m = _init(_dropouts, shape, key=3, init="xavier_uniform")
+        assert all(np.array_equal(a, b) for a, b in zip(_stream_keys(m), keys[3]))
+        assert _equal(m.export_weights(), portable.export_weights())
+        for want in masks["p"]:
+            np.testing.assert_array_equal(np.asarray(m(x, training=True)), want)
+
+
+def test_an_abstract_template_of_a_model_with_a_stream_serves_no_init_with_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    shape = (4, 5)
+    built = _count_constructions(monkeypatch)
+    for _ in range(3):  # nnx.eval_shape gives the streams no values: this template serves abstract inits only
+        di.compile(_dropouts(), "nnx").apply_init(di.ShapeDtype(shape), abstract=True)
+    assert len(built) == 2
+    m = _init(_dropouts, shape, key=3, init="xavier_uniform")  # would start from a shape-only template: constructs
+    assert len(built) == 3
+    monkeypatch.setattr(fastpath, "ENABLED", False)
+    want = _init(_dropouts, shape, key=3, init="xavier_uniform")
+    assert all(np.array_equal(a, b) for a, b in zip(_stream_keys(m), _stream_keys(want)))
+
+
+def test_a_model_with_values_not_drawn_on_the_host_constructs_its_modules_every_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     def make() -> di.LazyModel:
-        return di.LazyModel([di.Dense(8), di.Dropout(0.5), di.Dense(2)])
+        return zoo.rnn_lm("gru", num_layers=2)  # NNX's GRU cells draw their own values (with a stream between)
 
     built = _count_constructions(monkeypatch)
-    models = [_init(make, (2, 4), key=1) for _ in range(3)]
+    x = np.random.default_rng(0).integers(0, 28, (2, 5))
+    models = []
+    for _ in range(3):
+        m = di.compile(make(), "nnx")
+        m.apply_init(x, key=1)
+        models.append(m)
     assert len(built) == 3
     entry = models[2]._entry(models[2]._inference)
-    assert entry[1][models[2]._template_key(False)] is False  # tried once, refused: the Dropout's key depends on the init's
+    assert entry[1][models[2]._template_key(False)] is False  # tried once, refused
     assert all(_equal(m.export_weights(), models[0].export_weights()) for m in models)
 
 

@@ -89,8 +89,8 @@ class NnxModel(CompiledModel[nnx.Module]):
         read: an abstract init, or portable values written over every variable right after."""
         shape_only = abstract or values_follow
         template = self._template(inference, shape_only) if _switch.ENABLED else None
-        if template is not None:
-            native, variables = template.clone(shape_only)
+        if template is not None and template.serves(abstract):
+            native, variables = template.clone(shape_only, abstract)
             self._cloned = (native, template, variables)
             return native
         return self._new_native()
@@ -111,6 +111,8 @@ class NnxModel(CompiledModel[nnx.Module]):
         cloned, self._cloned = self._cloned, None
         if cloned is not None and cloned[0] is native:
             template, variables = cloned[1], cloned[2]
+            if not abstract:
+                template.streams(variables, rng)  # a Dropout's key, as NNX forked it
             if not abstract and not values_follow:  # (portable values overwrite every variable right after)
                 template.draw(variables, key_words(rng))
             return self._found(native, template.built, inference, init, rng, abstract)
@@ -142,7 +144,7 @@ class NnxModel(CompiledModel[nnx.Module]):
         native.layers = made.layers
         built = holder[0].built
         if keep:  # before an init function of the user's changes any value
-            self._keep_template(inference, shape_only, snapshot(native, records, built))
+            self._keep_template(inference, shape_only, snapshot(native, records, built, rng))
         return self._found(native, built, inference, init, rng, abstract)
 
     def _found(self, native: nnx.Module, built: Built, inference: Inference, init: Any, rng: Any,
