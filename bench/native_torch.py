@@ -248,18 +248,33 @@ def _zoo(name: str) -> Callable[[list[np.ndarray]], tuple[nn.Module, int]]:
     return build
 
 
+def _lazy_model(name: str) -> nn.Module:
+    """The zoo model ``name`` written with torch's lazy modules, in eval mode, not yet dry-run."""
+    global _LAZY
+    _LAZY = True
+    try:
+        return _ZOO_MAKE[name]().eval()
+    finally:
+        _LAZY = False
+
+
 def _zoo_lazy(name: str) -> Callable[[list[np.ndarray]], tuple[nn.Module, int]]:
     """The same model with torch's lazy modules, then the dry run that materializes them."""
     def build(inputs: list[np.ndarray]) -> tuple[nn.Module, int]:
-        global _LAZY
-        _LAZY = True
-        try:
-            net = _ZOO_MAKE[name]().eval()
-        finally:
-            _LAZY = False
+        net = _lazy_model(name)
         with torch.no_grad():
             net(*(torch.from_numpy(x) for x in inputs))
         return net, _count(net)
+    return build
+
+
+def _zoo_lazy_abstract(name: str) -> Callable[[list[tuple[tuple[int, ...], str]]], int]:
+    """torch's own abstract path for a model written with lazy modules: constructed and dry-run on meta."""
+    def build(inputs: list[tuple[tuple[int, ...], str]]) -> int:
+        with torch.no_grad(), torch.device("meta"):
+            net = _lazy_model(name)
+            net(*(torch.empty(s, dtype=getattr(torch, d), device="meta") for s, d in inputs))
+        return _count(net)
     return build
 
 
@@ -279,3 +294,4 @@ if importlib.util.find_spec("transformers") is None:
 ZOO = {name: _zoo(name) for name in _ZOO_MAKE}
 ZOO_LAZY = {name: _zoo_lazy(name) for name in ("resnet50", "mobilenet_v2")}  # the vision models
 ZOO_ABSTRACT = {name: _zoo_abstract(name) for name in _ZOO_MAKE}
+ZOO_LAZY_ABSTRACT = {name: _zoo_lazy_abstract(name) for name in ZOO_LAZY}

@@ -96,6 +96,8 @@ def zoo_rows() -> list:
         rows += [(f"{model}: abstract init / native abstract", cell(model, "abstract_ratio")),
                  (f"{model}: abstract init, first of its spec and input / native abstract",
                   cell(model, "abstract_first_ratio")),
+                 *([(f"{model}: abstract init, first of its spec and input / native abstract, lazy modules",
+                     cell(model, "abstract_first_lazy_ratio"))] if model in LAZY else []),
                  (f"{model}: apply_init / native init", cell(model, "init_ratio")),
                  (f"{model}: apply_init, first of its spec and input / native init", cell(model, "init_first_ratio")),
                  *([(f"{model}: apply_init / native init, lazy modules", cell(model, "init_lazy_ratio"))]

@@ -275,6 +275,11 @@ def zoo_model(name: str, make: Callable[[], Any], backend: str, native: Any, qui
 
         t_nat, t_di = interleaved(native_abstract, ours_first_abstract_init, repeat=init_reps, warmup=init_warmup)
         entry["abstract_first_ratio"] = t_di / t_nat
+        lazy_abstract = getattr(native, "ZOO_LAZY_ABSTRACT", {}).get(name)
+        if lazy_abstract is not None:  # the framework's own lazy modules dry-run on meta: what a first init runs
+            t_lazy, t_di = interleaved(lambda: lazy_abstract(shapes), ours_first_abstract_init,  # noqa: B023
+                                       repeat=init_reps, warmup=init_warmup)
+            entry["abstract_first_lazy_ratio"] = t_di / t_lazy
         for _ in range(2):  # a repeat: the torch and nnx backends keep a template at the second init
             ours_abstract_init()
         t_nat, t_di = interleaved(native_abstract, ours_abstract_init, repeat=init_reps, warmup=init_warmup)
