@@ -55,11 +55,28 @@ def median_time(fn: Callable[[], Any], repeat: int, warmup: int = 3) -> float:
 BLOCK_S = 0.002
 
 
-def interleaved(a: Callable[[], Any], b: Callable[[], Any], repeat: int, warmup: int = 5) -> tuple[float, float]:
+def interleaved(a: Callable[[], Any], b: Callable[[], Any], repeat: int, warmup: int = 5,
+                collect: bool = False) -> tuple[float, float]:
     """Per-call medians of a and b timed alternately, so drifts in machine load hit both alike. Each sample is a
     block of calls lasting at least ``BLOCK_S`` (one call where that already does), and every other sample runs
     b first: single 10-300 us calls timed one by one, a always first, moved the small models' forward ratios by up
-    to 0.1 between runs (TensorFlow's MLP at batch 256: 1.10 in a bench of 2026-12-05, 1.03 in blocks of calls)."""
+    to 0.1 between runs (TensorFlow's MLP at batch 256: 1.10 in a bench of 2026-12-05, 1.03 in blocks of calls).
+    ``collect`` (the init rows): Python's garbage is collected, untimed, before each sample. A Gluon block is in a
+    reference cycle (its ``_BlockScope``), so a dropped MXNet model, hand-written or not, is freed by the cycle
+    collector whenever it next runs, inside whichever side's timing that is: MXNet's ResNet-50 repeat init read
+    1.51, 1.10 and 1.27 on three runs of the same code, the deferinit side steady at 360 ms, the native 280-400."""
+    if collect:  # what exists now is never garbage of these calls: the collections below skip it (fast)
+        gc.collect()
+        gc.freeze()
+    try:
+        return _interleaved(a, b, repeat, warmup, collect)
+    finally:
+        if collect:
+            gc.unfreeze()
+
+
+def _interleaved(a: Callable[[], Any], b: Callable[[], Any], repeat: int, warmup: int,
+                 collect: bool) -> tuple[float, float]:
     for _ in range(warmup):
         a()
         b()
@@ -70,6 +87,8 @@ def interleaved(a: Callable[[], Any], b: Callable[[], Any], repeat: int, warmup:
     ta, tb = [], []
 
     def timed(fn: Callable[[], Any]) -> float:
+        if collect:
+            gc.collect()
         t = time.perf_counter()
         for _ in range(block):
             fn()
@@ -275,16 +294,16 @@ def zoo_model(name: str, make: Callable[[], Any], backend: str, native: Any, qui
             rules_cache.clear()
             ours_abstract_init()
 
-        t_nat, t_di = interleaved(native_abstract, ours_first_abstract_init, repeat=init_reps, warmup=init_warmup)
+        t_nat, t_di = interleaved(native_abstract, ours_first_abstract_init, repeat=init_reps, warmup=init_warmup, collect=True)
         entry["abstract_first_ratio"] = t_di / t_nat
         lazy_abstract = getattr(native, "ZOO_LAZY_ABSTRACT", {}).get(name)
         if lazy_abstract is not None:  # the framework's own lazy modules dry-run on meta: what a first init runs
             t_lazy, t_di = interleaved(lambda: lazy_abstract(shapes), ours_first_abstract_init,  # noqa: B023
-                                       repeat=init_reps, warmup=init_warmup)
+                                       repeat=init_reps, warmup=init_warmup, collect=True)
             entry["abstract_first_lazy_ratio"] = t_di / t_lazy
         for _ in range(2):  # a repeat: the torch and nnx backends keep a template at the second init
             ours_abstract_init()
-        t_nat, t_di = interleaved(native_abstract, ours_abstract_init, repeat=init_reps, warmup=init_warmup)
+        t_nat, t_di = interleaved(native_abstract, ours_abstract_init, repeat=init_reps, warmup=init_warmup, collect=True)
         entry.update({"abstract_native_ms": t_nat * 1e3, "abstract_deferinit_ms": t_di * 1e3,
                       "abstract_ratio": t_di / t_nat, "abstract_native_params": int(got["native"]),
                       "abstract_deferinit_params": int(got["deferinit"])})
@@ -315,12 +334,12 @@ def zoo_model(name: str, make: Callable[[], Any], backend: str, native: Any, qui
         rules_cache.clear()
         ours_init()
 
-    t_nat, t_di = interleaved(native_init, ours_first_init, repeat=init_reps, warmup=init_warmup)
+    t_nat, t_di = interleaved(native_init, ours_first_init, repeat=init_reps, warmup=init_warmup, collect=True)
     entry.update({"init_first_native_ms": t_nat * 1e3, "init_first_deferinit_ms": t_di * 1e3,
                   "init_first_ratio": t_di / t_nat})
     for _ in range(2):  # a repeat init: the torch and nnx backends keep a template at the second (template.py)
         ours_init()
-    t_nat, t_di = interleaved(native_init, ours_init, repeat=init_reps, warmup=init_warmup)
+    t_nat, t_di = interleaved(native_init, ours_init, repeat=init_reps, warmup=init_warmup, collect=True)
     forward, native_params = got.pop("native")
     model, params = got.pop("deferinit")
     entry.update({"init_native_ms": t_nat * 1e3, "init_deferinit_ms": t_di * 1e3, "init_ratio": t_di / t_nat,
@@ -335,7 +354,7 @@ def zoo_model(name: str, make: Callable[[], Any], backend: str, native: Any, qui
             got.pop("lazy", None)
             got["lazy"] = lazy(arrays)
 
-        t_lazy, t_di = interleaved(lazy_init, ours_init, repeat=init_reps, warmup=init_warmup)
+        t_lazy, t_di = interleaved(lazy_init, ours_init, repeat=init_reps, warmup=init_warmup, collect=True)
         assert got.pop("lazy")[1] == params, name
         got.pop("deferinit")
         entry.update({"init_lazy_native_ms": t_lazy * 1e3, "init_lazy_deferinit_ms": t_di * 1e3,
@@ -403,13 +422,13 @@ def backend_bench(backend: str, quick: bool, only: str = "all") -> dict[str, Any
         reps, warm = (3, 1) if quick or name == "resnet18" else (40, 5)
         t_init_native, t_init_ours = interleaved(lambda: settle(native.MODELS[name](x0)),  # noqa: B023
                                                  lambda: settle(_initialized(di.compile(make(), backend), x0)),  # noqa: B023
-                                                 repeat=reps, warmup=warm)
+                                                 repeat=reps, warmup=warm, collect=True)
         entry: dict[str, Any] = {"init_native_ms": t_init_native * 1e3, "init_deferinit_ms": t_init_ours * 1e3,
                                  "init_ratio": t_init_ours / t_init_native}
         # the same, each deferinit init the first of its spec and input in the process (nothing kept from the last)
         t_init_native, t_init_ours = interleaved(lambda: settle(native.MODELS[name](x0)),  # noqa: B023
                                                  lambda: settle(_first_initialized(make, backend, x0)),  # noqa: B023
-                                                 repeat=reps, warmup=warm)
+                                                 repeat=reps, warmup=warm, collect=True)
         entry.update({"init_first_native_ms": t_init_native * 1e3, "init_first_deferinit_ms": t_init_ours * 1e3,
                       "init_first_ratio": t_init_ours / t_init_native})
         for batch in BATCHES[name]:
