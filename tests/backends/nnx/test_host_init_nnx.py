@@ -93,3 +93,63 @@ def test_abstract_then_materialize_draws_the_same_as_a_concrete_init(init: str |
     a, b = concrete.export_weights(), lazy.export_weights()
     for name in a:
         np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_the_host_threefry_fold_in_is_jaxs() -> None:
+    from deferinit.adapters.jax.host_init import threefry_fold_in
+
+    rng = np.random.default_rng(7)
+    for _ in range(64):
+        words = rng.integers(0, 2**32, 2, dtype=np.uint64).astype(np.uint32)
+        data = int(rng.integers(0, 2**32))
+        want = jax.random.key_data(jax.random.fold_in(jax.random.wrap_key_data(jnp.asarray(words)), np.uint32(data)))
+        assert threefry_fold_in(words, data) == tuple(int(w) for w in np.asarray(want))
+
+
+def _streams(module: nnx.Module) -> list[tuple[str, np.ndarray]]:
+    flat = nnx.to_flat_state(nnx.state(module, nnx.Any(nnx.RngKey, nnx.RngCount)))
+    return [("/".join(map(str, p)), np.asarray(jax.random.key_data(v.get_value()) if isinstance(v, nnx.RngKey)
+                                               else v.get_value())) for p, v in flat]
+
+
+def test_streams_and_statistics_built_on_the_host_are_nnxs_own() -> None:
+    """Inside host_draws every stream call (a key for each module's initializers, a Dropout's fork) and every
+    BatchNorm statistic is made on the host: the same keys, counts and values as NNX's own construction outside."""
+    def build(rngs: nnx.Rngs) -> nnx.Module:
+        return nnx.List([M.Linear(5, 8, rngs=rngs), M.BatchNorm(8, rngs=rngs), M.Dropout(0.5, rngs=rngs),
+                         M.Conv(8, 4, kernel_size=(3,), rngs=rngs), M.Dropout(0.25, rngs=rngs)])
+
+    key = jax.device_put(np.array([0, 11], np.uint32))  # what the adapter's int key is (tests/backends/jax)
+    theirs = build(nnx.Rngs(key))
+    with M.host_draws([0, 11]):
+        ours = build(nnx.Rngs(key))
+    assert [p for p, _ in _streams(ours)] == [p for p, _ in _streams(theirs)] and len(_streams(ours)) == 4
+    for (path, a), (_, b) in zip(_streams(ours), _streams(theirs)):
+        np.testing.assert_array_equal(a, b, err_msg=path)
+    for stat in ("mean", "var"):
+        a, b = getattr(ours[1], stat).get_value(), getattr(theirs[1], stat).get_value()
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # flax's own again outside host_draws: the patches are gone
+    from flax.nnx import rnglib
+    from flax.nnx.nn import normalization
+    assert normalization.jnp is jnp and rnglib.jnp is jnp and nnx.RngStream.__call__ is M._STREAM_CALL
+
+
+def test_a_build_with_batch_norm_and_dropout_compiles_nothing() -> None:
+    def spec(c: int) -> di.LazyModel:
+        return di.LazyModel([L.Conv2D(c, 3), L.BatchNorm(), L.ReLU(), L.Flatten(), L.Dropout(0.5), L.Dense(3)])
+
+    warm = di.compile(spec(4), "nnx")
+    warm.apply_init(np.zeros((1, 2, 6, 6), np.float32), key=0)
+    x = jax.device_put(np.zeros((1, 2, 7, 7), np.float32))
+    seen: list[str] = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, secs, **kw: seen.append(event) if "backend_compile" in event else None)
+    try:
+        model = di.compile(spec(13), "nnx")  # statistics of a size new to JAX, a key and a count per module
+        model.apply_init(x, key=5)
+    finally:
+        jax.monitoring.clear_event_listeners()
+    assert seen == []
+    assert np.asarray(model.native.layers[1].var.get_value()).tolist() == [1.0] * 13

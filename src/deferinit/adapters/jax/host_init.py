@@ -23,10 +23,32 @@ import numpy as np
 
 from ... import _threads
 
-__all__ = ["host_draw", "key_words"]
+__all__ = ["host_draw", "key_words", "threefry_fold_in"]
 
 _MODULE = "jax._src.nn.initializers"
 _TRUNC_STD = 0.87962566103423978  # the standard deviation of a standard normal truncated to (-2, 2)
+
+
+_M32 = 0xFFFFFFFF
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+
+
+def threefry_fold_in(key: Sequence[int], data: int) -> tuple[int, int]:
+    """``jax.random.fold_in`` of a threefry key (its two uint32 words) and a uint32 ``data``, in Python integers:
+    the Threefry-2x32 hash of the counter ``[0, data]`` (``jax._src.random.threefry2x32``: ``threefry_seed`` of a
+    32-bit value is ``[0, value]``; five groups of four rounds, the key schedule injected after each). About 20 us,
+    where ``fold_in`` compiles ~90 ms in a fresh process (tests compare the two on random keys)."""
+    k1, k2 = int(key[0]) & _M32, int(key[1]) & _M32
+    ks = (k1, k2, k1 ^ k2 ^ 0x1BD11BDA)
+    x0, x1 = ks[0], (int(data) + ks[1]) & _M32
+    for group in range(5):
+        for r in _ROTATIONS[group % 2]:
+            x0 = (x0 + x1) & _M32
+            x1 = ((x1 << r) | (x1 >> (32 - r))) & _M32
+            x1 ^= x0
+        x0 = (x0 + ks[(group + 1) % 3]) & _M32
+        x1 = (x1 + ks[(group + 2) % 3] + group + 1) & _M32
+    return x0, x1
 
 
 def key_words(key: Any) -> list[int]:
