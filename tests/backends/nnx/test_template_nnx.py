@@ -220,3 +220,40 @@ def test_the_switch_and_a_builder_registered_since_construct_again(monkeypatch: 
     monkeypatch.setattr(fastpath, "ENABLED", False)
     _init(make, shape)
     assert len(built) == 5
+
+
+ATTENTION = {
+    "transformer_encoder": (lambda: zoo.transformer_encoder(vocab_size=30, num_hiddens=16, ffn_num_hiddens=24,
+                                                            num_heads=4, num_blks=2, dropout=0.3, use_bias=True),
+                            lambda: np.random.default_rng(0).integers(0, 30, (2, 9))),
+    "vit": (lambda: zoo.vit(patch_size=4, num_hiddens=16, mlp_num_hiddens=24, num_heads=4, num_blks=1),
+            lambda: np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ATTENTION))
+def test_attention_models_merge_a_template_with_the_constructed_values_and_masks(
+        name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """NNX's attention draws its projections flat and reshapes them (``LinearGeneral``); ViT's class token and
+    position embedding are deferinit's own modules: all drawn on the host now, so these models get a template."""
+    make, data = ATTENTION[name]
+    x = data()
+    monkeypatch.setattr(fastpath, "ENABLED", False)
+    want = di.compile(make(), "nnx")
+    want.apply_init(x, key=3)
+    masks = [np.asarray(want(x, training=True)) for _ in range(2)]
+    want = di.compile(make(), "nnx")
+    want.apply_init(x, key=3)
+    monkeypatch.setattr(fastpath, "ENABLED", True)
+    built = _count_constructions(monkeypatch)
+    models = []
+    for _ in range(3):
+        m = di.compile(make(), "nnx")
+        m.apply_init(x, key=3)
+        models.append(m)
+    assert len(built) == 2
+    for m in models:
+        assert _equal(m.export_weights(), want.export_weights())
+        assert all(np.array_equal(a, b) for a, b in zip(_stream_keys(m), _stream_keys(want)))
+        for y in masks:
+            np.testing.assert_array_equal(np.asarray(m(x, training=True)), y)
