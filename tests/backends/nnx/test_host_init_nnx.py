@@ -153,31 +153,3 @@ def test_a_build_with_batch_norm_and_dropout_compiles_nothing() -> None:
         jax.monitoring.clear_event_listeners()
     assert seen == []
     assert np.asarray(model.native.layers[1].var.get_value()).tolist() == [1.0] * 13
-
-
-def test_attention_projections_are_drawn_on_the_host_with_nnxs_distribution_and_compile_nothing() -> None:
-    """``nnx.MultiHeadAttention``'s projections (``LinearGeneral``: a flat ``lecun_normal`` draw of fan-in the
-    input width, reshaped to ``(in, heads, head_dim)``) and zero biases."""
-    def spec(d: int) -> di.LazyModel:
-        return di.LazyModel([di.MultiHeadAttention(d, 4, use_bias=True), L.Flatten(), L.Dense(2)])
-
-    warm = di.compile(spec(8), "nnx")
-    warm.apply_init(np.zeros((2, 3, 5), np.float32), key=0)
-    x = jax.device_put(np.zeros((2, 3, 400), np.float32))
-    seen: list[str] = []
-    jax.monitoring.register_event_duration_secs_listener(
-        lambda event, secs, **kw: seen.append(event) if "backend_compile" in event else None)
-    try:
-        model = di.compile(spec(96), "nnx")  # widths new to JAX: NNX's own draws and reshapes would compile
-        model.apply_init(x, key=1)
-    finally:
-        jax.monitoring.clear_event_listeners()
-    assert seen == []
-    p = _params(model)
-    q = p["layers/0/query/kernel"]
-    assert q.shape == (400, 4, 24)
-    std = 400 ** -0.5
-    assert abs(q.std() - std) < 0.03 * std and np.abs(q).max() <= 2 * std / 0.87962566103423978 + 1e-6
-    np.testing.assert_array_equal(p["layers/0/query/bias"], 0.0)
-    theirs = np.asarray(nnx.MultiHeadAttention(4, 400, qkv_features=96, rngs=nnx.Rngs(0)).query.kernel.get_value())
-    assert theirs.shape == q.shape and abs(theirs.std() - q.std()) < 0.03 * std

@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import Any
 
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from ...extend import register_builder
@@ -40,8 +39,7 @@ def _attention(node: Node, cf: bool, rngs: nnx.Rngs, in_shape: tuple) -> Made:
     layer: MultiHeadAttention = node.layer  # type: ignore[assignment]
     m = SelfAttention(layer.num_heads, int(in_shape[-1]), qkv_features=layer.num_hiddens,
                       out_features=layer.num_hiddens, use_bias=layer.use_bias, dropout_rate=layer.dropout,
-                      broadcast_dropout=False, decode=False, rngs=rngs,
-                      **M._hosted_inits(nnx.MultiHeadAttention, {}))  # its projections drawn on the host too
+                      broadcast_dropout=False, decode=False, rngs=rngs)
     out: dict[str, T.Layout] = {}
     for proj, sub in (("q", "query"), ("k", "key"), ("v", "value"), ("out", "out")):
         out[f"{proj}_weight"] = _one(f"{sub}/kernel", "heads_out" if proj == "out" else "heads_in")
@@ -139,17 +137,11 @@ def _recurrent(node: Node, cf: bool, rngs: nnx.Rngs, in_shape: tuple) -> Made:
     return Recurrent(layers, layer.dropout, dirs, layer.return_sequences, rngs), out
 
 
-_ZEROS = M.hosted(nnx.initializers.zeros_init())  # drawn on the host inside modules.host_draws, as NNX's own
-_NORMAL = M.hosted(nnx.initializers.normal())
-
-
 class ClassTokenModule(nnx.Module):
     """d2l's ``cls_token`` ``(1, 1, D)`` (zeros), prepended to every sequence."""
 
     def __init__(self, features: int) -> None:
-        shape = (1, 1, features)  # in a concrete build, a host draw of zeros (recorded for a template; zeros read no
-        self.cls_token = nnx.Param(_ZEROS(np.zeros(2, np.uint32), shape, jnp.float32) if M.host_drawing()  # key)
-                                   else jnp.zeros(shape, jnp.float32))
+        self.cls_token = nnx.Param(jnp.zeros((1, 1, features), jnp.float32))
 
     def __call__(self, x: Any, train: bool = False) -> Any:
         token = jnp.broadcast_to(self.cls_token[...], (x.shape[0], 1, x.shape[-1])).astype(x.dtype)
@@ -161,7 +153,7 @@ class PositionEmbeddingModule(nnx.Module):
     first rows), drawn with ``nnx.initializers.normal()`` (standard deviation 0.01)."""
 
     def __init__(self, steps: int, features: int, rngs: nnx.Rngs) -> None:
-        self.pos_embed = nnx.Param(_NORMAL(rngs.params(), (1, steps, features), jnp.float32))
+        self.pos_embed = nnx.Param(nnx.initializers.normal()(rngs.params(), (1, steps, features), jnp.float32))
 
     def __call__(self, x: Any, train: bool = False) -> Any:
         return x + self.pos_embed[:, :x.shape[1]]

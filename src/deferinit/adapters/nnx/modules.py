@@ -103,11 +103,6 @@ def host_draws(words: list[int], record: list | None = None) -> Iterator[None]:
         _HOST.gen, _HOST.record = before
 
 
-def host_drawing() -> bool:
-    """Whether this thread is inside ``host_draws`` (a concrete build of one ``apply_init``)."""
-    return getattr(_HOST, "gen", None) is not None
-
-
 def hosted(fn: Callable) -> Callable:
     """NNX's initializer ``fn(key, shape, dtype)``, drawn on the host in NumPy where ``host_init`` recognizes it
     (every ``variance_scaling`` variant, zeros, ones, constant, normal, uniform, truncated_normal) and the key is
@@ -159,22 +154,6 @@ class _HostFill:
             return jnp.ones(shape, dtype)
         return jax.device_put(np.ones(shape, np.dtype(dtype or np.float32)))
 
-    @staticmethod
-    def reshape(a: Any, *args: Any, **kwargs: Any) -> Any:
-        """``nnx.LinearGeneral`` (attention's projections) draws its kernel and bias flat, then reshapes them:
-        inside ``host_draws`` a concrete array is reshaped on the host (``jnp.reshape`` compiles per shape), and a
-        host draw it came from is recorded as the reshaped array (``template.py`` reshapes its replay to the leaf)."""
-        if getattr(_HOST, "gen", None) is None or kwargs or len(args) != 1 or not isinstance(a, jax.Array) \
-                or isinstance(a, jax.core.Tracer):
-            return jnp.reshape(a, *args, **kwargs)
-        out = jax.device_put(np.asarray(a).reshape(args[0]))
-        record: list = getattr(_HOST, "record", None) or []
-        for i in range(len(record) - 1, -1, -1):
-            if record[i][2] is a:
-                record[i] = (record[i][0], record[i][1], out)
-                break
-        return out
-
 
 _HOST_FILL = _HostFill()
 _STREAM_CALL = nnx.RngStream.__call__
@@ -202,15 +181,15 @@ _patched = [0]  # how many threads are inside _host_patches
 
 @contextmanager
 def _host_patches() -> Iterator[None]:
-    """While any thread is inside ``host_draws``: flax's normalization, linear and rnglib modules see ``_HostFill`` as
-    their ``jnp``, and ``RngStream.__call__`` is ``_host_stream_call`` (each does NNX's own thing for every other caller).
+    """While any thread is inside ``host_draws``: flax's normalization and rnglib modules see ``_HostFill`` as their
+    ``jnp``, and ``RngStream.__call__`` is ``_host_stream_call`` (each does NNX's own thing for every other caller).
     Counted, so concurrent builds restore flax's own once, after the last."""
     from flax.nnx import rnglib
-    from flax.nnx.nn import linear, normalization
+    from flax.nnx.nn import normalization
 
     with _PATCH_LOCK:
         if _patched[0] == 0:
-            normalization.jnp = rnglib.jnp = linear.jnp = _HOST_FILL  # type: ignore[attr-defined]
+            normalization.jnp = rnglib.jnp = _HOST_FILL  # type: ignore[attr-defined]
             nnx.RngStream.__call__ = _host_stream_call  # type: ignore[method-assign]
         _patched[0] += 1
     try:
@@ -219,7 +198,7 @@ def _host_patches() -> Iterator[None]:
         with _PATCH_LOCK:
             _patched[0] -= 1
             if _patched[0] == 0:
-                normalization.jnp = rnglib.jnp = linear.jnp = jnp  # type: ignore[attr-defined]
+                normalization.jnp = rnglib.jnp = jnp  # type: ignore[attr-defined]
                 nnx.RngStream.__call__ = _STREAM_CALL  # type: ignore[method-assign]
 
 

@@ -88,10 +88,8 @@ class Template:
     def draw(self, variables: list, words: list[int]) -> None:
         """Every recorded draw again, in order, from a generator seeded by ``words`` (``modules.host_draws``'s)."""
         gen = np.random.Generator(np.random.PCG64(np.random.SeedSequence(words)))
-        for i, fn, shape in self.drawn:  # (a flat draw NNX reshaped, attention's projections: reshaped alike)
-            value = host_draw(fn, shape, gen)
-            assert value is not None  # (recorded as a host draw: host_draw knows fn)
-            variables[i].set_value(jax.device_put(value.reshape(self.leaves[i].shape)))
+        for i, fn, shape in self.drawn:
+            variables[i].set_value(jax.device_put(host_draw(fn, shape, gen)))
 
 
 def _root(rng: Any) -> Any:
