@@ -129,13 +129,7 @@ class RulesCache(Checks[N]):
         """Whether this init keeps a template (then ``_keep_template``): the first init of an input only marks it (an
         input initialized once pays for no copy), the second keeps one; never again after that, kept or refused."""
         entry = self._entry(inference)
-        if entry is None:
-            return False
-        key = self._template_key(abstract)
-        if key not in entry[1]:
-            entry[1][key] = None
-            return False
-        return entry[1][key] is None
+        return entry is not None and _turn(entry[1], self._template_key(abstract))
 
     def _keep_template(self, inference: Inference, abstract: bool, template: Any) -> None:
         """Keeps ``template`` for ``inference``'s input; None: this model cannot be copied (False: not tried again)."""
@@ -147,6 +141,15 @@ class RulesCache(Checks[N]):
         report = inference.report
         entry = self._inferred.get((report.input_shape, as_dtype(report.input_dtype)))
         return entry if entry is not None and entry[0] is inference else None
+
+
+def _turn(kept: dict, key: tuple) -> bool:
+    """The template turns of ``key`` in ``kept``: the first init marks it (None) and keeps nothing, the second keeps
+    one (True: the caller then stores the template, or False where none can be made), never again after that."""
+    if key not in kept:
+        kept[key] = None
+        return False
+    return kept[key] is None
 
 
 class TemplateShelf:
@@ -165,12 +168,9 @@ class TemplateShelf:
     def turn(self, key: tuple) -> bool:
         """Whether the init under ``key`` keeps a template (then ``keep``)."""
         with self._lock:
-            if key not in self._kept:
-                if len(self._kept) >= self.size:
-                    self._kept.pop(next(iter(self._kept)))
-                self._kept[key] = None
-                return False
-            return self._kept[key] is None
+            if key not in self._kept and len(self._kept) >= self.size:
+                self._kept.pop(next(iter(self._kept)))
+            return _turn(self._kept, key)
 
     def keep(self, key: tuple, template: Any) -> None:
         self._kept[key] = template or False

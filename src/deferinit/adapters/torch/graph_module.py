@@ -16,7 +16,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules import module as _module_mod
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import is_lazy
 
@@ -34,7 +33,7 @@ from . import fastpath
 from . import tensors as tt
 from .leaves import kernel_attrs, native_attr
 from .modules import F32, SPEC, Step, child_name
-from .structure import GLOBAL_HOOKS, TorchBuilder, TorchRunner
+from .structure import TorchBuilder, TorchRunner, global_hooks
 from .template import snapshot
 
 __all__ = ["GraphNet", "TorchGraphModel", "masked_attention"]
@@ -158,7 +157,7 @@ class TorchGraphModel(GraphCompiled[GraphNet]):
 
     def _native_for(self, arrays: list[Any], abstract: bool) -> GraphNet:
         self._cloned = self._template_at = None
-        if not (abstract and fastpath.ENABLED) or any(getattr(_module_mod, g, None) for g in GLOBAL_HOOKS):
+        if not (abstract and fastpath.ENABLED) or global_hooks():
             return self._new_native()  # (a user's global module hook sees every dry run, as it always did)
         if "_content" not in self.__dict__:
             self._content = content_key(self.spec)

@@ -19,7 +19,6 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.modules import module as _module_mod
 
 from ...errors import BackendError, SpecError, UnsupportedLayerError, where
 from ...layers import Embedding
@@ -32,7 +31,7 @@ from . import native_state as ns
 from . import tensors as tt
 from .leaves import LAZY_BN, kernel_attrs
 from .modules import F32, child_name
-from .structure import GLOBAL_HOOKS, Observer, TorchBuilder
+from .structure import Observer, TorchBuilder, global_hooks
 from .template import Template, snapshot
 
 __all__ = ["TorchInit"]
@@ -55,7 +54,7 @@ class TorchInit(CompiledModel[nn.Module]):
     def _native_for(self, inference: Inference, abstract: bool, values_follow: bool) -> nn.Module:
         """A clone of the template an earlier concrete init on an equal input kept (``template.py``), if there is one;
         else a fresh lazy model."""
-        if fastpath.ENABLED and not any(getattr(_module_mod, g, None) for g in GLOBAL_HOOKS):
+        if fastpath.ENABLED and not global_hooks():
             # (a global module hook of the user's watches every forward: it sees the dry run, as it always did)
             template = self._template(inference, abstract)
             if template is not None:

@@ -23,7 +23,7 @@ from .leaves import leaf_steps, rank_after
 from .modules import SPEC, Step
 from .tensors import F32
 
-__all__ = ["TorchBuilder", "TorchRunner", "Observer", "GLOBAL_HOOKS"]
+__all__ = ["TorchBuilder", "TorchRunner", "Observer", "GLOBAL_HOOKS", "global_hooks"]
 
 #: where a position's output can be seen: (its container's path, the container's direct child module that ends
 #: it, which occurrence of that module object in the container's forward, whether it is still channels-first)
@@ -31,6 +31,12 @@ End = tuple[str, nn.Module, int, bool]
 #: torch's hooks on every module (``register_module_forward_hook``...): when one is set, the dry run runs ``net(x)``
 GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
                 "_global_backward_pre_hooks", "_global_forward_hooks_always_called")
+
+
+def global_hooks() -> bool:
+    """Whether a global module hook of the user's is set: it must see every dry run (no template copy, no
+    unobserved fast run)."""
+    return any(getattr(nn.modules.module, g, None) for g in GLOBAL_HOOKS)
 
 
 class TorchBuilder(tree.Builder[list[Step]]):
@@ -207,7 +213,7 @@ class Observer:
         module(x)``), each child's output read as torch returns it: no hook on every module, whose attaching and
         firing cost more than a small model's forward. Anything else runs ``net(x)`` with the hooks."""
         hooked = len(self.builder.containers) > 1 or type(net) is not nn.Sequential or net._forward_hooks or \
-            net._forward_pre_hooks or any(getattr(nn.modules.module, g, None) for g in GLOBAL_HOOKS)
+            net._forward_pre_hooks or global_hooks()
         if hooked:
             handles = self.attach()
             try:
